@@ -1,2 +1,20 @@
+//! sluice: a traffic-shaping reverse proxy.
+//!
+//! A request flows one way through these modules:
+//! `server` (accept, HTTP/1.1 + h2c) → `proxy` (the request's phases) →
+//! `router` (host / path / method to a route) → `shaper` (GCRA limiter,
+//! bounded queue, in-flight cap; no HTTP, no wall clock) → `upstream`
+//! (pooled client, timeouts). `config` is parsed and validated once at the
+//! edge; `metrics` and `outcome` sit beside the flow.
+
 pub mod config;
+pub mod metrics;
+pub mod outcome;
+pub mod proxy;
+pub mod router;
+pub mod server;
 pub mod shaper;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{Running, start};

@@ -1,0 +1,306 @@
+//! Prometheus metrics, declared in one place with their help text.
+//!
+//! The request path increments pre-resolved handles ([`RouteMetrics`],
+//! [`UpstreamMetrics`]); no label string is built or looked up per request.
+//! Label values are only route and upstream names from the config and fixed
+//! outcome names, so cardinality is bounded by the config.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::outcome::Outcome;
+
+/// Route label used for requests that matched no route.
+pub const NO_ROUTE_LABEL: &str = "-";
+
+/// Buckets for queue wait: 1 ms to 30 s.
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets for upstream latency: 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every metric sluice exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    queue_oldest_wait: GaugeVec,
+    queue_wait: HistogramVec,
+    route_rate: GaugeVec,
+    route_burst: IntGaugeVec,
+    route_capacity: IntGaugeVec,
+    route_timeout: GaugeVec,
+    upstream_latency: HistogramVec,
+    upstream_errors: IntCounterVec,
+    upstream_inflight: IntGaugeVec,
+    upstream_max_inflight: IntGaugeVec,
+}
+
+/// One route's handles.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    outcomes: [IntCounter; Outcome::ALL.len()],
+    queue_wait: Histogram,
+    depth: IntGauge,
+    oldest_wait: Gauge,
+}
+
+/// One upstream's handles.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    latency: Histogram,
+    errors_connect: IntCounter,
+    errors_timeout: IntCounter,
+    errors_other: IntCounter,
+    inflight: IntGauge,
+}
+
+/// Kinds of upstream failure, as counted in `sluice_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Other,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_requests_total",
+                "Requests by route and outcome; every request is counted exactly once.",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("sluice_queue_depth", "Requests waiting in the route's queue."),
+            &["route"],
+        )
+        .expect("valid metric");
+        let queue_oldest_wait = GaugeVec::new(
+            Opts::new(
+                "sluice_queue_oldest_wait_seconds",
+                "How long the oldest queued request of the route has waited.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_queue_wait_seconds",
+                "Time requests spent in the queue, observed when they leave it (released or dropped).",
+            )
+            .buckets(WAIT_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let route_rate = GaugeVec::new(
+            Opts::new(
+                "sluice_route_rate_limit",
+                "Configured release rate of the route, requests per second (0: no rate limit).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let route_burst = IntGaugeVec::new(
+            Opts::new("sluice_route_burst", "Configured burst of the route."),
+            &["route"],
+        )
+        .expect("valid metric");
+        let route_capacity = IntGaugeVec::new(
+            Opts::new(
+                "sluice_route_queue_capacity",
+                "Configured queue capacity of the route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let route_timeout = GaugeVec::new(
+            Opts::new(
+                "sluice_route_queue_timeout_seconds",
+                "Configured maximum queue wait of the route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_upstream_response_seconds",
+                "Time from sending a request upstream to receiving its response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_upstream_errors_total",
+                "Failed upstream requests by kind (connect, timeout, other).",
+            ),
+            &["upstream", "kind"],
+        )
+        .expect("valid metric");
+        let upstream_inflight = IntGaugeVec::new(
+            Opts::new(
+                "sluice_upstream_inflight",
+                "Requests in flight to the upstream.",
+            ),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let upstream_max_inflight = IntGaugeVec::new(
+            Opts::new(
+                "sluice_upstream_max_inflight",
+                "Configured cap on requests in flight to the upstream.",
+            ),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("sluice_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_depth.clone()),
+            Box::new(queue_oldest_wait.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(route_rate.clone()),
+            Box::new(route_burst.clone()),
+            Box::new(route_capacity.clone()),
+            Box::new(route_timeout.clone()),
+            Box::new(upstream_latency.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(upstream_inflight.clone()),
+            Box::new(upstream_max_inflight.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            queue_depth,
+            queue_oldest_wait,
+            queue_wait,
+            route_rate,
+            route_burst,
+            route_capacity,
+            route_timeout,
+            upstream_latency,
+            upstream_errors,
+            upstream_inflight,
+            upstream_max_inflight,
+        }
+    }
+
+    /// Handles for one route, with its configured limits published.
+    pub fn route(
+        &self,
+        name: &str,
+        rate: f64,
+        burst: u32,
+        capacity: usize,
+        timeout_secs: f64,
+    ) -> RouteMetrics {
+        self.route_rate.with_label_values(&[name]).set(rate);
+        self.route_burst
+            .with_label_values(&[name])
+            .set(i64::from(burst));
+        self.route_capacity
+            .with_label_values(&[name])
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        self.route_timeout.with_label_values(&[name]).set(timeout_secs);
+        self.unrouted_for(name)
+    }
+
+    /// Outcome counters for a route label without published limits (the no-route label).
+    pub fn unrouted_for(&self, name: &str) -> RouteMetrics {
+        RouteMetrics {
+            outcomes: Outcome::ALL.map(|o| self.requests.with_label_values(&[name, o.as_str()])),
+            queue_wait: self.queue_wait.with_label_values(&[name]),
+            depth: self.queue_depth.with_label_values(&[name]),
+            oldest_wait: self.queue_oldest_wait.with_label_values(&[name]),
+        }
+    }
+
+    /// Handles for one upstream.
+    pub fn upstream(&self, name: &str, max_inflight: usize) -> UpstreamMetrics {
+        self.upstream_max_inflight
+            .with_label_values(&[name])
+            .set(i64::try_from(max_inflight).unwrap_or(i64::MAX));
+        UpstreamMetrics {
+            latency: self.upstream_latency.with_label_values(&[name]),
+            errors_connect: self.upstream_errors.with_label_values(&[name, "connect"]),
+            errors_timeout: self.upstream_errors.with_label_values(&[name, "timeout"]),
+            errors_other: self.upstream_errors.with_label_values(&[name, "other"]),
+            inflight: self.upstream_inflight.with_label_values(&[name]),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(%err, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl RouteMetrics {
+    pub fn outcome(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].inc();
+    }
+
+    pub fn queue_wait(&self, seconds: f64) {
+        self.queue_wait.observe(seconds);
+    }
+
+    /// Sets the sampled queue gauges (called at scrape time).
+    pub fn sample_queue(&self, depth: usize, oldest_wait_secs: f64) {
+        self.depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.oldest_wait.set(oldest_wait_secs);
+    }
+}
+
+impl UpstreamMetrics {
+    pub fn latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    pub fn error(&self, kind: UpstreamErrorKind) {
+        match kind {
+            UpstreamErrorKind::Connect => self.errors_connect.inc(),
+            UpstreamErrorKind::Timeout => self.errors_timeout.inc(),
+            UpstreamErrorKind::Other => self.errors_other.inc(),
+        }
+    }
+
+    /// Sets the sampled in-flight gauge (called at scrape time).
+    pub fn sample_inflight(&self, inflight: usize) {
+        self.inflight
+            .set(i64::try_from(inflight).unwrap_or(i64::MAX));
+    }
+}

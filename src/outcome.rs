@@ -1,0 +1,57 @@
+//! The one outcome every request ends with, as in DESIGN.md.
+
+/// How a request ended. Each request gets exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Sent to a backend; its response (or the client's departure) ended it.
+    Forwarded = 0,
+    /// No room in the queue, or the expected wait exceeded the timeout: 503.
+    RejectedQueueFull = 1,
+    /// A per-key limit refused it: 429.
+    RejectedRateLimited = 2,
+    /// Waited in the queue until its deadline, or was still queued at shutdown: 503.
+    DroppedTimeout = 3,
+    /// The client disconnected while queued; nothing was sent anywhere.
+    Cancelled = 4,
+    /// Connect failure, timeout or reset at the backend: 502 or 504.
+    UpstreamError = 5,
+    /// Nothing matched: 404.
+    NoRoute = 6,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Forwarded,
+        Outcome::RejectedQueueFull,
+        Outcome::RejectedRateLimited,
+        Outcome::DroppedTimeout,
+        Outcome::Cancelled,
+        Outcome::UpstreamError,
+        Outcome::NoRoute,
+    ];
+
+    /// The `outcome` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::RejectedQueueFull => "rejected_queue_full",
+            Outcome::RejectedRateLimited => "rejected_rate_limited",
+            Outcome::DroppedTimeout => "dropped_timeout",
+            Outcome::Cancelled => "cancelled",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::NoRoute => "no_route",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_index_all() {
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i);
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The life of one request, phase by phase: route, admit, forward, record.
+//!
+//! [`Gateway::handle`] reads top to bottom in that order. Every request ends
+//! with exactly one [`Outcome`]: a [`Record`] is opened when the request
+//! arrives and is finished once; if the request future is dropped first (the
+//! client left), the record's fallback outcome is written instead — cancelled
+//! while queued, forwarded once the request has been sent.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::config::{Config, RejectConfig};
+use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
+use crate::outcome::Outcome;
+use crate::router::Router;
+use crate::shaper::{Admission, Grant, Limits, RejectReason, Rejection, Shaper};
+use crate::upstream::Upstream;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body type sluice serves: relayed or local.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Everything needed to serve requests: the routing table, each route's
+/// shaper and upstream, and the metrics.
+pub struct Gateway {
+    router: Router,
+    routes: Vec<Route>,
+    upstreams: Vec<Arc<Upstream>>,
+    unrouted: RouteMetrics,
+    access_log: bool,
+    metrics: Metrics,
+}
+
+/// A route as served.
+pub struct Route {
+    name: String,
+    shaper: Shaper,
+    upstream: Arc<Upstream>,
+    reject: RejectConfig,
+    metrics: RouteMetrics,
+}
+
+impl Gateway {
+    /// Builds the gateway; must run inside a tokio runtime (shapers spawn tasks).
+    pub fn new(config: &Config, metrics: Metrics) -> Gateway {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .values()
+            .map(|u| {
+                Arc::new(Upstream::new(
+                    u,
+                    metrics.upstream(&u.name, u.max_inflight.get()),
+                ))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let upstream = upstreams
+                    .iter()
+                    .find(|u| u.name() == r.upstream)
+                    .expect("config validation checks that routes name known upstreams")
+                    .clone();
+                let limits = Limits {
+                    rate: r.limit.map(|l| (l.rate, l.burst)),
+                    capacity: r.queue.capacity,
+                    timeout: r.queue.timeout,
+                };
+                let (rate, burst) = r.limit.map_or((0.0, 0), |l| (l.rate, l.burst.get()));
+                Route {
+                    name: r.name.clone(),
+                    shaper: Shaper::new(limits, upstream.inflight_cap()),
+                    upstream,
+                    reject: r.reject,
+                    metrics: metrics.route(
+                        &r.name,
+                        rate,
+                        burst,
+                        r.queue.capacity,
+                        r.queue.timeout.as_secs_f64(),
+                    ),
+                }
+            })
+            .collect();
+        Gateway {
+            router: Router::new(&config.routes),
+            routes,
+            upstreams,
+            unrouted: metrics.unrouted_for(NO_ROUTE_LABEL),
+            access_log: config.log.access_log,
+            metrics,
+        }
+    }
+
+    /// Serves one request from `client`.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let mut record = Record::open(self, &req, client);
+
+        // Route.
+        let host = request_host(&req);
+        let Some(index) = self
+            .router
+            .route(host.as_deref(), req.uri().path(), req.method())
+        else {
+            return record.finish(Outcome::NoRoute, local(StatusCode::NOT_FOUND, "no route\n"));
+        };
+        let route = &self.routes[index];
+        record.route = Some(index);
+
+        // Admit: go now, wait in the queue, or be turned away.
+        let grant = match route.shaper.admit() {
+            Admission::Go(grant) => {
+                route.metrics.queue_wait(0.0);
+                grant
+            }
+            Admission::Queued(ticket) => {
+                let waited = ticket.wait().await;
+                let waited_for = record.started.elapsed();
+                route.metrics.queue_wait(waited_for.as_secs_f64());
+                record.queue_wait = waited_for;
+                match waited {
+                    Ok(grant) => grant,
+                    Err(rejection) => return record.reject(route, rejection),
+                }
+            }
+            Admission::Rejected(rejection) => return record.reject(route, rejection),
+        };
+
+        // Forward.
+        let upstream_req = prepare_upstream_request(req, client, host);
+        record.fallback = (Outcome::Forwarded, STATUS_CLIENT_CLOSED);
+        let sent = Instant::now();
+        let result = route.upstream.send(upstream_req).await;
+        record.upstream_time = Some(sent.elapsed());
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                let response = relay_response(response, grant);
+                record.finish_status(Outcome::Forwarded, status);
+                response
+            }
+            Err(err) => {
+                tracing::warn!(route = %route.name, upstream = %route.upstream.name(), error = %err, "upstream request failed");
+                let status = err.status();
+                record.finish(Outcome::UpstreamError, local(status, "upstream error\n"))
+            }
+        }
+    }
+
+    /// Refuses new requests and answers everything still queued (shutdown).
+    pub fn close(&self) {
+        for route in &self.routes {
+            route.shaper.close();
+        }
+    }
+
+    /// Updates the sampled gauges and renders the metrics text.
+    pub fn render_metrics(&self) -> String {
+        for route in &self.routes {
+            route.metrics.sample_queue(
+                route.shaper.depth(),
+                route.shaper.oldest_wait().as_secs_f64(),
+            );
+        }
+        for upstream in &self.upstreams {
+            upstream.metrics().sample_inflight(upstream.inflight());
+        }
+        self.metrics.render()
+    }
+}
+
+/// NGINX's status for a client that closed the connection before the response.
+const STATUS_CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// One request's accounting: exactly one outcome, written once.
+struct Record<'g> {
+    gateway: &'g Gateway,
+    route: Option<usize>,
+    method: http::Method,
+    path: String,
+    client: SocketAddr,
+    started: Instant,
+    queue_wait: Duration,
+    upstream_time: Option<Duration>,
+    /// Written if the request future is dropped before `finish`.
+    fallback: (Outcome, StatusCode),
+    finished: bool,
+}
+
+impl<'g> Record<'g> {
+    fn open(gateway: &'g Gateway, req: &Request<Incoming>, client: SocketAddr) -> Record<'g> {
+        Record {
+            gateway,
+            route: None,
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            client,
+            started: Instant::now(),
+            queue_wait: Duration::ZERO,
+            upstream_time: None,
+            fallback: (Outcome::Cancelled, STATUS_CLIENT_CLOSED),
+            finished: false,
+        }
+    }
+
+    fn reject(&mut self, route: &Route, rejection: Rejection) -> Response<Body> {
+        let outcome = match rejection.reason {
+            RejectReason::QueueFull | RejectReason::WaitTooLong => Outcome::RejectedQueueFull,
+            RejectReason::Timeout | RejectReason::Closed => Outcome::DroppedTimeout,
+        };
+        let mut response = local(route.reject.status, "overloaded, retry later\n");
+        if route.reject.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(rejection.retry_after.as_secs()),
+            );
+        }
+        self.finish(outcome, response)
+    }
+
+    fn finish(&mut self, outcome: Outcome, response: Response<Body>) -> Response<Body> {
+        self.finish_status(outcome, response.status());
+        response
+    }
+
+    fn finish_status(&mut self, outcome: Outcome, status: StatusCode) {
+        self.finished = true;
+        self.write(outcome, status);
+    }
+
+    fn write(&self, outcome: Outcome, status: StatusCode) {
+        let route = self.route.map(|i| &self.gateway.routes[i]);
+        match route {
+            Some(route) => route.metrics.outcome(outcome),
+            None => self.gateway.unrouted.outcome(outcome),
+        }
+        if self.gateway.access_log {
+            tracing::info!(
+                target: "sluice::access",
+                route = route.map_or(NO_ROUTE_LABEL, |r| r.name.as_str()),
+                method = %self.method,
+                path = %self.path,
+                client = %self.client.ip(),
+                outcome = outcome.as_str(),
+                status = status.as_u16(),
+                queue_wait_ms = self.queue_wait.as_secs_f64() * 1e3,
+                upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+                total_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            );
+        }
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let (outcome, status) = self.fallback;
+            self.write(outcome, status);
+        }
+    }
+}
+
+/// The host the client asked for: the Host header, else the URI authority (HTTP/2).
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+}
+
+/// Headers that describe one connection, never the message: RFC 9110 §7.6.1.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // Framing is the server's and client's business; hyper re-frames the body.
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Rewrites the client's request for the upstream: HTTP/1.1, hop-by-hop
+/// headers gone, X-Forwarded-* and Forwarded added.
+fn prepare_upstream_request(
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    host: Option<String>,
+) -> Request<Incoming> {
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    let ip = client.ip();
+    let forwarded_for = match headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={node};proto=http");
+    if let Some(host) = &host
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert("x-forwarded-host", value.clone());
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, value);
+        }
+        if host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) {
+            forwarded.push_str(";host=");
+            forwarded.push_str(host);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.append(header::FORWARDED, value);
+    }
+    req
+}
+
+/// The upstream's response, relayed as it streams, holding the in-flight
+/// slot until its body is done.
+fn relay_response(response: Response<Incoming>, grant: Grant) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = InFlight {
+        inner: body,
+        permit: Some(grant.into_permit()),
+    };
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+/// A body of text made here.
+pub fn text_body(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A local (not relayed) response with a short text body.
+pub fn local(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(text_body(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+pin_project_lite::pin_project! {
+    /// A body that holds an in-flight permit until it ends or is dropped.
+    struct InFlight<B> {
+        #[pin]
+        inner: B,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<B: HttpBody> HttpBody for InFlight<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.permit.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}
