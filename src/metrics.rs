@@ -82,7 +82,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let queue_depth = IntGaugeVec::new(
-            Opts::new("sluice_queue_depth", "Requests waiting in the route's queue."),
+            Opts::new(
+                "sluice_queue_depth",
+                "Requests waiting in the route's queue.",
+            ),
             &["route"],
         )
         .expect("valid metric");
@@ -189,7 +192,9 @@ impl Metrics {
             Box::new(upstream_max_inflight.clone()),
             Box::new(build_info),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Metrics {
             registry,
@@ -224,7 +229,9 @@ impl Metrics {
         self.route_capacity
             .with_label_values(&[name])
             .set(i64::try_from(capacity).unwrap_or(i64::MAX));
-        self.route_timeout.with_label_values(&[name]).set(timeout_secs);
+        self.route_timeout
+            .with_label_values(&[name])
+            .set(timeout_secs);
         self.unrouted_for(name)
     }
 

@@ -326,10 +326,7 @@ fn prepare_upstream_request(
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     let ip = client.ip();
-    let forwarded_for = match headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {ip}"),
         None => ip.to_string(),
     };
@@ -349,7 +346,10 @@ fn prepare_upstream_request(
         if !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, value);
         }
-        if host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) {
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
             forwarded.push_str(";host=");
             forwarded.push_str(host);
         }
@@ -374,7 +374,9 @@ fn relay_response(response: Response<Incoming>, grant: Grant) -> Response<Body> 
 
 /// A body of text made here.
 pub fn text_body(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A local (not relayed) response with a short text body.
@@ -429,11 +431,17 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);

@@ -35,7 +35,9 @@ impl HostMatch {
     fn matches(&self, host: &str) -> bool {
         match self {
             HostMatch::Any => true,
-            HostMatch::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
             HostMatch::Exact(exact) => host == exact,
         }
     }
@@ -92,9 +94,14 @@ impl Router {
 /// Lower-cases a Host value and strips its port (IPv6 literals keep their brackets).
 fn normalise_host(host: &str) -> String {
     let without_port = if host.starts_with('[') {
-        host.split_once(']').map_or(host, |(addr, _)| addr).to_string() + "]"
+        host.split_once(']')
+            .map_or(host, |(addr, _)| addr)
+            .to_string()
+            + "]"
     } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name).to_string()
+        host.rsplit_once(':')
+            .map_or(host, |(name, _)| name)
+            .to_string()
     };
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -136,7 +143,10 @@ mod tests {
         assert_eq!(router.route(None, "/", &get), Some(0));
         assert_eq!(router.route(None, "/api/x", &get), Some(1));
         assert_eq!(router.route(None, "/api/v1/x", &get), Some(2));
-        assert_eq!(router.route(Some("Shop.Example.com:8080"), "/api/x", &get), Some(3));
+        assert_eq!(
+            router.route(Some("Shop.Example.com:8080"), "/api/x", &get),
+            Some(3)
+        );
         assert_eq!(router.route(Some("m.example.com"), "/api/x", &get), Some(4));
         assert_eq!(router.route(Some("example.com"), "/api/x", &get), Some(1));
     }

@@ -212,7 +212,11 @@ async fn serve_admin(
     }
 }
 
-fn admin_response(req: &Request<Incoming>, gateway: &Gateway, ready: &AtomicBool) -> Response<Body> {
+fn admin_response(
+    req: &Request<Incoming>,
+    gateway: &Gateway,
+    ready: &AtomicBool,
+) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
             let mut response = Response::new(crate::proxy::text_body(gateway.render_metrics()));

@@ -591,7 +591,12 @@ mod tests {
         let start = Instant::now();
         let mut times = Vec::new();
         for t in tickets {
-            times.push(spawn_waiter(t, start, Duration::ZERO).await.unwrap().unwrap());
+            times.push(
+                spawn_waiter(t, start, Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
         }
         assert_eq!(times, vec![100, 200, 300]);
     }
@@ -708,7 +713,10 @@ mod tests {
             drop(queued(shaper.admit()));
         }
         let physical = shaper.shared.queue.lock().entries.len();
-        assert!(physical <= 2 + TOMBSTONE_SLACK, "physical length {physical}");
+        assert!(
+            physical <= 2 + TOMBSTONE_SLACK,
+            "physical length {physical}"
+        );
         assert_eq!(shaper.depth(), 1);
     }
 

@@ -44,7 +44,10 @@ pub enum UpstreamError {
         source: hyper_util::client::legacy::Error,
     },
     #[error("no response from {target} within {timeout:?}")]
-    Timeout { target: Authority, timeout: Duration },
+    Timeout {
+        target: Authority,
+        timeout: Duration,
+    },
     #[error("request to {target} failed: {source}")]
     Other {
         target: Authority,
@@ -142,7 +145,9 @@ impl Upstream {
                 target,
                 timeout: self.timeout,
             }),
-            Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Connect { target, source }),
+            Ok(Err(source)) if source.is_connect() => {
+                Err(UpstreamError::Connect { target, source })
+            }
             Ok(Err(source)) => Err(UpstreamError::Other { target, source }),
             Ok(Ok(response)) => {
                 self.metrics.latency(started.elapsed().as_secs_f64());

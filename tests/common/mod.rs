@@ -1,0 +1,328 @@
+//! Shared test helpers: a recording backend, a sluice started in-process on
+//! ephemeral ports, a real HTTP client, and a /metrics reader.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice::config::{
+    AdminConfig, Config, LimitConfig, LogConfig, LogFormat, QueueConfig, RejectConfig, RouteConfig,
+    ServerConfig, UpstreamConfig,
+};
+use tokio::net::TcpListener;
+
+/// One process-wide origin, so client and backend timestamps compare.
+pub static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Header the client sets to its send time (µs since [`EPOCH`]).
+pub const SENT_AT: &str = "x-test-sent-at";
+
+pub fn micros_now() -> u64 {
+    EPOCH.elapsed().as_micros() as u64
+}
+
+/// A request as the backend saw it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// µs since [`EPOCH`].
+    pub at: u64,
+    pub path: String,
+    pub headers: HeaderMap,
+    /// How long before arriving here the client sent it.
+    pub age: Option<Duration>,
+}
+
+/// A test backend on 127.0.0.1 that records arrivals and concurrency.
+#[derive(Clone)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+}
+
+struct BackendState {
+    arrivals: Mutex<Vec<Arrival>>,
+    inflight: AtomicUsize,
+    max_inflight: AtomicUsize,
+    delay: Duration,
+}
+
+impl Backend {
+    /// Answers 200 "ok" after `delay`.
+    pub async fn start(delay: Duration) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState {
+            arrivals: Mutex::new(Vec::new()),
+            inflight: AtomicUsize::new(0),
+            max_inflight: AtomicUsize::new(0),
+            delay,
+        });
+        let serving = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = serving.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.serve(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, state }
+    }
+
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.arrivals.lock().unwrap().len()
+    }
+
+    pub fn max_inflight(&self) -> usize {
+        self.state.max_inflight.load(Ordering::SeqCst)
+    }
+}
+
+impl BackendState {
+    async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let at = micros_now();
+        let age = req
+            .headers()
+            .get(SENT_AT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|sent| Duration::from_micros(at.saturating_sub(sent)));
+        self.arrivals.lock().unwrap().push(Arrival {
+            at,
+            path: req.uri().path().to_string(),
+            headers: req.headers().clone(),
+            age,
+        });
+        let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_inflight.fetch_max(now, Ordering::SeqCst);
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        tokio::time::sleep(self.delay).await;
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        let text = match body {
+            Ok(b) if !b.is_empty() => b,
+            _ => Bytes::from_static(b"ok"),
+        };
+        Response::new(Full::new(text))
+    }
+}
+
+/// A free port on 127.0.0.1 with nothing listening on it.
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A config with one upstream `api` at `targets` and one route `main` on "/".
+pub fn config(targets: &[SocketAddr]) -> Config {
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let upstream = UpstreamConfig {
+        name: "api".into(),
+        targets: targets
+            .iter()
+            .map(|a| a.to_string().parse().unwrap())
+            .collect(),
+        max_inflight: NonZeroUsize::new(1000).unwrap(),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(30),
+        pool_idle_timeout: Duration::from_secs(90),
+        pool_max_idle_per_target: 1024,
+    };
+    Config {
+        source: PathBuf::from("test.toml"),
+        server: ServerConfig {
+            listen: loopback,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            drain_timeout: Duration::from_secs(5),
+        },
+        admin: AdminConfig { listen: loopback },
+        log: LogConfig {
+            format: LogFormat::Text,
+            level: "warn".into(),
+            access_log: false,
+        },
+        upstreams: BTreeMap::from([("api".to_string(), upstream)]),
+        routes: vec![route(
+            "main",
+            "/",
+            Some((100.0, 10)),
+            1000,
+            Duration::from_secs(10),
+        )],
+    }
+}
+
+/// A route on `upstream = "api"`.
+pub fn route(
+    name: &str,
+    prefix: &str,
+    rate: Option<(f64, u32)>,
+    capacity: usize,
+    timeout: Duration,
+) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        host: None,
+        path_prefix: prefix.into(),
+        methods: vec![],
+        upstream: "api".into(),
+        limit: rate.map(|(rate, burst)| LimitConfig {
+            rate,
+            burst: NonZeroU32::new(burst).unwrap(),
+        }),
+        queue: QueueConfig { capacity, timeout },
+        reject: RejectConfig {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: true,
+        },
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// An HTTP/1.1 keep-alive client.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(2048)
+        .build_http()
+}
+
+/// What a client saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub status: StatusCode,
+    pub retry_after: Option<u64>,
+    /// From sending to the end of the response body.
+    pub latency: Duration,
+    pub body: Bytes,
+}
+
+/// GETs `url`, stamping the send time.
+pub async fn get(client: &TestClient, url: &str) -> Seen {
+    let req = Request::get(url)
+        .header(SENT_AT, micros_now().to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(client, req).await
+}
+
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Seen {
+    let started = Instant::now();
+    let response = client.request(req).await.expect("sluice answers");
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Seen {
+        status,
+        retry_after,
+        latency: started.elapsed(),
+        body,
+    }
+}
+
+/// Sends `n` GETs at once and returns what each client saw, in send order.
+pub async fn burst(client: &TestClient, url: &str, n: usize) -> Vec<Seen> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.to_string();
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    let mut seen = Vec::with_capacity(n);
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen
+}
+
+/// The value of every sample of `name` in the exposition text, keyed by its label string.
+pub fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scrapes /metrics.
+pub async fn scrape(client: &TestClient, admin: SocketAddr) -> String {
+    let seen = get(client, &format!("http://{admin}/metrics")).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    String::from_utf8(seen.body.to_vec()).unwrap()
+}
+
+/// `sluice_requests_total` for one route, by outcome.
+pub async fn outcomes(
+    client: &TestClient,
+    admin: SocketAddr,
+    route: &str,
+) -> BTreeMap<String, u64> {
+    let text = scrape(client, admin).await;
+    samples(&text, "sluice_requests_total")
+        .into_iter()
+        .filter_map(|(labels, v)| {
+            let route_label = format!("route=\"{route}\"");
+            if !labels.split(',').any(|l| l == route_label) {
+                return None;
+            }
+            let outcome = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("outcome=\""))?
+                .trim_end_matches('"')
+                .to_string();
+            Some((outcome, v as u64))
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Counts statuses.
+pub fn by_status(seen: &[Seen]) -> BTreeMap<u16, usize> {
+    let mut counts = BTreeMap::new();
+    for s in seen {
+        *counts.entry(s.status.as_u16()).or_default() += 1;
+    }
+    counts
+}
