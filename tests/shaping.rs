@@ -53,7 +53,7 @@ async fn burst_is_released_as_a_flat_line_at_the_configured_rate() {
         1000,
         Duration::from_secs(10),
     )];
-    let sluice = sluice::start(&config).await.unwrap();
+    let sluice = TestSluice::start(&config).await;
     let client = client();
 
     let seen = burst(&client, &format!("http://{}/buy", sluice.proxy_addr()), 500).await;
@@ -76,8 +76,12 @@ async fn burst_is_released_as_a_flat_line_at_the_configured_rate() {
         }
         assert!(
             end - start < 21,
-            "{} arrivals within 100 ms",
-            end - start + 1
+            "{} arrivals within 100 ms: {:?}",
+            end - start + 1,
+            sorted[start..=end]
+                .iter()
+                .map(|t| (t - sorted[0]) / 1000)
+                .collect::<Vec<_>>()
         );
     }
     assert_accounted(&client, sluice.admin_addr(), "main", &seen, 0).await;
@@ -91,7 +95,7 @@ async fn over_waited_requests_get_503_at_their_deadline_and_never_reach_the_back
     config.upstreams.get_mut("api").unwrap().max_inflight = NonZeroUsize::new(2).unwrap();
     let timeout = Duration::from_millis(500);
     config.routes = vec![route("main", "/", Some((1000.0, 100)), 1000, timeout)];
-    let sluice = sluice::start(&config).await.unwrap();
+    let sluice = TestSluice::start(&config).await;
     let client = client();
 
     let seen = burst(&client, &format!("http://{}/", sluice.proxy_addr()), 60).await;
@@ -137,7 +141,7 @@ async fn expected_wait_beyond_the_timeout_is_rejected_at_once() {
         1000,
         Duration::from_secs(1),
     )];
-    let sluice = sluice::start(&config).await.unwrap();
+    let sluice = TestSluice::start(&config).await;
     let client = client();
 
     let seen = burst(&client, &format!("http://{}/", sluice.proxy_addr()), 100).await;
@@ -168,7 +172,7 @@ async fn a_full_queue_rejects_the_excess_quickly() {
         5,
         Duration::from_secs(10),
     )];
-    let sluice = sluice::start(&config).await.unwrap();
+    let sluice = TestSluice::start(&config).await;
     let client = client();
 
     let seen = burst(&client, &format!("http://{}/", sluice.proxy_addr()), 40).await;
@@ -203,7 +207,7 @@ async fn clients_that_leave_while_queued_are_never_forwarded() {
         100,
         Duration::from_secs(10),
     )];
-    let sluice = sluice::start(&config).await.unwrap();
+    let sluice = TestSluice::start(&config).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
 
@@ -265,7 +269,7 @@ async fn the_backend_never_sees_more_than_max_inflight() {
     let mut config = config(&[backend.addr]);
     config.upstreams.get_mut("api").unwrap().max_inflight = NonZeroUsize::new(3).unwrap();
     config.routes = vec![route("main", "/", None, 1000, Duration::from_secs(10))];
-    let sluice = sluice::start(&config).await.unwrap();
+    let sluice = TestSluice::start(&config).await;
     let client = client();
 
     let seen = burst(&client, &format!("http://{}/", sluice.proxy_addr()), 60).await;

@@ -51,6 +51,86 @@ pub struct Arrival {
 pub struct Backend {
     pub addr: SocketAddr,
     state: Arc<BackendState>,
+    _runtime: Arc<OwnRuntime>,
+}
+
+/// A tokio runtime on its own thread, stopped when dropped.
+pub struct OwnRuntime {
+    pub handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl OwnRuntime {
+    pub fn new(workers: usize) -> OwnRuntime {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .unwrap();
+            handle_tx.send(runtime.handle().clone()).unwrap();
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+            runtime.shutdown_background();
+        });
+        OwnRuntime {
+            handle: handle_rx.recv().unwrap(),
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// sluice started on its own runtime (as in production), on ephemeral ports.
+pub struct TestSluice {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    running: Option<sluice::Running>,
+    runtime: OwnRuntime,
+}
+
+impl TestSluice {
+    pub async fn start(config: &Config) -> TestSluice {
+        let runtime = OwnRuntime::new(2);
+        let config = config.clone();
+        let running = runtime
+            .handle
+            .spawn(async move { sluice::start(&config).await })
+            .await
+            .unwrap()
+            .expect("sluice starts");
+        TestSluice {
+            proxy: running.proxy_addr(),
+            admin: running.admin_addr(),
+            running: Some(running),
+            runtime,
+        }
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(&mut self) {
+        let running = self.running.take().expect("running");
+        running.shutdown();
+        self.runtime.handle.spawn(running.wait()).await.unwrap();
+    }
 }
 
 struct BackendState {
@@ -63,15 +143,32 @@ struct BackendState {
 impl Backend {
     /// Answers 200 "ok" after `delay`.
     pub async fn start(delay: Duration) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        // Its own runtime and thread, so the client's load in the test's
+        // runtime does not delay the arrival timestamps.
+        let runtime = Arc::new(OwnRuntime::new(1));
         let state = Arc::new(BackendState {
             arrivals: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
             max_inflight: AtomicUsize::new(0),
             delay,
         });
-        let serving = state.clone();
+        let addr = runtime
+            .handle
+            .spawn(Backend::serve(state.clone()))
+            .await
+            .unwrap();
+        Backend {
+            addr,
+            state,
+            _runtime: runtime,
+        }
+    }
+
+    /// Binds and spawns the accept loop; returns the address.
+    async fn serve(state: Arc<BackendState>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = state;
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -89,7 +186,7 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, state }
+        addr
     }
 
     pub fn arrivals(&self) -> Vec<Arrival> {
