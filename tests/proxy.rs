@@ -1,0 +1,335 @@
+//! Proxying through real sockets: routing, failing backends, protocols,
+//! header hygiene, limits on request heads, and graceful shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_longest_prefix_and_unmatched_requests_get_404() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.routes = vec![
+        route("api", "/api", None, 10, Duration::from_secs(1)),
+        route("api-v2", "/api/v2", None, 10, Duration::from_secs(1)),
+    ];
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let base = format!("http://{}", sluice.proxy_addr());
+
+    assert_eq!(
+        get(&client, &format!("{base}/api/x")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/api/v2/y")).await.status,
+        StatusCode::OK
+    );
+    let missing = get(&client, &format!("{base}/other")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    assert_eq!(backend.count(), 2);
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "api").await,
+        BTreeMap::from([("forwarded".to_string(), 1)])
+    );
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "api-v2").await,
+        BTreeMap::from([("forwarded".to_string(), 1)])
+    );
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "-").await,
+        BTreeMap::from([("no_route".to_string(), 1)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_gives_502_and_sluice_keeps_serving() {
+    let live = Backend::start(Duration::ZERO).await;
+    let dead = dead_addr().await;
+    let mut config = config(&[dead]);
+    let mut live_upstream = config.upstreams["api"].clone();
+    live_upstream.name = "live".into();
+    live_upstream.targets = vec![live.addr.to_string().parse().unwrap()];
+    config.upstreams.insert("live".into(), live_upstream);
+    let mut live_route = route("live", "/live", None, 10, Duration::from_secs(1));
+    live_route.upstream = "live".into();
+    config.routes = vec![
+        route("main", "/", None, 10, Duration::from_secs(1)),
+        live_route,
+    ];
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let base = format!("http://{}", sluice.proxy_addr());
+
+    for _ in 0..3 {
+        assert_eq!(
+            get(&client, &format!("{base}/x")).await.status,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    assert_eq!(
+        get(&client, &format!("{base}/live")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "main").await,
+        BTreeMap::from([("upstream_error".to_string(), 3)])
+    );
+    let text = scrape(&client, sluice.admin_addr()).await;
+    let errors = samples(&text, "sluice_upstream_errors_total");
+    assert_eq!(errors["kind=\"connect\",upstream=\"api\""], 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_gives_504_at_the_configured_timeout() {
+    let slow = Backend::start(Duration::from_secs(5)).await;
+    let mut config = config(&[slow.addr]);
+    let timeout = Duration::from_millis(300);
+    config.upstreams.get_mut("api").unwrap().timeout = timeout;
+    config.routes = vec![route("main", "/", None, 10, Duration::from_secs(1))];
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+
+    let seen = get(&client, &format!("http://{}/", sluice.proxy_addr())).await;
+    assert_eq!(seen.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(seen.latency >= timeout, "{:?}", seen.latency);
+    assert!(
+        seen.latency < timeout + Duration::from_millis(200),
+        "{:?}",
+        seen.latency
+    );
+    // The in-flight slot came back: the next request is served the same way.
+    let again = get(&client, &format!("http://{}/", sluice.proxy_addr())).await;
+    assert_eq!(again.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "main").await,
+        BTreeMap::from([("upstream_error".to_string(), 2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_served_on_the_same_port() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let h1 = client();
+
+    let url = format!("http://{}/h2", sluice.proxy_addr());
+    let response = h2
+        .request(Request::get(&url).body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(get(&h1, &url).await.status, StatusCode::OK);
+    let arrivals = backend.arrivals();
+    assert_eq!(arrivals.len(), 2);
+    // The HTTP/2 request's authority becomes the Host the backend sees.
+    let host = arrivals[0].headers.get("host").unwrap().to_str().unwrap();
+    assert_eq!(host, sluice.proxy_addr().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_stream_through() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let payload = Bytes::from(vec![b'x'; 1 << 20]);
+    let req = Request::post(format!("http://{}/upload", sluice.proxy_addr()))
+        .body(Full::new(payload.clone()))
+        .unwrap();
+    let seen = send(&client, req).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert_eq!(seen.body, payload, "the backend echoes the body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let req = Request::get(format!("http://{}/h", sluice.proxy_addr()))
+        .header("host", "shop.example.com")
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-kept", "yes")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client, req).await.status, StatusCode::OK);
+    let headers = &backend.arrivals()[0].headers;
+    for gone in ["x-private", "proxy-authorization", "te"] {
+        assert!(!headers.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(headers["x-kept"], "yes");
+    assert_eq!(headers["host"], "shop.example.com");
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "shop.example.com");
+    assert_eq!(
+        headers["forwarded"],
+        "for=127.0.0.1;proto=http;host=shop.example.com"
+    );
+}
+
+/// Sends raw bytes and returns the status line sluice answers with.
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_heads_get_431_and_never_reach_the_backend() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.server.max_header_bytes = 8192;
+    let sluice = TestSluice::start(&config).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let status = raw_status(sluice.proxy_addr(), big.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    let malformed = raw_status(sluice.proxy_addr(), b"GET / HTTP/1.1\r\nbad header\r\n\r\n").await;
+    assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_slow_to_send_its_head_is_cut_off() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.server.header_timeout = Duration::from_millis(300);
+    let sluice = TestSluice::start(&config).await;
+    let mut socket = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue, // a 408 may come first
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was not closed");
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_queued_requests_and_lets_in_flight_ones_finish() {
+    let backend = Backend::start(Duration::from_millis(400)).await;
+    let mut config = config(&[backend.addr]);
+    config.upstreams.get_mut("api").unwrap().max_inflight = std::num::NonZeroUsize::new(1).unwrap();
+    config.routes = vec![route("main", "/", None, 10, Duration::from_secs(10))];
+    let mut sluice = TestSluice::start(&config).await;
+    let client = client();
+    let url = format!("http://{}/", sluice.proxy_addr());
+    assert_eq!(
+        get(&client, &format!("http://{}/readyz", sluice.admin_addr()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let url = url.clone();
+        async move { get(&client, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = tokio::spawn({
+        let client = client.clone();
+        let url = url.clone();
+        async move { get(&client, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sluice.shutdown().await;
+
+    assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
+    let queued = queued.await.unwrap();
+    assert_eq!(queued.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(queued.retry_after.is_some());
+    assert_eq!(backend.count(), 1);
+    assert!(
+        TcpStream::connect(sluice.proxy_addr()).await.is_err(),
+        "still accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_configured_limits_and_build_info() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let text = scrape(&client, sluice.admin_addr()).await;
+    assert_eq!(
+        samples(&text, "sluice_route_rate_limit")["route=\"main\""],
+        100.0
+    );
+    assert_eq!(samples(&text, "sluice_route_burst")["route=\"main\""], 10.0);
+    assert_eq!(
+        samples(&text, "sluice_route_queue_capacity")["route=\"main\""],
+        1000.0
+    );
+    assert_eq!(
+        samples(&text, "sluice_route_queue_timeout_seconds")["route=\"main\""],
+        10.0
+    );
+    assert_eq!(
+        samples(&text, "sluice_upstream_max_inflight")["upstream=\"api\""],
+        1000.0
+    );
+    assert_eq!(samples(&text, "sluice_build_info").len(), 1);
+    for name in [
+        "sluice_queue_depth",
+        "sluice_queue_oldest_wait_seconds",
+        "sluice_upstream_inflight",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    assert_eq!(
+        get(&client, &format!("http://{}/healthz", sluice.admin_addr()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Wait-time and latency histograms appear once observed.
+    get(&client, &format!("http://{}/", sluice.proxy_addr())).await;
+    let text = scrape(&client, sluice.admin_addr()).await;
+    assert!(text.contains("sluice_queue_wait_seconds_bucket"));
+    assert!(text.contains("sluice_upstream_response_seconds_bucket"));
+}
