@@ -44,22 +44,34 @@ async fn assert_accounted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_is_released_as_a_flat_line_at_the_configured_rate() {
+    let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
-    config.routes = vec![route(
-        "main",
-        "/",
-        Some((100.0, 10)),
-        1000,
-        Duration::from_secs(10),
-    )];
+    config.routes = vec![
+        route(
+            "main",
+            "/",
+            Some((100.0, 10)),
+            1000,
+            Duration::from_secs(10),
+        ),
+        // Unshaped, same upstream: used only to open pooled connections first,
+        // so connection set-up does not skew the arrival times measured.
+        route("warm", "/warm", None, 100, Duration::from_secs(10)),
+    ];
     let sluice = TestSluice::start(&config).await;
     let client = client();
+    burst(&client, &format!("http://{}/warm", sluice.proxy_addr()), 30).await;
 
     let seen = burst(&client, &format!("http://{}/buy", sluice.proxy_addr()), 500).await;
 
     assert_eq!(by_status(&seen), BTreeMap::from([(200, 500)]));
-    let arrivals: Vec<u64> = backend.arrivals().iter().map(|a| a.at).collect();
+    let arrivals: Vec<u64> = backend
+        .arrivals()
+        .iter()
+        .filter(|a| a.path == "/buy")
+        .map(|a| a.at)
+        .collect();
     assert_eq!(arrivals.len(), 500);
     // After the burst of 10, the drain runs at 100/s.
     let drain = &arrivals[10..];
@@ -89,6 +101,7 @@ async fn burst_is_released_as_a_flat_line_at_the_configured_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_waited_requests_get_503_at_their_deadline_and_never_reach_the_backend() {
+    let _serial = serial().await;
     // The backend serves 2 at a time in 100 ms: 20/s, whatever the rate says.
     let backend = Backend::start(Duration::from_millis(100)).await;
     let mut config = config(&[backend.addr]);
@@ -131,6 +144,7 @@ async fn over_waited_requests_get_503_at_their_deadline_and_never_reach_the_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expected_wait_beyond_the_timeout_is_rejected_at_once() {
+    let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
     // 20/s, burst 1, 1 s timeout: about 21 can be served in time.
@@ -163,6 +177,7 @@ async fn expected_wait_beyond_the_timeout_is_rejected_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_rejects_the_excess_quickly() {
+    let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
     config.routes = vec![route(
@@ -197,6 +212,7 @@ async fn a_full_queue_rejects_the_excess_quickly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_leave_while_queued_are_never_forwarded() {
+    let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
     // One token every 200 ms, burst 1.
@@ -265,6 +281,7 @@ async fn clients_that_leave_while_queued_are_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_never_sees_more_than_max_inflight() {
+    let _serial = serial().await;
     let backend = Backend::start(Duration::from_millis(30)).await;
     let mut config = config(&[backend.addr]);
     config.upstreams.get_mut("api").unwrap().max_inflight = NonZeroUsize::new(3).unwrap();

@@ -35,6 +35,13 @@ pub fn micros_now() -> u64 {
     EPOCH.elapsed().as_micros() as u64
 }
 
+/// Timing-sensitive tests in one binary take this so they do not load the
+/// machine under each other's measurements.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// A request as the backend saw it.
 #[derive(Debug, Clone)]
 pub struct Arrival {

@@ -1,0 +1,150 @@
+//! The `sluice` binary as a user runs it: `check` and `run`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml")
+}
+
+/// Writes `text` to a fresh file under the target dir and returns its path.
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_prints_the_effective_config_which_parses_back() {
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(example())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    // Defaults are filled in.
+    assert!(printed.contains("drain_timeout"), "{printed}");
+    let reparsed = sluice::Config::parse(&printed, Path::new("printed.toml")).unwrap();
+    let original = sluice::Config::load(&example()).unwrap();
+    assert_eq!(reparsed.routes, original.routes);
+    assert_eq!(reparsed.upstreams, original.upstreams);
+}
+
+#[test]
+fn check_names_file_line_and_key_and_exits_non_zero() {
+    let text = std::fs::read_to_string(example())
+        .unwrap()
+        .replacen("rate = 200", "rate = 0", 1);
+    let line = text
+        .lines()
+        .position(|l| l.trim_start().starts_with("rate = 0"))
+        .unwrap()
+        + 1;
+    let path = write_config("zero-rate.toml", &text);
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("zero-rate.toml:{line}:")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("routes[0].limit.rate"), "{stderr}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let output = sluice()
+        .args(["check", "--config", "/nonexistent/sluice.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/sluice.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_until_sigterm_then_exits_cleanly() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let path = write_config(
+        "run.toml",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+[upstreams.api]
+targets = ["{}"]
+[[routes]]
+name = "main"
+upstream = "api"
+[routes.limit]
+rate = 100
+burst = 10
+"#,
+            backend.addr
+        ),
+    );
+    let mut child = sluice()
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first log line says where it listens.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (proxy, admin) = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let fields = &record["fields"];
+        if let (Some(p), Some(a)) = (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str()) {
+            break (p.to_string(), a.to_string());
+        }
+    };
+    let client = client();
+    assert_eq!(
+        get(&client, &format!("http://{proxy}/x")).await.status,
+        StatusCode::OK
+    );
+    let access = lines.next().unwrap().unwrap();
+    let access: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(access["target"], "sluice::access");
+    assert_eq!(access["fields"]["outcome"], "forwarded");
+    assert_eq!(access["fields"]["route"], "main");
+    assert_eq!(access["fields"]["status"], 200);
+    let metrics = scrape(&client, admin.parse().unwrap()).await;
+    assert!(metrics.contains("sluice_requests_total{outcome=\"forwarded\",route=\"main\"} 1"));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
