@@ -3,14 +3,17 @@
 //!
 //! Every error names the file, the line and the dotted key it is about.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::StatusCode;
 use http::uri::Authority;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,12 +159,1846 @@ impl Config {
     }
 
     /// Validates config text; `path` is only used in messages.
-    pub fn parse(_src: &str, _path: &Path) -> Result<Config, ConfigError> {
-        todo!("config parsing")
+    pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        let ctx = Ctx { src, path };
+        let raw: RawConfig = toml::from_str(src).map_err(|err| ctx.toml_error(&err))?;
+        ctx.config(raw)
     }
 
     /// The effective configuration as TOML, every default filled in.
     pub fn to_toml(&self) -> String {
-        todo!("config rendering")
+        // Every value here is a string, integer, float, bool, array or table, all of
+        // which TOML can represent, so serialization cannot fail; the fallback only
+        // exists so that this function has no panic path.
+        toml::to_string(&RenderedConfig::from(self))
+            .unwrap_or_else(|err| format!("# sluice: cannot render the configuration: {err}\n"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Defaults. Kept in one place so the docs, the example file and `to_toml` agree.
+
+const DEFAULT_SERVER_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// hyper refuses (panics on) a read buffer smaller than this.
+const MIN_MAX_HEADER_BYTES: usize = 8192;
+const DEFAULT_MAX_HEADERS: usize = 100;
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+const DEFAULT_LOG_LEVEL: &str = "info";
+const DEFAULT_MAX_INFLIGHT: NonZeroUsize = NonZeroUsize::new(256).expect("256 is not zero");
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const DEFAULT_POOL_MAX_IDLE_PER_TARGET: usize = 128;
+const DEFAULT_PATH_PREFIX: &str = "/";
+const DEFAULT_BURST: NonZeroU32 = NonZeroU32::MIN;
+const DEFAULT_QUEUE_CAPACITY: usize = 1000;
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_REJECT_STATUS: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+
+// ---------------------------------------------------------------------------
+// The file as written. Values that need checking beyond their TOML type are
+// `Spanned` so a failed check can point at them; optional keys are `Option` so
+// defaults are applied in exactly one place (the conversion below).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    log: RawLog,
+    upstreams: Option<Spanned<BTreeMap<String, RawUpstream>>>,
+    routes: Option<Spanned<Vec<RawRoute>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    header_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_headers: Option<Spanned<i64>>,
+    drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<Spanned<String>>,
+    level: Option<Spanned<String>>,
+    access_log: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    targets: Spanned<Vec<Spanned<String>>>,
+    max_inflight: Option<Spanned<i64>>,
+    connect_timeout: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    pool_idle_timeout: Option<Spanned<String>>,
+    pool_max_idle_per_target: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    host: Option<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
+    methods: Option<Vec<Spanned<String>>>,
+    upstream: Spanned<String>,
+    limit: Option<RawLimit>,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    reject: RawReject,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    rate: Spanned<f64>,
+    burst: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    capacity: Option<Spanned<i64>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReject {
+    status: Option<Spanned<i64>>,
+    retry_after: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------
+// Checking and converting the raw file into the typed config.
+
+type Checked<T> = Result<T, ConfigError>;
+
+/// What every error needs: the text (to turn byte offsets into lines) and the path.
+struct Ctx<'a> {
+    src: &'a str,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_column(self.src, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A syntax, type, unknown-key or missing-key error from the TOML layer. It only
+    /// knows a byte span, so the key is recovered from the text at that span.
+    fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        let message = err.message();
+        let offset = err.span().map_or(0, |span| span.start);
+        let mut key = key_path_at(self.src, offset);
+        // For a missing key toml points at the table that lacks it, so the key is
+        // appended; for an unknown key it points at the key itself, which the path
+        // then already ends with (unless the span was less precise than usual).
+        if let Some(field) = quoted_field(message, "missing field ") {
+            key.push(key_segment(field));
+        } else if let Some(field) = quoted_field(message, "unknown field ") {
+            let field = key_segment(field);
+            if key.last() != Some(&field) {
+                key.push(field);
+            }
+        }
+        self.invalid(offset..offset, &display_key(&key), message)
+    }
+
+    fn config(&self, raw: RawConfig) -> Checked<Config> {
+        let server_span = raw.server.listen.as_ref().map(Spanned::span);
+        let admin_span = raw.admin.listen.as_ref().map(Spanned::span);
+        let server = self.server(raw.server)?;
+        let admin = self.admin(raw.admin)?;
+        self.distinct_listeners(&server, &admin, server_span, admin_span)?;
+        let log = self.log(raw.log)?;
+        let upstreams = self.upstreams(raw.upstreams)?;
+        let routes = self.routes(raw.routes, &upstreams)?;
+        Ok(Config {
+            source: self.path.to_path_buf(),
+            server,
+            admin,
+            log,
+            upstreams,
+            routes,
+        })
+    }
+
+    fn server(&self, raw: RawServer) -> Checked<ServerConfig> {
+        Ok(ServerConfig {
+            listen: raw.listen.map_or(Ok(DEFAULT_SERVER_LISTEN), |v| {
+                self.socket_addr("server.listen", &v)
+            })?,
+            header_timeout: raw.header_timeout.map_or(Ok(DEFAULT_HEADER_TIMEOUT), |v| {
+                self.positive_duration("server.header_timeout", &v)
+            })?,
+            max_header_bytes: raw
+                .max_header_bytes
+                .map_or(Ok(DEFAULT_MAX_HEADER_BYTES), |v| {
+                    self.at_least("server.max_header_bytes", &v, MIN_MAX_HEADER_BYTES)
+                })?,
+            max_headers: raw.max_headers.map_or(Ok(DEFAULT_MAX_HEADERS), |v| {
+                self.at_least("server.max_headers", &v, 1)
+            })?,
+            drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
+                self.duration("server.drain_timeout", &v)
+            })?,
+        })
+    }
+
+    fn admin(&self, raw: RawAdmin) -> Checked<AdminConfig> {
+        Ok(AdminConfig {
+            listen: raw.listen.map_or(Ok(DEFAULT_ADMIN_LISTEN), |v| {
+                self.socket_addr("admin.listen", &v)
+            })?,
+        })
+    }
+
+    /// The two listeners cannot bind the same address. Port 0 means "any free
+    /// port", so two port-0 listeners do not clash.
+    fn distinct_listeners(
+        &self,
+        server: &ServerConfig,
+        admin: &AdminConfig,
+        server_span: Option<Range<usize>>,
+        admin_span: Option<Range<usize>>,
+    ) -> Checked<()> {
+        if server.listen != admin.listen || server.listen.port() == 0 {
+            return Ok(());
+        }
+        // Blame the one that was written; both cannot be defaults, they differ.
+        let (key, other, span) = match (admin_span, server_span) {
+            (Some(span), _) => ("admin.listen", "server.listen", span),
+            (None, Some(span)) => ("server.listen", "admin.listen", span),
+            (None, None) => ("admin.listen", "server.listen", 0..0),
+        };
+        Err(self.invalid(
+            span,
+            key,
+            format!("{} is also {other}; the two must differ", admin.listen),
+        ))
+    }
+
+    fn log(&self, raw: RawLog) -> Checked<LogConfig> {
+        Ok(LogConfig {
+            format: raw
+                .format
+                .map_or(Ok(LogFormat::Text), |v| self.log_format("log.format", &v))?,
+            level: raw.level.map_or(Ok(DEFAULT_LOG_LEVEL.to_string()), |v| {
+                self.log_level("log.level", &v)
+            })?,
+            access_log: raw.access_log.unwrap_or(true),
+        })
+    }
+
+    fn upstreams(
+        &self,
+        raw: Option<Spanned<BTreeMap<String, RawUpstream>>>,
+    ) -> Checked<BTreeMap<String, UpstreamConfig>> {
+        let Some(raw) = raw else {
+            return Err(self.invalid(
+                0..0,
+                "upstreams",
+                "at least one upstream is required: add an [upstreams.NAME] table",
+            ));
+        };
+        if raw.get_ref().is_empty() {
+            return Err(self.invalid(
+                raw.span(),
+                "upstreams",
+                "at least one upstream is required: add an [upstreams.NAME] table",
+            ));
+        }
+        raw.into_inner()
+            .into_iter()
+            .map(|(name, up)| Ok((name.clone(), self.upstream(name, up)?)))
+            .collect()
+    }
+
+    fn upstream(&self, name: String, raw: RawUpstream) -> Checked<UpstreamConfig> {
+        let key = |field: &str| format!("upstreams.{}.{field}", key_segment(&name));
+        Ok(UpstreamConfig {
+            targets: self.targets(&key("targets"), &raw.targets)?,
+            max_inflight: raw.max_inflight.map_or(Ok(DEFAULT_MAX_INFLIGHT), |v| {
+                let n = self.at_least(&key("max_inflight"), &v, 1)?;
+                NonZeroUsize::new(n).ok_or_else(|| {
+                    self.invalid(v.span(), &key("max_inflight"), "must be at least 1")
+                })
+            })?,
+            connect_timeout: raw
+                .connect_timeout
+                .map_or(Ok(DEFAULT_CONNECT_TIMEOUT), |v| {
+                    self.positive_duration(&key("connect_timeout"), &v)
+                })?,
+            timeout: raw.timeout.map_or(Ok(DEFAULT_UPSTREAM_TIMEOUT), |v| {
+                self.positive_duration(&key("timeout"), &v)
+            })?,
+            pool_idle_timeout: raw
+                .pool_idle_timeout
+                .map_or(Ok(DEFAULT_POOL_IDLE_TIMEOUT), |v| {
+                    self.duration(&key("pool_idle_timeout"), &v)
+                })?,
+            pool_max_idle_per_target: raw
+                .pool_max_idle_per_target
+                .map_or(Ok(DEFAULT_POOL_MAX_IDLE_PER_TARGET), |v| {
+                    self.at_least(&key("pool_max_idle_per_target"), &v, 0)
+                })?,
+            name,
+        })
+    }
+
+    fn targets(&self, key: &str, raw: &Spanned<Vec<Spanned<String>>>) -> Checked<Vec<Authority>> {
+        if raw.get_ref().is_empty() {
+            return Err(self.invalid(
+                raw.span(),
+                key,
+                "at least one target (\"host:port\") is required",
+            ));
+        }
+        raw.get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, target)| self.target(&format!("{key}[{i}]"), target))
+            .collect()
+    }
+
+    fn routes(
+        &self,
+        raw: Option<Spanned<Vec<RawRoute>>>,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Checked<Vec<RouteConfig>> {
+        const NONE: &str = "at least one route is required: add a [[routes]] table";
+        let Some(raw) = raw else {
+            return Err(self.invalid(0..0, "routes", NONE));
+        };
+        if raw.get_ref().is_empty() {
+            return Err(self.invalid(raw.span(), "routes", NONE));
+        }
+        // Route names are metric labels, so two routes must never share one.
+        let mut seen: HashMap<String, (usize, Range<usize>)> = HashMap::new();
+        let mut routes = Vec::with_capacity(raw.get_ref().len());
+        for (i, route) in raw.into_inner().into_iter().enumerate() {
+            let name = route.name.get_ref();
+            if let Some((first, span)) = seen.get(name) {
+                let (line, _) = line_column(self.src, span.start);
+                return Err(self.invalid(
+                    route.name.span(),
+                    &format!("routes[{i}].name"),
+                    format!("duplicate route name {name:?}: already used by routes[{first}] (line {line})"),
+                ));
+            }
+            seen.insert(name.clone(), (i, route.name.span()));
+            routes.push(self.route(i, route, upstreams)?);
+        }
+        Ok(routes)
+    }
+
+    fn route(
+        &self,
+        i: usize,
+        raw: RawRoute,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Checked<RouteConfig> {
+        let key = |field: &str| format!("routes[{i}].{field}");
+        Ok(RouteConfig {
+            name: self.route_name(&key("name"), &raw.name)?,
+            host: raw.host.map(|v| self.host(&key("host"), &v)).transpose()?,
+            path_prefix: raw
+                .path_prefix
+                .map_or(Ok(DEFAULT_PATH_PREFIX.to_string()), |v| {
+                    self.path_prefix(&key("path_prefix"), &v)
+                })?,
+            methods: raw
+                .methods
+                .map_or(Ok(Vec::new()), |v| self.methods(&key("methods"), &v))?,
+            upstream: self.upstream_ref(&key("upstream"), &raw.upstream, upstreams)?,
+            limit: raw
+                .limit
+                .map(|v| self.limit(&key("limit"), &v))
+                .transpose()?,
+            queue: self.queue(&key("queue"), &raw.queue)?,
+            reject: self.reject(&key("reject"), &raw.reject)?,
+        })
+    }
+
+    fn limit(&self, key: &str, raw: &RawLimit) -> Checked<LimitConfig> {
+        let rate = *raw.rate.get_ref();
+        // Checked as "finite and positive" rather than "not <= 0" so NaN fails too.
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(self.invalid(
+                raw.rate.span(),
+                &format!("{key}.rate"),
+                format!("must be a finite number of requests per second above 0, got {rate}"),
+            ));
+        }
+        let burst = match &raw.burst {
+            None => DEFAULT_BURST,
+            Some(v) => u32::try_from(*v.get_ref())
+                .ok()
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| {
+                    self.invalid(
+                        v.span(),
+                        &format!("{key}.burst"),
+                        format!("must be from 1 to {}, got {}", u32::MAX, v.get_ref()),
+                    )
+                })?,
+        };
+        Ok(LimitConfig { rate, burst })
+    }
+
+    fn queue(&self, key: &str, raw: &RawQueue) -> Checked<QueueConfig> {
+        Ok(QueueConfig {
+            capacity: raw
+                .capacity
+                .as_ref()
+                .map_or(Ok(DEFAULT_QUEUE_CAPACITY), |v| {
+                    self.at_least(&format!("{key}.capacity"), v, 0)
+                })?,
+            timeout: raw
+                .timeout
+                .as_ref()
+                .map_or(Ok(DEFAULT_QUEUE_TIMEOUT), |v| {
+                    self.positive_duration(&format!("{key}.timeout"), v)
+                })?,
+        })
+    }
+
+    fn reject(&self, key: &str, raw: &RawReject) -> Checked<RejectConfig> {
+        Ok(RejectConfig {
+            status: raw.status.as_ref().map_or(Ok(DEFAULT_REJECT_STATUS), |v| {
+                self.reject_status(&format!("{key}.status"), v)
+            })?,
+            retry_after: raw.retry_after.unwrap_or(true),
+        })
+    }
+
+    // --- single values ------------------------------------------------------
+
+    fn duration(&self, key: &str, v: &Spanned<String>) -> Checked<Duration> {
+        humantime::parse_duration(v.get_ref()).map_err(|err| {
+            self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "invalid duration {:?}: {err} (write e.g. \"250ms\", \"2s\", \"1m\")",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    /// A duration where zero would make every request fail.
+    fn positive_duration(&self, key: &str, v: &Spanned<String>) -> Checked<Duration> {
+        let d = self.duration(key, v)?;
+        if d.is_zero() {
+            return Err(self.invalid(v.span(), key, "must be greater than 0"));
+        }
+        Ok(d)
+    }
+
+    fn at_least(&self, key: &str, v: &Spanned<i64>, min: usize) -> Checked<usize> {
+        let n = *v.get_ref();
+        match usize::try_from(n) {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(self.invalid(v.span(), key, format!("must be at least {min}, got {n}"))),
+        }
+    }
+
+    fn socket_addr(&self, key: &str, v: &Spanned<String>) -> Checked<SocketAddr> {
+        v.get_ref().parse().map_err(|_| {
+            self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "invalid address {:?}: expected IP:port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn target(&self, key: &str, v: &Spanned<String>) -> Checked<Authority> {
+        parse_target(v.get_ref()).map_err(|why| {
+            self.invalid(
+                v.span(),
+                key,
+                format!("invalid target {:?}: {why}", v.get_ref()),
+            )
+        })
+    }
+
+    fn log_format(&self, key: &str, v: &Spanned<String>) -> Checked<LogFormat> {
+        match v.get_ref().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(self.invalid(
+                v.span(),
+                key,
+                format!("unknown log format {other:?}: expected \"text\" or \"json\""),
+            )),
+        }
+    }
+
+    /// Parsed here so a typo fails at startup instead of silently logging nothing.
+    fn log_level(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        let level = v.get_ref();
+        if level.trim().is_empty() {
+            return Err(self.invalid(v.span(), key, "must not be empty (e.g. \"info\")"));
+        }
+        tracing_subscriber::EnvFilter::builder()
+            .parse(level)
+            .map_err(|err| {
+                self.invalid(
+                    v.span(),
+                    key,
+                    format!("invalid filter directive {level:?}: {err}"),
+                )
+            })?;
+        Ok(level.clone())
+    }
+
+    fn route_name(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        if v.get_ref().trim().is_empty() {
+            return Err(self.invalid(v.span(), key, "must not be empty"));
+        }
+        Ok(v.get_ref().clone())
+    }
+
+    fn host(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        parse_host(v.get_ref()).map_err(|why| {
+            self.invalid(
+                v.span(),
+                key,
+                format!("invalid host {:?}: {why}", v.get_ref()),
+            )
+        })
+    }
+
+    fn path_prefix(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        let prefix = v.get_ref();
+        if !prefix.starts_with('/') {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!("must start with '/', got {prefix:?}"),
+            ));
+        }
+        // A request path never contains these, so such a route could never match.
+        if let Some(c) = prefix
+            .chars()
+            .find(|c| matches!(c, '?' | '#') || c.is_whitespace())
+        {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!("must be a plain path, but {prefix:?} contains {c:?}"),
+            ));
+        }
+        Ok(prefix.clone())
+    }
+
+    fn methods(&self, key: &str, raw: &[Spanned<String>]) -> Checked<Vec<http::Method>> {
+        let mut methods: Vec<http::Method> = Vec::with_capacity(raw.len());
+        for (i, v) in raw.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            let method =
+                parse_method(v.get_ref()).map_err(|why| self.invalid(v.span(), &key, why))?;
+            if methods.contains(&method) {
+                return Err(self.invalid(v.span(), &key, format!("duplicate method {method}")));
+            }
+            methods.push(method);
+        }
+        Ok(methods)
+    }
+
+    fn upstream_ref(
+        &self,
+        key: &str,
+        v: &Spanned<String>,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Checked<String> {
+        let name = v.get_ref();
+        if upstreams.contains_key(name) {
+            return Ok(name.clone());
+        }
+        let known: Vec<String> = upstreams.keys().map(|k| format!("{k:?}")).collect();
+        Err(self.invalid(
+            v.span(),
+            key,
+            format!(
+                "unknown upstream {name:?}; defined upstreams: {}",
+                known.join(", ")
+            ),
+        ))
+    }
+
+    fn reject_status(&self, key: &str, v: &Spanned<i64>) -> Checked<StatusCode> {
+        let n = *v.get_ref();
+        u16::try_from(n)
+            .ok()
+            .filter(|n| (400..=599).contains(n))
+            .and_then(|n| StatusCode::from_u16(n).ok())
+            .ok_or_else(|| {
+                self.invalid(
+                    v.span(),
+                    key,
+                    format!("must be an HTTP error status from 400 to 599, got {n}"),
+                )
+            })
+    }
+}
+
+/// "host:port" with an explicit, non-zero port and nothing else.
+fn parse_target(s: &str) -> Result<Authority, String> {
+    let authority: Authority = s
+        .parse()
+        .map_err(|err| format!("{err}; expected \"host:port\", e.g. \"127.0.0.1:9000\""))?;
+    if authority.as_str().contains('@') {
+        return Err("must not contain user info ('@')".into());
+    }
+    if authority.host().is_empty() {
+        return Err("missing host; expected \"host:port\"".into());
+    }
+    match authority.port_u16() {
+        None => Err("missing port; expected \"host:port\", e.g. \"127.0.0.1:9000\"".into()),
+        Some(0) => Err("port must not be 0".into()),
+        Some(_) => Ok(authority),
+    }
+}
+
+/// An exact host or a leading `*.` wildcard, lower-cased, without a port.
+fn parse_host(s: &str) -> Result<String, String> {
+    let host = s.to_ascii_lowercase();
+    let bare = host.strip_prefix("*.").unwrap_or(&host);
+    if bare.is_empty() {
+        return Err("empty host".into());
+    }
+    if bare.starts_with('[') {
+        // An IPv6 literal, as it appears in a Host header.
+        let ok = bare
+            .strip_prefix('[')
+            .and_then(|b| b.strip_suffix(']'))
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        return match ok && bare.len() == host.len() {
+            true => Ok(host),
+            false => Err("expected an IPv6 literal like \"[::1]\" (no wildcard, no port)".into()),
+        };
+    }
+    if bare.contains('*') {
+        return Err("a wildcard is only allowed as a leading \"*.\"".into());
+    }
+    if bare.contains(':') {
+        return Err("must not include a port (routes match any port)".into());
+    }
+    for label in bare.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label must be 1 to 63 characters".into());
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        {
+            return Err(format!(
+                "invalid character {c:?} (use ASCII/punycode letters, digits, '-')"
+            ));
+        }
+    }
+    Ok(host)
+}
+
+/// An HTTP method token, which is case-sensitive: "get" is not GET.
+fn parse_method(s: &str) -> Result<http::Method, String> {
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(format!(
+            "method {s:?} must be upper case (e.g. {:?})",
+            s.to_ascii_uppercase()
+        ));
+    }
+    http::Method::from_bytes(s.as_bytes()).map_err(|_| format!("invalid HTTP method {s:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// Rendering: the typed config back into the file's shape.
+
+#[derive(Serialize)]
+struct RenderedConfig<'a> {
+    server: RenderedServer,
+    admin: RenderedAdmin,
+    log: RenderedLog<'a>,
+    upstreams: BTreeMap<&'a str, RenderedUpstream>,
+    routes: Vec<RenderedRoute<'a>>,
+}
+
+#[derive(Serialize)]
+struct RenderedServer {
+    listen: String,
+    header_timeout: String,
+    max_header_bytes: usize,
+    max_headers: usize,
+    drain_timeout: String,
+}
+
+#[derive(Serialize)]
+struct RenderedAdmin {
+    listen: String,
+}
+
+#[derive(Serialize)]
+struct RenderedLog<'a> {
+    format: &'static str,
+    level: &'a str,
+    access_log: bool,
+}
+
+#[derive(Serialize)]
+struct RenderedUpstream {
+    targets: Vec<String>,
+    max_inflight: usize,
+    connect_timeout: String,
+    timeout: String,
+    pool_idle_timeout: String,
+    pool_max_idle_per_target: usize,
+}
+
+#[derive(Serialize)]
+struct RenderedRoute<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    path_prefix: &'a str,
+    methods: Vec<&'a str>,
+    upstream: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<RenderedLimit>,
+    queue: RenderedQueue,
+    reject: RenderedReject,
+}
+
+#[derive(Serialize)]
+struct RenderedLimit {
+    rate: f64,
+    burst: u32,
+}
+
+#[derive(Serialize)]
+struct RenderedQueue {
+    capacity: usize,
+    timeout: String,
+}
+
+#[derive(Serialize)]
+struct RenderedReject {
+    status: u16,
+    retry_after: bool,
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+impl<'a> From<&'a Config> for RenderedConfig<'a> {
+    fn from(c: &'a Config) -> Self {
+        RenderedConfig {
+            server: RenderedServer {
+                listen: c.server.listen.to_string(),
+                header_timeout: human(c.server.header_timeout),
+                max_header_bytes: c.server.max_header_bytes,
+                max_headers: c.server.max_headers,
+                drain_timeout: human(c.server.drain_timeout),
+            },
+            admin: RenderedAdmin {
+                listen: c.admin.listen.to_string(),
+            },
+            log: RenderedLog {
+                format: match c.log.format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                },
+                level: &c.log.level,
+                access_log: c.log.access_log,
+            },
+            upstreams: c
+                .upstreams
+                .iter()
+                .map(|(name, up)| (name.as_str(), RenderedUpstream::from(up)))
+                .collect(),
+            routes: c.routes.iter().map(RenderedRoute::from).collect(),
+        }
+    }
+}
+
+impl From<&UpstreamConfig> for RenderedUpstream {
+    fn from(u: &UpstreamConfig) -> Self {
+        RenderedUpstream {
+            targets: u.targets.iter().map(ToString::to_string).collect(),
+            max_inflight: u.max_inflight.get(),
+            connect_timeout: human(u.connect_timeout),
+            timeout: human(u.timeout),
+            pool_idle_timeout: human(u.pool_idle_timeout),
+            pool_max_idle_per_target: u.pool_max_idle_per_target,
+        }
+    }
+}
+
+impl<'a> From<&'a RouteConfig> for RenderedRoute<'a> {
+    fn from(r: &'a RouteConfig) -> Self {
+        RenderedRoute {
+            name: &r.name,
+            host: r.host.as_deref(),
+            path_prefix: &r.path_prefix,
+            methods: r.methods.iter().map(http::Method::as_str).collect(),
+            upstream: &r.upstream,
+            limit: r.limit.map(|l| RenderedLimit {
+                rate: l.rate,
+                burst: l.burst.get(),
+            }),
+            queue: RenderedQueue {
+                capacity: r.queue.capacity,
+                timeout: human(r.queue.timeout),
+            },
+            reject: RenderedReject {
+                status: r.reject.status.as_u16(),
+                retry_after: r.reject.retry_after,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Locating errors: byte offset -> line, column and dotted key.
+
+/// 1-based line and column (in characters) of a byte offset; offsets past the
+/// end or inside a character are clamped rather than trusted.
+fn line_column(src: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(src.len());
+    while !src.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &src[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// `(top level)` when nothing narrower is known.
+fn display_key(path: &[String]) -> String {
+    if path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        path.join(".")
+    }
+}
+
+/// A key as it would be written in TOML: bare when possible, quoted otherwise.
+fn key_segment(name: &str) -> String {
+    if !name.is_empty() && name.bytes().all(is_bare_key_byte) {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+fn is_bare_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// The name in "missing field `upstream`" / "unknown field `rat`, expected ...".
+fn quoted_field<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    message
+        .strip_prefix(prefix)?
+        .strip_prefix('`')?
+        .split('`')
+        .next()
+}
+
+/// The dotted key in force at `offset`, with array-of-tables and array indexes,
+/// e.g. `["routes[1]", "limit", "rate"]`.
+///
+/// The TOML parser only reports byte spans, and for a syntax error there is no
+/// document tree to ask, so this reads the text itself. It follows just enough
+/// of the grammar (headers, dotted and quoted keys, strings of all four kinds,
+/// comments, arrays and inline tables) to know which key each token belongs to,
+/// and it is total: any input, however broken, yields some path.
+fn key_path_at(src: &str, offset: usize) -> Vec<String> {
+    let mut scanner = KeyScanner {
+        src: src.as_bytes(),
+        pos: 0,
+        target: offset,
+        table: Vec::new(),
+        tables_in_arrays: HashMap::new(),
+        found: Vec::new(),
+        depth: 0,
+    };
+    scanner.run();
+    scanner.found
+}
+
+struct KeyScanner<'a> {
+    src: &'a [u8],
+    pos: usize,
+    /// The byte offset whose key we want.
+    target: usize,
+    /// The header in force, indexes resolved (`["routes[1]", "limit"]`).
+    table: Vec<String>,
+    /// How many `[[x]]` headers each resolved path has had so far.
+    tables_in_arrays: HashMap<String, usize>,
+    /// The path of the last token that starts at or before `target`.
+    found: Vec<String>,
+    /// Arrays and inline tables currently open, bounded so hostile nesting
+    /// cannot overflow the stack.
+    depth: usize,
+}
+
+/// Deeper than the TOML parser itself accepts, so every real error is reached.
+const MAX_SCAN_DEPTH: usize = 128;
+
+impl KeyScanner<'_> {
+    fn run(&mut self) {
+        if self.src.starts_with("\u{feff}".as_bytes()) {
+            self.pos = 3;
+        }
+        while self.pos < self.src.len() && self.pos <= self.target {
+            self.line();
+        }
+    }
+
+    /// Records that the token starting at `start` belongs to `path`.
+    fn note(&mut self, start: usize, path: &[String]) {
+        if start <= self.target {
+            self.found = path.to_vec();
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    fn peek_at(&self, ahead: usize) -> Option<u8> {
+        self.src.get(self.pos + ahead).copied()
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        let hit = self.peek() == Some(b);
+        if hit {
+            self.pos += 1;
+        }
+        hit
+    }
+
+    fn skip_spaces(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    /// Spaces, newlines and comments: what may sit between array elements.
+    fn skip_blank(&mut self) {
+        loop {
+            match self.peek() {
+                Some(b' ' | b'\t' | b'\r' | b'\n') => self.pos += 1,
+                Some(b'#') => self.skip_line(),
+                _ => return,
+            }
+        }
+    }
+
+    fn skip_line(&mut self) {
+        while let Some(b) = self.peek() {
+            self.pos += 1;
+            if b == b'\n' {
+                return;
+            }
+        }
+    }
+
+    /// One line at statement level: blank, comment, header or key/value. Whatever
+    /// is left on the line afterwards (a comment, trailing junk) keeps the path of
+    /// the key before it, which is what an error there is about.
+    fn line(&mut self) {
+        let table = self.table.clone();
+        self.note(self.pos, &table);
+        self.skip_spaces();
+        match self.peek() {
+            Some(b'[') => self.header(),
+            Some(b'#' | b'\r' | b'\n') | None => {}
+            Some(_) => self.key_value(&table),
+        }
+        self.skip_line();
+    }
+
+    fn header(&mut self) {
+        let start = self.pos;
+        self.pos += 1;
+        let is_array = self.eat(b'[');
+        let segments = self.dotted_key();
+        self.table = self.resolve_header(&segments, is_array);
+        let table = self.table.clone();
+        self.note(start, &table);
+    }
+
+    /// `[routes.limit]` after the second `[[routes]]` is `routes[1].limit`;
+    /// `[[routes]]` itself opens the next index.
+    fn resolve_header(&mut self, segments: &[String], is_array: bool) -> Vec<String> {
+        let mut path: Vec<String> = Vec::with_capacity(segments.len());
+        // The resolved path so far as one string: the key of `tables_in_arrays`.
+        let mut id = String::new();
+        for (i, segment) in segments.iter().enumerate() {
+            let mut name = key_segment(segment);
+            // Past any sane nesting, skip the lookups, which would make a hostile
+            // header of thousands of segments quadratic.
+            if i < MAX_SCAN_DEPTH {
+                if !id.is_empty() {
+                    id.push('.');
+                }
+                id.push_str(&name);
+                let index = if is_array && i + 1 == segments.len() {
+                    let count = self.tables_in_arrays.entry(id.clone()).or_insert(0);
+                    *count += 1;
+                    Some(*count - 1)
+                } else {
+                    self.tables_in_arrays
+                        .get(&id)
+                        .map(|count| count.saturating_sub(1))
+                };
+                if let Some(index) = index {
+                    let suffix = format!("[{index}]");
+                    id.push_str(&suffix);
+                    name.push_str(&suffix);
+                }
+            }
+            path.push(name);
+        }
+        path
+    }
+
+    fn key_value(&mut self, table: &[String]) {
+        let start = self.pos;
+        let segments = self.dotted_key();
+        if segments.is_empty() {
+            return;
+        }
+        let mut path = table.to_vec();
+        path.extend(segments.iter().map(|s| key_segment(s)));
+        self.note(start, &path);
+        self.skip_spaces();
+        if self.eat(b'=') {
+            self.value(&path);
+        }
+    }
+
+    /// `a . "b c" . 'd'` -> ["a", "b c", "d"]; empty if no key starts here.
+    fn dotted_key(&mut self) -> Vec<String> {
+        let mut segments = Vec::new();
+        loop {
+            self.skip_spaces();
+            match self.simple_key() {
+                Some(segment) => segments.push(segment),
+                None => break,
+            }
+            self.skip_spaces();
+            if !self.eat(b'.') {
+                break;
+            }
+        }
+        segments
+    }
+
+    fn simple_key(&mut self) -> Option<String> {
+        let start = self.pos;
+        match self.peek()? {
+            q @ (b'"' | b'\'') => {
+                self.single_line_string(q);
+                // Escapes are left as written: the key is only shown, never looked up.
+                let end = self.pos.saturating_sub(1).max(start + 1);
+                let inner = self.src.get(start + 1..end).unwrap_or_default();
+                Some(String::from_utf8_lossy(inner).into_owned())
+            }
+            b if is_bare_key_byte(b) => {
+                while self.peek().is_some_and(is_bare_key_byte) {
+                    self.pos += 1;
+                }
+                Some(String::from_utf8_lossy(&self.src[start..self.pos]).into_owned())
+            }
+            _ => None,
+        }
+    }
+
+    fn value(&mut self, path: &[String]) {
+        self.skip_spaces();
+        self.note(self.pos, path);
+        match self.peek() {
+            Some(b'[' | b'{') if self.depth >= MAX_SCAN_DEPTH => self.pos += 1,
+            Some(b'[') => self.nested(|s| s.array(path)),
+            Some(b'{') => self.nested(|s| s.inline_table(path)),
+            Some(q @ (b'"' | b'\'')) => self.string(q),
+            Some(b'#' | b'\r' | b'\n') | None => {}
+            Some(_) => self.scalar(),
+        }
+    }
+
+    fn nested(&mut self, read: impl FnOnce(&mut Self)) {
+        self.depth += 1;
+        read(self);
+        self.depth -= 1;
+    }
+
+    /// Numbers, booleans, dates: everything up to the next delimiter.
+    fn scalar(&mut self) {
+        while let Some(b) = self.peek() {
+            if matches!(b, b',' | b']' | b'}' | b'#' | b' ' | b'\t' | b'\r' | b'\n') {
+                return;
+            }
+            self.pos += 1;
+        }
+    }
+
+    fn array(&mut self, path: &[String]) {
+        self.pos += 1;
+        let mut index = 0;
+        loop {
+            self.skip_blank();
+            match self.peek() {
+                None => return,
+                Some(b']') => {
+                    self.pos += 1;
+                    return;
+                }
+                Some(b',') => {
+                    self.note(self.pos, path);
+                    self.pos += 1;
+                    index += 1;
+                }
+                Some(_) => {
+                    let mut element = path.to_vec();
+                    if let Some(last) = element.last_mut() {
+                        last.push_str(&format!("[{index}]"));
+                    }
+                    let before = self.pos;
+                    self.value(&element);
+                    // Something that is not a value: step over it so we always advance.
+                    if self.pos == before {
+                        self.pos += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn inline_table(&mut self, path: &[String]) {
+        self.pos += 1;
+        loop {
+            self.skip_blank();
+            match self.peek() {
+                None => return,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return;
+                }
+                Some(b',') => {
+                    self.note(self.pos, path);
+                    self.pos += 1;
+                }
+                Some(_) => {
+                    let before = self.pos;
+                    self.key_value(path);
+                    if self.pos == before {
+                        self.pos += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn string(&mut self, quote: u8) {
+        if self.peek_at(1) == Some(quote) && self.peek_at(2) == Some(quote) {
+            self.multi_line_string(quote);
+        } else {
+            self.single_line_string(quote);
+        }
+    }
+
+    /// Stops after the closing quote, or before the newline if there is none.
+    fn single_line_string(&mut self, quote: u8) {
+        self.pos += 1;
+        while let Some(b) = self.peek() {
+            match b {
+                b'\n' => return,
+                b'\\' if quote == b'"' => self.pos += 2,
+                _ if b == quote => {
+                    self.pos += 1;
+                    return;
+                }
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    fn multi_line_string(&mut self, quote: u8) {
+        self.pos += 3;
+        while let Some(b) = self.peek() {
+            if b == b'\\' && quote == b'"' {
+                self.pos += 2;
+            } else if b == quote && self.peek_at(1) == Some(quote) && self.peek_at(2) == Some(quote)
+            {
+                self.pos += 3;
+                // Up to two more quotes may end the content itself (`""""x"""""`).
+                for _ in 0..2 {
+                    self.eat(quote);
+                }
+                return;
+            } else {
+                self.pos += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[upstreams.api]
+targets = ["127.0.0.1:9000"]
+
+[[routes]]
+name = "default"
+upstream = "api"
+"#;
+
+    /// Every key set to something other than its default.
+    const FULL: &str = r#"
+[server]
+listen = "[::1]:8443"
+header_timeout = "2s 500ms"
+max_header_bytes = 8192
+max_headers = 7
+drain_timeout = "0s"
+
+[admin]
+listen = "0.0.0.0:9191"
+
+[log]
+format = "json"
+level = "info,sluice::shaper=debug"
+access_log = false
+
+[upstreams.api]
+targets = ["127.0.0.1:9000", "backend.internal:9001"]
+max_inflight = 64
+connect_timeout = "250ms"
+timeout = "1m"
+pool_idle_timeout = "0s"
+pool_max_idle_per_target = 0
+
+[upstreams."slow pool"]
+targets = ["[::1]:7000"]
+
+[[routes]]
+name = "seckill"
+host = "*.Shop.Example.com"
+path_prefix = "/seckill"
+methods = ["GET", "POST", "PURGE"]
+upstream = "api"
+limit = { rate = 0.1, burst = 20 }
+queue = { capacity = 0, timeout = "1h 2m 3s 4ms 5us 6ns" }
+reject = { status = 429, retry_after = false }
+
+[[routes]]
+name = "slow"
+host = "[::1]"
+upstream = "slow pool"
+[routes.limit]
+rate = 123456.789
+"#;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse(src, Path::new("test.toml"))
+    }
+
+    /// (line, column, key, message) of a failed parse.
+    fn fail(src: &str) -> (usize, usize, String, String) {
+        match parse(src) {
+            Err(ConfigError::Invalid {
+                line,
+                column,
+                key,
+                message,
+                ..
+            }) => (line, column, key, message),
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    fn with_route_extra(extra: &str) -> String {
+        format!("{MINIMAL}{extra}\n")
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let cfg = parse(MINIMAL).expect("minimal config parses");
+        assert_eq!(cfg.source, Path::new("test.toml"));
+        assert_eq!(cfg.server.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(cfg.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.server.max_header_bytes, 32768);
+        assert_eq!(cfg.server.max_headers, 100);
+        assert_eq!(cfg.server.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.admin.listen, "127.0.0.1:9090".parse().expect("addr"));
+        assert_eq!(cfg.log.format, LogFormat::Text);
+        assert_eq!(cfg.log.level, "info");
+        assert!(cfg.log.access_log);
+        let api = &cfg.upstreams["api"];
+        assert_eq!(api.name, "api");
+        assert_eq!(api.targets, vec![Authority::from_static("127.0.0.1:9000")]);
+        assert_eq!(api.max_inflight.get(), 256);
+        assert_eq!(api.connect_timeout, Duration::from_secs(1));
+        assert_eq!(api.timeout, Duration::from_secs(30));
+        assert_eq!(api.pool_idle_timeout, Duration::from_secs(90));
+        assert_eq!(api.pool_max_idle_per_target, 128);
+        let route = &cfg.routes[0];
+        assert_eq!(route.name, "default");
+        assert_eq!(route.host, None);
+        assert_eq!(route.path_prefix, "/");
+        assert!(route.methods.is_empty());
+        assert_eq!(route.upstream, "api");
+        assert_eq!(route.limit, None);
+        assert_eq!(route.queue.capacity, 1000);
+        assert_eq!(route.queue.timeout, Duration::from_secs(1));
+        assert_eq!(route.reject.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(route.reject.retry_after);
+    }
+
+    #[test]
+    fn full_config_is_read_as_written() {
+        let cfg = parse(FULL).expect("full config parses");
+        assert_eq!(cfg.server.header_timeout, Duration::from_millis(2500));
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(cfg.upstreams["api"].targets.len(), 2);
+        assert_eq!(cfg.upstreams["slow pool"].name, "slow pool");
+        let seckill = &cfg.routes[0];
+        assert_eq!(seckill.host.as_deref(), Some("*.shop.example.com"));
+        assert_eq!(
+            seckill.methods,
+            vec![
+                http::Method::GET,
+                http::Method::POST,
+                http::Method::from_bytes(b"PURGE").expect("token")
+            ]
+        );
+        let limit = seckill.limit.expect("limit");
+        assert_eq!((limit.rate, limit.burst.get()), (0.1, 20));
+        assert_eq!(seckill.queue.capacity, 0);
+        assert_eq!(seckill.reject.status, StatusCode::TOO_MANY_REQUESTS);
+        let slow = &cfg.routes[1];
+        assert_eq!(slow.limit.map(|l| l.burst.get()), Some(1));
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        for src in [MINIMAL, FULL, include_str!("../config/sluice.toml")] {
+            let cfg = parse(src).expect("parses");
+            let rendered = cfg.to_toml();
+            let again = Config::parse(&rendered, Path::new("test.toml"))
+                .unwrap_or_else(|e| panic!("rendered config does not parse: {e}\n{rendered}"));
+            assert_eq!(again, cfg, "round trip changed the config:\n{rendered}");
+            // Rendering is a fixed point: the output renders to itself.
+            assert_eq!(again.to_toml(), rendered);
+        }
+    }
+
+    #[test]
+    fn to_toml_fills_in_defaults_in_file_shape() {
+        let rendered = parse(MINIMAL).expect("parses").to_toml();
+        for expected in [
+            "[server]",
+            "header_timeout = \"10s\"",
+            "[admin]",
+            "[log]",
+            "[upstreams.api]",
+            "pool_idle_timeout = \"1m 30s\"",
+            "[[routes]]",
+            "[routes.queue]",
+            "capacity = 1000",
+            "[routes.reject]",
+            "status = 503",
+        ] {
+            assert!(
+                rendered.contains(expected),
+                "{expected:?} missing in:\n{rendered}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_display_names_file_line_column_and_key() {
+        let err = parse(&with_route_extra("[routes.limit]\nrate = 0")).expect_err("rate 0");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("test.toml:9:8: key `routes[0].limit.rate`: "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_value() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("[routes.limit]\nrate = -3", 9, "routes[0].limit.rate"),
+            ("[routes.limit]\nrate = nan", 9, "routes[0].limit.rate"),
+            ("[routes.limit]\nrate = inf", 9, "routes[0].limit.rate"),
+            (
+                "[routes.limit]\nrate = 1\nburst = 0",
+                10,
+                "routes[0].limit.burst",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nburst = 5000000000",
+                10,
+                "routes[0].limit.burst",
+            ),
+            (
+                "[routes.queue]\ntimeout = \"0s\"",
+                9,
+                "routes[0].queue.timeout",
+            ),
+            (
+                "[routes.queue]\ncapacity = -1",
+                9,
+                "routes[0].queue.capacity",
+            ),
+            (
+                "[routes.reject]\nstatus = 302",
+                9,
+                "routes[0].reject.status",
+            ),
+            (
+                "[routes.reject]\nstatus = 600",
+                9,
+                "routes[0].reject.status",
+            ),
+            ("path_prefix = \"api\"", 8, "routes[0].path_prefix"),
+            ("path_prefix = \"/a?b\"", 8, "routes[0].path_prefix"),
+            ("host = \"a.*.com\"", 8, "routes[0].host"),
+            ("host = \"a.com:80\"", 8, "routes[0].host"),
+            ("host = \"\"", 8, "routes[0].host"),
+            ("methods = [\"GET\", \"get\"]", 8, "routes[0].methods[1]"),
+            ("methods = [\"GET\", \"GET\"]", 8, "routes[0].methods[1]"),
+            ("methods = [\"G T\"]", 8, "routes[0].methods[0]"),
+        ];
+        for (extra, line, key) in cases {
+            let (l, _, k, message) = fail(&with_route_extra(extra));
+            assert_eq!((l, k.as_str()), (*line, *key), "{extra}: {message}");
+        }
+    }
+
+    #[test]
+    fn server_admin_log_errors() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("[server]\nlisten = \"localhost:8080\"", 2, "server.listen"),
+            (
+                "[server]\nheader_timeout = \"10\"",
+                2,
+                "server.header_timeout",
+            ),
+            (
+                "[server]\nheader_timeout = \"0ms\"",
+                2,
+                "server.header_timeout",
+            ),
+            (
+                "[server]\nmax_header_bytes = 8191",
+                2,
+                "server.max_header_bytes",
+            ),
+            ("[server]\nmax_headers = 0", 2, "server.max_headers"),
+            ("[server]\ndrain_timeout = 30", 2, "server.drain_timeout"),
+            ("[admin]\nlisten = \"127.0.0.1:8080\"", 2, "admin.listen"),
+            ("[log]\nformat = \"xml\"", 2, "log.format"),
+            ("[log]\nlevel = \"\"", 2, "log.level"),
+            ("[log]\nlevel = \"info,x=loud\"", 2, "log.level"),
+            ("[log]\naccess_log = \"yes\"", 2, "log.access_log"),
+        ];
+        for (head, line, key) in cases {
+            let (l, _, k, message) = fail(&format!("{head}\n{MINIMAL}"));
+            assert_eq!((l, k.as_str()), (*line, *key), "{head}: {message}");
+        }
+    }
+
+    #[test]
+    fn server_listen_clashing_with_default_admin_is_blamed_on_server() {
+        let (line, _, key, _) = fail(&format!("[server]\nlisten = \"127.0.0.1:9090\"\n{MINIMAL}"));
+        assert_eq!((line, key.as_str()), (2, "server.listen"));
+        // Port 0 binds any free port, so both may ask for it.
+        let both_zero = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(parse(&format!("{both_zero}{MINIMAL}")).is_ok());
+    }
+
+    #[test]
+    fn upstream_errors() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("targets = []", 2, "upstreams.b.targets"),
+            ("targets = [\"nohost\"]", 2, "upstreams.b.targets[0]"),
+            (
+                "targets = [\"a:1\",\n  \"b:0\"]",
+                3,
+                "upstreams.b.targets[1]",
+            ),
+            ("targets = [\"user@a:1\"]", 2, "upstreams.b.targets[0]"),
+            ("targets = [\"http://a:1\"]", 2, "upstreams.b.targets[0]"),
+            (
+                "targets = [\"a:1\"]\nmax_inflight = 0",
+                3,
+                "upstreams.b.max_inflight",
+            ),
+            (
+                "targets = [\"a:1\"]\ntimeout = \"0s\"",
+                3,
+                "upstreams.b.timeout",
+            ),
+            (
+                "targets = [\"a:1\"]\nconnect_timeout = \"x\"",
+                3,
+                "upstreams.b.connect_timeout",
+            ),
+            (
+                "targets = [\"a:1\"]\npool_max_idle_per_target = -1",
+                3,
+                "upstreams.b.pool_max_idle_per_target",
+            ),
+            ("max_inflight = 3", 1, "upstreams.b.targets"),
+        ];
+        for (body, line, key) in cases {
+            let (l, _, k, message) = fail(&format!("[upstreams.b]\n{body}\n{MINIMAL}"));
+            assert_eq!((l, k.as_str()), (*line, *key), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn missing_sections_and_empty_lists() {
+        let no_routes = "[upstreams.api]\ntargets = [\"a:1\"]\n";
+        assert_eq!(fail(no_routes).2, "routes");
+        assert_eq!(fail(&format!("{no_routes}routes = []\n")).0, 3);
+        assert_eq!(
+            fail("[[routes]]\nname = \"a\"\nupstream = \"a\"\n").2,
+            "upstreams"
+        );
+        let (line, _, key, _) =
+            fail("# nothing\n[upstreams]\n[[routes]]\nname = \"a\"\nupstream = \"a\"\n");
+        assert_eq!((line, key.as_str()), (2, "upstreams"));
+        assert_eq!(fail("").2, "upstreams");
+    }
+
+    #[test]
+    fn route_reference_and_duplicate_errors() {
+        let (line, column, key, message) = fail(&with_route_extra(
+            "[[routes]]\nname = \"b\"\nupstream = \"nope\"",
+        ));
+        assert_eq!((line, column, key.as_str()), (10, 12, "routes[1].upstream"));
+        assert!(message.contains("\"nope\""), "{message}");
+        let (line, _, key, message) = fail(&with_route_extra(
+            "[[routes]]\nname = \"default\"\nupstream = \"api\"",
+        ));
+        assert_eq!((line, key.as_str()), (9, "routes[1].name"));
+        assert!(message.contains("line 6"), "{message}");
+    }
+
+    #[test]
+    fn toml_layer_errors_get_the_full_key() {
+        let cases: &[(String, usize, &str)] = &[
+            (format!("bogus = 1\n{MINIMAL}"), 1, "bogus"),
+            (
+                format!("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 2\n{MINIMAL}"),
+                3,
+                "server.listn",
+            ),
+            (
+                with_route_extra("[routes.limit]\nrate = 1\nburts = 2"),
+                10,
+                "routes[0].limit.burts",
+            ),
+            (
+                with_route_extra("limit = { rate = 1, burts = 2 }"),
+                8,
+                "routes[0].limit.burts",
+            ),
+            (
+                with_route_extra("limit.burts = 2"),
+                8,
+                "routes[0].limit.burts",
+            ),
+            (
+                with_route_extra("[routes.limit]\nburst = 2"),
+                8,
+                "routes[0].limit.rate",
+            ),
+            (with_route_extra("limit = {}"), 8, "routes[0].limit.rate"),
+            (
+                with_route_extra("[[routes]]\nname = \"b\""),
+                8,
+                "routes[1].upstream",
+            ),
+            (
+                with_route_extra("[[routes]]\nupstream = \"api\""),
+                8,
+                "routes[1].name",
+            ),
+            (
+                with_route_extra("[routes.queue]\ncapacity = \"big\""),
+                9,
+                "routes[0].queue.capacity",
+            ),
+            (
+                with_route_extra("[routes.queue]\ncapacity = 1.5"),
+                9,
+                "routes[0].queue.capacity",
+            ),
+            (
+                with_route_extra("[routes.limit]\nrate = \"fast\""),
+                9,
+                "routes[0].limit.rate",
+            ),
+            (
+                format!("[upstreams.b]\ntargets = [\n  \"a:1\",\n  2,\n]\n{MINIMAL}"),
+                4,
+                "upstreams.b.targets[1]",
+            ),
+            (
+                format!("[upstreams.b]\ntargets = [\"a:1\"]\nweight = 2\n{MINIMAL}"),
+                3,
+                "upstreams.b.weight",
+            ),
+            (
+                "routes = 3\n[upstreams.a]\ntargets = [\"a:1\"]\n".to_string(),
+                1,
+                "routes",
+            ),
+            (
+                "routes = [{ name = \"x\" }]\n[upstreams.a]\ntargets = [\"a:1\"]\n".to_string(),
+                1,
+                "routes[0].upstream",
+            ),
+            (
+                "[upstreams.a]\ntargets = [\"a:1\"]\n[[routes]]\nname = \"x\"\nupstream = \"a\"\n[routes.limit.rate]\n".to_string(),
+                6,
+                "routes[0].limit.rate",
+            ),
+        ];
+        for (src, line, key) in cases {
+            let (l, _, k, message) = fail(src);
+            assert_eq!((l, k.as_str()), (*line, *key), "{src}\n{message}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let cases: &[(String, usize, &str)] = &[
+            (format!("[server\n{MINIMAL}"), 1, "server"),
+            (
+                with_route_extra("[routes.limit]\nrate = "),
+                9,
+                "routes[0].limit.rate",
+            ),
+            (
+                with_route_extra("[routes.limit]\nrate = 1 2"),
+                9,
+                "routes[0].limit.rate",
+            ),
+            (
+                with_route_extra("[routes.reject]\nstatus = \"5"),
+                9,
+                "routes[0].reject.status",
+            ),
+            (
+                format!("{MINIMAL}[log]\nlevel = \"info\"\nlevel = \"debug\"\n"),
+                10,
+                "log.level",
+            ),
+            (format!("!!!\n{MINIMAL}"), 1, "(top level)"),
+        ];
+        for (src, line, key) in cases {
+            let (l, _, k, message) = fail(src);
+            assert_eq!((l, k.as_str()), (*line, *key), "{src}\n{message}");
+        }
+    }
+
+    #[test]
+    fn line_column_counts_characters_and_clamps() {
+        let src = "ab\ncdé\r\nf";
+        assert_eq!(line_column(src, 0), (1, 1));
+        assert_eq!(line_column(src, 2), (1, 3));
+        assert_eq!(line_column(src, 3), (2, 1));
+        assert_eq!(line_column(src, 7), (2, 4)); // after "é", which is two bytes
+        assert_eq!(line_column(src, 6), (2, 3)); // inside "é": clamped to its start
+        assert_eq!(line_column(src, 9), (3, 1));
+        assert_eq!(line_column(src, 1000), (3, 2));
+        assert_eq!(line_column("", 5), (1, 1));
+    }
+
+    #[test]
+    fn key_path_follows_headers_keys_and_indexes() {
+        let src = "\u{feff}top = 1
+[server]   # a comment with [brackets] and \"quotes\"
+listen = \"[x]\" # trailing
+[[routes]]
+name = 'a'
+[routes.limit]
+rate = 1
+[[routes]]
+name = \"\"\"
+[not.a.header]
+\"\"\"
+a.\"b c\" . 'd' = { e = [1, { f = 2 }], g = 3 }
+arr = [
+  \"x\",   # one
+  [\"y\", 'z'],
+]
+[[routes]]
+[routes.limit]
+[\"quoted key\".x]
+[[a.b]]
+[[a.b]]
+[a]
+";
+        let at = |needle: &str| {
+            let offset = src
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in source"));
+            display_key(&key_path_at(src, offset))
+        };
+        assert_eq!(at("top"), "top");
+        assert_eq!(at("1\n[server]"), "top");
+        assert_eq!(at("[server]"), "server");
+        assert_eq!(at("# a comment"), "server");
+        assert_eq!(at("[x]"), "server.listen");
+        assert_eq!(at("# trailing"), "server.listen");
+        assert_eq!(at("[[routes]]\nname = 'a'"), "routes[0]");
+        assert_eq!(at("'a'"), "routes[0].name");
+        assert_eq!(at("[routes.limit]\nrate"), "routes[0].limit");
+        assert_eq!(at("rate = 1"), "routes[0].limit.rate");
+        assert_eq!(at("[[routes]]\nname = \"\"\""), "routes[1]");
+        assert_eq!(at("[not.a.header]"), "routes[1].name");
+        assert_eq!(at("a.\"b c\""), "routes[1].a.\"b c\".d");
+        assert_eq!(at("'d'"), "routes[1].a.\"b c\".d");
+        assert_eq!(at("e = [1"), "routes[1].a.\"b c\".d.e");
+        assert_eq!(at("1, {"), "routes[1].a.\"b c\".d.e[0]");
+        assert_eq!(at("f = 2"), "routes[1].a.\"b c\".d.e[1].f");
+        assert_eq!(at("g = 3"), "routes[1].a.\"b c\".d.g");
+        assert_eq!(at("\"x\""), "routes[1].arr[0]");
+        assert_eq!(at("# one"), "routes[1].arr");
+        assert_eq!(at("'z'"), "routes[1].arr[1][1]");
+        assert_eq!(at("[[routes]]\n[routes.limit]"), "routes[2]");
+        assert_eq!(at("[routes.limit]\n[\"quoted"), "routes[2].limit");
+        assert_eq!(at("[\"quoted key\".x]"), "\"quoted key\".x");
+        assert_eq!(at("[[a.b]]\n[[a.b]]\n[a]"), "a.b[0]");
+        assert_eq!(at("[[a.b]]\n[a]"), "a.b[1]");
+        assert_eq!(at("[a]\n"), "a");
+        assert_eq!(display_key(&key_path_at(src, src.len() + 10)), "a");
+        assert_eq!(display_key(&key_path_at("", 0)), "(top level)");
+    }
+
+    #[test]
+    fn nested_arrays_of_tables_restart_their_index() {
+        let src = "[[r]]\n[[r.x]]\n[[r.x]]\n[[r]]\n[[r.x]]\nk = 1\n";
+        let offset = src.find("k = 1").expect("k");
+        assert_eq!(display_key(&key_path_at(src, offset)), "r[1].x[0].k");
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert!(parse_host("API.Example.com").is_ok_and(|h| h == "api.example.com"));
+        assert!(parse_host("*.example.com").is_ok());
+        assert!(parse_host("localhost").is_ok());
+        assert!(parse_host("10.0.0.1").is_ok());
+        assert!(parse_host("[::1]").is_ok());
+        for bad in [
+            "*", "*.", "**.a", "a*.b", "a..b", "a.", "exa mple", "ü.de", "[::1]:80", "*.[::1]",
+            "[zz]",
+        ] {
+            assert!(parse_host(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_target("a:1").is_ok());
+        assert!(parse_target("[::1]:80").is_ok());
+        for bad in ["a", ":80", "a:0", "a:99999", "a:b", "u@a:1", "", "a:1/x"] {
+            assert!(parse_target(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_method("PATCH").is_ok());
+        for bad in ["", "get", "Get", "GE T", "GET\n"] {
+            assert!(parse_method(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn quoted_field_reads_serde_messages() {
+        assert_eq!(
+            quoted_field("missing field `upstream`", "missing field "),
+            Some("upstream")
+        );
+        assert_eq!(
+            quoted_field("unknown field `x`, expected `a`", "unknown field "),
+            Some("x")
+        );
+        assert_eq!(quoted_field("invalid type", "unknown field "), None);
+    }
+
+    /// Truncations and byte edits of a real file must all give Ok or Invalid,
+    /// never a panic, and always a line inside the file.
+    #[test]
+    fn broken_input_never_panics() {
+        let example = include_str!("../config/sluice.toml");
+        let check = |src: &str| match Config::parse(src, Path::new("x.toml")) {
+            Ok(_) => {}
+            Err(ConfigError::Invalid { line, column, .. }) => {
+                assert!(
+                    line >= 1 && line <= src.lines().count().max(1) + 1,
+                    "line {line}"
+                );
+                assert!(column >= 1);
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        };
+        let boundaries: Vec<usize> = (0..=example.len())
+            .filter(|&i| example.is_char_boundary(i))
+            .collect();
+        for &end in boundaries.iter().step_by(3) {
+            check(&example[..end]);
+        }
+        for &at in boundaries.iter().step_by(11) {
+            for insert in [
+                "[", "]", "\"", "'", "{", "=", "\n", "#", ",", "\"\"\"", "é", "\u{0}",
+            ] {
+                check(&format!("{}{insert}{}", &example[..at], &example[at..]));
+            }
+        }
+        // The locator itself, at every offset, including ones inside a character.
+        for offset in 0..=FULL.len() + 2 {
+            key_path_at(FULL, offset);
+            line_column("é\u{feff}x", offset % 8);
+        }
     }
 }

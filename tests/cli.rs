@@ -114,6 +114,7 @@ burst = 10
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _reap = KillOnDrop(child.id());
     // The first log line says where it listens.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (proxy, admin) = loop {
@@ -147,4 +148,17 @@ burst = 10
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Kills the process if the test fails before it exits (a no-op after).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
 }
