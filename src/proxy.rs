@@ -155,7 +155,12 @@ impl Gateway {
                 response
             }
             Err(err) => {
-                tracing::warn!(route = %route.name, upstream = %route.upstream.name(), error = %err, "upstream request failed");
+                tracing::warn!(
+                    route = %route.name,
+                    upstream = %route.upstream.name(),
+                    error = %error_chain(&err),
+                    "upstream request failed"
+                );
                 let status = err.status();
                 record.finish(Outcome::UpstreamError, local(status, "upstream error\n"))
             }
@@ -276,6 +281,21 @@ impl Drop for Record<'_> {
             self.write(outcome, status);
         }
     }
+}
+
+/// An error with its causes, outermost first: "a: b: c".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.ends_with(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// The host the client asked for: the Host header, else the URI authority (HTTP/2).
