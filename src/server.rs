@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -134,18 +134,7 @@ async fn serve_proxy(
 ) {
     let builder = connection_builder(&server);
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = until_stopped(&mut stopped) => break,
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let service = service_fn(move |req: Request<Incoming>| {
@@ -183,18 +172,7 @@ async fn serve_admin(
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(%err, "admin accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = until_stopped(&mut stopped) => break,
-        };
+    while let Some((stream, _)) = accept(&listener, &mut stopped).await {
         let gateway = gateway.clone();
         let ready = ready.clone();
         let service = service_fn(move |req: Request<Incoming>| {
@@ -230,6 +208,27 @@ fn admin_response(
         "/readyz" if ready.load(Ordering::SeqCst) => local(StatusCode::OK, "ready\n"),
         "/readyz" => local(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         _ => local(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The next connection, or `None` once shutdown has been asked for. A failed
+/// accept (e.g. out of file descriptors) is logged and retried after a pause.
+async fn accept(
+    listener: &TcpListener,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => return Some(conn),
+                Err(err) => {
+                    let addr = listener.local_addr().ok();
+                    tracing::warn!(%err, ?addr, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            () = until_stopped(stopped) => return None,
+        }
     }
 }
 
