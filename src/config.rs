@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// `drain_timeout`, default "30s": on SIGTERM, how long in-flight requests may finish.
     pub drain_timeout: Duration,
+    /// `trusted_proxies`, default []: CIDRs ("10.0.0.0/8", "127.0.0.1/32") whose
+    /// X-Forwarded-For / Forwarded headers are believed when deriving the client IP.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +105,81 @@ pub struct RouteConfig {
     pub queue: QueueConfig,
     /// `[routes.reject]`, optional.
     pub reject: RejectConfig,
+    /// `key`, default ["client_ip"]: what identifies a client for the per-key
+    /// limit and for fair queueing. A string or a list of parts, each
+    /// "client_ip", "path" or "header:NAME"; a list combines them.
+    pub key: Vec<KeyPart>,
+    /// `[routes.key_limit]`, optional: each key's own rate and burst.
+    pub key_limit: Option<KeyLimitConfig>,
+    /// `[[routes.classes]]`, optional: priority classes, highest first. A
+    /// request takes the first class it matches; one matching none is in the
+    /// implicit lowest class "default". At most 8.
+    pub classes: Vec<ClassConfig>,
+}
+
+/// One part of a client key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    /// "client_ip": the client address (see `server.trusted_proxies`).
+    ClientIp,
+    /// "path": the request path (without the query).
+    Path,
+    /// "header:NAME": the value of a request header (absent = empty).
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyLimitConfig {
+    /// `rate`: requests per second per key, finite and > 0.
+    pub rate: f64,
+    /// `burst`, default 1.
+    pub burst: NonZeroU32,
+    /// `max_keys`, default 100000: keys tracked at most; the longest idle are evicted first.
+    pub max_keys: NonZeroUsize,
+    /// `dry_run`, default false: count and log what would get 429, but let it through.
+    pub dry_run: bool,
+}
+
+/// A priority class and what puts a request in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassConfig {
+    /// `name`, required, unique within the route, not "default"; a metric label.
+    pub name: String,
+    /// Exactly one of `header` (+ `values`), `path_prefix`, `methods`.
+    pub matcher: ClassMatch,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClassMatch {
+    /// `header = "x-tier"`, `values = ["gold", "vip"]`: the header equals one of the values.
+    Header {
+        name: http::HeaderName,
+        values: Vec<String>,
+    },
+    /// `path_prefix = "/checkout"`.
+    PathPrefix(String),
+    /// `methods = ["POST"]`.
+    Methods(Vec<http::Method>),
+}
+
+/// The order in which queued requests are released.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Discipline {
+    /// "fifo" (default): oldest first.
+    Fifo,
+    /// "adaptive_lifo": newest first while the oldest waiter has waited longer
+    /// than `lifo_threshold` (default: half the queue timeout), else oldest first.
+    AdaptiveLifo { threshold: Duration },
+}
+
+/// How release slots and queue room are shared between keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fairness {
+    /// "none" (default): one queue per class.
+    None,
+    /// "per_key": round robin between keys, and when the queue is full the key
+    /// holding the most places gives one up to a key holding fewer.
+    PerKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,6 +188,9 @@ pub struct LimitConfig {
     pub rate: f64,
     /// `burst`, default 1: requests that may go at once above the steady rate.
     pub burst: NonZeroU32,
+    /// `dry_run`, default false: do not shape; count and log what would have
+    /// been queued or rejected.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -118,6 +199,26 @@ pub struct QueueConfig {
     pub capacity: usize,
     /// `timeout`, default "1s", > 0: maximum time a request waits in the queue.
     pub timeout: Duration,
+    /// `discipline`, default "fifo"; `lifo_threshold` goes with "adaptive_lifo".
+    pub discipline: Discipline,
+    /// `fairness`, default "none".
+    pub fairness: Fairness,
+    /// `aging`, default "1s", > 0: a waiter counts one class higher for each
+    /// `aging` it has waited, so lower classes are never starved.
+    pub aging: Duration,
+}
+
+impl QueueConfig {
+    /// The defaults, with the given capacity and timeout.
+    pub fn new(capacity: usize, timeout: Duration) -> QueueConfig {
+        QueueConfig {
+            capacity,
+            timeout,
+            discipline: Discipline::Fifo,
+            fairness: Fairness::None,
+            aging: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,6 +227,18 @@ pub struct RejectConfig {
     pub status: StatusCode,
     /// `retry_after`, default true: send a Retry-After header estimated from the queue.
     pub retry_after: bool,
+    /// `rate_limited_status`, default 429: answer for a key over its own limit.
+    pub rate_limited_status: StatusCode,
+}
+
+impl Default for RejectConfig {
+    fn default() -> Self {
+        RejectConfig {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: true,
+            rate_limited_status: StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
 }
 
 /// A config that could not be loaded.
@@ -368,6 +481,7 @@ impl Ctx<'_> {
             drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
                 self.duration("server.drain_timeout", &v)
             })?,
+            trusted_proxies: Vec::new(),
         })
     }
 
@@ -543,6 +657,9 @@ impl Ctx<'_> {
                 .transpose()?,
             queue: self.queue(&key("queue"), &raw.queue)?,
             reject: self.reject(&key("reject"), &raw.reject)?,
+            key: vec![KeyPart::ClientIp],
+            key_limit: None,
+            classes: Vec::new(),
         })
     }
 
@@ -569,7 +686,11 @@ impl Ctx<'_> {
                     )
                 })?,
         };
-        Ok(LimitConfig { rate, burst })
+        Ok(LimitConfig {
+            rate,
+            burst,
+            dry_run: false,
+        })
     }
 
     fn queue(&self, key: &str, raw: &RawQueue) -> Checked<QueueConfig> {
@@ -586,6 +707,9 @@ impl Ctx<'_> {
                 .map_or(Ok(DEFAULT_QUEUE_TIMEOUT), |v| {
                     self.positive_duration(&format!("{key}.timeout"), v)
                 })?,
+            discipline: Discipline::Fifo,
+            fairness: Fairness::None,
+            aging: Duration::from_secs(1),
         })
     }
 
@@ -595,6 +719,7 @@ impl Ctx<'_> {
                 self.reject_status(&format!("{key}.status"), v)
             })?,
             retry_after: raw.retry_after.unwrap_or(true),
+            rate_limited_status: StatusCode::TOO_MANY_REQUESTS,
         })
     }
 

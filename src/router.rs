@@ -118,14 +118,11 @@ mod tests {
             methods: methods.iter().map(|m| m.parse().unwrap()).collect(),
             upstream: "api".into(),
             limit: None,
-            queue: crate::config::QueueConfig {
-                capacity: 10,
-                timeout: std::time::Duration::from_secs(1),
-            },
-            reject: crate::config::RejectConfig {
-                status: http::StatusCode::SERVICE_UNAVAILABLE,
-                retry_after: true,
-            },
+            queue: crate::config::QueueConfig::new(10, std::time::Duration::from_secs(1)),
+            reject: crate::config::RejectConfig::default(),
+            key: vec![crate::config::KeyPart::ClientIp],
+            key_limit: None,
+            classes: vec![],
         }
     }
 

@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice::config::{
-    AdminConfig, Config, LimitConfig, LogConfig, LogFormat, QueueConfig, RejectConfig, RouteConfig,
-    ServerConfig, UpstreamConfig,
+    AdminConfig, Config, KeyPart, LimitConfig, LogConfig, LogFormat, QueueConfig, RejectConfig,
+    RouteConfig, ServerConfig, UpstreamConfig,
 };
 use tokio::net::TcpListener;
 
@@ -266,6 +266,7 @@ pub fn config(targets: &[SocketAddr]) -> Config {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             drain_timeout: Duration::from_secs(5),
+            trusted_proxies: vec![],
         },
         admin: AdminConfig { listen: loopback },
         log: LogConfig {
@@ -301,12 +302,13 @@ pub fn route(
         limit: rate.map(|(rate, burst)| LimitConfig {
             rate,
             burst: NonZeroU32::new(burst).unwrap(),
+            dry_run: false,
         }),
-        queue: QueueConfig { capacity, timeout },
-        reject: RejectConfig {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            retry_after: true,
-        },
+        queue: QueueConfig::new(capacity, timeout),
+        reject: RejectConfig::default(),
+        key: vec![KeyPart::ClientIp],
+        key_limit: None,
+        classes: vec![],
     }
 }
 
