@@ -2,11 +2,13 @@
 //!
 //! A request flows one way through these modules:
 //! `server` (accept, HTTP/1.1 + h2c) → `proxy` (the request's phases) →
-//! `router` (host / path / method to a route) → `shaper` (GCRA limiter,
+//! `router` (host / path / method to a route) → `classify` (client address,
+//! key and priority class) → `shaper` (GCRA limiters,
 //! bounded queue, in-flight cap; no HTTP, no wall clock) → `upstream`
 //! (pooled client, timeouts). `config` is parsed and validated once at the
 //! edge; `metrics` and `outcome` sit beside the flow.
 
+pub mod classify;
 pub mod config;
 pub mod metrics;
 pub mod outcome;

@@ -10,7 +10,11 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::config::RouteConfig;
 use crate::outcome::Outcome;
+
+/// Class label of requests that match no configured class.
+pub const DEFAULT_CLASS: &str = "default";
 
 /// Route label used for requests that matched no route.
 pub const NO_ROUTE_LABEL: &str = "-";
@@ -41,15 +45,36 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     upstream_inflight: IntGaugeVec,
     upstream_max_inflight: IntGaugeVec,
+    class_requests: IntCounterVec,
+    class_depth: IntGaugeVec,
+    keys_tracked: IntGaugeVec,
+    key_evictions: IntCounterVec,
+    dry_run: IntCounterVec,
 }
 
 /// One route's handles.
 #[derive(Clone)]
 pub struct RouteMetrics {
     outcomes: [IntCounter; Outcome::ALL.len()],
+    /// Per class (index as in the shaper), the same outcomes.
+    class_outcomes: Vec<[IntCounter; Outcome::ALL.len()]>,
+    class_depth: Vec<IntGauge>,
     queue_wait: Histogram,
     depth: IntGauge,
     oldest_wait: Gauge,
+    keys_tracked: IntGauge,
+    key_evictions: IntCounter,
+    dry_run_route: IntCounter,
+    dry_run_key: IntCounter,
+}
+
+/// Which limit a dry run would have applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRunLimit {
+    /// The route's rate: the request would have been queued or rejected.
+    Route,
+    /// The key's own rate: the request would have got 429.
+    Key,
 }
 
 /// One upstream's handles.
@@ -168,6 +193,46 @@ impl Metrics {
             &["upstream"],
         )
         .expect("valid metric");
+        let class_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_class_requests_total",
+                "Requests by route, priority class and outcome.",
+            ),
+            &["route", "class", "outcome"],
+        )
+        .expect("valid metric");
+        let class_depth = IntGaugeVec::new(
+            Opts::new(
+                "sluice_class_queue_depth",
+                "Requests waiting in the route's queue, by priority class.",
+            ),
+            &["route", "class"],
+        )
+        .expect("valid metric");
+        let keys_tracked = IntGaugeVec::new(
+            Opts::new(
+                "sluice_keys_tracked",
+                "Client keys the route's per-key limiter tracks now (at most max_keys).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let key_evictions = IntCounterVec::new(
+            Opts::new(
+                "sluice_key_evictions_total",
+                "Idle client keys evicted from the route's per-key limiter to stay within max_keys.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let dry_run = IntCounterVec::new(
+            Opts::new(
+                "sluice_dry_run_limited_total",
+                "Requests a limit in dry-run mode would have limited (route: queued or rejected; key: 429).",
+            ),
+            &["route", "limit"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("sluice_build_info", "Build information; always 1."),
             &["version"],
@@ -190,6 +255,11 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(upstream_inflight.clone()),
             Box::new(upstream_max_inflight.clone()),
+            Box::new(class_requests.clone()),
+            Box::new(class_depth.clone()),
+            Box::new(keys_tracked.clone()),
+            Box::new(key_evictions.clone()),
+            Box::new(dry_run.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -210,38 +280,65 @@ impl Metrics {
             upstream_errors,
             upstream_inflight,
             upstream_max_inflight,
+            class_requests,
+            class_depth,
+            keys_tracked,
+            key_evictions,
+            dry_run,
         }
     }
 
     /// Handles for one route, with its configured limits published.
-    pub fn route(
-        &self,
-        name: &str,
-        rate: f64,
-        burst: u32,
-        capacity: usize,
-        timeout_secs: f64,
-    ) -> RouteMetrics {
+    pub fn route(&self, route: &RouteConfig) -> RouteMetrics {
+        let name = route.name.as_str();
+        let (rate, burst) = route.limit.map_or((0.0, 0), |l| (l.rate, l.burst.get()));
         self.route_rate.with_label_values(&[name]).set(rate);
         self.route_burst
             .with_label_values(&[name])
             .set(i64::from(burst));
         self.route_capacity
             .with_label_values(&[name])
-            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+            .set(i64::try_from(route.queue.capacity).unwrap_or(i64::MAX));
         self.route_timeout
             .with_label_values(&[name])
-            .set(timeout_secs);
-        self.unrouted_for(name)
+            .set(route.queue.timeout.as_secs_f64());
+        let classes: Vec<&str> = route
+            .classes
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain([DEFAULT_CLASS])
+            .collect();
+        self.route_with_classes(name, &classes)
     }
 
     /// Outcome counters for a route label without published limits (the no-route label).
     pub fn unrouted_for(&self, name: &str) -> RouteMetrics {
+        self.route_with_classes(name, &[DEFAULT_CLASS])
+    }
+
+    fn route_with_classes(&self, name: &str, classes: &[&str]) -> RouteMetrics {
+        let counters = |class: Option<&str>| {
+            Outcome::ALL.map(|o| match class {
+                None => self.requests.with_label_values(&[name, o.as_str()]),
+                Some(class) => self
+                    .class_requests
+                    .with_label_values(&[name, class, o.as_str()]),
+            })
+        };
         RouteMetrics {
-            outcomes: Outcome::ALL.map(|o| self.requests.with_label_values(&[name, o.as_str()])),
+            outcomes: counters(None),
+            class_outcomes: classes.iter().map(|c| counters(Some(c))).collect(),
+            class_depth: classes
+                .iter()
+                .map(|class| self.class_depth.with_label_values(&[name, class]))
+                .collect(),
             queue_wait: self.queue_wait.with_label_values(&[name]),
             depth: self.queue_depth.with_label_values(&[name]),
             oldest_wait: self.queue_oldest_wait.with_label_values(&[name]),
+            keys_tracked: self.keys_tracked.with_label_values(&[name]),
+            key_evictions: self.key_evictions.with_label_values(&[name]),
+            dry_run_route: self.dry_run.with_label_values(&[name, "route"]),
+            dry_run_key: self.dry_run.with_label_values(&[name, "key"]),
         }
     }
 
@@ -277,8 +374,36 @@ impl Default for Metrics {
 }
 
 impl RouteMetrics {
-    pub fn outcome(&self, outcome: Outcome) {
+    /// Counts a request's outcome, for the route and for its class.
+    pub fn outcome(&self, class: usize, outcome: Outcome) {
         self.outcomes[outcome as usize].inc();
+        if let Some(by_class) = self.class_outcomes.get(class) {
+            by_class[outcome as usize].inc();
+        }
+    }
+
+    pub fn dry_run(&self, limit: DryRunLimit) {
+        match limit {
+            DryRunLimit::Route => self.dry_run_route.inc(),
+            DryRunLimit::Key => self.dry_run_key.inc(),
+        }
+    }
+
+    /// Sets the sampled per-class depths (called at scrape time).
+    pub fn sample_class_depth(&self, class: usize, depth: usize) {
+        if let Some(gauge) = self.class_depth.get(class) {
+            gauge.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the sampled key-table figures (called at scrape time).
+    pub fn sample_keys(&self, tracked: usize, evictions_total: u64) {
+        self.keys_tracked
+            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+        let counted = self.key_evictions.get();
+        if evictions_total > counted {
+            self.key_evictions.inc_by(evictions_total - counted);
+        }
     }
 
     pub fn queue_wait(&self, seconds: f64) {

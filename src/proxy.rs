@@ -22,11 +22,16 @@ use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::config::{Config, RejectConfig};
-use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
+use ipnet::IpNet;
+
+use crate::classify::{Classifier, client_ip};
+use crate::config::{Config, Discipline, Fairness, RejectConfig, RouteConfig};
+use crate::metrics::{DryRunLimit, Metrics, NO_ROUTE_LABEL, RouteMetrics};
 use crate::outcome::Outcome;
 use crate::router::Router;
-use crate::shaper::{Admission, Grant, Limits, RejectReason, Rejection, Shaper};
+use crate::shaper::{
+    Admission, Grant, KeyedLimiter, Limiter, Limits, RejectReason, Rejection, Shaper,
+};
 use crate::upstream::Upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,6 +46,7 @@ pub struct Gateway {
     routes: Vec<Route>,
     upstreams: Vec<Arc<Upstream>>,
     unrouted: RouteMetrics,
+    trusted_proxies: Vec<IpNet>,
     access_log: bool,
     metrics: Metrics,
 }
@@ -48,10 +54,75 @@ pub struct Gateway {
 /// A route as served.
 pub struct Route {
     name: String,
+    classifier: Classifier,
+    /// Each key's own limit, and whether it only counts (dry run).
+    key_limit: Option<(KeyedLimiter, bool)>,
+    /// The route's rate in dry-run mode: consulted and counted, never applied.
+    dry_limit: Option<Limiter>,
     shaper: Shaper,
     upstream: Arc<Upstream>,
     reject: RejectConfig,
     metrics: RouteMetrics,
+}
+
+impl Route {
+    fn new(r: &RouteConfig, upstream: Arc<Upstream>, metrics: &Metrics) -> Route {
+        let classifier = Classifier::new(r);
+        let dry_run = r.limit.is_some_and(|l| l.dry_run);
+        let rate = r.limit.map(|l| (l.rate, l.burst));
+        let limits = Limits {
+            rate: if dry_run { None } else { rate },
+            capacity: r.queue.capacity,
+            timeout: r.queue.timeout,
+            classes: classifier.class_count(),
+            per_key: r.queue.fairness == Fairness::PerKey,
+            aging: r.queue.aging,
+            lifo_after: match r.queue.discipline {
+                Discipline::Fifo => None,
+                Discipline::AdaptiveLifo { threshold } => Some(threshold),
+            },
+        };
+        Route {
+            name: r.name.clone(),
+            classifier,
+            key_limit: r
+                .key_limit
+                .map(|k| (KeyedLimiter::new(k.rate, k.burst, k.max_keys), k.dry_run)),
+            dry_limit: rate
+                .filter(|_| dry_run)
+                .map(|(rate, burst)| Limiter::new(rate, burst)),
+            shaper: Shaper::new(limits, upstream.inflight_cap()),
+            upstream,
+            reject: r.reject,
+            metrics: metrics.route(r),
+        }
+    }
+
+    /// The per-key limit: `Err(wait)` when the key is over it (and not in dry run).
+    fn check_key(&self, key: u64, now: Instant) -> Result<(), Duration> {
+        let Some((limiter, dry_run)) = &self.key_limit else {
+            return Ok(());
+        };
+        match limiter.check(key, now) {
+            Ok(()) => Ok(()),
+            Err(_) if *dry_run => {
+                self.metrics.dry_run(DryRunLimit::Key);
+                tracing::debug!(route = %self.name, "dry run: per-key limit would answer 429");
+                Ok(())
+            }
+            Err(wait) => Err(wait),
+        }
+    }
+
+    /// The route's rate in dry-run mode: counts what it would have held back.
+    fn check_dry_route_limit(&self, now: Instant) {
+        if let Some(limiter) = &self.dry_limit
+            && limiter.check(now).is_err()
+        {
+            self.metrics.dry_run(DryRunLimit::Route);
+            tracing::debug!(route = %self.name, "dry run: route rate would queue or reject");
+        }
+    }
 }
 
 impl Gateway {
@@ -76,25 +147,7 @@ impl Gateway {
                     .find(|u| u.name() == r.upstream)
                     .expect("config validation checks that routes name known upstreams")
                     .clone();
-                let limits = Limits {
-                    rate: r.limit.map(|l| (l.rate, l.burst)),
-                    capacity: r.queue.capacity,
-                    timeout: r.queue.timeout,
-                };
-                let (rate, burst) = r.limit.map_or((0.0, 0), |l| (l.rate, l.burst.get()));
-                Route {
-                    name: r.name.clone(),
-                    shaper: Shaper::new(limits, upstream.inflight_cap()),
-                    upstream,
-                    reject: r.reject,
-                    metrics: metrics.route(
-                        &r.name,
-                        rate,
-                        burst,
-                        r.queue.capacity,
-                        r.queue.timeout.as_secs_f64(),
-                    ),
-                }
+                Route::new(r, upstream, &metrics)
             })
             .collect();
         Gateway {
@@ -102,6 +155,7 @@ impl Gateway {
             routes,
             upstreams,
             unrouted: metrics.unrouted_for(NO_ROUTE_LABEL),
+            trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
             metrics,
         }
@@ -122,8 +176,19 @@ impl Gateway {
         let route = &self.routes[index];
         record.route = Some(index);
 
+        // Classify: who is asking, and how important it is.
+        let client_ip = client_ip(client, req.headers(), &self.trusted_proxies);
+        record.client_ip = client_ip;
+        let arrival = route.classifier.arrival(&req, client_ip);
+        record.class = arrival.class;
+        let now = Instant::now();
+        if let Err(wait) = route.check_key(arrival.key, now) {
+            return record.rate_limited(route, wait);
+        }
+        route.check_dry_route_limit(now);
+
         // Admit: go now, wait in the queue, or be turned away.
-        let grant = match route.shaper.admit() {
+        let grant = match route.shaper.admit(arrival) {
             Admission::Go(grant) => {
                 route.metrics.queue_wait(0.0);
                 grant
@@ -181,6 +246,16 @@ impl Gateway {
                 route.shaper.depth(),
                 route.shaper.oldest_wait().as_secs_f64(),
             );
+            for class in 0..route.classifier.class_count() {
+                route
+                    .metrics
+                    .sample_class_depth(class, route.shaper.class_depth(class));
+            }
+            if let Some((limiter, _)) = &route.key_limit {
+                route
+                    .metrics
+                    .sample_keys(limiter.keys(), limiter.evictions());
+            }
         }
         for upstream in &self.upstreams {
             upstream.metrics().sample_inflight(upstream.inflight());
@@ -199,9 +274,10 @@ const STATUS_CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
 struct Record<'g> {
     gateway: &'g Gateway,
     route: Option<usize>,
+    class: usize,
+    client_ip: std::net::IpAddr,
     method: http::Method,
     path: String,
-    client: SocketAddr,
     started: Instant,
     queue_wait: Duration,
     upstream_time: Option<Duration>,
@@ -215,9 +291,10 @@ impl<'g> Record<'g> {
         Record {
             gateway,
             route: None,
+            class: 0,
+            client_ip: client.ip(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
-            client,
             started: Instant::now(),
             queue_wait: Duration::ZERO,
             upstream_time: None,
@@ -228,17 +305,27 @@ impl<'g> Record<'g> {
 
     fn reject(&mut self, route: &Route, rejection: Rejection) -> Response<Body> {
         let outcome = match rejection.reason {
-            RejectReason::QueueFull | RejectReason::WaitTooLong => Outcome::RejectedQueueFull,
+            RejectReason::QueueFull | RejectReason::WaitTooLong | RejectReason::Displaced => {
+                Outcome::RejectedQueueFull
+            }
             RejectReason::Timeout | RejectReason::Closed => Outcome::DroppedTimeout,
         };
-        let mut response = local(route.reject.status, "overloaded, retry later\n");
-        if route.reject.retry_after {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(rejection.retry_after.as_secs()),
-            );
-        }
+        let response = refusal(
+            route.reject.status,
+            "overloaded, retry later\n",
+            route.reject.retry_after.then_some(rejection.retry_after),
+        );
         self.finish(outcome, response)
+    }
+
+    /// 429: the key is over its own limit; `wait` until it has a token again.
+    fn rate_limited(&mut self, route: &Route, wait: Duration) -> Response<Body> {
+        let response = refusal(
+            route.reject.rate_limited_status,
+            "too many requests, retry later\n",
+            route.reject.retry_after.then_some(wait),
+        );
+        self.finish(Outcome::RejectedRateLimited, response)
     }
 
     fn finish(&mut self, outcome: Outcome, response: Response<Body>) -> Response<Body> {
@@ -254,8 +341,8 @@ impl<'g> Record<'g> {
     fn write(&self, outcome: Outcome, status: StatusCode) {
         let route = self.route.map(|i| &self.gateway.routes[i]);
         match route {
-            Some(route) => route.metrics.outcome(outcome),
-            None => self.gateway.unrouted.outcome(outcome),
+            Some(route) => route.metrics.outcome(self.class, outcome),
+            None => self.gateway.unrouted.outcome(0, outcome),
         }
         if self.gateway.access_log {
             tracing::info!(
@@ -263,7 +350,8 @@ impl<'g> Record<'g> {
                 route = route.map_or(NO_ROUTE_LABEL, |r| r.name.as_str()),
                 method = %self.method,
                 path = %self.path,
-                client = %self.client.ip(),
+                client = %self.client_ip,
+                class = self.class,
                 outcome = outcome.as_str(),
                 status = status.as_u16(),
                 queue_wait_ms = self.queue_wait.as_secs_f64() * 1e3,
@@ -390,6 +478,22 @@ fn relay_response(response: Response<Incoming>, grant: Grant) -> Response<Body> 
         permit: Some(grant.into_permit()),
     };
     Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+/// A refusal with an optional Retry-After (whole seconds, rounded up, at least 1).
+fn refusal(
+    status: StatusCode,
+    text: &'static str,
+    retry_after: Option<Duration>,
+) -> Response<Body> {
+    let mut response = local(status, text);
+    if let Some(wait) = retry_after {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    response
 }
 
 /// A body of text made here.

@@ -1,0 +1,254 @@
+//! Classify: who is asking (client address and key) and how important it is
+//! (priority class), computed once per request before it meets the shaper.
+//!
+//! The client address comes from X-Forwarded-For or Forwarded only when the
+//! connection's peer is a trusted proxy: then the client is the right-most
+//! address that is not itself a trusted proxy, so a client cannot choose its
+//! own key by sending a forged header. Keys are hashed with a per-process
+//! random seed; the key value itself is never stored or exported.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, Request};
+use ipnet::IpNet;
+
+use crate::config::{ClassConfig, ClassMatch, KeyPart, RouteConfig};
+use crate::shaper::Arrival;
+
+/// The client address: the peer itself unless the peer is a trusted proxy.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer_ip = canonical(peer.ip());
+    if !is_trusted(peer_ip, trusted) {
+        return peer_ip;
+    }
+    let mut hops: Vec<Option<IpAddr>> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(|hop| parse_hop(hop.trim()))
+        .collect();
+    if hops.is_empty() {
+        hops = headers
+            .get_all(http::header::FORWARDED)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .filter_map(forwarded_for)
+            .map(|node| parse_hop(&node))
+            .collect();
+    }
+    // Walk from the nearest hop outwards; stop at the first we cannot trust.
+    let mut client = peer_ip;
+    for hop in hops.iter().rev() {
+        let Some(ip) = hop else {
+            break; // unparsable: believe no further
+        };
+        client = *ip;
+        if !is_trusted(*ip, trusted) {
+            break;
+        }
+    }
+    client
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One hop of X-Forwarded-For or a Forwarded `for=` node: an address,
+/// possibly with a port, IPv6 possibly in brackets.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(addr) = hop.parse::<SocketAddr>() {
+        return Some(canonical(addr.ip()));
+    }
+    hop.strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(ip, _)| ip.parse().ok())
+        .map(canonical)
+}
+
+/// The `for=` parameter of one Forwarded element.
+fn forwarded_for(element: &str) -> Option<String> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim().to_string())
+    })
+}
+
+/// A route's rules for keys and classes.
+#[derive(Debug)]
+pub struct Classifier {
+    key: Vec<KeyPart>,
+    classes: Vec<ClassMatch>,
+    seed: std::collections::hash_map::RandomState,
+}
+
+impl Classifier {
+    pub fn new(route: &RouteConfig) -> Classifier {
+        Classifier {
+            key: route.key.clone(),
+            classes: route
+                .classes
+                .iter()
+                .map(|c: &ClassConfig| c.matcher.clone())
+                .collect(),
+            seed: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// Number of classes, the implicit "default" class included.
+    pub fn class_count(&self) -> usize {
+        self.classes.len() + 1
+    }
+
+    /// The request's class and key hash.
+    pub fn arrival<B>(&self, req: &Request<B>, client: IpAddr) -> Arrival {
+        Arrival {
+            class: self.class(req),
+            key: self.key(req, client),
+        }
+    }
+
+    /// The first class the request matches; the last (default) if none.
+    fn class<B>(&self, req: &Request<B>) -> usize {
+        self.classes
+            .iter()
+            .position(|m| match m {
+                ClassMatch::Header { name, values } => req
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .any(|v| values.iter().any(|want| v.as_bytes() == want.as_bytes())),
+                ClassMatch::PathPrefix(prefix) => req.uri().path().starts_with(prefix.as_str()),
+                ClassMatch::Methods(methods) => methods.contains(req.method()),
+            })
+            .unwrap_or(self.classes.len())
+    }
+
+    fn key<B>(&self, req: &Request<B>, client: IpAddr) -> u64 {
+        let mut hasher = self.seed.build_hasher();
+        for part in &self.key {
+            match part {
+                KeyPart::ClientIp => client.hash(&mut hasher),
+                KeyPart::Path => req.uri().path().hash(&mut hasher),
+                KeyPart::Header(name) => {
+                    for value in req.headers().get_all(name) {
+                        value.as_bytes().hash(&mut hasher);
+                    }
+                    0xffu8.hash(&mut hasher); // separates parts
+                }
+            }
+        }
+        hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 40000)
+    }
+
+    #[test]
+    fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(
+            client_ip(peer("203.0.113.7"), &h, &[]),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(peer("203.0.113.7"), &h, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn from_a_trusted_peer_the_rightmost_untrusted_hop_is_the_client() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        // The client forged "6.6.6.6"; 198.51.100.1 is who reached our balancer 10.0.0.2.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.1, 10.0.0.2")]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &h, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        // Several header lines read as one list.
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &h, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn forwarded_is_used_when_x_forwarded_for_is_absent() {
+        let trusted = nets(&["127.0.0.1/32"]);
+        let h = headers(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
+        )]);
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), &h, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn garbage_stops_the_walk_at_the_last_believable_hop() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, nonsense, 10.0.0.9")]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &h, &trusted),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("x-forwarded-for", "198.51.100.4:5555")]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &h, &trusted),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_match_ipv4_networks() {
+        let trusted = nets(&["127.0.0.1/32"]);
+        let h = headers(&[("x-forwarded-for", "198.51.100.1")]);
+        assert_eq!(
+            client_ip(peer("::ffff:127.0.0.1"), &h, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}
