@@ -259,13 +259,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_million_keys_stay_within_the_cap() {
+    async fn many_more_keys_than_the_cap_stay_within_it() {
         let limiter = KeyedLimiter::new(1.0, nz(1), NonZeroUsize::new(10_000).unwrap());
         let now = Instant::now();
-        for key in 0..1_000_000u64 {
+        for key in 0..200_000u64 {
             let _ = limiter.check(key, now);
         }
         assert!(limiter.keys() <= 10_000);
-        assert_eq!(limiter.keys() as u64 + limiter.evictions(), 1_000_000);
+        assert_eq!(limiter.keys() as u64 + limiter.evictions(), 200_000);
     }
 }

@@ -401,7 +401,7 @@ async fn release(shared: Arc<Shared>) {
                 match shared.take_token(now) {
                     Ok(()) => {
                         state.next_token_at = None;
-                        if let Some(waiter) = state.queue.remove(next) {
+                        if let Some(waiter) = state.queue.release(next) {
                             let grant = Grant {
                                 permit: held,
                                 waited: now - waiter.enqueued_at,
@@ -684,6 +684,161 @@ mod tests {
         let shaper = shaper(limits(1.0, 1, 0, 1_000), 10);
         assert!(matches!(shaper.admit(Arrival::default()), Admission::Go(_)));
         match shaper.admit(Arrival::default()) {
+            Admission::Rejected(r) => assert_eq!(r.reason, RejectReason::QueueFull),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn tiered(rate: f64, capacity: usize, timeout_ms: u64, classes: usize) -> Limits {
+        Limits {
+            classes,
+            aging: Duration::from_millis(300),
+            ..limits(rate, 1, capacity, timeout_ms)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn higher_classes_are_released_first() {
+        let shaper = shaper(tiered(10.0, 100, 10_000, 2), 100);
+        let _go = shaper.admit(Arrival::default());
+        let start = Instant::now();
+        let low = queued(shaper.admit(Arrival { class: 1, key: 0 }));
+        let high = queued(shaper.admit(Arrival { class: 0, key: 0 }));
+        let low = spawn_waiter(low, start, Duration::ZERO);
+        let high = spawn_waiter(high, start, Duration::ZERO);
+        assert_eq!(high.await.unwrap(), Ok(100));
+        assert_eq!(low.await.unwrap(), Ok(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aging_keeps_a_low_class_from_starving() {
+        // A steady stream of high-class requests at exactly the release rate
+        // would hold a low-class waiter back for ever without aging.
+        let shaper = Arc::new(shaper(tiered(10.0, 100, 10_000, 2), 100));
+        let _go = shaper.admit(Arrival::default());
+        let start = Instant::now();
+        let low = spawn_waiter(
+            queued(shaper.admit(Arrival { class: 1, key: 0 })),
+            start,
+            Duration::ZERO,
+        );
+        let feeder = {
+            let shaper = shaper.clone();
+            tokio::spawn(async move {
+                let mut highs = Vec::new();
+                for _ in 0..20 {
+                    if let Admission::Queued(t) = shaper.admit(Arrival { class: 0, key: 0 }) {
+                        highs.push(spawn_waiter(t, start, Duration::ZERO));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                highs
+            })
+        };
+        // Aged by 300 ms the low waiter ranks with the high class and, being
+        // older, goes at the first release after that.
+        assert_eq!(low.await.unwrap(), Ok(300));
+        for high in feeder.await.unwrap() {
+            assert!(high.await.unwrap().is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_released_in_turn() {
+        let shaper = shaper(
+            Limits {
+                per_key: true,
+                ..limits(10.0, 1, 100, 10_000)
+            },
+            100,
+        );
+        let _go = shaper.admit(Arrival::default());
+        let start = Instant::now();
+        let heavy: Vec<_> = (0..4)
+            .map(|_| {
+                spawn_waiter(
+                    queued(shaper.admit(Arrival { class: 0, key: 1 })),
+                    start,
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        let light = spawn_waiter(
+            queued(shaper.admit(Arrival { class: 0, key: 2 })),
+            start,
+            Duration::ZERO,
+        );
+        assert_eq!(light.await.unwrap(), Ok(200), "second turn, not fifth");
+        let mut times = Vec::new();
+        for h in heavy {
+            times.push(h.await.unwrap().unwrap());
+        }
+        assert_eq!(times, vec![100, 300, 400, 500]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_lifo_serves_the_newest_once_the_oldest_waited_too_long() {
+        let shaper = shaper(
+            Limits {
+                lifo_after: Some(Duration::from_millis(150)),
+                ..limits(10.0, 1, 100, 10_000)
+            },
+            100,
+        );
+        let _go = shaper.admit(Arrival::default());
+        let start = Instant::now();
+        let old: Vec<_> = (0..3)
+            .map(|_| {
+                spawn_waiter(
+                    queued(shaper.admit(Arrival::default())),
+                    start,
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        // First release at 100 ms: the oldest has waited 100 ms, FIFO still.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let new = spawn_waiter(
+            queued(shaper.admit(Arrival::default())),
+            start,
+            Duration::ZERO,
+        );
+        // At 200 ms the oldest has waited 200 ms > 150 ms: newest first.
+        assert_eq!(new.await.unwrap(), Ok(200));
+        let mut times = Vec::new();
+        for o in old {
+            times.push(o.await.unwrap().unwrap());
+        }
+        assert_eq!(times, vec![100, 400, 300]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_displaced_waiter_is_answered_at_once() {
+        let shaper = shaper(tiered(1.0, 2, 10_000, 2), 100);
+        let _go = shaper.admit(Arrival::default());
+        let start = Instant::now();
+        let low_a = spawn_waiter(
+            queued(shaper.admit(Arrival { class: 1, key: 0 })),
+            start,
+            Duration::ZERO,
+        );
+        let low_b = spawn_waiter(
+            queued(shaper.admit(Arrival { class: 1, key: 0 })),
+            start,
+            Duration::ZERO,
+        );
+        let high = queued(shaper.admit(Arrival { class: 0, key: 0 }));
+        assert_eq!(low_b.await.unwrap(), Err(RejectReason::Displaced));
+        assert_eq!(ms_since(start), 0);
+        assert_eq!(
+            spawn_waiter(high, start, Duration::ZERO).await.unwrap(),
+            Ok(1000)
+        );
+        assert_eq!(low_a.await.unwrap(), Ok(2000));
+        // A full queue of equals rejects the newcomer instead.
+        let _c = queued(shaper.admit(Arrival { class: 1, key: 0 }));
+        let _d = queued(shaper.admit(Arrival { class: 1, key: 0 }));
+        match shaper.admit(Arrival { class: 1, key: 0 }) {
             Admission::Rejected(r) => assert_eq!(r.reason, RejectReason::QueueFull),
             other => panic!("{other:?}"),
         }

@@ -237,22 +237,41 @@ impl<T> Queue<T> {
             .map(|(_, class)| class)
     }
 
-    /// The head (or tail) of the key whose turn it is; the key goes to the
-    /// back of the ring.
+    /// The head (or tail) of the key whose turn it is. The turn moves on only
+    /// when that waiter is [`Queue::release`]d, so asking twice is harmless.
     fn next_in_turn(&mut self, class: usize, newest_first: bool) -> Option<usize> {
         let c = &mut self.classes[class];
-        while let Some((key, generation)) = c.turns.pop_front() {
-            let Some(lane) = c.lanes.get(&key).filter(|l| l.generation == generation) else {
-                continue; // stale turn of a lane that emptied
-            };
-            c.turns.push_back((key, generation));
-            return if newest_first {
-                lane.list.tail
-            } else {
-                lane.list.head
-            };
+        while let Some(&(key, generation)) = c.turns.front() {
+            match c.lanes.get(&key).filter(|l| l.generation == generation) {
+                Some(lane) => {
+                    return if newest_first {
+                        lane.list.tail
+                    } else {
+                        lane.list.head
+                    };
+                }
+                None => {
+                    c.turns.pop_front(); // stale turn of a lane that emptied
+                }
+            }
         }
         None
+    }
+
+    /// Takes out the waiter [`Queue::next`] named, and passes the turn on to
+    /// the next key.
+    pub fn release(&mut self, slot: Slot) -> Option<Waiter<T>> {
+        let waiter = self.remove(slot)?;
+        if self.per_key {
+            let c = &mut self.classes[waiter.class];
+            if c.turns.front().is_some_and(|(key, _)| *key == waiter.key) {
+                let turn = c.turns.pop_front().expect("front exists");
+                if c.lanes.get(&turn.0).is_some_and(|l| l.generation == turn.1) {
+                    c.turns.push_back(turn);
+                }
+            }
+        }
+        Some(waiter)
     }
 
     /// Who gives up a place when the queue is full and a request of `class`
@@ -357,7 +376,9 @@ mod tests {
     fn drain_order(q: &mut Queue<u32>, now: Instant, newest_first: bool) -> Vec<u32> {
         let mut out = Vec::new();
         while let Some(slot) = q.next(now, newest_first) {
-            out.push(q.remove(slot).unwrap().payload);
+            // Asking again without releasing names the same waiter.
+            assert_eq!(q.next(now, newest_first), Some(slot));
+            out.push(q.release(slot).unwrap().payload);
         }
         out
     }
