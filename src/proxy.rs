@@ -107,7 +107,7 @@ impl Route {
             Ok(()) => Ok(()),
             Err(_) if *dry_run => {
                 self.metrics.dry_run(DryRunLimit::Key);
-                tracing::debug!(route = %self.name, "dry run: per-key limit would answer 429");
+                tracing::info!(route = %self.name, key = key, "dry run: per-key limit would answer 429");
                 Ok(())
             }
             Err(wait) => Err(wait),
@@ -120,7 +120,7 @@ impl Route {
             && limiter.check(now).is_err()
         {
             self.metrics.dry_run(DryRunLimit::Route);
-            tracing::debug!(route = %self.name, "dry run: route rate would queue or reject");
+            tracing::info!(route = %self.name, "dry run: route rate would queue or reject");
         }
     }
 }
