@@ -220,6 +220,16 @@ impl Shaper {
             first_wait = at.saturating_duration_since(now);
         }
         let lifo = shared.lifo_engaged(&state, now);
+        // Judge the wait before making room: nobody is displaced for a
+        // request that would be turned away anyway.
+        let ahead = state.queue.ahead(class, arrival.key, lifo);
+        let expected = first_wait + shared.drain_estimate_exact(ahead);
+        if expected > limits.timeout {
+            return Admission::Rejected(Rejection {
+                reason: RejectReason::WaitTooLong,
+                retry_after: shared.drain_estimate(state.queue.len()),
+            });
+        }
         if state.queue.len() >= limits.capacity {
             let victim = state.queue.victim(class, arrival.key, lifo);
             let Some(waiter) = victim.and_then(|slot| state.queue.remove(slot)) else {
@@ -234,14 +244,6 @@ impl Shaper {
                 reason: RejectReason::Displaced,
                 retry_after,
             }));
-        }
-        let ahead = state.queue.ahead(class, arrival.key, lifo);
-        let expected = first_wait + shared.drain_estimate_exact(ahead);
-        if expected > limits.timeout {
-            return Admission::Rejected(Rejection {
-                reason: RejectReason::WaitTooLong,
-                retry_after: shared.drain_estimate(state.queue.len()),
-            });
         }
         let (tx, rx) = oneshot::channel();
         let slot = state.queue.push(class, arrival.key, now, tx);
