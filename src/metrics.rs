@@ -50,6 +50,8 @@ pub struct Metrics {
     keys_tracked: IntGaugeVec,
     key_evictions: IntCounterVec,
     dry_run: IntCounterVec,
+    reloads: IntCounterVec,
+    last_reload: Gauge,
 }
 
 /// One route's handles.
@@ -233,6 +235,22 @@ impl Metrics {
             &["route", "limit"],
         )
         .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "sluice_config_reloads_total",
+                "Config reloads by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        let last_reload = Gauge::with_opts(Opts::new(
+            "sluice_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (Unix time): at start, then at each successful reload.",
+        ))
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("sluice_build_info", "Build information; always 1."),
             &["version"],
@@ -260,6 +278,8 @@ impl Metrics {
             Box::new(keys_tracked.clone()),
             Box::new(key_evictions.clone()),
             Box::new(dry_run.clone()),
+            Box::new(reloads.clone()),
+            Box::new(last_reload.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -285,7 +305,23 @@ impl Metrics {
             keys_tracked,
             key_evictions,
             dry_run,
+            reloads,
+            last_reload,
         }
+    }
+
+    /// Counts a config (re)load; a success also stamps the time.
+    pub fn config_loaded(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+        if success {
+            self.last_reload.set(unix_now());
+        }
+    }
+
+    /// Stamps the time the first config was loaded (not counted as a reload).
+    pub fn config_started(&self) {
+        self.last_reload.set(unix_now());
     }
 
     /// Handles for one route, with its configured limits published.
@@ -435,4 +471,10 @@ impl UpstreamMetrics {
         self.inflight
             .set(i64::try_from(inflight).unwrap_or(i64::MAX));
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

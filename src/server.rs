@@ -87,7 +87,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let proxy_addr = local_addr(&proxy_listener, config.server.listen);
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
-    let gateway = Arc::new(Gateway::new(config, Metrics::new()));
+    let metrics = Metrics::new();
+    metrics.config_started();
+    let gateway = Arc::new(Gateway::new(config, metrics));
     let ready = Arc::new(AtomicBool::new(true));
     let (stop, stopped) = watch::channel(false);
     let proxy = tokio::spawn(serve_proxy(
