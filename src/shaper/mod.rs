@@ -150,20 +150,24 @@ pub struct Shaper {
 
 #[derive(Debug)]
 struct Shared {
-    limits: Limits,
-    limiter: Option<Limiter>,
     /// The upstream's in-flight cap, shared with every route using it.
     inflight: Arc<Semaphore>,
     state: Mutex<State>,
     /// Signalled when a waiter joins the queue.
     joined: Notify,
+    /// Signalled when the limits change or the route is paused or resumed.
+    changed: Notify,
 }
 
 #[derive(Debug)]
 struct State {
+    limits: Limits,
+    limiter: Option<Limiter>,
     queue: Queue<oneshot::Sender<Answer>>,
     /// When the limiter will next have a token, as last seen.
     next_token_at: Option<Instant>,
+    /// Paused: nothing is released (queued requests still time out).
+    paused: bool,
     closed: bool,
 }
 
@@ -172,38 +176,72 @@ impl Shaper {
     /// Must be called inside a tokio runtime (it spawns the release task).
     pub fn new(limits: Limits, inflight: Arc<Semaphore>) -> Shaper {
         let shared = Arc::new(Shared {
-            limits,
-            limiter: limits.rate.map(|(rate, burst)| Limiter::new(rate, burst)),
             inflight,
             state: Mutex::new(State {
+                limits,
+                limiter: limits.rate.map(|(rate, burst)| Limiter::new(rate, burst)),
                 queue: Queue::new(limits.classes, limits.per_key, limits.aging),
                 next_token_at: None,
+                paused: false,
                 closed: false,
             }),
             joined: Notify::new(),
+            changed: Notify::new(),
         });
         let releaser = tokio::spawn(release(shared.clone()));
         Shaper { shared, releaser }
     }
 
     pub fn limits(&self) -> Limits {
-        self.shared.limits
+        self.shared.state.lock().limits
+    }
+
+    /// Applies new limits; requests already queued keep their places and are
+    /// released at the new rate. A changed rate or burst starts a fresh GCRA
+    /// state (a full burst); classes, fairness and aging re-thread the queue.
+    pub fn update(&self, limits: Limits) {
+        let mut state = self.shared.state.lock();
+        let old = state.limits;
+        if old.rate != limits.rate {
+            state.limiter = limits.rate.map(|(rate, burst)| Limiter::new(rate, burst));
+            state.next_token_at = None;
+        }
+        if (old.classes, old.per_key, old.aging) != (limits.classes, limits.per_key, limits.aging) {
+            state
+                .queue
+                .reconfigure(limits.classes, limits.per_key, limits.aging);
+        }
+        state.limits = limits;
+        drop(state);
+        // Wake the releaser: it may be sleeping on the old rate.
+        self.shared.changed.notify_one();
+    }
+
+    /// Stops (true) or resumes (false) releasing. While paused, requests
+    /// queue as usual and their timeouts still apply.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.state.lock().paused = paused;
+        self.shared.changed.notify_one();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.shared.state.lock().paused
     }
 
     /// Decides at once what happens to a request arriving now.
     pub fn admit(&self, arrival: Arrival) -> Admission {
         let shared = &self.shared;
-        let limits = &shared.limits;
-        let class = arrival.class.min(limits.classes.saturating_sub(1));
         let now = Instant::now();
         let mut state = shared.state.lock();
+        let limits = state.limits;
+        let class = arrival.class.min(limits.classes.saturating_sub(1));
         if state.closed {
             return Admission::Rejected(shared.closed());
         }
         let mut first_wait = Duration::ZERO;
-        if state.queue.is_empty() {
+        if state.queue.is_empty() && !state.paused {
             if let Ok(permit) = shared.inflight.clone().try_acquire_owned() {
-                match shared.take_token(now) {
+                match state.take_token(now) {
                     Ok(()) => {
                         return Admission::Go(Grant {
                             permit,
@@ -219,15 +257,15 @@ impl Shaper {
         } else if let Some(at) = state.next_token_at {
             first_wait = at.saturating_duration_since(now);
         }
-        let lifo = shared.lifo_engaged(&state, now);
+        let lifo = state.lifo_engaged(now);
         // Judge the wait before making room: nobody is displaced for a
         // request that would be turned away anyway.
         let ahead = state.queue.ahead(class, arrival.key, lifo);
-        let expected = first_wait + shared.drain_estimate_exact(ahead);
-        if expected > limits.timeout {
+        let expected = first_wait + state.drain_estimate_exact(ahead);
+        if expected > limits.timeout && !state.paused {
             return Admission::Rejected(Rejection {
                 reason: RejectReason::WaitTooLong,
-                retry_after: shared.drain_estimate(state.queue.len()),
+                retry_after: state.drain_estimate(state.queue.len()),
             });
         }
         if state.queue.len() >= limits.capacity {
@@ -235,10 +273,10 @@ impl Shaper {
             let Some(waiter) = victim.and_then(|slot| state.queue.remove(slot)) else {
                 return Admission::Rejected(Rejection {
                     reason: RejectReason::QueueFull,
-                    retry_after: shared.drain_estimate(state.queue.len()),
+                    retry_after: state.drain_estimate(state.queue.len()),
                 });
             };
-            let retry_after = shared.drain_estimate(state.queue.len());
+            let retry_after = state.drain_estimate(state.queue.len());
             // The displaced waiter is answered now; its ticket sees the answer.
             let _answered = waiter.payload.send(Err(Rejection {
                 reason: RejectReason::Displaced,
@@ -337,7 +375,7 @@ impl Shared {
         } else {
             Rejection {
                 reason: RejectReason::Timeout,
-                retry_after: self.drain_estimate(state.queue.len()),
+                retry_after: state.drain_estimate(state.queue.len()),
             }
         }
     }
@@ -348,9 +386,11 @@ impl Shared {
             retry_after: Duration::from_secs(1),
         }
     }
+}
 
-    fn lifo_engaged(&self, state: &State, now: Instant) -> bool {
-        match (self.limits.lifo_after, state.queue.oldest()) {
+impl State {
+    fn lifo_engaged(&self, now: Instant) -> bool {
+        match (self.limits.lifo_after, self.queue.oldest()) {
             (Some(threshold), Some(oldest)) => now.saturating_duration_since(oldest) > threshold,
             _ => false,
         }
@@ -384,10 +424,17 @@ async fn release(shared: Arc<Shared>) {
         // A permit is only worth holding once somebody waits for it.
         loop {
             let joined = shared.joined.notified();
-            if !shared.state.lock().queue.is_empty() {
-                break;
+            let changed = shared.changed.notified();
+            {
+                let state = shared.state.lock();
+                if !state.queue.is_empty() && !state.paused {
+                    break;
+                }
             }
-            joined.await;
+            tokio::select! {
+                () = joined => {}
+                () = changed => {}
+            }
         }
         let Ok(permit) = shared.inflight.clone().acquire_owned().await else {
             return;
@@ -397,10 +444,13 @@ async fn release(shared: Arc<Shared>) {
             let wait = {
                 let mut state = shared.state.lock();
                 let now = Instant::now();
-                let Some(next) = next_live(&shared, &mut state, now) else {
+                if state.paused {
+                    break; // `held` goes back; we wait for a resume
+                }
+                let Some(next) = next_live(&mut state, now) else {
                     break; // everyone left while we waited; `held` goes back
                 };
-                match shared.take_token(now) {
+                match state.take_token(now) {
                     Ok(()) => {
                         state.next_token_at = None;
                         if let Some(waiter) = state.queue.release(next) {
@@ -421,21 +471,26 @@ async fn release(shared: Arc<Shared>) {
                     }
                 }
             };
-            tokio::time::sleep(wait).await;
+            // A new rate or a pause may change the wait.
+            let changed = shared.changed.notified();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = changed => {}
+            }
         }
     }
 }
 
 /// The waiter to release next, after dropping any whose deadline has passed
 /// (their own timers may not have fired yet; a grant now would be too late).
-fn next_live(shared: &Shared, state: &mut State, now: Instant) -> Option<Slot> {
+fn next_live(state: &mut State, now: Instant) -> Option<Slot> {
     loop {
-        let lifo = shared.lifo_engaged(state, now);
+        let lifo = state.lifo_engaged(now);
         let next = state.queue.next(now, lifo)?;
         let waited = state.queue.get(next).map_or(Duration::ZERO, |w| {
             now.saturating_duration_since(w.enqueued_at)
         });
-        if waited < shared.limits.timeout {
+        if waited < state.limits.timeout {
             return Some(next);
         }
         // Dropping the sender answers the ticket with a timeout.
@@ -844,5 +899,61 @@ mod tests {
             Admission::Rejected(r) => assert_eq!(r.reason, RejectReason::QueueFull),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_applies_to_requests_already_queued() {
+        let shaper = shaper(limits(1.0, 1, 100, 60_000), 100);
+        let _go = shaper.admit(Arrival::default());
+        let start = Instant::now();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                spawn_waiter(
+                    queued(shaper.admit(Arrival::default())),
+                    start,
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // From 1/s to 10/s: the releaser, asleep until t = 1 s, wakes now.
+        shaper.update(limits(10.0, 1, 100, 60_000));
+        let mut times = Vec::new();
+        for w in waiters {
+            times.push(w.await.unwrap().unwrap());
+        }
+        assert_eq!(times, vec![10, 110, 210, 310]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_route_queues_times_out_and_resumes_at_its_rate() {
+        let shaper = shaper(limits(10.0, 1, 100, 1_000), 100);
+        shaper.set_paused(true);
+        let start = Instant::now();
+        // Paused: even the first request queues.
+        let early = spawn_waiter(
+            queued(shaper.admit(Arrival::default())),
+            start,
+            Duration::ZERO,
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let late: Vec<_> = (0..3)
+            .map(|_| {
+                spawn_waiter(
+                    queued(shaper.admit(Arrival::default())),
+                    start,
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        // The early one's deadline passes while paused.
+        assert_eq!(early.await.unwrap(), Err(RejectReason::Timeout));
+        assert_eq!(ms_since(start), 1_000);
+        shaper.set_paused(false);
+        let mut times = Vec::new();
+        for w in late {
+            times.push(w.await.unwrap().unwrap());
+        }
+        assert_eq!(times, vec![1_000, 1_100, 1_200]);
     }
 }

@@ -119,7 +119,6 @@ impl<T> Queue<T> {
 
     pub fn push(&mut self, class: usize, key: u64, enqueued_at: Instant, payload: T) -> Slot {
         let class = class.min(self.classes.len() - 1);
-        let key = if self.per_key { key } else { 0 };
         let generation = self.next_generation;
         self.next_generation += 1;
         let index = self.slab.insert(Waiter {
@@ -131,11 +130,19 @@ impl<T> Queue<T> {
             in_class: Link::default(),
             in_lane: Link::default(),
         });
+        self.thread(index);
+        Slot { index, generation }
+    }
+
+    /// Puts a slab entry at the back of its class's order and its key's lane.
+    fn thread(&mut self, index: usize) {
+        let (class, key) = (self.slab[index].class, self.slab[index].key);
         let mut order = self.classes[class].order;
         append(&mut self.slab, &mut order, index, Thread::Class);
         self.classes[class].order = order;
         if self.per_key {
             let lane_generation = self.next_generation;
+            self.next_generation += 1;
             let c = &mut self.classes[class];
             let lane = match c.lanes.entry(key) {
                 MapEntry::Occupied(entry) => entry.into_mut(),
@@ -155,9 +162,29 @@ impl<T> Queue<T> {
                 c.by_len.remove(&(before, key));
             }
             c.by_len.insert((before + 1, key));
-            self.next_generation += 1;
         }
-        Slot { index, generation }
+    }
+
+    /// Changes the number of classes, per-key fairness or aging with waiters
+    /// in place: every waiter keeps its slot (tickets stay valid) and its
+    /// place in arrival order; a class beyond the new count becomes the lowest.
+    pub fn reconfigure(&mut self, classes: usize, per_key: bool, aging: Duration) {
+        let mut order: Vec<(Instant, u64, usize)> = self
+            .slab
+            .iter()
+            .map(|(index, w)| (w.enqueued_at, w.generation, index))
+            .collect();
+        order.sort_unstable();
+        self.classes = (0..classes.max(1)).map(|_| Class::default()).collect();
+        self.per_key = per_key;
+        self.aging = aging.max(Duration::from_nanos(1));
+        for (_, _, index) in order {
+            let waiter = &mut self.slab[index];
+            waiter.class = waiter.class.min(classes.max(1) - 1);
+            waiter.in_class = Link::default();
+            waiter.in_lane = Link::default();
+            self.thread(index);
+        }
     }
 
     /// Takes a waiter out, wherever it is; `None` if it already left.
@@ -476,6 +503,28 @@ mod tests {
         let mut plain: Queue<u32> = Queue::new(1, false, Duration::from_secs(1));
         plain.push(0, 1, t, 0);
         assert!(plain.victim(0, 2, false).is_none());
+    }
+
+    #[test]
+    fn reconfiguring_keeps_every_waiter_and_its_order() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut q = Queue::new(2, false, Duration::from_secs(1));
+        let a = q.push(1, 1, ms(0), 'a');
+        let b = q.push(0, 1, ms(1), 'b');
+        let c = q.push(1, 2, ms(2), 'c');
+        // Per key, one class: arrival order, keys in turn.
+        q.reconfigure(1, true, Duration::from_secs(1));
+        assert_eq!(q.get(b).unwrap().class, 0);
+        assert_eq!(q.get(a).unwrap().class, 0);
+        let first = q.next(ms(3), false).unwrap();
+        assert_eq!(first, a);
+        q.release(first);
+        // Key 2's turn comes before key 1's second waiter.
+        assert_eq!(q.next(ms(3), false), Some(c));
+        q.reconfigure(3, false, Duration::from_secs(1));
+        assert_eq!(q.len(), 2);
+        assert!(q.remove(b).is_some() && q.remove(c).is_some());
     }
 
     #[test]
