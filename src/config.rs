@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http::uri::Authority;
+use ipnet::IpNet;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -309,7 +311,11 @@ const DEFAULT_PATH_PREFIX: &str = "/";
 const DEFAULT_BURST: NonZeroU32 = NonZeroU32::MIN;
 const DEFAULT_QUEUE_CAPACITY: usize = 1000;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_REJECT_STATUS: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).expect("100000 is not zero");
+/// Classes a route may define, besides the implicit "default".
+const MAX_CLASSES: usize = 8;
+/// The name of the implicit lowest class, which no `[[routes.classes]]` may take.
+const DEFAULT_CLASS: &str = "default";
 
 // ---------------------------------------------------------------------------
 // The file as written. Values that need checking beyond their TOML type are
@@ -337,6 +343,7 @@ struct RawServer {
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
+    trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -377,6 +384,46 @@ struct RawRoute {
     queue: RawQueue,
     #[serde(default)]
     reject: RawReject,
+    key: Option<Spanned<RawKey>>,
+    key_limit: Option<RawKeyLimit>,
+    classes: Option<Spanned<Vec<Spanned<RawClass>>>>,
+}
+
+/// `key = "client_ip"` or `key = ["client_ip", "header:x-api-key"]`. Written by
+/// hand rather than as an untagged enum, which would lose the element spans.
+enum RawKey {
+    One(String),
+    Many(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for RawKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = RawKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a key part (\"client_ip\", \"path\", \"header:NAME\") or an array of them",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawKey, E> {
+                Ok(RawKey::One(v.to_string()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawKey, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(RawKey::Many(parts))
+            }
+        }
+
+        deserializer.deserialize_any(KeyVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -384,6 +431,16 @@ struct RawRoute {
 struct RawLimit {
     rate: Spanned<f64>,
     burst: Option<Spanned<i64>>,
+    dry_run: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyLimit {
+    rate: Spanned<f64>,
+    burst: Option<Spanned<i64>>,
+    max_keys: Option<Spanned<i64>>,
+    dry_run: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -391,6 +448,10 @@ struct RawLimit {
 struct RawQueue {
     capacity: Option<Spanned<i64>>,
     timeout: Option<Spanned<String>>,
+    discipline: Option<Spanned<String>>,
+    lifo_threshold: Option<Spanned<String>>,
+    fairness: Option<Spanned<String>>,
+    aging: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -398,6 +459,17 @@ struct RawQueue {
 struct RawReject {
     status: Option<Spanned<i64>>,
     retry_after: Option<bool>,
+    rate_limited_status: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClass {
+    name: Spanned<String>,
+    header: Option<Spanned<String>>,
+    values: Option<Spanned<Vec<Spanned<String>>>>,
+    path_prefix: Option<Spanned<String>>,
+    methods: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -481,7 +553,9 @@ impl Ctx<'_> {
             drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
                 self.duration("server.drain_timeout", &v)
             })?,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: raw.trusted_proxies.map_or(Ok(Vec::new()), |v| {
+                self.trusted_proxies("server.trusted_proxies", &v)
+            })?,
         })
     }
 
@@ -657,70 +731,406 @@ impl Ctx<'_> {
                 .transpose()?,
             queue: self.queue(&key("queue"), &raw.queue)?,
             reject: self.reject(&key("reject"), &raw.reject)?,
-            key: vec![KeyPart::ClientIp],
-            key_limit: None,
-            classes: Vec::new(),
+            key: raw
+                .key
+                .map_or(Ok(vec![KeyPart::ClientIp]), |v| self.key(&key("key"), &v))?,
+            key_limit: raw
+                .key_limit
+                .map(|v| self.key_limit(&key("key_limit"), &v))
+                .transpose()?,
+            classes: raw
+                .classes
+                .map_or(Ok(Vec::new()), |v| self.classes(&key("classes"), &v))?,
         })
     }
 
     fn limit(&self, key: &str, raw: &RawLimit) -> Checked<LimitConfig> {
-        let rate = *raw.rate.get_ref();
-        // Checked as "finite and positive" rather than "not <= 0" so NaN fails too.
+        Ok(LimitConfig {
+            rate: self.rate(&format!("{key}.rate"), &raw.rate)?,
+            burst: self.burst(&format!("{key}.burst"), raw.burst.as_ref())?,
+            dry_run: raw.dry_run.unwrap_or(false),
+        })
+    }
+
+    fn key_limit(&self, key: &str, raw: &RawKeyLimit) -> Checked<KeyLimitConfig> {
+        Ok(KeyLimitConfig {
+            rate: self.rate(&format!("{key}.rate"), &raw.rate)?,
+            burst: self.burst(&format!("{key}.burst"), raw.burst.as_ref())?,
+            max_keys: raw.max_keys.as_ref().map_or(Ok(DEFAULT_MAX_KEYS), |v| {
+                let key = format!("{key}.max_keys");
+                let n = self.at_least(&key, v, 1)?;
+                NonZeroUsize::new(n)
+                    .ok_or_else(|| self.invalid(v.span(), &key, "must be at least 1, got 0"))
+            })?,
+            dry_run: raw.dry_run.unwrap_or(false),
+        })
+    }
+
+    /// Requests per second: checked as "finite and positive" rather than
+    /// "not <= 0" so NaN fails too.
+    fn rate(&self, key: &str, v: &Spanned<f64>) -> Checked<f64> {
+        let rate = *v.get_ref();
         if !(rate.is_finite() && rate > 0.0) {
             return Err(self.invalid(
-                raw.rate.span(),
-                &format!("{key}.rate"),
+                v.span(),
+                key,
                 format!("must be a finite number of requests per second above 0, got {rate}"),
             ));
         }
-        let burst = match &raw.burst {
-            None => DEFAULT_BURST,
-            Some(v) => u32::try_from(*v.get_ref())
-                .ok()
-                .and_then(NonZeroU32::new)
-                .ok_or_else(|| {
-                    self.invalid(
-                        v.span(),
-                        &format!("{key}.burst"),
-                        format!("must be from 1 to {}, got {}", u32::MAX, v.get_ref()),
-                    )
-                })?,
+        Ok(rate)
+    }
+
+    fn burst(&self, key: &str, v: Option<&Spanned<i64>>) -> Checked<NonZeroU32> {
+        let Some(v) = v else {
+            return Ok(DEFAULT_BURST);
         };
-        Ok(LimitConfig {
-            rate,
-            burst,
-            dry_run: false,
-        })
+        u32::try_from(*v.get_ref())
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| {
+                self.invalid(
+                    v.span(),
+                    key,
+                    format!("must be from 1 to {}, got {}", u32::MAX, v.get_ref()),
+                )
+            })
     }
 
     fn queue(&self, key: &str, raw: &RawQueue) -> Checked<QueueConfig> {
-        Ok(QueueConfig {
-            capacity: raw
-                .capacity
-                .as_ref()
-                .map_or(Ok(DEFAULT_QUEUE_CAPACITY), |v| {
-                    self.at_least(&format!("{key}.capacity"), v, 0)
-                })?,
-            timeout: raw
-                .timeout
-                .as_ref()
-                .map_or(Ok(DEFAULT_QUEUE_TIMEOUT), |v| {
-                    self.positive_duration(&format!("{key}.timeout"), v)
-                })?,
-            discipline: Discipline::Fifo,
-            fairness: Fairness::None,
-            aging: Duration::from_secs(1),
-        })
+        let capacity = raw
+            .capacity
+            .as_ref()
+            .map_or(Ok(DEFAULT_QUEUE_CAPACITY), |v| {
+                self.at_least(&format!("{key}.capacity"), v, 0)
+            })?;
+        let timeout = raw
+            .timeout
+            .as_ref()
+            .map_or(Ok(DEFAULT_QUEUE_TIMEOUT), |v| {
+                self.positive_duration(&format!("{key}.timeout"), v)
+            })?;
+        // The defaults of the other keys live in `QueueConfig::new`.
+        let mut queue = QueueConfig::new(capacity, timeout);
+        queue.discipline = self.discipline(key, raw, timeout)?;
+        if let Some(v) = &raw.fairness {
+            queue.fairness = self.fairness(&format!("{key}.fairness"), v)?;
+        }
+        if let Some(v) = &raw.aging {
+            queue.aging = self.positive_duration(&format!("{key}.aging"), v)?;
+        }
+        Ok(queue)
+    }
+
+    /// `discipline` and the `lifo_threshold` that only goes with "adaptive_lifo".
+    fn discipline(&self, key: &str, raw: &RawQueue, timeout: Duration) -> Checked<Discipline> {
+        let threshold_key = format!("{key}.lifo_threshold");
+        let adaptive = match &raw.discipline {
+            None => false,
+            Some(v) => match v.get_ref().as_str() {
+                "fifo" => false,
+                "adaptive_lifo" => true,
+                other => {
+                    return Err(self.invalid(
+                        v.span(),
+                        &format!("{key}.discipline"),
+                        format!(
+                            "unknown queue discipline {other:?}: expected \"fifo\" or \"adaptive_lifo\""
+                        ),
+                    ));
+                }
+            },
+        };
+        let threshold = match (&raw.lifo_threshold, adaptive) {
+            (None, false) => return Ok(Discipline::Fifo),
+            (Some(v), false) => {
+                return Err(self.invalid(
+                    v.span(),
+                    &threshold_key,
+                    "only allowed with discipline = \"adaptive_lifo\" (the default discipline is \"fifo\")",
+                ));
+            }
+            (Some(v), true) => {
+                let threshold = self.positive_duration(&threshold_key, v)?;
+                if threshold >= timeout {
+                    return Err(self.invalid(
+                        v.span(),
+                        &threshold_key,
+                        format!(
+                            "must be less than the queue timeout ({}), got {}",
+                            human(timeout),
+                            human(threshold)
+                        ),
+                    ));
+                }
+                threshold
+            }
+            (None, true) => {
+                let threshold = timeout / 2;
+                // Only a timeout of 1ns has no room for a threshold between 0 and it.
+                if threshold.is_zero() {
+                    let span = raw.discipline.as_ref().map_or(0..0, Spanned::span);
+                    return Err(self.invalid(
+                        span,
+                        &format!("{key}.discipline"),
+                        format!(
+                            "\"adaptive_lifo\" needs a queue timeout above 1ns, got {}",
+                            human(timeout)
+                        ),
+                    ));
+                }
+                threshold
+            }
+        };
+        Ok(Discipline::AdaptiveLifo { threshold })
+    }
+
+    fn fairness(&self, key: &str, v: &Spanned<String>) -> Checked<Fairness> {
+        match v.get_ref().as_str() {
+            "none" => Ok(Fairness::None),
+            "per_key" => Ok(Fairness::PerKey),
+            other => Err(self.invalid(
+                v.span(),
+                key,
+                format!("unknown fairness {other:?}: expected \"none\" or \"per_key\""),
+            )),
+        }
     }
 
     fn reject(&self, key: &str, raw: &RawReject) -> Checked<RejectConfig> {
-        Ok(RejectConfig {
-            status: raw.status.as_ref().map_or(Ok(DEFAULT_REJECT_STATUS), |v| {
-                self.reject_status(&format!("{key}.status"), v)
-            })?,
-            retry_after: raw.retry_after.unwrap_or(true),
-            rate_limited_status: StatusCode::TOO_MANY_REQUESTS,
-        })
+        let mut reject = RejectConfig::default();
+        if let Some(v) = &raw.status {
+            reject.status = self.reject_status(&format!("{key}.status"), v)?;
+        }
+        if let Some(retry_after) = raw.retry_after {
+            reject.retry_after = retry_after;
+        }
+        if let Some(v) = &raw.rate_limited_status {
+            reject.rate_limited_status =
+                self.reject_status(&format!("{key}.rate_limited_status"), v)?;
+        }
+        Ok(reject)
+    }
+
+    /// `key`: one part, or a non-empty list of distinct parts.
+    fn key(&self, key: &str, raw: &Spanned<RawKey>) -> Checked<Vec<KeyPart>> {
+        match raw.get_ref() {
+            RawKey::One(part) => Ok(vec![self.key_part(key, part, raw.span())?]),
+            RawKey::Many(list) => {
+                if list.is_empty() {
+                    return Err(self.invalid(
+                        raw.span(),
+                        key,
+                        "must name at least one key part (\"client_ip\", \"path\" or \"header:NAME\")",
+                    ));
+                }
+                let mut parts: Vec<KeyPart> = Vec::with_capacity(list.len());
+                for (i, v) in list.iter().enumerate() {
+                    let part_key = format!("{key}[{i}]");
+                    let part = self.key_part(&part_key, v.get_ref(), v.span())?;
+                    if let Some(first) = parts.iter().position(|p| *p == part) {
+                        return Err(self.invalid(
+                            v.span(),
+                            &part_key,
+                            format!(
+                                "duplicate key part {:?}: already given as {key}[{first}]",
+                                key_part_str(&part)
+                            ),
+                        ));
+                    }
+                    parts.push(part);
+                }
+                Ok(parts)
+            }
+        }
+    }
+
+    fn key_part(&self, key: &str, part: &str, span: Range<usize>) -> Checked<KeyPart> {
+        match part {
+            "client_ip" => Ok(KeyPart::ClientIp),
+            "path" => Ok(KeyPart::Path),
+            _ => match part.strip_prefix("header:") {
+                Some(name) => parse_header_name(name)
+                    .map(KeyPart::Header)
+                    .map_err(|why| self.invalid(span, key, format!("in key part {part:?}: {why}"))),
+                None => Err(self.invalid(
+                    span,
+                    key,
+                    format!(
+                        "unknown key part {part:?}: expected \"client_ip\", \"path\" or \"header:NAME\""
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// `[[routes.classes]]`: at most `MAX_CLASSES`, names unique and not "default".
+    fn classes(
+        &self,
+        key: &str,
+        raw: &Spanned<Vec<Spanned<RawClass>>>,
+    ) -> Checked<Vec<ClassConfig>> {
+        let list = raw.get_ref();
+        if let Some(extra) = list.get(MAX_CLASSES) {
+            return Err(self.invalid(
+                extra.span(),
+                &format!("{key}[{MAX_CLASSES}]"),
+                format!(
+                    "a route may have at most {MAX_CLASSES} classes (besides the implicit {DEFAULT_CLASS:?}), got {}",
+                    list.len()
+                ),
+            ));
+        }
+        let mut seen: HashMap<&str, (usize, Range<usize>)> = HashMap::new();
+        let mut classes = Vec::with_capacity(list.len());
+        for (i, class) in list.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            let name = &class.get_ref().name;
+            if let Some((first, span)) = seen.get(name.get_ref().as_str()) {
+                let (line, _) = line_column(self.src, span.start);
+                return Err(self.invalid(
+                    name.span(),
+                    &format!("{key}.name"),
+                    format!(
+                        "duplicate class name {:?}: already used by classes[{first}] (line {line})",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            seen.insert(name.get_ref(), (i, name.span()));
+            classes.push(self.class(&key, class)?);
+        }
+        Ok(classes)
+    }
+
+    fn class(&self, key: &str, raw: &Spanned<RawClass>) -> Checked<ClassConfig> {
+        let class = raw.get_ref();
+        let name_key = format!("{key}.name");
+        let name = self.route_name(&name_key, &class.name)?;
+        if name == DEFAULT_CLASS {
+            return Err(self.invalid(
+                class.name.span(),
+                &name_key,
+                format!(
+                    "{DEFAULT_CLASS:?} is the implicit class of requests that match no other class; choose another name"
+                ),
+            ));
+        }
+        if let (Some(values), None) = (&class.values, &class.header) {
+            return Err(self.invalid(
+                values.span(),
+                &format!("{key}.values"),
+                "only allowed together with `header` (the header whose value is compared)",
+            ));
+        }
+        let matcher = match (&class.header, &class.path_prefix, &class.methods) {
+            (Some(header), None, None) => {
+                let values_key = format!("{key}.values");
+                let Some(values) = &class.values else {
+                    return Err(self.invalid(
+                        header.span(),
+                        &values_key,
+                        "required with `header`: the header values that put a request in this class",
+                    ));
+                };
+                ClassMatch::Header {
+                    name: parse_header_name(header.get_ref()).map_err(|why| {
+                        self.invalid(header.span(), &format!("{key}.header"), why)
+                    })?,
+                    values: self.header_values(&values_key, values)?,
+                }
+            }
+            (None, Some(prefix), None) => {
+                ClassMatch::PathPrefix(self.path_prefix(&format!("{key}.path_prefix"), prefix)?)
+            }
+            (None, None, Some(methods)) => {
+                let methods_key = format!("{key}.methods");
+                if methods.get_ref().is_empty() {
+                    return Err(self.invalid(
+                        methods.span(),
+                        &methods_key,
+                        "must list at least one method (an empty list would match no request)",
+                    ));
+                }
+                ClassMatch::Methods(self.methods(&methods_key, methods.get_ref())?)
+            }
+            (None, None, None) => {
+                return Err(self.invalid(
+                    raw.span(),
+                    key,
+                    "a class needs exactly one of `header` (with `values`), `path_prefix` or `methods`",
+                ));
+            }
+            (header, prefix, methods) => {
+                // Two or more: blame the one written later.
+                let mut given: Vec<(&str, Range<usize>)> = [
+                    ("header", header.as_ref().map(Spanned::span)),
+                    ("path_prefix", prefix.as_ref().map(Spanned::span)),
+                    ("methods", methods.as_ref().map(Spanned::span)),
+                ]
+                .into_iter()
+                .filter_map(|(field, span)| Some((field, span?)))
+                .collect();
+                given.sort_by_key(|(_, span)| span.start);
+                let (first, first_span) = given.first().cloned().unwrap_or(("header", 0..0));
+                let (second, second_span) = given.get(1).cloned().unwrap_or((first, 0..0));
+                let (line, _) = line_column(self.src, first_span.start);
+                return Err(self.invalid(
+                    second_span,
+                    &format!("{key}.{second}"),
+                    format!(
+                        "a class matches on exactly one of `header`, `path_prefix` or `methods`, and this one already has `{first}` (line {line})"
+                    ),
+                ));
+            }
+        };
+        Ok(ClassConfig { name, matcher })
+    }
+
+    fn header_values(
+        &self,
+        key: &str,
+        raw: &Spanned<Vec<Spanned<String>>>,
+    ) -> Checked<Vec<String>> {
+        if raw.get_ref().is_empty() {
+            return Err(self.invalid(
+                raw.span(),
+                key,
+                "must list at least one header value (an empty list would match no request)",
+            ));
+        }
+        raw.get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                http::HeaderValue::from_str(v.get_ref())
+                    .map(|_| v.get_ref().clone())
+                    .map_err(|_| {
+                        self.invalid(
+                            v.span(),
+                            &format!("{key}[{i}]"),
+                            format!(
+                                "{:?} can never be a header value (control characters are not allowed)",
+                                v.get_ref()
+                            ),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn trusted_proxies(&self, key: &str, raw: &[Spanned<String>]) -> Checked<Vec<IpNet>> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                parse_net(v.get_ref()).map_err(|why| {
+                    self.invalid(
+                        v.span(),
+                        &format!("{key}[{i}]"),
+                        format!("invalid proxy address {:?}: {why}", v.get_ref()),
+                    )
+                })
+            })
+            .collect()
     }
 
     // --- single values ------------------------------------------------------
@@ -957,6 +1367,54 @@ fn parse_host(s: &str) -> Result<String, String> {
     Ok(host)
 }
 
+/// A header name, lower-cased as HTTP/2 and `http::HeaderName` want it.
+fn parse_header_name(s: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(s.as_bytes()).map_err(|_| {
+        format!("invalid header name {s:?} (a token such as \"x-api-key\": letters, digits, '-', no spaces)")
+    })
+}
+
+/// A CIDR ("10.0.0.0/8") or a bare address (one host: /32 or /128).
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+            "expected an address or a CIDR, e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"fd00::/8\""
+                .to_string()
+        })?,
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "host bits are set after the /{len}; write the network \"{}\" or the single address \"{}/{}\"",
+            net.trunc(),
+            net.addr(),
+            net.max_prefix_len(),
+            len = net.prefix_len(),
+        ));
+    }
+    // Peers and forwarded hops are compared in their IPv4 form, so an
+    // IPv4-mapped network would never match anything.
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+    {
+        return Err(format!(
+            "an IPv4-mapped IPv6 network never matches; write it as IPv4: \"{v4}/{}\"",
+            v6.prefix_len() - 96
+        ));
+    }
+    Ok(net)
+}
+
+/// A key part as it is written in the file.
+fn key_part_str(part: &KeyPart) -> String {
+    match part {
+        KeyPart::ClientIp => "client_ip".to_string(),
+        KeyPart::Path => "path".to_string(),
+        KeyPart::Header(name) => format!("header:{name}"),
+    }
+}
+
 /// An HTTP method token, which is case-sensitive: "get" is not GET.
 fn parse_method(s: &str) -> Result<http::Method, String> {
     if s.bytes().any(|b| b.is_ascii_lowercase()) {
@@ -987,6 +1445,7 @@ struct RenderedServer {
     max_header_bytes: usize,
     max_headers: usize,
     drain_timeout: String,
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -1019,28 +1478,61 @@ struct RenderedRoute<'a> {
     path_prefix: &'a str,
     methods: Vec<&'a str>,
     upstream: &'a str,
+    key: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<RenderedLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_limit: Option<RenderedKeyLimit>,
     queue: RenderedQueue,
     reject: RenderedReject,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    classes: Vec<RenderedClass<'a>>,
 }
 
 #[derive(Serialize)]
 struct RenderedLimit {
     rate: f64,
     burst: u32,
+    dry_run: bool,
+}
+
+#[derive(Serialize)]
+struct RenderedKeyLimit {
+    rate: f64,
+    burst: u32,
+    max_keys: usize,
+    dry_run: bool,
 }
 
 #[derive(Serialize)]
 struct RenderedQueue {
     capacity: usize,
     timeout: String,
+    discipline: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifo_threshold: Option<String>,
+    fairness: &'static str,
+    aging: String,
 }
 
 #[derive(Serialize)]
 struct RenderedReject {
     status: u16,
     retry_after: bool,
+    rate_limited_status: u16,
+}
+
+#[derive(Serialize)]
+struct RenderedClass<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    values: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_prefix: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    methods: Option<Vec<&'a str>>,
 }
 
 fn human(d: Duration) -> String {
@@ -1056,6 +1548,12 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
                 drain_timeout: human(c.server.drain_timeout),
+                trusted_proxies: c
+                    .server
+                    .trusted_proxies
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             },
             admin: RenderedAdmin {
                 listen: c.admin.listen.to_string(),
@@ -1099,19 +1597,69 @@ impl<'a> From<&'a RouteConfig> for RenderedRoute<'a> {
             path_prefix: &r.path_prefix,
             methods: r.methods.iter().map(http::Method::as_str).collect(),
             upstream: &r.upstream,
+            key: r.key.iter().map(key_part_str).collect(),
             limit: r.limit.map(|l| RenderedLimit {
                 rate: l.rate,
                 burst: l.burst.get(),
+                dry_run: l.dry_run,
             }),
-            queue: RenderedQueue {
-                capacity: r.queue.capacity,
-                timeout: human(r.queue.timeout),
-            },
+            key_limit: r.key_limit.map(|l| RenderedKeyLimit {
+                rate: l.rate,
+                burst: l.burst.get(),
+                max_keys: l.max_keys.get(),
+                dry_run: l.dry_run,
+            }),
+            queue: RenderedQueue::from(&r.queue),
             reject: RenderedReject {
                 status: r.reject.status.as_u16(),
                 retry_after: r.reject.retry_after,
+                rate_limited_status: r.reject.rate_limited_status.as_u16(),
             },
+            classes: r.classes.iter().map(RenderedClass::from).collect(),
         }
+    }
+}
+
+impl From<&QueueConfig> for RenderedQueue {
+    fn from(q: &QueueConfig) -> Self {
+        let (discipline, lifo_threshold) = match q.discipline {
+            Discipline::Fifo => ("fifo", None),
+            Discipline::AdaptiveLifo { threshold } => ("adaptive_lifo", Some(human(threshold))),
+        };
+        RenderedQueue {
+            capacity: q.capacity,
+            timeout: human(q.timeout),
+            discipline,
+            lifo_threshold,
+            fairness: match q.fairness {
+                Fairness::None => "none",
+                Fairness::PerKey => "per_key",
+            },
+            aging: human(q.aging),
+        }
+    }
+}
+
+impl<'a> From<&'a ClassConfig> for RenderedClass<'a> {
+    fn from(c: &'a ClassConfig) -> Self {
+        let mut class = RenderedClass {
+            name: &c.name,
+            header: None,
+            values: None,
+            path_prefix: None,
+            methods: None,
+        };
+        match &c.matcher {
+            ClassMatch::Header { name, values } => {
+                class.header = Some(name.as_str());
+                class.values = Some(values);
+            }
+            ClassMatch::PathPrefix(prefix) => class.path_prefix = Some(prefix),
+            ClassMatch::Methods(methods) => {
+                class.methods = Some(methods.iter().map(http::Method::as_str).collect());
+            }
+        }
+        class
     }
 }
 
@@ -1526,6 +2074,7 @@ header_timeout = "2s 500ms"
 max_header_bytes = 8192
 max_headers = 7
 drain_timeout = "0s"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "fd00::/8", "::1"]
 
 [admin]
 listen = "0.0.0.0:9191"
@@ -1552,16 +2101,38 @@ host = "*.Shop.Example.com"
 path_prefix = "/seckill"
 methods = ["GET", "POST", "PURGE"]
 upstream = "api"
-limit = { rate = 0.1, burst = 20 }
-queue = { capacity = 0, timeout = "1h 2m 3s 4ms 5us 6ns" }
-reject = { status = 429, retry_after = false }
+key = ["client_ip", "header:X-Api-Key", "path"]
+limit = { rate = 0.1, burst = 20, dry_run = true }
+key_limit = { rate = 5, burst = 10, max_keys = 1, dry_run = true }
+queue = { capacity = 0, timeout = "1h 2m 3s 4ms 5us 6ns", discipline = "adaptive_lifo", lifo_threshold = "1h", fairness = "per_key", aging = "250ms" }
+reject = { status = 429, retry_after = false, rate_limited_status = 503 }
+
+[[routes.classes]]
+name = "vip"
+header = "X-Tier"
+values = ["gold", "vip", ""]
+
+[[routes.classes]]
+name = "checkout"
+path_prefix = "/seckill/checkout"
+
+[[routes.classes]]
+name = "writes"
+methods = ["POST", "PUT"]
 
 [[routes]]
 name = "slow"
 host = "[::1]"
 upstream = "slow pool"
+key = "header:authorization"
+classes = [{ name = "reads", methods = ["GET"] }]
 [routes.limit]
 rate = 123456.789
+[routes.key_limit]
+rate = 0.5
+[routes.queue]
+discipline = "adaptive_lifo"
+timeout = "3s"
 "#;
 
     fn parse(src: &str) -> Result<Config, ConfigError> {
@@ -1618,6 +2189,36 @@ rate = 123456.789
         assert_eq!(route.queue.timeout, Duration::from_secs(1));
         assert_eq!(route.reject.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(route.reject.retry_after);
+        // The keys for keyed limits, fairness and classes.
+        assert!(cfg.server.trusted_proxies.is_empty());
+        assert_eq!(route.key, vec![KeyPart::ClientIp]);
+        assert_eq!(route.key_limit, None);
+        assert!(route.classes.is_empty());
+        assert_eq!(route.queue.discipline, Discipline::Fifo);
+        assert_eq!(route.queue.fairness, Fairness::None);
+        assert_eq!(route.queue.aging, Duration::from_secs(1));
+        assert_eq!(route.queue, QueueConfig::new(1000, Duration::from_secs(1)));
+        assert_eq!(
+            route.reject.rate_limited_status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(route.reject, RejectConfig::default());
+        let limited = parse(&with_route_extra(
+            "limit = { rate = 1 }
+key_limit = { rate = 2 }",
+        ))
+        .expect("limits parse");
+        let route = &limited.routes[0];
+        assert!(!route.limit.expect("limit").dry_run);
+        assert_eq!(
+            route.key_limit,
+            Some(KeyLimitConfig {
+                rate: 2.0,
+                burst: NonZeroU32::MIN,
+                max_keys: NonZeroUsize::new(100_000).expect("not zero"),
+                dry_run: false,
+            })
+        );
     }
 
     #[test]
@@ -1643,6 +2244,473 @@ rate = 123456.789
         assert_eq!(seckill.reject.status, StatusCode::TOO_MANY_REQUESTS);
         let slow = &cfg.routes[1];
         assert_eq!(slow.limit.map(|l| l.burst.get()), Some(1));
+    }
+
+    #[test]
+    fn full_config_reads_keys_limits_queue_and_classes() {
+        let cfg = parse(FULL).expect("full config parses");
+        let nets: Vec<String> = cfg
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8", "::1/128"]);
+        let seckill = &cfg.routes[0];
+        assert_eq!(
+            seckill.key,
+            vec![
+                KeyPart::ClientIp,
+                KeyPart::Header(http::HeaderName::from_static("x-api-key")),
+                KeyPart::Path,
+            ]
+        );
+        assert!(seckill.limit.expect("limit").dry_run);
+        let key_limit = seckill.key_limit.expect("key_limit");
+        assert_eq!(
+            (
+                key_limit.rate,
+                key_limit.burst.get(),
+                key_limit.max_keys.get(),
+                key_limit.dry_run
+            ),
+            (5.0, 10, 1, true)
+        );
+        assert_eq!(
+            seckill.queue.discipline,
+            Discipline::AdaptiveLifo {
+                threshold: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(seckill.queue.fairness, Fairness::PerKey);
+        assert_eq!(seckill.queue.aging, Duration::from_millis(250));
+        assert_eq!(
+            seckill.reject.rate_limited_status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let names: Vec<&str> = seckill.classes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["vip", "checkout", "writes"]);
+        assert_eq!(
+            seckill.classes[0].matcher,
+            ClassMatch::Header {
+                name: http::HeaderName::from_static("x-tier"),
+                values: vec!["gold".into(), "vip".into(), String::new()],
+            }
+        );
+        assert_eq!(
+            seckill.classes[1].matcher,
+            ClassMatch::PathPrefix("/seckill/checkout".into())
+        );
+        assert_eq!(
+            seckill.classes[2].matcher,
+            ClassMatch::Methods(vec![http::Method::POST, http::Method::PUT])
+        );
+        let slow = &cfg.routes[1];
+        assert_eq!(slow.key, vec![KeyPart::Header(http::header::AUTHORIZATION)]);
+        assert_eq!(
+            slow.classes,
+            vec![ClassConfig {
+                name: "reads".into(),
+                matcher: ClassMatch::Methods(vec![http::Method::GET]),
+            }]
+        );
+        let key_limit = slow.key_limit.expect("key_limit");
+        assert_eq!(
+            (
+                key_limit.burst.get(),
+                key_limit.max_keys.get(),
+                key_limit.dry_run
+            ),
+            (1, 100_000, false)
+        );
+        // The threshold defaults to half the queue timeout.
+        assert_eq!(
+            slow.queue.discipline,
+            Discipline::AdaptiveLifo {
+                threshold: Duration::from_millis(1500)
+            }
+        );
+    }
+
+    #[test]
+    fn to_toml_renders_keys_queue_and_classes_in_file_shape() {
+        let rendered = parse(FULL).expect("parses").to_toml();
+        for expected in [
+            "trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7/32\", \"fd00::/8\", \"::1/128\"]",
+            "key = [\"client_ip\", \"header:x-api-key\", \"path\"]",
+            "key = [\"header:authorization\"]",
+            "[routes.key_limit]",
+            "max_keys = 1",
+            "dry_run = true",
+            "discipline = \"adaptive_lifo\"",
+            "lifo_threshold = \"1h\"",
+            "lifo_threshold = \"1s 500ms\"",
+            "fairness = \"per_key\"",
+            "aging = \"250ms\"",
+            "rate_limited_status = 503",
+            "[[routes.classes]]\nname = \"vip\"\nheader = \"x-tier\"\nvalues = [\"gold\", \"vip\", \"\"]",
+            "[[routes.classes]]\nname = \"checkout\"\npath_prefix = \"/seckill/checkout\"",
+            "[[routes.classes]]\nname = \"writes\"\nmethods = [\"POST\", \"PUT\"]",
+            "[[routes.classes]]\nname = \"reads\"\nmethods = [\"GET\"]",
+        ] {
+            assert!(
+                rendered.contains(expected),
+                "{expected:?} missing in:\n{rendered}"
+            );
+        }
+        let minimal = parse(MINIMAL).expect("parses").to_toml();
+        for expected in [
+            "trusted_proxies = []",
+            "key = [\"client_ip\"]",
+            "discipline = \"fifo\"",
+            "fairness = \"none\"",
+            "aging = \"1s\"",
+            "rate_limited_status = 429",
+        ] {
+            assert!(
+                minimal.contains(expected),
+                "{expected:?} missing in:\n{minimal}"
+            );
+        }
+        for absent in ["lifo_threshold", "key_limit", "classes", "dry_run"] {
+            assert!(!minimal.contains(absent), "{absent:?} in:\n{minimal}");
+        }
+    }
+
+    #[test]
+    fn key_limit_queue_and_reject_errors() {
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "[routes.key_limit]\nrate = 0",
+                9,
+                "routes[0].key_limit.rate",
+            ),
+            (
+                "[routes.key_limit]\nrate = -1",
+                9,
+                "routes[0].key_limit.rate",
+            ),
+            (
+                "[routes.key_limit]\nrate = nan",
+                9,
+                "routes[0].key_limit.rate",
+            ),
+            (
+                "[routes.key_limit]\nrate = inf",
+                9,
+                "routes[0].key_limit.rate",
+            ),
+            (
+                "[routes.key_limit]\nrate = 1\nburst = 0",
+                10,
+                "routes[0].key_limit.burst",
+            ),
+            (
+                "[routes.key_limit]\nrate = 1\nmax_keys = 0",
+                10,
+                "routes[0].key_limit.max_keys",
+            ),
+            (
+                "[routes.key_limit]\nrate = 1\nmax_keys = -5",
+                10,
+                "routes[0].key_limit.max_keys",
+            ),
+            (
+                "[routes.key_limit]\nburst = 2",
+                8,
+                "routes[0].key_limit.rate",
+            ),
+            (
+                "[routes.key_limit]\nrate = 1\nmax_key = 2",
+                10,
+                "routes[0].key_limit.max_key",
+            ),
+            (
+                "[routes.key_limit]\nrate = 1\ndry_run = \"yes\"",
+                10,
+                "routes[0].key_limit.dry_run",
+            ),
+            (
+                "[routes.limit]\nrate = 1\ndry_run = 1",
+                10,
+                "routes[0].limit.dry_run",
+            ),
+            (
+                "[routes.queue]\nlifo_threshold = \"1s\"",
+                9,
+                "routes[0].queue.lifo_threshold",
+            ),
+            (
+                "[routes.queue]\ndiscipline = \"fifo\"\nlifo_threshold = \"100ms\"",
+                10,
+                "routes[0].queue.lifo_threshold",
+            ),
+            (
+                "[routes.queue]\ndiscipline = \"adaptive_lifo\"\nlifo_threshold = \"1s\"",
+                10,
+                "routes[0].queue.lifo_threshold",
+            ),
+            (
+                "[routes.queue]\ntimeout = \"2s\"\ndiscipline = \"adaptive_lifo\"\nlifo_threshold = \"3s\"",
+                11,
+                "routes[0].queue.lifo_threshold",
+            ),
+            (
+                "[routes.queue]\ndiscipline = \"adaptive_lifo\"\nlifo_threshold = \"0s\"",
+                10,
+                "routes[0].queue.lifo_threshold",
+            ),
+            (
+                "[routes.queue]\ndiscipline = \"adaptive_lifo\"\nlifo_threshold = \"soon\"",
+                10,
+                "routes[0].queue.lifo_threshold",
+            ),
+            (
+                "[routes.queue]\ntimeout = \"1ns\"\ndiscipline = \"adaptive_lifo\"",
+                10,
+                "routes[0].queue.discipline",
+            ),
+            (
+                "[routes.queue]\ndiscipline = \"lifo\"",
+                9,
+                "routes[0].queue.discipline",
+            ),
+            (
+                "[routes.queue]\nfairness = \"per_ip\"",
+                9,
+                "routes[0].queue.fairness",
+            ),
+            ("[routes.queue]\naging = \"0s\"", 9, "routes[0].queue.aging"),
+            ("[routes.queue]\naging = 1", 9, "routes[0].queue.aging"),
+            (
+                "[routes.reject]\nrate_limited_status = 399",
+                9,
+                "routes[0].reject.rate_limited_status",
+            ),
+            (
+                "[routes.reject]\nrate_limited_status = 600",
+                9,
+                "routes[0].reject.rate_limited_status",
+            ),
+        ];
+        for (extra, line, key) in cases {
+            let (l, _, k, message) = fail(&with_route_extra(extra));
+            assert_eq!((l, k.as_str()), (*line, *key), "{extra}: {message}");
+        }
+        let (.., message) = fail(&with_route_extra("[routes.queue]\ndiscipline = \"lifo\""));
+        assert!(
+            message.contains("\"fifo\" or \"adaptive_lifo\""),
+            "{message}"
+        );
+        let (.., message) = fail(&with_route_extra("[routes.queue]\nfairness = \"x\""));
+        assert!(message.contains("\"none\" or \"per_key\""), "{message}");
+        let (.., message) = fail(&with_route_extra("[routes.queue]\nlifo_threshold = \"1s\""));
+        assert!(message.contains("adaptive_lifo"), "{message}");
+    }
+
+    #[test]
+    fn key_errors() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("key = \"ip\"", 8, "routes[0].key"),
+            ("key = \"Client_IP\"", 8, "routes[0].key"),
+            ("key = []", 8, "routes[0].key"),
+            ("key = 3", 8, "routes[0].key"),
+            ("key = [\"client_ip\", \"cookie:x\"]", 8, "routes[0].key[1]"),
+            ("key = [\"client_ip\", \"header:\"]", 8, "routes[0].key[1]"),
+            ("key = [\"header:x y\"]", 8, "routes[0].key[0]"),
+            (
+                "key = [\"header:x-a\", \"header:X-A\"]",
+                8,
+                "routes[0].key[1]",
+            ),
+            (
+                "key = [\n  \"path\",\n  \"path\",\n]",
+                10,
+                "routes[0].key[1]",
+            ),
+            ("key = [\"path\", 2]", 8, "routes[0].key[1]"),
+        ];
+        for (extra, line, key) in cases {
+            let (l, _, k, message) = fail(&with_route_extra(extra));
+            assert_eq!((l, k.as_str()), (*line, *key), "{extra}: {message}");
+        }
+        let (.., message) = fail(&with_route_extra("key = \"ip\""));
+        assert!(
+            message.contains("\"client_ip\", \"path\" or \"header:NAME\""),
+            "{message}"
+        );
+        let (.., message) = fail(&with_route_extra("key = [\"header:x-a\", \"header:X-A\"]"));
+        assert!(
+            message.contains("duplicate key part \"header:x-a\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxy_errors() {
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "trusted_proxies = [\"10.0.0.0/33\"]",
+                2,
+                "server.trusted_proxies[0]",
+            ),
+            (
+                "trusted_proxies = [\"10.0.0.0/8\", \"localhost\"]",
+                2,
+                "server.trusted_proxies[1]",
+            ),
+            (
+                "trusted_proxies = [\n  \"::1\",\n  \"10.0.0.1/8\",\n]",
+                4,
+                "server.trusted_proxies[1]",
+            ),
+            (
+                "trusted_proxies = [\"::ffff:10.0.0.1\"]",
+                2,
+                "server.trusted_proxies[0]",
+            ),
+            ("trusted_proxies = [\"\"]", 2, "server.trusted_proxies[0]"),
+            (
+                "trusted_proxies = \"10.0.0.0/8\"",
+                2,
+                "server.trusted_proxies",
+            ),
+        ];
+        for (body, line, key) in cases {
+            let (l, _, k, message) = fail(&format!("[server]\n{body}\n{MINIMAL}"));
+            assert_eq!((l, k.as_str()), (*line, *key), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn class_errors() {
+        const C: &str = "[[routes.classes]]";
+        let cases: &[(String, usize, &str)] = &[
+            (
+                format!("{C}\nheader = \"x\"\nvalues = [\"a\"]"),
+                8,
+                "routes[0].classes[0].name",
+            ),
+            (
+                format!("{C}\nname = \"\"\nmethods = [\"GET\"]"),
+                9,
+                "routes[0].classes[0].name",
+            ),
+            (
+                format!("{C}\nname = \"default\"\nmethods = [\"GET\"]"),
+                9,
+                "routes[0].classes[0].name",
+            ),
+            (
+                format!(
+                    "{C}\nname = \"a\"\nmethods = [\"GET\"]\n{C}\nname = \"a\"\npath_prefix = \"/x\""
+                ),
+                12,
+                "routes[0].classes[1].name",
+            ),
+            (format!("{C}\nname = \"a\""), 8, "routes[0].classes[0]"),
+            (
+                format!("{C}\nname = \"a\"\npath_prefix = \"/a\"\nmethods = [\"GET\"]"),
+                11,
+                "routes[0].classes[0].methods",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nmethods = [\"GET\"]\nheader = \"x\"\nvalues = [\"1\"]"),
+                11,
+                "routes[0].classes[0].header",
+            ),
+            (
+                format!("{C}\nname = \"a\"\npath_prefix = \"/a\"\nvalues = [\"1\"]"),
+                11,
+                "routes[0].classes[0].values",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nvalues = [\"1\"]"),
+                10,
+                "routes[0].classes[0].values",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nheader = \"x\""),
+                10,
+                "routes[0].classes[0].values",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nheader = \"x\"\nvalues = []"),
+                11,
+                "routes[0].classes[0].values",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nheader = \"x\"\nvalues = [\"ok\", \"a\\nb\"]"),
+                11,
+                "routes[0].classes[0].values[1]",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nheader = \"x:y\"\nvalues = [\"1\"]"),
+                10,
+                "routes[0].classes[0].header",
+            ),
+            (
+                format!("{C}\nname = \"a\"\npath_prefix = \"a\""),
+                10,
+                "routes[0].classes[0].path_prefix",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nmethods = []"),
+                10,
+                "routes[0].classes[0].methods",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nmethods = [\"GET\", \"post\"]"),
+                10,
+                "routes[0].classes[0].methods[1]",
+            ),
+            (
+                format!("{C}\nname = \"a\"\nmethods = [\"GET\"]\npriority = 1"),
+                11,
+                "routes[0].classes[0].priority",
+            ),
+            (
+                "classes = [{ name = \"a\", methods = [\"GET\"], weight = 2 }]".to_string(),
+                8,
+                "routes[0].classes[0].weight",
+            ),
+            (
+                "classes = [{ name = \"a\", methods = [\"GET\"] }, { name = \"b\" }]".to_string(),
+                8,
+                "routes[0].classes[1]",
+            ),
+        ];
+        for (extra, line, key) in cases {
+            let (l, _, k, message) = fail(&with_route_extra(extra));
+            assert_eq!((l, k.as_str()), (*line, *key), "{extra}: {message}");
+        }
+        let classes = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("{C}\nname = \"c{i}\"\npath_prefix = \"/{i}\"\n"))
+                .collect()
+        };
+        let (line, _, key, message) = fail(&with_route_extra(&classes(9)));
+        assert_eq!(
+            (line, key.as_str()),
+            (8 + 8 * 3, "routes[0].classes[8]"),
+            "{message}"
+        );
+        assert!(message.contains("at most 8"), "{message}");
+        assert!(parse(&with_route_extra(&classes(8))).is_ok());
+    }
+
+    #[test]
+    fn class_names_are_per_route() {
+        let src = with_route_extra(
+            "[[routes.classes]]\nname = \"vip\"\nmethods = [\"GET\"]\n\
+             [[routes]]\nname = \"b\"\nupstream = \"api\"\n\
+             [[routes.classes]]\nname = \"vip\"\nmethods = [\"GET\"]",
+        );
+        let cfg = parse(&src).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.routes[1].classes[0].name, "vip");
+        // Errors in a later route's classes are indexed from 0 again.
+        let (line, _, key, _) = fail(&format!("{src}\n[[routes.classes]]\nname = \"x\""));
+        assert_eq!((line, key.as_str()), (18, "routes[1].classes[1]"));
     }
 
     #[test]
@@ -2071,6 +3139,36 @@ arr = [
         assert!(parse_target("[::1]:80").is_ok());
         for bad in ["a", ":80", "a:0", "a:99999", "a:b", "u@a:1", "", "a:1/x"] {
             assert!(parse_target(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_net("10.1.0.0/16").is_ok_and(|n| n.to_string() == "10.1.0.0/16"));
+        assert!(parse_net("10.1.2.3").is_ok_and(|n| n.to_string() == "10.1.2.3/32"));
+        assert!(parse_net("::1").is_ok_and(|n| n.to_string() == "::1/128"));
+        assert!(parse_net("0.0.0.0/0").is_ok());
+        assert!(parse_net("::/0").is_ok());
+        assert!(parse_net("::fffe:0:0/95").is_ok());
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0.1/8",
+            "fd00::1/8",
+            "10.0.0.0/8 ",
+            "::ffff:10.0.0.0/104",
+            "10/8",
+            "example.com",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad:?} accepted");
+        }
+        let why = parse_net("10.0.0.1/8").expect_err("host bits");
+        assert!(
+            why.contains("10.0.0.0/8") && why.contains("10.0.0.1/32"),
+            "{why}"
+        );
+        let why = parse_net("::ffff:10.0.0.0/104").expect_err("mapped");
+        assert!(why.contains("10.0.0.0/8"), "{why}");
+        assert!(parse_header_name("X-Api-Key").is_ok_and(|n| n.as_str() == "x-api-key"));
+        for bad in ["", "a b", "a:b", "é", "a\n"] {
+            assert!(parse_header_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_method("PATCH").is_ok());
         for bad in ["", "get", "Get", "GE T", "GET\n"] {

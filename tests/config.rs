@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice::config::{Config, ConfigError, LogFormat};
+use sluice::config::{
+    ClassConfig, ClassMatch, Config, ConfigError, Discipline, Fairness, KeyLimitConfig, KeyPart,
+    LogFormat,
+};
 
 const FILE: &str = "conf/flash-sale.toml";
 
@@ -38,14 +41,86 @@ name = "default"
 upstream = "api"
 "#;
 
+/// A valid config using every key of per-key limits, fair queueing and
+/// priority classes, each set away from its default. Line numbers that tests
+/// rely on: 2 `trusted_proxies`, 10 `key`, 15 limit `dry_run`, 17
+/// `[routes.key_limit]`, 18 its `rate`, 19 `burst`, 20 `max_keys`, 21 `dry_run`,
+/// 25 queue `timeout`, 26 `discipline`, 27 `lifo_threshold`, 28 `fairness`,
+/// 29 `aging`, 34 `rate_limited_status`, 36/41/45 the three `[[routes.classes]]`
+/// (37/42/46 their names), 38 `header`, 39 `values`, 43 `path_prefix`,
+/// 47 `methods`, 49 second `[[routes]]`.
+const FAIR: &str = r#"[server]
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "::1/128"]
+
+[upstreams.api]
+targets = ["127.0.0.1:9000"]
+
+[[routes]]
+name = "seckill"
+upstream = "api"
+key = ["client_ip", "header:X-Api-Key"]
+
+[routes.limit]
+rate = 200
+burst = 20
+dry_run = true
+
+[routes.key_limit]
+rate = 5
+burst = 10
+max_keys = 5000
+dry_run = true
+
+[routes.queue]
+capacity = 10000
+timeout = "2s"
+discipline = "adaptive_lifo"
+lifo_threshold = "750ms"
+fairness = "per_key"
+aging = "500ms"
+
+[routes.reject]
+status = 503
+retry_after = true
+rate_limited_status = 420
+
+[[routes.classes]]
+name = "vip"
+header = "X-Tier"
+values = ["gold", "vip"]
+
+[[routes.classes]]
+name = "checkout"
+path_prefix = "/seckill/checkout"
+
+[[routes.classes]]
+name = "writes"
+methods = ["POST", "PUT"]
+
+[[routes]]
+name = "default"
+upstream = "api"
+key = "path"
+"#;
+
+/// `base` with one exact piece replaced (which must occur exactly once).
+fn edit_in(base: &str, piece: &str, replacement: &str) -> String {
+    assert_eq!(
+        base.matches(piece).count(),
+        1,
+        "{piece:?} must occur once in the base config"
+    );
+    base.replacen(piece, replacement, 1)
+}
+
 /// BASE with one exact line replaced (which must exist exactly once).
 fn edit(line: &str, replacement: &str) -> String {
-    assert_eq!(
-        BASE.matches(line).count(),
-        1,
-        "{line:?} must occur once in BASE"
-    );
-    BASE.replacen(line, replacement, 1)
+    edit_in(BASE, line, replacement)
+}
+
+/// FAIR with one exact piece replaced.
+fn fair(piece: &str, replacement: &str) -> String {
+    edit_in(FAIR, piece, replacement)
 }
 
 /// Parses `src`, expects an `Invalid` error and checks the line, the key and
@@ -208,10 +283,51 @@ fn example_config_loads() {
     assert_eq!((limit.rate, limit.burst.get()), (200.0, 20));
     assert_eq!(seckill.queue.capacity, 10000);
     assert_eq!(seckill.queue.timeout, Duration::from_secs(2));
+    assert!(cfg.server.trusted_proxies.is_empty());
+    assert_eq!(seckill.key, [KeyPart::ClientIp]);
+    assert!(!limit.dry_run);
+    let key_limit = seckill.key_limit.expect("seckill has a per-key limit");
+    assert_eq!(
+        (
+            key_limit.rate,
+            key_limit.burst.get(),
+            key_limit.max_keys.get(),
+            key_limit.dry_run
+        ),
+        (5.0, 10, 100_000, false)
+    );
+    assert_eq!(seckill.queue.discipline, Discipline::Fifo);
+    assert_eq!(seckill.queue.fairness, Fairness::PerKey);
+    assert_eq!(seckill.queue.aging, Duration::from_secs(1));
+    assert_eq!(seckill.reject.rate_limited_status.as_u16(), 429);
+    let classes: Vec<(&str, &ClassMatch)> = seckill
+        .classes
+        .iter()
+        .map(|c| (c.name.as_str(), &c.matcher))
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            (
+                "vip",
+                &ClassMatch::Header {
+                    name: http::HeaderName::from_static("x-tier"),
+                    values: vec!["gold".into()],
+                }
+            ),
+            (
+                "checkout",
+                &ClassMatch::PathPrefix("/seckill/checkout".into())
+            ),
+        ]
+    );
     let default = &cfg.routes[1];
     assert_eq!(default.path_prefix, "/");
     let limit = default.limit.expect("default is rate limited");
     assert_eq!((limit.rate, limit.burst.get()), (1000.0, 100));
+    assert_eq!(default.key_limit, None);
+    assert!(default.classes.is_empty());
+    assert_eq!(default.queue.fairness, Fairness::None);
 
     // What the example documents is what the program renders back.
     let again = Config::parse(&cfg.to_toml(), &path).unwrap_or_else(|e| panic!("{e}"));
@@ -267,6 +383,353 @@ fn load_reports_unreadable_file() {
     let err = Config::load(&path).expect_err("missing file");
     assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("does-not-exist.toml"), "{err}");
+}
+
+// --- per-key limits, fair queueing, priority classes ------------------------
+
+#[test]
+fn fair_config_reads_every_new_key() {
+    let cfg = Config::parse(FAIR, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let nets: Vec<String> = cfg
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+
+    let seckill = &cfg.routes[0];
+    assert_eq!(
+        seckill.key,
+        [
+            KeyPart::ClientIp,
+            KeyPart::Header(http::HeaderName::from_static("x-api-key"))
+        ]
+    );
+    assert!(seckill.limit.expect("limit").dry_run);
+    assert_eq!(
+        seckill.key_limit,
+        Some(KeyLimitConfig {
+            rate: 5.0,
+            burst: 10.try_into().expect("not zero"),
+            max_keys: 5000.try_into().expect("not zero"),
+            dry_run: true,
+        })
+    );
+    let queue = seckill.queue;
+    assert_eq!(
+        queue.discipline,
+        Discipline::AdaptiveLifo {
+            threshold: Duration::from_millis(750)
+        }
+    );
+    assert_eq!(queue.fairness, Fairness::PerKey);
+    assert_eq!(queue.aging, Duration::from_millis(500));
+    assert_eq!(seckill.reject.rate_limited_status.as_u16(), 420);
+    assert_eq!(
+        seckill.classes,
+        [
+            ClassConfig {
+                name: "vip".into(),
+                // Header names are lower-cased.
+                matcher: ClassMatch::Header {
+                    name: http::HeaderName::from_static("x-tier"),
+                    values: vec!["gold".into(), "vip".into()],
+                },
+            },
+            ClassConfig {
+                name: "checkout".into(),
+                matcher: ClassMatch::PathPrefix("/seckill/checkout".into()),
+            },
+            ClassConfig {
+                name: "writes".into(),
+                matcher: ClassMatch::Methods(vec![http::Method::POST, http::Method::PUT]),
+            },
+        ]
+    );
+    assert_eq!(cfg.routes[1].key, [KeyPart::Path]);
+    assert!(cfg.routes[1].classes.is_empty());
+}
+
+#[test]
+fn fair_config_round_trips() {
+    let cfg = Config::parse(FAIR, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let rendered = cfg.to_toml();
+    let again = Config::parse(&rendered, Path::new(FILE))
+        .unwrap_or_else(|e| panic!("rendered config does not parse: {e}\n{rendered}"));
+    assert_eq!(again, cfg, "{rendered}");
+    assert_eq!(again.to_toml(), rendered);
+    for expected in [
+        "trusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1/32\", \"::1/128\"]",
+        "key = [\"client_ip\", \"header:x-api-key\"]",
+        "key = [\"path\"]",
+        "[routes.key_limit]",
+        "discipline = \"adaptive_lifo\"\nlifo_threshold = \"750ms\"",
+        "[[routes.classes]]\nname = \"vip\"\nheader = \"x-tier\"",
+    ] {
+        assert!(
+            rendered.contains(expected),
+            "{expected:?} not in\n{rendered}"
+        );
+    }
+
+    // The default threshold (half the timeout) is rendered explicitly.
+    let src = fair("lifo_threshold = \"750ms\"\n", "");
+    let cfg = Config::parse(&src, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.routes[0].queue.discipline,
+        Discipline::AdaptiveLifo {
+            threshold: Duration::from_secs(1)
+        }
+    );
+    let rendered = cfg.to_toml();
+    assert!(rendered.contains("lifo_threshold = \"1s\""), "{rendered}");
+    assert_eq!(Config::parse(&rendered, Path::new(FILE)).ok(), Some(cfg));
+}
+
+#[test]
+fn bad_trusted_proxy() {
+    let src = fair("\"::1/128\"", "\"::1/129\"");
+    assert_error(&src, 2, "server.trusted_proxies[2]");
+    let src = fair("\"10.0.0.0/8\"", "\"10.0.0.1/8\"");
+    let shown = assert_error(&src, 2, "server.trusted_proxies[0]");
+    assert!(shown.contains("\"10.0.0.0/8\""), "{shown}");
+}
+
+#[test]
+fn unknown_key_part() {
+    let src = fair("\"header:X-Api-Key\"", "\"cookie:session\"");
+    let shown = assert_error(&src, 10, "routes[0].key[1]");
+    assert!(
+        shown.contains("\"client_ip\", \"path\" or \"header:NAME\""),
+        "{shown}"
+    );
+    // The single-string form has no index.
+    let src = fair("key = \"path\"", "key = \"ip\"");
+    assert_error(&src, 52, "routes[1].key");
+}
+
+#[test]
+fn invalid_header_name_in_key() {
+    let src = fair("\"header:X-Api-Key\"", "\"header:X Api Key\"");
+    assert_error(&src, 10, "routes[0].key[1]");
+}
+
+#[test]
+fn empty_key_list() {
+    let src = fair("key = [\"client_ip\", \"header:X-Api-Key\"]", "key = []");
+    assert_error(&src, 10, "routes[0].key");
+}
+
+#[test]
+fn duplicate_key_part() {
+    // Header names compare lower-cased.
+    let src = fair(
+        "\"header:X-Api-Key\"]",
+        "\"header:X-Api-Key\", \"header:x-api-key\"]",
+    );
+    let shown = assert_error(&src, 10, "routes[0].key[2]");
+    assert!(shown.contains("routes[0].key[1]"), "{shown}");
+}
+
+#[test]
+fn key_limit_rate_not_positive() {
+    assert_error(
+        &fair("rate = 5", "rate = 0"),
+        18,
+        "routes[0].key_limit.rate",
+    );
+    assert_error(
+        &fair("rate = 5", "rate = nan"),
+        18,
+        "routes[0].key_limit.rate",
+    );
+}
+
+#[test]
+fn key_limit_zero_burst() {
+    assert_error(
+        &fair("burst = 10", "burst = 0"),
+        19,
+        "routes[0].key_limit.burst",
+    );
+}
+
+#[test]
+fn key_limit_zero_max_keys() {
+    assert_error(
+        &fair("max_keys = 5000", "max_keys = 0"),
+        20,
+        "routes[0].key_limit.max_keys",
+    );
+}
+
+#[test]
+fn lifo_threshold_without_adaptive_lifo() {
+    let src = fair("discipline = \"adaptive_lifo\"", "discipline = \"fifo\"");
+    let shown = assert_error(&src, 27, "routes[0].queue.lifo_threshold");
+    assert!(shown.contains("adaptive_lifo"), "{shown}");
+    // Without any discipline (the default is fifo) too.
+    let src = fair("discipline = \"adaptive_lifo\"\n", "");
+    assert_error(&src, 26, "routes[0].queue.lifo_threshold");
+}
+
+#[test]
+fn lifo_threshold_not_below_timeout() {
+    let src = fair("lifo_threshold = \"750ms\"", "lifo_threshold = \"2s\"");
+    let shown = assert_error(&src, 27, "routes[0].queue.lifo_threshold");
+    assert!(
+        shown.contains("less than the queue timeout (2s)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn zero_lifo_threshold() {
+    let src = fair("lifo_threshold = \"750ms\"", "lifo_threshold = \"0ms\"");
+    assert_error(&src, 27, "routes[0].queue.lifo_threshold");
+}
+
+#[test]
+fn zero_aging() {
+    assert_error(
+        &fair("aging = \"500ms\"", "aging = \"0s\""),
+        29,
+        "routes[0].queue.aging",
+    );
+}
+
+#[test]
+fn unknown_discipline() {
+    let src = fair("discipline = \"adaptive_lifo\"", "discipline = \"lifo\"");
+    let shown = assert_error(&src, 26, "routes[0].queue.discipline");
+    assert!(shown.contains("\"fifo\" or \"adaptive_lifo\""), "{shown}");
+}
+
+#[test]
+fn unknown_fairness() {
+    let src = fair("fairness = \"per_key\"", "fairness = \"fair\"");
+    let shown = assert_error(&src, 28, "routes[0].queue.fairness");
+    assert!(shown.contains("\"none\" or \"per_key\""), "{shown}");
+}
+
+#[test]
+fn rate_limited_status_out_of_range() {
+    let src = fair("rate_limited_status = 420", "rate_limited_status = 200");
+    assert_error(&src, 34, "routes[0].reject.rate_limited_status");
+    let src = fair("rate_limited_status = 420", "rate_limited_status = 600");
+    assert_error(&src, 34, "routes[0].reject.rate_limited_status");
+}
+
+#[test]
+fn class_missing_name() {
+    // Like any missing key, the error points at the table header.
+    let src = fair("name = \"checkout\"\n", "");
+    let shown = assert_error(&src, 41, "routes[0].classes[1].name");
+    assert!(shown.contains("missing field `name`"), "{shown}");
+}
+
+#[test]
+fn duplicate_class_name() {
+    let src = fair("name = \"checkout\"", "name = \"vip\"");
+    let shown = assert_error(&src, 42, "routes[0].classes[1].name");
+    assert!(shown.contains("line 37"), "{shown}");
+}
+
+#[test]
+fn class_named_default() {
+    let src = fair("name = \"checkout\"", "name = \"default\"");
+    assert_error(&src, 42, "routes[0].classes[1].name");
+}
+
+#[test]
+fn class_without_matcher() {
+    let src = fair("path_prefix = \"/seckill/checkout\"\n", "");
+    assert_error(&src, 41, "routes[0].classes[1]");
+}
+
+#[test]
+fn class_with_two_matchers() {
+    let src = fair(
+        "path_prefix = \"/seckill/checkout\"",
+        "path_prefix = \"/seckill/checkout\"\nmethods = [\"POST\"]",
+    );
+    let shown = assert_error(&src, 44, "routes[0].classes[1].methods");
+    assert!(
+        shown.contains("already has `path_prefix` (line 43)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn class_values_without_header() {
+    let src = fair(
+        "path_prefix = \"/seckill/checkout\"",
+        "path_prefix = \"/seckill/checkout\"\nvalues = [\"x\"]",
+    );
+    assert_error(&src, 44, "routes[0].classes[1].values");
+}
+
+#[test]
+fn class_header_with_empty_or_missing_values() {
+    let src = fair("values = [\"gold\", \"vip\"]", "values = []");
+    assert_error(&src, 39, "routes[0].classes[0].values");
+    let src = fair("values = [\"gold\", \"vip\"]\n", "");
+    assert_error(&src, 38, "routes[0].classes[0].values");
+}
+
+#[test]
+fn class_invalid_header_name() {
+    let src = fair("header = \"X-Tier\"", "header = \"X Tier\"");
+    assert_error(&src, 38, "routes[0].classes[0].header");
+}
+
+#[test]
+fn too_many_classes() {
+    let extra: String = (0..6)
+        .map(|i| format!("[[routes.classes]]\nname = \"c{i}\"\npath_prefix = \"/c{i}\"\n\n"))
+        .collect();
+    let src = fair(
+        "[[routes]]\nname = \"default\"",
+        &format!("{extra}[[routes]]\nname = \"default\""),
+    );
+    // Classes 3..=7 are fine; the ninth (index 8) starts at line 49 + 5 * 4.
+    let shown = assert_error(&src, 69, "routes[0].classes[8]");
+    assert!(shown.contains("at most 8"), "{shown}");
+}
+
+#[test]
+fn class_path_prefix_without_slash() {
+    let src = fair(
+        "path_prefix = \"/seckill/checkout\"",
+        "path_prefix = \"checkout\"",
+    );
+    assert_error(&src, 43, "routes[0].classes[1].path_prefix");
+}
+
+#[test]
+fn class_bad_method() {
+    let src = fair(
+        "methods = [\"POST\", \"PUT\"]",
+        "methods = [\"POST\", \"put\"]",
+    );
+    assert_error(&src, 47, "routes[0].classes[2].methods[1]");
+}
+
+#[test]
+fn unknown_key_in_class() {
+    let src = fair(
+        "methods = [\"POST\", \"PUT\"]",
+        "methods = [\"POST\", \"PUT\"]\nweight = 2",
+    );
+    let shown = assert_error(&src, 48, "routes[0].classes[2].weight");
+    assert!(shown.contains("unknown field `weight`"), "{shown}");
+}
+
+#[test]
+fn unknown_key_in_key_limit() {
+    let src = fair("max_keys = 5000", "max_key = 5000");
+    assert_error(&src, 20, "routes[0].key_limit.max_key");
 }
 
 fn addr(s: &str) -> SocketAddr {
