@@ -3208,10 +3208,10 @@ arr = [
         let boundaries: Vec<usize> = (0..=example.len())
             .filter(|&i| example.is_char_boundary(i))
             .collect();
-        for &end in boundaries.iter().step_by(3) {
+        for &end in boundaries.iter().step_by(13) {
             check(&example[..end]);
         }
-        for &at in boundaries.iter().step_by(11) {
+        for &at in boundaries.iter().step_by(41) {
             for insert in [
                 "[", "]", "\"", "'", "{", "=", "\n", "#", ",", "\"\"\"", "é", "\u{0}",
             ] {
