@@ -7,6 +7,7 @@
 //! own key by sending a forged header. Keys are hashed with a per-process
 //! random seed; the key value itself is never stored or exported.
 
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
@@ -94,11 +95,20 @@ fn forwarded_for(element: &str) -> Option<String> {
 pub struct Classifier {
     key: Vec<KeyPart>,
     classes: Vec<ClassMatch>,
-    seed: std::collections::hash_map::RandomState,
+    seed: RandomState,
 }
 
 impl Classifier {
     pub fn new(route: &RouteConfig) -> Classifier {
+        Classifier::with_seed(route, RandomState::new())
+    }
+
+    /// The rules of a new config generation, hashing keys as before.
+    pub fn reconfigured(&self, route: &RouteConfig) -> Classifier {
+        Classifier::with_seed(route, self.seed.clone())
+    }
+
+    fn with_seed(route: &RouteConfig, seed: RandomState) -> Classifier {
         Classifier {
             key: route.key.clone(),
             classes: route
@@ -106,7 +116,7 @@ impl Classifier {
                 .iter()
                 .map(|c: &ClassConfig| c.matcher.clone())
                 .collect(),
-            seed: std::collections::hash_map::RandomState::new(),
+            seed,
         }
     }
 

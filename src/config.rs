@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// `drain_timeout`, default "30s": on SIGTERM, how long in-flight requests may finish.
     pub drain_timeout: Duration,
+    /// `shutdown_delay`, default "0s": after SIGTERM, how long /readyz answers
+    /// 503 while requests are still served, so a load balancer stops sending
+    /// before accepting stops.
+    pub shutdown_delay: Duration,
     /// `trusted_proxies`, default []: CIDRs ("10.0.0.0/8", "127.0.0.1/32") whose
     /// X-Forwarded-For / Forwarded headers are believed when deriving the client IP.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -50,8 +54,12 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
-    /// `listen`, default "127.0.0.1:9090". Serves /metrics, /healthz, /readyz.
+    /// `listen`, default "127.0.0.1:9090". Serves /metrics, /healthz, /readyz
+    /// and the admin API under /admin/.
     pub listen: SocketAddr,
+    /// `token`, optional: when set, /admin/ requests need
+    /// `Authorization: Bearer <token>`. Visible ASCII, no spaces.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,6 +351,7 @@ struct RawServer {
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
+    shutdown_delay: Option<Spanned<String>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
@@ -350,6 +359,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -553,6 +563,9 @@ impl Ctx<'_> {
             drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
                 self.duration("server.drain_timeout", &v)
             })?,
+            shutdown_delay: raw.shutdown_delay.map_or(Ok(Duration::ZERO), |v| {
+                self.duration("server.shutdown_delay", &v)
+            })?,
             trusted_proxies: raw.trusted_proxies.map_or(Ok(Vec::new()), |v| {
                 self.trusted_proxies("server.trusted_proxies", &v)
             })?,
@@ -564,6 +577,10 @@ impl Ctx<'_> {
             listen: raw.listen.map_or(Ok(DEFAULT_ADMIN_LISTEN), |v| {
                 self.socket_addr("admin.listen", &v)
             })?,
+            token: raw
+                .token
+                .map(|v| self.token("admin.token", &v))
+                .transpose()?,
         })
     }
 
@@ -1218,6 +1235,19 @@ impl Ctx<'_> {
         Ok(level.clone())
     }
 
+    /// A bearer token: non-empty visible ASCII without spaces (RFC 6750 b64token, loosely).
+    fn token(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        let token = v.get_ref();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                "must be non-empty visible ASCII without spaces",
+            ));
+        }
+        Ok(token.clone())
+    }
+
     fn route_name(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
         if v.get_ref().trim().is_empty() {
             return Err(self.invalid(v.span(), key, "must not be empty"));
@@ -1445,12 +1475,15 @@ struct RenderedServer {
     max_header_bytes: usize,
     max_headers: usize,
     drain_timeout: String,
+    shutdown_delay: String,
     trusted_proxies: Vec<String>,
 }
 
 #[derive(Serialize)]
 struct RenderedAdmin {
     listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -1548,6 +1581,7 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
                 drain_timeout: human(c.server.drain_timeout),
+                shutdown_delay: human(c.server.shutdown_delay),
                 trusted_proxies: c
                     .server
                     .trusted_proxies
@@ -1557,6 +1591,7 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
             },
             admin: RenderedAdmin {
                 listen: c.admin.listen.to_string(),
+                token: c.admin.token.clone(),
             },
             log: RenderedLog {
                 format: match c.log.format {

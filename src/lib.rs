@@ -8,11 +8,14 @@
 //! (pooled client, timeouts). `config` is parsed and validated once at the
 //! edge; `metrics` and `outcome` sit beside the flow.
 
+pub mod admin;
 pub mod classify;
 pub mod config;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod reload;
+pub mod route;
 pub mod router;
 pub mod server;
 pub mod shaper;

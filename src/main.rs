@@ -1,12 +1,13 @@
 //! The `sluice` command: `run` serves, `check` validates a config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice::Config;
 use sluice::config::LogFormat;
+use sluice::reload::FileWatch;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -45,14 +46,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
+fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     print!("{}", config.to_toml());
     eprintln!("{}: ok", path.display());
     Ok(())
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -61,13 +62,48 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let running = sluice::start(&config).await?;
-        shutdown_signal().await?;
+        serve_until_stopped(&running, path).await?;
         tracing::info!("shutdown requested");
         running.shutdown();
         running.wait().await;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reloads on SIGHUP and when the file changes; returns on SIGTERM or SIGINT.
+async fn serve_until_stopped(running: &sluice::Running, path: &Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut watch = match FileWatch::new(path) {
+        Ok(watch) => Some(watch),
+        Err(err) => {
+            tracing::warn!(%err, file = %path.display(), "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
+    loop {
+        let file_changed = async {
+            match watch.as_mut() {
+                Some(watch) => watch.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _logged = running.reload_file(path);
+            }
+            () = file_changed => {
+                tracing::info!(file = %path.display(), "config file changed: reloading");
+                let _logged = running.reload_file(path);
+            }
+        }
+    }
 }
 
 fn init_logging(config: &Config) {
@@ -81,16 +117,4 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

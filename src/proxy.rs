@@ -24,14 +24,13 @@ use tokio::time::Instant;
 
 use ipnet::IpNet;
 
-use crate::classify::{Classifier, client_ip};
-use crate::config::{Config, Discipline, Fairness, RejectConfig, RouteConfig};
-use crate::metrics::{DryRunLimit, Metrics, NO_ROUTE_LABEL, RouteMetrics};
+use crate::classify::client_ip;
+use crate::config::Config;
+use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
 use crate::outcome::Outcome;
+use crate::route::Route;
 use crate::router::Router;
-use crate::shaper::{
-    Admission, Grant, KeyedLimiter, Limiter, Limits, RejectReason, Rejection, Shaper,
-};
+use crate::shaper::{Admission, Grant, RejectReason, Rejection};
 use crate::upstream::Upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,91 +50,34 @@ pub struct Gateway {
     metrics: Metrics,
 }
 
-/// A route as served.
-pub struct Route {
-    name: String,
-    classifier: Classifier,
-    /// Each key's own limit, and whether it only counts (dry run).
-    key_limit: Option<(KeyedLimiter, bool)>,
-    /// The route's rate in dry-run mode: consulted and counted, never applied.
-    dry_limit: Option<Limiter>,
-    shaper: Shaper,
-    upstream: Arc<Upstream>,
-    reject: RejectConfig,
-    metrics: RouteMetrics,
-}
-
-impl Route {
-    fn new(r: &RouteConfig, upstream: Arc<Upstream>, metrics: &Metrics) -> Route {
-        let classifier = Classifier::new(r);
-        let dry_run = r.limit.is_some_and(|l| l.dry_run);
-        let rate = r.limit.map(|l| (l.rate, l.burst));
-        let limits = Limits {
-            rate: if dry_run { None } else { rate },
-            capacity: r.queue.capacity,
-            timeout: r.queue.timeout,
-            classes: classifier.class_count(),
-            per_key: r.queue.fairness == Fairness::PerKey,
-            aging: r.queue.aging,
-            lifo_after: match r.queue.discipline {
-                Discipline::Fifo => None,
-                Discipline::AdaptiveLifo { threshold } => Some(threshold),
-            },
-        };
-        Route {
-            name: r.name.clone(),
-            classifier,
-            key_limit: r
-                .key_limit
-                .map(|k| (KeyedLimiter::new(k.rate, k.burst, k.max_keys), k.dry_run)),
-            dry_limit: rate
-                .filter(|_| dry_run)
-                .map(|(rate, burst)| Limiter::new(rate, burst)),
-            shaper: Shaper::new(limits, upstream.inflight_cap()),
-            upstream,
-            reject: r.reject,
-            metrics: metrics.route(r),
-        }
-    }
-
-    /// The per-key limit: `Err(wait)` when the key is over it (and not in dry run).
-    fn check_key(&self, key: u64, now: Instant) -> Result<(), Duration> {
-        let Some((limiter, dry_run)) = &self.key_limit else {
-            return Ok(());
-        };
-        match limiter.check(key, now) {
-            Ok(()) => Ok(()),
-            Err(_) if *dry_run => {
-                self.metrics.dry_run(DryRunLimit::Key);
-                tracing::info!(route = %self.name, key = key, "dry run: per-key limit would answer 429");
-                Ok(())
-            }
-            Err(wait) => Err(wait),
-        }
-    }
-
-    /// The route's rate in dry-run mode: counts what it would have held back.
-    fn check_dry_route_limit(&self, now: Instant) {
-        if let Some(limiter) = &self.dry_limit
-            && limiter.check(now).is_err()
-        {
-            self.metrics.dry_run(DryRunLimit::Route);
-            tracing::info!(route = %self.name, "dry run: route rate would queue or reject");
-        }
-    }
-}
-
 impl Gateway {
     /// Builds the gateway; must run inside a tokio runtime (shapers spawn tasks).
     pub fn new(config: &Config, metrics: Metrics) -> Gateway {
+        Gateway::build(config, metrics, None)
+    }
+
+    /// The gateway for a new config generation. Routes that keep their name
+    /// and upstream keep their live state (queue, limiters, pause, override);
+    /// upstreams keep their in-flight accounting. Removed routes drain in the
+    /// old generation, which lives as long as requests still hold it.
+    pub fn reload(&self, config: &Config) -> Gateway {
+        Gateway::build(config, self.metrics.clone(), Some(self))
+    }
+
+    fn build(config: &Config, metrics: Metrics, previous: Option<&Gateway>) -> Gateway {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .values()
             .map(|u| {
-                Arc::new(Upstream::new(
-                    u,
-                    metrics.upstream(&u.name, u.max_inflight.get()),
-                ))
+                let old = previous.and_then(|g| g.upstreams.iter().find(|o| o.name() == u.name));
+                match old {
+                    Some(old) if old.config() == u => old.clone(),
+                    _ => Arc::new(Upstream::new(
+                        u,
+                        metrics.upstream(&u.name, u.max_inflight.get()),
+                        old.map(|o| o.as_ref()),
+                    )),
+                }
             })
             .collect();
         let routes = config
@@ -147,7 +89,10 @@ impl Gateway {
                     .find(|u| u.name() == r.upstream)
                     .expect("config validation checks that routes name known upstreams")
                     .clone();
-                Route::new(r, upstream, &metrics)
+                let previous_state = previous
+                    .and_then(|g| g.routes.iter().find(|old| old.name == r.name))
+                    .map(|old| &old.state);
+                Route::new(r, upstream, &metrics, previous_state)
             })
             .collect();
         Gateway {
@@ -159,6 +104,11 @@ impl Gateway {
             access_log: config.log.access_log,
             metrics,
         }
+    }
+
+    /// The routes of this generation.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// Serves one request from `client`.
@@ -179,7 +129,7 @@ impl Gateway {
         // Classify: who is asking, and how important it is.
         let client_ip = client_ip(client, req.headers(), &self.trusted_proxies);
         record.client_ip = client_ip;
-        let arrival = route.classifier.arrival(&req, client_ip);
+        let arrival = route.state.classifier().arrival(&req, client_ip);
         record.class = arrival.class;
         let now = Instant::now();
         if let Err(wait) = route.check_key(arrival.key, now) {
@@ -188,7 +138,7 @@ impl Gateway {
         route.check_dry_route_limit(now);
 
         // Admit: go now, wait in the queue, or be turned away.
-        let grant = match route.shaper.admit(arrival) {
+        let grant = match route.state.shaper.admit(arrival) {
             Admission::Go(grant) => {
                 route.metrics.queue_wait(0.0);
                 grant
@@ -235,27 +185,14 @@ impl Gateway {
     /// Refuses new requests and answers everything still queued (shutdown).
     pub fn close(&self) {
         for route in &self.routes {
-            route.shaper.close();
+            route.state.shaper.close();
         }
     }
 
     /// Updates the sampled gauges and renders the metrics text.
     pub fn render_metrics(&self) -> String {
         for route in &self.routes {
-            route.metrics.sample_queue(
-                route.shaper.depth(),
-                route.shaper.oldest_wait().as_secs_f64(),
-            );
-            for class in 0..route.classifier.class_count() {
-                route
-                    .metrics
-                    .sample_class_depth(class, route.shaper.class_depth(class));
-            }
-            if let Some((limiter, _)) = &route.key_limit {
-                route
-                    .metrics
-                    .sample_keys(limiter.keys(), limiter.evictions());
-            }
+            route.sample_metrics();
         }
         for upstream in &self.upstreams {
             upstream.metrics().sample_inflight(upstream.inflight());

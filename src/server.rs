@@ -1,17 +1,22 @@
 //! The listeners: the proxy (HTTP/1.1 with keep-alive and HTTP/2 with prior
-//! knowledge on one port) and the admin port (/metrics, /healthz, /readyz).
+//! knowledge on one port) and the admin port (metrics, health, admin API).
 //!
-//! [`start`] binds both and serves until [`Running::shutdown`]: then readiness
-//! goes false, accepting stops, still-queued requests are answered 503, and
-//! in-flight requests get up to `drain_timeout` to finish.
+//! [`start`] binds both and serves the current config generation, which
+//! [`Running::reload`] swaps atomically: a request keeps the generation it
+//! started with. [`Running::shutdown`] turns readiness false first, keeps
+//! serving for `shutdown_delay` so a load balancer can stop sending, then stops
+//! accepting, answers still-queued requests 503 and gives in-flight ones up to
+//! `drain_timeout`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, header};
+use arc_swap::ArcSwap;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,9 +26,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ServerConfig};
+use crate::admin::Admin;
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::Metrics;
-use crate::proxy::{Body, Gateway, local};
+use crate::proxy::Gateway;
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the
 /// loop does not spin while the connections already open keep being served.
@@ -40,10 +46,19 @@ pub enum StartError {
     },
 }
 
+/// What the listeners share: the current config generation and readiness.
+pub(crate) struct Live {
+    pub gateway: ArcSwap<Gateway>,
+    pub config: ArcSwap<Config>,
+    pub ready: AtomicBool,
+    pub metrics: Metrics,
+}
+
 /// A started sluice.
 pub struct Running {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
+    live: Arc<Live>,
     stop: watch::Sender<bool>,
     proxy: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -59,9 +74,58 @@ impl Running {
         self.admin_addr
     }
 
-    /// Starts a graceful shutdown; returns at once.
+    /// Swaps in a new config. Routes that still exist keep their queues and
+    /// in-flight accounting; a removed route drains in the old generation.
+    /// Listen addresses cannot move without a restart: a change is logged and
+    /// ignored. Must be called inside the runtime sluice runs on.
+    pub fn reload(&self, config: &Config) {
+        let old = self.live.config.load();
+        for (what, before, after) in [
+            ("server.listen", old.server.listen, config.server.listen),
+            ("admin.listen", old.admin.listen, config.admin.listen),
+        ] {
+            if before != after {
+                tracing::warn!(key = what, %before, %after, "a listen address changes only on restart; keeping the old one");
+            }
+        }
+        let gateway = self.live.gateway.load().reload(config);
+        self.live.gateway.store(Arc::new(gateway));
+        self.live.config.store(Arc::new(config.clone()));
+        self.live.metrics.config_loaded(true);
+        tracing::info!(file = %config.source.display(), routes = config.routes.len(), "config reloaded");
+    }
+
+    /// Reads `path` and swaps it in; a bad file keeps the running config,
+    /// is logged with its file, line and key, and counted as a failed reload.
+    pub fn reload_file(&self, path: &Path) -> Result<(), ConfigError> {
+        match Config::load(path) {
+            Ok(config) => {
+                self.reload(&config);
+                Ok(())
+            }
+            Err(err) => {
+                self.live.metrics.config_loaded(false);
+                tracing::error!(error = %err, "config reload failed; keeping the running config");
+                Err(err)
+            }
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.config.load_full()
+    }
+
+    /// Starts a graceful shutdown and returns at once: readiness goes false
+    /// now, accepting stops after `shutdown_delay`.
     pub fn shutdown(&self) {
-        self.stop.send_replace(true);
+        self.live.ready.store(false, Ordering::SeqCst);
+        let delay = self.live.config.load().server.shutdown_delay;
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            stop.send_replace(true);
+        });
     }
 
     /// Waits until both listeners have finished (after [`Running::shutdown`]).
@@ -89,21 +153,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let metrics = Metrics::new();
     metrics.config_started();
-    let gateway = Arc::new(Gateway::new(config, metrics));
-    let ready = Arc::new(AtomicBool::new(true));
+    let live = Arc::new(Live {
+        gateway: ArcSwap::from_pointee(Gateway::new(config, metrics.clone())),
+        config: ArcSwap::from_pointee(config.clone()),
+        ready: AtomicBool::new(true),
+        metrics,
+    });
     let (stop, stopped) = watch::channel(false);
-    let proxy = tokio::spawn(serve_proxy(
-        proxy_listener,
-        gateway.clone(),
-        config.server.clone(),
-        ready.clone(),
-        stopped.clone(),
-    ));
-    let admin = tokio::spawn(serve_admin(admin_listener, gateway, ready, stopped));
+    let proxy = tokio::spawn(serve_proxy(proxy_listener, live.clone(), stopped.clone()));
+    let admin = tokio::spawn(serve_admin(admin_listener, live.clone(), stopped));
     tracing::info!(%proxy_addr, %admin_addr, routes = config.routes.len(), "sluice is serving");
     Ok(Running {
         proxy_addr,
         admin_addr,
+        live,
         stop,
         proxy,
         admin,
@@ -127,20 +190,15 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_proxy(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    server: ServerConfig,
-    ready: Arc<AtomicBool>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let builder = connection_builder(&server);
+async fn serve_proxy(listener: TcpListener, live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
+        let builder = connection_builder(&live.config.load().server);
+        let service_live = live.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let gateway = gateway.clone();
+            // The request keeps the generation it started with.
+            let gateway = service_live.gateway.load_full();
             async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
         });
         let conn = builder
@@ -153,13 +211,14 @@ async fn serve_proxy(
             }
         });
     }
-    // Drain: not ready, no new connections, queued requests answered now,
-    // in-flight ones given the drain timeout.
-    ready.store(false, Ordering::SeqCst);
+    // Drain: no new connections, queued requests answered now, in-flight
+    // ones given the drain timeout.
+    live.ready.store(false, Ordering::SeqCst);
     drop(listener);
-    gateway.close();
-    tracing::info!(drain_timeout = ?server.drain_timeout, "draining");
-    if tokio::time::timeout(server.drain_timeout, graceful.shutdown())
+    live.gateway.load().close();
+    let drain_timeout = live.config.load().server.drain_timeout;
+    tracing::info!(?drain_timeout, "draining");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {
@@ -167,19 +226,14 @@ async fn serve_proxy(
     }
 }
 
-async fn serve_admin(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    ready: Arc<AtomicBool>,
-    mut stopped: watch::Receiver<bool>,
-) {
+async fn serve_admin(listener: TcpListener, live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let admin = Arc::new(Admin::new(live));
     while let Some((stream, _)) = accept(&listener, &mut stopped).await {
-        let gateway = gateway.clone();
-        let ready = ready.clone();
+        let admin = admin.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let response = admin_response(&req, &gateway, &ready);
-            async move { Ok::<_, Infallible>(response) }
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -189,27 +243,6 @@ async fn serve_admin(
                 tracing::debug!(%err, "admin connection ended with an error");
             }
         });
-    }
-}
-
-fn admin_response(
-    req: &Request<Incoming>,
-    gateway: &Gateway,
-    ready: &AtomicBool,
-) -> Response<Body> {
-    match req.uri().path() {
-        "/metrics" => {
-            let mut response = Response::new(crate::proxy::text_body(gateway.render_metrics()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
-        "/healthz" => local(StatusCode::OK, "ok\n"),
-        "/readyz" if ready.load(Ordering::SeqCst) => local(StatusCode::OK, "ready\n"),
-        "/readyz" => local(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        _ => local(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 

@@ -24,6 +24,7 @@ use crate::metrics::{UpstreamErrorKind, UpstreamMetrics};
 
 /// One upstream pool.
 pub struct Upstream {
+    config: UpstreamConfig,
     name: String,
     targets: Vec<Authority>,
     next: AtomicUsize,
@@ -75,7 +76,13 @@ impl UpstreamError {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, metrics: UpstreamMetrics) -> Upstream {
+    /// A pool for `config`. Given the `previous` generation of the same
+    /// upstream, its in-flight accounting carries over (resized to the new cap).
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: UpstreamMetrics,
+        previous: Option<&Upstream>,
+    ) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -87,20 +94,38 @@ impl Upstream {
             .pool_max_idle_per_host(config.pool_max_idle_per_target)
             .build(connector);
         let max_inflight = config.max_inflight.get();
+        let inflight = match previous {
+            Some(old) => {
+                resize(&old.inflight, old.max_inflight, max_inflight);
+                old.inflight.clone()
+            }
+            None => Arc::new(Semaphore::new(max_inflight)),
+        };
         Upstream {
+            config: config.clone(),
             name: config.name.clone(),
             targets: config.targets.clone(),
             next: AtomicUsize::new(0),
             client,
             timeout: config.timeout,
             max_inflight,
-            inflight: Arc::new(Semaphore::new(max_inflight)),
+            inflight,
             metrics,
         }
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The config this pool was built from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// The configured cap on requests in flight.
+    pub fn max_inflight(&self) -> usize {
+        self.max_inflight
     }
 
     /// The in-flight cap, for the shapers of the routes using this upstream.
@@ -158,5 +183,22 @@ impl Upstream {
             self.metrics.error(err.kind());
         }
         result
+    }
+}
+
+/// Changes a semaphore's size from `old` to `new` permits. Growing is
+/// immediate; shrinking takes permits out of circulation as in-flight
+/// requests return them.
+fn resize(semaphore: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        semaphore.add_permits(new - old);
+    } else if new < old {
+        let excess = u32::try_from(old - new).unwrap_or(u32::MAX);
+        let semaphore = semaphore.clone();
+        tokio::spawn(async move {
+            if let Ok(permits) = semaphore.acquire_many_owned(excess).await {
+                permits.forget();
+            }
+        });
     }
 }

@@ -266,9 +266,13 @@ pub fn config(targets: &[SocketAddr]) -> Config {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             drain_timeout: Duration::from_secs(5),
+            shutdown_delay: Duration::ZERO,
             trusted_proxies: vec![],
         },
-        admin: AdminConfig { listen: loopback },
+        admin: AdminConfig {
+            listen: loopback,
+            token: None,
+        },
         log: LogConfig {
             format: LogFormat::Text,
             level: "warn".into(),

@@ -1,0 +1,263 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and a small JSON
+//! API under `/admin/` for operating routes while traffic flows.
+//!
+//! | method and path | does |
+//! | --- | --- |
+//! | `GET /admin/routes` | every route's live state |
+//! | `GET /admin/routes/{name}` | one route |
+//! | `POST /admin/routes/{name}/pause` | stop releasing (requests still queue and time out) |
+//! | `POST /admin/routes/{name}/resume` | release again at the route's rate |
+//! | `PUT /admin/routes/{name}/rate` | `{"rate": 50, "burst": 5, "ttl": "10m"}`: a temporary rate |
+//! | `DELETE /admin/routes/{name}/rate` | back to the configured rate now |
+//!
+//! When `admin.token` is set, `/admin/` needs `Authorization: Bearer <token>`.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::proxy::{Body, local, text_body};
+use crate::route::Route;
+use crate::server::Live;
+
+/// Largest admin request body accepted.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest rate override accepted; an override is meant to be temporary.
+const MAX_OVERRIDE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) struct Admin {
+    live: Arc<Live>,
+}
+
+/// A failed admin call: status and a message, answered as JSON.
+struct Failure(StatusCode, String);
+
+type Answer = Result<Response<Body>, Failure>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateRequest {
+    rate: f64,
+    burst: Option<u32>,
+    /// A human duration, e.g. "10m".
+    ttl: String,
+}
+
+impl Admin {
+    pub fn new(live: Arc<Live>) -> Admin {
+        Admin { live }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/metrics") => metrics(self.live.gateway.load().render_metrics()),
+            (&Method::GET, "/healthz") => local(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") if self.live.ready.load(Ordering::SeqCst) => {
+                local(StatusCode::OK, "ready\n")
+            }
+            (&Method::GET, "/readyz") => local(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+                if let Err(failure) = self.authorize(&req) {
+                    return failure.into_response();
+                }
+                self.api(req, &path)
+                    .await
+                    .unwrap_or_else(Failure::into_response)
+            }
+            _ => local(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Failure> {
+        let config = self.live.config.load();
+        let Some(token) = config.admin.token.as_deref() else {
+            return Ok(());
+        };
+        let offered = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(offered.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Failure(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            ))
+        }
+    }
+
+    async fn api(&self, req: Request<Incoming>, path: &str) -> Answer {
+        let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let gateway = self.live.gateway.load_full();
+        let find = |name: &str| {
+            gateway
+                .routes()
+                .iter()
+                .find(|r| r.name == name)
+                .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no route named {name:?}")))
+        };
+        match (req.method().clone(), parts.as_slice()) {
+            (Method::GET, ["admin", "routes"]) => Ok(json_response(json!({
+                "routes": gateway.routes().iter().map(route_json).collect::<Vec<_>>()
+            }))),
+            (Method::GET, ["admin", "routes", name]) => Ok(json_response(route_json(find(name)?))),
+            (Method::POST, ["admin", "routes", name, action @ ("pause" | "resume")]) => {
+                let route = find(name)?;
+                let paused = *action == "pause";
+                route.state.shaper.set_paused(paused);
+                tracing::info!(route = %route.name, paused, "route paused or resumed through the admin API");
+                Ok(json_response(route_json(route)))
+            }
+            (Method::PUT, ["admin", "routes", name, "rate"]) => {
+                let route = find(name)?;
+                let body = read_json::<RateRequest>(req).await?;
+                let (rate, burst, ttl) = validate_override(route, &body)?;
+                route.state.set_rate_override(rate, burst, ttl);
+                tracing::info!(route = %route.name, rate, burst = burst.get(), ?ttl, "rate overridden through the admin API");
+                Ok(json_response(route_json(route)))
+            }
+            (Method::DELETE, ["admin", "routes", name, "rate"]) => {
+                let route = find(name)?;
+                route.state.clear_rate_override();
+                tracing::info!(route = %route.name, "rate override cleared through the admin API");
+                Ok(json_response(route_json(route)))
+            }
+            (_, ["admin", "routes", ..]) => Err(Failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "see the admin API in README.md".into(),
+            )),
+            _ => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint {path}"),
+            )),
+        }
+    }
+}
+
+fn validate_override(
+    route: &Route,
+    body: &RateRequest,
+) -> Result<(f64, NonZeroU32, Duration), Failure> {
+    let bad = |message: String| Failure(StatusCode::BAD_REQUEST, message);
+    if !body.rate.is_finite() || body.rate <= 0.0 {
+        return Err(bad(format!(
+            "rate must be a finite number above 0, got {}",
+            body.rate
+        )));
+    }
+    let burst = match body.burst {
+        Some(b) => NonZeroU32::new(b).ok_or_else(|| bad("burst must be at least 1".into()))?,
+        None => route
+            .state
+            .configured()
+            .rate
+            .map_or(NonZeroU32::MIN, |(_, burst)| burst),
+    };
+    let ttl = humantime::parse_duration(&body.ttl)
+        .map_err(|err| bad(format!("ttl {:?}: {err}", body.ttl)))?;
+    if ttl.is_zero() || ttl > MAX_OVERRIDE_TTL {
+        return Err(bad(format!(
+            "ttl must be above 0 and at most {}",
+            humantime::format_duration(MAX_OVERRIDE_TTL)
+        )));
+    }
+    Ok((body.rate, burst, ttl))
+}
+
+/// A route's live state as JSON.
+fn route_json(route: &Route) -> Value {
+    let state = &route.state;
+    let limits = state.shaper.limits();
+    let configured = state.configured();
+    let override_json = state.rate_override().map(|o| {
+        json!({
+            "rate": o.rate,
+            "burst": o.burst.get(),
+            "expires_in_seconds": o.expires_at.saturating_duration_since(Instant::now()).as_secs_f64(),
+        })
+    });
+    json!({
+        "name": route.name,
+        "upstream": route.upstream.name(),
+        "paused": state.shaper.is_paused(),
+        "queue_depth": state.shaper.depth(),
+        "queue_capacity": limits.capacity,
+        "queue_timeout_seconds": limits.timeout.as_secs_f64(),
+        "oldest_wait_seconds": state.shaper.oldest_wait().as_secs_f64(),
+        "configured_rate": configured.rate.map(|(rate, _)| rate),
+        "configured_burst": configured.rate.map(|(_, burst)| burst.get()),
+        "effective_rate": limits.rate.map(|(rate, _)| rate),
+        "effective_burst": limits.rate.map(|(_, burst)| burst.get()),
+        "rate_override": override_json,
+        "inflight": route.upstream.inflight(),
+        "max_inflight": route.upstream.max_inflight(),
+        "tracked_keys": state.tracked_keys(),
+    })
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Failure> {
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|err| {
+            Failure(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {err}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|err| Failure(StatusCode::BAD_REQUEST, format!("invalid JSON body: {err}")))
+}
+
+fn json_response(value: Value) -> Response<Body> {
+    let mut response = Response::new(text_body(Bytes::from(value.to_string() + "\n")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn metrics(text: String) -> Response<Body> {
+    let mut response = Response::new(text_body(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+impl Failure {
+    fn into_response(self) -> Response<Body> {
+        let Failure(status, message) = self;
+        let mut response = json_response(json!({ "error": message }));
+        *response.status_mut() = status;
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice admin\""),
+            );
+        }
+        response
+    }
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,256 @@
+//! A route as served: its config-derived rules, and the live state that
+//! survives a reload (queue, limiters, pause, rate override).
+//!
+//! On reload a route that keeps its name and upstream keeps its [`RouteState`]:
+//! queued requests keep their places, in-flight accounting is untouched, and a
+//! new rate applies to the requests already queued. A rate override from the
+//! admin API lasts until it expires, across reloads.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::classify::Classifier;
+use crate::config::{Discipline, Fairness, KeyLimitConfig, RejectConfig, RouteConfig};
+use crate::metrics::{DryRunLimit, Metrics, RouteMetrics};
+use crate::shaper::{KeyedLimiter, Limiter, Limits, Shaper};
+use crate::upstream::Upstream;
+
+/// A route in one config generation.
+pub struct Route {
+    pub name: String,
+    pub upstream: Arc<Upstream>,
+    pub reject: RejectConfig,
+    pub metrics: RouteMetrics,
+    pub state: Arc<RouteState>,
+}
+
+/// What a route keeps across reloads.
+pub struct RouteState {
+    classifier: ArcSwap<Classifier>,
+    pub shaper: Shaper,
+    /// Each key's own limit as configured (with its dry-run flag), and its limiter.
+    key_limit: ArcSwapOption<(KeyLimitConfig, KeyedLimiter)>,
+    /// The route's rate in dry-run mode: consulted and counted, never applied.
+    dry_limit: ArcSwapOption<Limiter>,
+    /// The limits from the config file, before any override.
+    configured: Mutex<Limits>,
+    rate_override: Mutex<Option<RateOverride>>,
+    upstream_name: String,
+}
+
+/// A temporary rate set through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateOverride {
+    pub rate: f64,
+    pub burst: NonZeroU32,
+    pub expires_at: Instant,
+}
+
+/// The shaper limits a route config asks for.
+fn limits_of(r: &RouteConfig, classes: usize) -> Limits {
+    let dry_run = r.limit.is_some_and(|l| l.dry_run);
+    Limits {
+        rate: r.limit.filter(|_| !dry_run).map(|l| (l.rate, l.burst)),
+        capacity: r.queue.capacity,
+        timeout: r.queue.timeout,
+        classes,
+        per_key: r.queue.fairness == Fairness::PerKey,
+        aging: r.queue.aging,
+        lifo_after: match r.queue.discipline {
+            Discipline::Fifo => None,
+            Discipline::AdaptiveLifo { threshold } => Some(threshold),
+        },
+    }
+}
+
+fn dry_limit_of(r: &RouteConfig) -> Option<Arc<Limiter>> {
+    r.limit
+        .filter(|l| l.dry_run)
+        .map(|l| Arc::new(Limiter::new(l.rate, l.burst)))
+}
+
+fn key_limit_of(r: &RouteConfig) -> Option<Arc<(KeyLimitConfig, KeyedLimiter)>> {
+    r.key_limit
+        .map(|k| Arc::new((k, KeyedLimiter::new(k.rate, k.burst, k.max_keys))))
+}
+
+impl Route {
+    /// A route of a new config generation, reusing `previous` state when the
+    /// route keeps its upstream.
+    pub fn new(
+        r: &RouteConfig,
+        upstream: Arc<Upstream>,
+        metrics: &Metrics,
+        previous: Option<&Arc<RouteState>>,
+    ) -> Route {
+        let state = match previous.filter(|s| s.upstream_name == r.upstream) {
+            Some(state) => {
+                state.reconfigure(r);
+                state.clone()
+            }
+            None => {
+                let classifier = Classifier::new(r);
+                let limits = limits_of(r, classifier.class_count());
+                Arc::new(RouteState {
+                    shaper: Shaper::new(limits, upstream.inflight_cap()),
+                    classifier: ArcSwap::from_pointee(classifier),
+                    key_limit: ArcSwapOption::new(key_limit_of(r)),
+                    dry_limit: ArcSwapOption::new(dry_limit_of(r)),
+                    configured: Mutex::new(limits),
+                    rate_override: Mutex::new(None),
+                    upstream_name: r.upstream.clone(),
+                })
+            }
+        };
+        Route {
+            name: r.name.clone(),
+            upstream,
+            reject: r.reject,
+            metrics: metrics.route(r),
+            state,
+        }
+    }
+
+    /// The per-key limit: `Err(wait)` when the key is over it (and not in dry run).
+    pub fn check_key(&self, key: u64, now: Instant) -> Result<(), Duration> {
+        let key_limit = self.state.key_limit.load();
+        let Some((config, limiter)) = key_limit.as_deref() else {
+            return Ok(());
+        };
+        match limiter.check(key, now) {
+            Ok(()) => Ok(()),
+            Err(_) if config.dry_run => {
+                self.metrics.dry_run(DryRunLimit::Key);
+                tracing::info!(route = %self.name, key, "dry run: per-key limit would answer 429");
+                Ok(())
+            }
+            Err(wait) => Err(wait),
+        }
+    }
+
+    /// The route's rate in dry-run mode: counts what it would have held back.
+    pub fn check_dry_route_limit(&self, now: Instant) {
+        let limited = self
+            .state
+            .dry_limit
+            .load()
+            .as_deref()
+            .is_some_and(|l| l.check(now).is_err());
+        if limited {
+            self.metrics.dry_run(DryRunLimit::Route);
+            tracing::info!(route = %self.name, "dry run: route rate would queue or reject");
+        }
+    }
+
+    /// Updates the sampled gauges of this route.
+    pub fn sample_metrics(&self) {
+        let state = &self.state;
+        self.metrics.sample_queue(
+            state.shaper.depth(),
+            state.shaper.oldest_wait().as_secs_f64(),
+        );
+        for class in 0..state.classifier().class_count() {
+            self.metrics
+                .sample_class_depth(class, state.shaper.class_depth(class));
+        }
+        if let Some((_, limiter)) = state.key_limit.load().as_deref() {
+            self.metrics
+                .sample_keys(limiter.keys(), limiter.evictions());
+        }
+    }
+}
+
+impl RouteState {
+    /// Applies a new config generation to live state.
+    fn reconfigure(&self, r: &RouteConfig) {
+        // The classifier keeps its seed, so key hashes (and with them key
+        // turns and per-key state) carry over.
+        let classifier = self.classifier.load().reconfigured(r);
+        let classes = classifier.class_count();
+        self.classifier.store(Arc::new(classifier));
+        *self.configured.lock() = limits_of(r, classes);
+        self.dry_limit.store(dry_limit_of(r));
+        // An unchanged per-key limit keeps its keys; a changed one starts fresh.
+        let unchanged = self.key_limit.load().as_deref().map(|(k, _)| *k) == r.key_limit;
+        if !unchanged {
+            self.key_limit.store(key_limit_of(r));
+        }
+        self.apply();
+    }
+
+    /// The classifier of the current generation.
+    pub fn classifier(&self) -> arc_swap::Guard<Arc<Classifier>> {
+        self.classifier.load()
+    }
+
+    /// Pushes the effective limits (configured, or overridden) to the shaper.
+    fn apply(&self) {
+        let mut limits = *self.configured.lock();
+        if let Some(o) = *self.rate_override.lock()
+            && o.expires_at > Instant::now()
+        {
+            limits.rate = Some((o.rate, o.burst));
+        }
+        self.shaper.update(limits);
+    }
+
+    /// The limits from the config.
+    pub fn configured(&self) -> Limits {
+        *self.configured.lock()
+    }
+
+    /// The override in force, if any.
+    pub fn rate_override(&self) -> Option<RateOverride> {
+        self.rate_override
+            .lock()
+            .filter(|o| o.expires_at > Instant::now())
+    }
+
+    /// Sets a temporary rate until `ttl` passes; the configured rate returns then.
+    pub fn set_rate_override(self: &Arc<Self>, rate: f64, burst: NonZeroU32, ttl: Duration) {
+        let expires_at = Instant::now() + ttl;
+        *self.rate_override.lock() = Some(RateOverride {
+            rate,
+            burst,
+            expires_at,
+        });
+        self.apply();
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(expires_at).await;
+            if let Some(state) = state.upgrade() {
+                state.expire_override(expires_at);
+            }
+        });
+    }
+
+    /// Drops the override now.
+    pub fn clear_rate_override(&self) {
+        *self.rate_override.lock() = None;
+        self.apply();
+    }
+
+    /// Ends the override that was set to expire at `expires_at`, unless a
+    /// newer one replaced it.
+    fn expire_override(&self, expires_at: Instant) {
+        let mut current = self.rate_override.lock();
+        if current.is_some_and(|o| o.expires_at == expires_at) {
+            *current = None;
+            drop(current);
+            self.apply();
+        }
+    }
+
+    /// Tracked keys of the per-key limiter.
+    pub fn tracked_keys(&self) -> usize {
+        self.key_limit
+            .load()
+            .as_deref()
+            .map_or(0, |(_, l)| l.keys())
+    }
+}
