@@ -41,6 +41,7 @@ pub struct Metrics {
     route_burst: IntGaugeVec,
     route_capacity: IntGaugeVec,
     route_timeout: GaugeVec,
+    route_max_keys: IntGaugeVec,
     upstream_latency: HistogramVec,
     upstream_errors: IntCounterVec,
     upstream_inflight: IntGaugeVec,
@@ -162,6 +163,14 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let route_max_keys = IntGaugeVec::new(
+            Opts::new(
+                "sluice_route_max_keys",
+                "Configured max_keys of the route's per-key limit (0: no per-key limit).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
                 "sluice_upstream_response_seconds",
@@ -269,6 +278,7 @@ impl Metrics {
             Box::new(route_burst.clone()),
             Box::new(route_capacity.clone()),
             Box::new(route_timeout.clone()),
+            Box::new(route_max_keys.clone()),
             Box::new(upstream_latency.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(upstream_inflight.clone()),
@@ -296,6 +306,7 @@ impl Metrics {
             route_burst,
             route_capacity,
             route_timeout,
+            route_max_keys,
             upstream_latency,
             upstream_errors,
             upstream_inflight,
@@ -338,6 +349,11 @@ impl Metrics {
         self.route_timeout
             .with_label_values(&[name])
             .set(route.queue.timeout.as_secs_f64());
+        self.route_max_keys.with_label_values(&[name]).set(
+            route
+                .key_limit
+                .map_or(0, |k| i64::try_from(k.max_keys.get()).unwrap_or(i64::MAX)),
+        );
         let classes: Vec<&str> = route
             .classes
             .iter()

@@ -134,9 +134,32 @@ impl TestSluice {
 
     /// Starts a graceful shutdown and waits for it to finish.
     pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
+        self.wait_stopped().await;
+    }
+
+    /// Starts a graceful shutdown and returns at once.
+    pub fn begin_shutdown(&self) {
+        let _runtime = self.runtime.handle.enter();
+        self.running.as_ref().expect("running").shutdown();
+    }
+
+    /// Waits for a shutdown begun earlier to finish.
+    pub async fn wait_stopped(&mut self) {
         let running = self.running.take().expect("running");
-        running.shutdown();
         self.runtime.handle.spawn(running.wait()).await.unwrap();
+    }
+
+    /// Swaps in a new config, as a reload does.
+    pub fn reload(&self, config: &Config) {
+        let _runtime = self.runtime.handle.enter();
+        self.running.as_ref().expect("running").reload(config);
+    }
+
+    /// Reloads from a file, as SIGHUP does.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), sluice::config::ConfigError> {
+        let _runtime = self.runtime.handle.enter();
+        self.running.as_ref().expect("running").reload_file(path)
     }
 }
 
