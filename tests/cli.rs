@@ -150,6 +150,113 @@ burst = 10
     assert!(status.success(), "{status:?}");
 }
 
+fn run_config(backend: std::net::SocketAddr, rate: u32) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+access_log = false
+[upstreams.api]
+targets = ["{backend}"]
+[[routes]]
+name = "main"
+upstream = "api"
+[routes.limit]
+rate = {rate}
+"#
+    )
+}
+
+/// Polls /metrics until `check` holds (at most 10 s).
+async fn until_metrics(
+    client: &TestClient,
+    admin: std::net::SocketAddr,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    for _ in 0..200 {
+        let text = scrape(client, admin).await;
+        if check(&text) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("metrics never reached the expected state");
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    samples(text, name).get(labels).copied().unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reloads_when_the_file_changes_and_on_sighup() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let path = write_config("reload.toml", &run_config(backend.addr, 100));
+    let mut child = sluice()
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reap = KillOnDrop(child.id());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin: std::net::SocketAddr = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(a) = record["fields"]["admin_addr"].as_str() {
+            break a.parse().unwrap();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let client = client();
+    let rate = |t: &str| metric(t, "sluice_route_rate_limit", "route=\"main\"");
+    let reloads = |t: &str, result: &str| {
+        metric(
+            t,
+            "sluice_config_reloads_total",
+            &format!("result=\"{result}\""),
+        )
+    };
+
+    // Edit the file: the new rate is in force without a signal.
+    std::fs::write(&path, run_config(backend.addr, 50)).unwrap();
+    until_metrics(&client, admin, |t| {
+        rate(t) == 50.0 && reloads(t, "success") >= 1.0
+    })
+    .await;
+
+    // A broken file is refused; the running config stays.
+    std::fs::write(&path, "[[routes]\nname = ").unwrap();
+    let text = until_metrics(&client, admin, |t| reloads(t, "failure") >= 1.0).await;
+    assert_eq!(rate(&text), 50.0);
+
+    // Fixed again, then SIGHUP re-reads the same file once more.
+    std::fs::write(&path, run_config(backend.addr, 75)).unwrap();
+    let text = until_metrics(&client, admin, |t| rate(t) == 75.0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // let file events settle
+    let before = reloads(&scrape(&client, admin).await, "success");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    until_metrics(&client, admin, |t| reloads(t, "success") == before + 1.0).await;
+    assert!(rate(&text) == 75.0);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// Kills the process if the test fails before it exits (a no-op after).
 struct KillOnDrop(u32);
 
