@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// `drain_timeout`, default "30s": on SIGTERM, how long in-flight requests may finish.
     pub drain_timeout: Duration,
+    /// `[server.tls]`, optional: terminate TLS (HTTP/1.1 and HTTP/2 by ALPN)
+    /// on `listen`; the files are read again on every config reload.
+    pub tls: Option<ServerTls>,
     /// `shutdown_delay`, default "0s": after SIGTERM, how long /readyz answers
     /// 503 while requests are still served, so a load balancer stops sending
     /// before accepting stops.
@@ -82,8 +85,26 @@ pub struct LogConfig {
 pub struct UpstreamConfig {
     /// The table's key in `[upstreams.NAME]`.
     pub name: String,
-    /// `targets`: one or more "host:port"; at least one.
-    pub targets: Vec<Authority>,
+    /// `targets`: one or more, each "host:port" optionally followed by
+    /// HAProxy-style options: "10.0.0.1:80 weight=3 max_inflight=50".
+    pub targets: Vec<TargetConfig>,
+    /// `balance`, default "round_robin": or "least_inflight", "p2c_ewma".
+    pub balance: Balance,
+    /// `retries`, default 1: retries of an idempotent request (GET, HEAD,
+    /// OPTIONS, PUT, DELETE, TRACE) that could not connect, on another target.
+    pub retries: u32,
+    /// `http2`, default false: speak HTTP/2 to the targets (prior knowledge
+    /// over plain TCP, ALPN over TLS).
+    pub http2: bool,
+    /// `[upstreams.NAME.passive_health]`, optional: defaults below.
+    pub passive_health: PassiveHealth,
+    /// `[upstreams.NAME.active_health]`, optional: off when absent.
+    pub active_health: Option<ActiveHealth>,
+    /// `[upstreams.NAME.adaptive]`, optional: when present the in-flight cap
+    /// follows measured latency between its bounds (`max_inflight` stays the hard cap).
+    pub adaptive: Option<AdaptiveConfig>,
+    /// `[upstreams.NAME.tls]`, optional: when present, TLS to the targets.
+    pub tls: Option<UpstreamTls>,
     /// `max_inflight`, default 256: cap on requests in flight to this pool.
     pub max_inflight: NonZeroUsize,
     /// `connect_timeout`, default "1s" -> 502 when exceeded.
@@ -94,6 +115,127 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// `pool_max_idle_per_target`, default 128.
     pub pool_max_idle_per_target: usize,
+}
+
+/// One backend target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetConfig {
+    pub addr: Authority,
+    /// `weight=N`, default 1: share of requests relative to the other targets.
+    pub weight: NonZeroU32,
+    /// `max_inflight=N`, optional: cap on requests in flight to this target.
+    pub max_inflight: Option<NonZeroUsize>,
+}
+
+impl std::fmt::Display for TargetConfig {
+    /// As written in `targets`, options at their defaults left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if self.weight.get() != 1 {
+            write!(f, " weight={}", self.weight)?;
+        }
+        if let Some(max) = self.max_inflight {
+            write!(f, " max_inflight={max}")?;
+        }
+        Ok(())
+    }
+}
+
+impl TargetConfig {
+    /// Weight 1, no cap of its own.
+    pub fn new(addr: Authority) -> TargetConfig {
+        TargetConfig {
+            addr,
+            weight: NonZeroU32::MIN,
+            max_inflight: None,
+        }
+    }
+}
+
+/// How a request picks its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// "round_robin": in turn, by weight.
+    RoundRobin,
+    /// "least_inflight": the target with the fewest requests in flight per weight.
+    LeastInflight,
+    /// "p2c_ewma": of two random targets, the one with the lower
+    /// latency-weighted load (EWMA of response time x (in flight + 1)).
+    P2cEwma,
+}
+
+/// Ejecting a target that keeps failing, from what real requests see.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassiveHealth {
+    /// `consecutive_failures`, default 5 (0 disables): connect failures or
+    /// 5xx answers in a row that eject a target.
+    pub consecutive_failures: u32,
+    /// `base_ejection`, default "5s": the first ejection's length; each further
+    /// one in a row doubles it.
+    pub base_ejection: Duration,
+    /// `max_ejection`, default "60s": the longest ejection.
+    pub max_ejection: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Probing each target in the background.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveHealth {
+    /// `path`, default "/healthz": GET this; 2xx is healthy.
+    pub path: String,
+    /// `interval`, default "5s", > 0.
+    pub interval: Duration,
+    /// `timeout`, default "1s", > 0.
+    pub timeout: Duration,
+    /// `healthy_threshold`, default 2: successes in a row to mark healthy.
+    pub healthy_threshold: NonZeroU32,
+    /// `unhealthy_threshold`, default 3: failures in a row to mark unhealthy.
+    pub unhealthy_threshold: NonZeroU32,
+}
+
+/// Adaptive concurrency: a gradient controller over measured latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveConfig {
+    /// `min_limit`, default 1.
+    pub min_limit: NonZeroUsize,
+    /// `max_limit`, default the upstream's `max_inflight`; at most that.
+    pub max_limit: NonZeroUsize,
+    /// `initial_limit`, default min(20, max_limit), within the bounds.
+    pub initial_limit: NonZeroUsize,
+    /// `tolerance`, default 1.5, >= 1: how much slower than its no-load
+    /// latency the backend may get before the limit shrinks.
+    pub tolerance: f64,
+    /// `smoothing`, default 0.2, in (0, 1]: weight of each new estimate.
+    pub smoothing: f64,
+}
+
+/// TLS from sluice to the targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// `ca`, optional: a PEM file of CA certificates to trust (in addition to
+    /// none: without it the platform's web PKI roots are used).
+    pub ca: Option<PathBuf>,
+    /// `server_name`, optional: the name to verify and send as SNI (default:
+    /// each target's host).
+    pub server_name: Option<String>,
+}
+
+/// TLS termination on the proxy listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    /// `cert`: PEM certificate chain file.
+    pub cert: PathBuf,
+    /// `key`: PEM private key file (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -563,6 +705,7 @@ impl Ctx<'_> {
             drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
                 self.duration("server.drain_timeout", &v)
             })?,
+            tls: None,
             shutdown_delay: raw.shutdown_delay.map_or(Ok(Duration::ZERO), |v| {
                 self.duration("server.shutdown_delay", &v)
             })?,
@@ -648,7 +791,18 @@ impl Ctx<'_> {
     fn upstream(&self, name: String, raw: RawUpstream) -> Checked<UpstreamConfig> {
         let key = |field: &str| format!("upstreams.{}.{field}", key_segment(&name));
         Ok(UpstreamConfig {
-            targets: self.targets(&key("targets"), &raw.targets)?,
+            targets: self
+                .targets(&key("targets"), &raw.targets)?
+                .into_iter()
+                .map(TargetConfig::new)
+                .collect(),
+            balance: Balance::RoundRobin,
+            retries: 1,
+            http2: false,
+            passive_health: PassiveHealth::default(),
+            active_health: None,
+            adaptive: None,
+            tls: None,
             max_inflight: raw.max_inflight.map_or(Ok(DEFAULT_MAX_INFLIGHT), |v| {
                 let n = self.at_least(&key("max_inflight"), &v, 1)?;
                 NonZeroUsize::new(n).ok_or_else(|| {
@@ -2207,7 +2361,10 @@ timeout = "3s"
         assert!(cfg.log.access_log);
         let api = &cfg.upstreams["api"];
         assert_eq!(api.name, "api");
-        assert_eq!(api.targets, vec![Authority::from_static("127.0.0.1:9000")]);
+        assert_eq!(
+            api.targets,
+            vec![TargetConfig::new(Authority::from_static("127.0.0.1:9000"))]
+        );
         assert_eq!(api.max_inflight.get(), 256);
         assert_eq!(api.connect_timeout, Duration::from_secs(1));
         assert_eq!(api.timeout, Duration::from_secs(30));

@@ -104,7 +104,7 @@ impl Upstream {
         Upstream {
             config: config.clone(),
             name: config.name.clone(),
-            targets: config.targets.clone(),
+            targets: config.targets.iter().map(|t| t.addr.clone()).collect(),
             next: AtomicUsize::new(0),
             client,
             timeout: config.timeout,

@@ -273,7 +273,7 @@ fn example_config_loads() {
     assert_eq!(cfg.server.listen, addr("127.0.0.1:8080"));
     assert_eq!(cfg.admin.listen, addr("127.0.0.1:9090"));
     let api = &cfg.upstreams["api"];
-    assert_eq!(api.targets[0].as_str(), "127.0.0.1:9000");
+    assert_eq!(api.targets[0].addr.as_str(), "127.0.0.1:9000");
 
     let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["seckill", "default"]);

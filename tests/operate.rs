@@ -63,14 +63,15 @@ async fn a_reload_under_load_changes_the_rate_and_fails_nobody() {
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
 
-    // 80/s offered for 4 s; the rate goes from 50/s to 100/s after 2 s.
+    // 120/s offered for 4 s, so the queue never empties and the backend sees
+    // exactly the configured rate; it goes from 50/s to 100/s after 2 s.
     let start = micros_now();
     let load = tokio::spawn({
         let client = client.clone();
         async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(12_500));
+            let mut tick = tokio::time::interval(Duration::from_micros(8_333));
             let mut tasks = Vec::new();
-            for _ in 0..320 {
+            for _ in 0..480 {
                 tick.tick().await;
                 let client = client.clone();
                 let url = url.clone();
@@ -92,7 +93,7 @@ async fn a_reload_under_load_changes_the_rate_and_fails_nobody() {
 
     assert_eq!(
         by_status(&seen),
-        BTreeMap::from([(200, 320)]),
+        BTreeMap::from([(200, 480)]),
         "the reload failed requests"
     );
     let before = arrival_rate(&backend, start + 500_000, reloaded_at);

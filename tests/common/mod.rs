@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice::config::{
-    AdminConfig, Config, KeyPart, LimitConfig, LogConfig, LogFormat, QueueConfig, RejectConfig,
-    RouteConfig, ServerConfig, UpstreamConfig,
+    AdminConfig, Balance, Config, KeyPart, LimitConfig, LogConfig, LogFormat, PassiveHealth,
+    QueueConfig, RejectConfig, RouteConfig, ServerConfig, TargetConfig, UpstreamConfig,
 };
 use tokio::net::TcpListener;
 
@@ -152,12 +152,17 @@ impl TestSluice {
 
     /// Swaps in a new config, as a reload does.
     pub fn reload(&self, config: &Config) {
+        self.try_reload(config).expect("reload succeeds");
+    }
+
+    /// Swaps in a new config; a refused reload keeps the running one.
+    pub fn try_reload(&self, config: &Config) -> Result<(), sluice::server::ReloadError> {
         let _runtime = self.runtime.handle.enter();
-        self.running.as_ref().expect("running").reload(config);
+        self.running.as_ref().expect("running").reload(config)
     }
 
     /// Reloads from a file, as SIGHUP does.
-    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), sluice::config::ConfigError> {
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), sluice::server::ReloadError> {
         let _runtime = self.runtime.handle.enter();
         self.running.as_ref().expect("running").reload_file(path)
     }
@@ -273,8 +278,15 @@ pub fn config(targets: &[SocketAddr]) -> Config {
         name: "api".into(),
         targets: targets
             .iter()
-            .map(|a| a.to_string().parse().unwrap())
+            .map(|a| TargetConfig::new(a.to_string().parse().unwrap()))
             .collect(),
+        balance: Balance::RoundRobin,
+        retries: 1,
+        http2: false,
+        passive_health: PassiveHealth::default(),
+        active_health: None,
+        adaptive: None,
+        tls: None,
         max_inflight: NonZeroUsize::new(1000).unwrap(),
         connect_timeout: Duration::from_secs(1),
         timeout: Duration::from_secs(30),
@@ -289,6 +301,7 @@ pub fn config(targets: &[SocketAddr]) -> Config {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             drain_timeout: Duration::from_secs(5),
+            tls: None,
             shutdown_delay: Duration::ZERO,
             trusted_proxies: vec![],
         },
