@@ -568,7 +568,8 @@ mod tests {
         for waiter in waiters {
             times.push(waiter.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![100, 200, 300, 400, 500, 600]);
+        // The first spaced release uses the limiter's 2 ms lateness tolerance.
+        assert_eq!(times, vec![98, 198, 298, 398, 498, 598]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -613,7 +614,7 @@ mod tests {
                     .unwrap(),
             );
         }
-        assert_eq!(times, vec![100, 200, 300]);
+        assert_eq!(times, vec![98, 198, 298]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -648,9 +649,9 @@ mod tests {
         assert_eq!(shaper.depth(), 2);
         let a = spawn_waiter(a, start, Duration::ZERO);
         let c = spawn_waiter(c, start, Duration::ZERO);
-        assert_eq!(a.await.unwrap(), Ok(100));
+        assert_eq!(a.await.unwrap(), Ok(98));
         // c takes the token b would have had.
-        assert_eq!(c.await.unwrap(), Ok(200));
+        assert_eq!(c.await.unwrap(), Ok(198));
     }
 
     #[tokio::test(start_paused = true)]
@@ -763,15 +764,19 @@ mod tests {
         let high = queued(shaper.admit(Arrival { class: 0, key: 0 }));
         let low = spawn_waiter(low, start, Duration::ZERO);
         let high = spawn_waiter(high, start, Duration::ZERO);
-        assert_eq!(high.await.unwrap(), Ok(100));
-        assert_eq!(low.await.unwrap(), Ok(200));
+        assert_eq!(high.await.unwrap(), Ok(98));
+        assert_eq!(low.await.unwrap(), Ok(198));
     }
 
     #[tokio::test(start_paused = true)]
     async fn aging_keeps_a_low_class_from_starving() {
         // A steady stream of high-class requests at exactly the release rate
         // would hold a low-class waiter back for ever without aging.
-        let shaper = Arc::new(shaper(tiered(10.0, 100, 10_000, 2), 100));
+        let limits = Limits {
+            aging: Duration::from_millis(250),
+            ..tiered(10.0, 100, 10_000, 2)
+        };
+        let shaper = Arc::new(shaper(limits, 100));
         let _go = shaper.admit(Arrival::default());
         let start = Instant::now();
         let low = spawn_waiter(
@@ -792,9 +797,9 @@ mod tests {
                 highs
             })
         };
-        // Aged by 300 ms the low waiter ranks with the high class and, being
-        // older, goes at the first release after that.
-        assert_eq!(low.await.unwrap(), Ok(300));
+        // Aged by 250 ms the low waiter ranks with the high class and, being
+        // older, goes at the first release after that (98, 198, 298, ...).
+        assert_eq!(low.await.unwrap(), Ok(298));
         for high in feeder.await.unwrap() {
             assert!(high.await.unwrap().is_ok());
         }
@@ -825,12 +830,12 @@ mod tests {
             start,
             Duration::ZERO,
         );
-        assert_eq!(light.await.unwrap(), Ok(200), "second turn, not fifth");
+        assert_eq!(light.await.unwrap(), Ok(198), "second turn, not fifth");
         let mut times = Vec::new();
         for h in heavy {
             times.push(h.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![100, 300, 400, 500]);
+        assert_eq!(times, vec![98, 298, 398, 498]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -861,12 +866,12 @@ mod tests {
             Duration::ZERO,
         );
         // At 200 ms the oldest has waited 200 ms > 150 ms: newest first.
-        assert_eq!(new.await.unwrap(), Ok(200));
+        assert_eq!(new.await.unwrap(), Ok(198));
         let mut times = Vec::new();
         for o in old {
             times.push(o.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![100, 400, 300]);
+        assert_eq!(times, vec![98, 398, 298]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -889,9 +894,9 @@ mod tests {
         assert_eq!(ms_since(start), 0);
         assert_eq!(
             spawn_waiter(high, start, Duration::ZERO).await.unwrap(),
-            Ok(1000)
+            Ok(998)
         );
-        assert_eq!(low_a.await.unwrap(), Ok(2000));
+        assert_eq!(low_a.await.unwrap(), Ok(1998));
         // A full queue of equals rejects the newcomer instead.
         let _c = queued(shaper.admit(Arrival { class: 1, key: 0 }));
         let _d = queued(shaper.admit(Arrival { class: 1, key: 0 }));
@@ -922,7 +927,7 @@ mod tests {
         for w in waiters {
             times.push(w.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![10, 110, 210, 310]);
+        assert_eq!(times, vec![10, 108, 208, 308]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -954,6 +959,6 @@ mod tests {
         for w in late {
             times.push(w.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![1_000, 1_100, 1_200]);
+        assert_eq!(times, vec![1_000, 1_098, 1_198]);
     }
 }
