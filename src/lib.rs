@@ -19,6 +19,7 @@ pub mod route;
 pub mod router;
 pub mod server;
 pub mod shaper;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -1,35 +1,39 @@
 //! The listeners: the proxy (HTTP/1.1 with keep-alive and HTTP/2 with prior
-//! knowledge on one port) and the admin port (metrics, health, admin API).
+//! knowledge on one port; with `[server.tls]`, TLS first and then either one,
+//! as ALPN chose) and the admin port (metrics, health, admin API).
 //!
 //! [`start`] binds both and serves the current config generation, which
 //! [`Running::reload`] swaps atomically: a request keeps the generation it
-//! started with. [`Running::shutdown`] turns readiness false first, keeps
+//! started with, and a connection the TLS certificate it was accepted with. [`Running::shutdown`] turns readiness false first, keeps
 //! serving for `shutdown_delay` so a load balancer can stop sending, then stops
 //! accepting, answers still-queued requests 503 and gives in-flight ones up to
 //! `drain_timeout`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::tls::{self, Secure, TlsError};
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the
 /// loop does not spin while the connections already open keep being served.
@@ -44,12 +48,36 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// `[server.tls]` names a certificate or key that cannot be used.
+    #[error("{config}: server.tls: {source}")]
+    Tls {
+        config: PathBuf,
+        #[source]
+        source: Box<TlsError>,
+    },
+}
+
+/// A reload that was refused; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `[server.tls]` names a certificate or key that cannot be used.
+    #[error("{config}: server.tls: {source}")]
+    Tls {
+        config: PathBuf,
+        #[source]
+        source: Box<TlsError>,
+    },
 }
 
 /// What the listeners share: the current config generation and readiness.
 pub(crate) struct Live {
     pub gateway: ArcSwap<Gateway>,
     pub config: ArcSwap<Config>,
+    /// The TLS acceptor of the current generation's `[server.tls]`, if any.
+    pub tls: ArcSwapOption<TlsAcceptor>,
     pub ready: AtomicBool,
     pub metrics: Metrics,
 }
@@ -77,8 +105,23 @@ impl Running {
     /// Swaps in a new config. Routes that still exist keep their queues and
     /// in-flight accounting; a removed route drains in the old generation.
     /// Listen addresses cannot move without a restart: a change is logged and
-    /// ignored. Must be called inside the runtime sluice runs on.
-    pub fn reload(&self, config: &Config) {
+    /// ignored. The `[server.tls]` files are read again first: if they cannot
+    /// be used, nothing changes and the reload is logged and counted as
+    /// failed. Connections already open keep their certificate. Must be
+    /// called inside the runtime sluice runs on.
+    pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
+        let acceptor = match acceptor(&config.server) {
+            Ok(acceptor) => acceptor,
+            Err(source) => {
+                let err = ReloadError::Tls {
+                    config: config.source.clone(),
+                    source: Box::new(source),
+                };
+                self.live.metrics.config_loaded(false);
+                tracing::error!(error = %err, "config reload failed; keeping the running config");
+                return Err(err);
+            }
+        };
         let old = self.live.config.load();
         for (what, before, after) in [
             ("server.listen", old.server.listen, config.server.listen),
@@ -91,22 +134,21 @@ impl Running {
         let gateway = self.live.gateway.load().reload(config);
         self.live.gateway.store(Arc::new(gateway));
         self.live.config.store(Arc::new(config.clone()));
+        self.live.tls.store(acceptor);
         self.live.metrics.config_loaded(true);
         tracing::info!(file = %config.source.display(), routes = config.routes.len(), "config reloaded");
+        Ok(())
     }
 
     /// Reads `path` and swaps it in; a bad file keeps the running config,
     /// is logged with its file, line and key, and counted as a failed reload.
-    pub fn reload_file(&self, path: &Path) -> Result<(), ConfigError> {
+    pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
         match Config::load(path) {
-            Ok(config) => {
-                self.reload(&config);
-                Ok(())
-            }
+            Ok(config) => self.reload(&config),
             Err(err) => {
                 self.live.metrics.config_loaded(false);
                 tracing::error!(error = %err, "config reload failed; keeping the running config");
-                Err(err)
+                Err(err.into())
             }
         }
     }
@@ -140,6 +182,10 @@ impl Running {
 
 /// Binds the proxy and admin listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let tls = acceptor(&config.server).map_err(|source| StartError::Tls {
+        config: config.source.clone(),
+        source: Box::new(source),
+    })?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -156,6 +202,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let live = Arc::new(Live {
         gateway: ArcSwap::from_pointee(Gateway::new(config, metrics.clone())),
         config: ArcSwap::from_pointee(config.clone()),
+        tls: ArcSwapOption::new(tls),
         ready: AtomicBool::new(true),
         metrics,
     });
@@ -171,6 +218,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         proxy,
         admin,
     })
+}
+
+/// The TLS acceptor for `[server.tls]` (reading its files now), or `None`
+/// when the listener speaks plain HTTP.
+fn acceptor(server: &ServerConfig) -> Result<Option<Arc<TlsAcceptor>>, TlsError> {
+    let Some(tls) = &server.tls else {
+        return Ok(None);
+    };
+    let config = tls::server_config(tls)?;
+    Ok(Some(Arc::new(TlsAcceptor::from(config))))
 }
 
 /// The connection builder with the configured limits on request heads.
@@ -194,22 +251,25 @@ async fn serve_proxy(listener: TcpListener, live: Arc<Live>, mut stopped: watch:
     let graceful = GracefulShutdown::new();
     while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
         let _ = stream.set_nodelay(true);
-        let builder = connection_builder(&live.config.load().server);
-        let service_live = live.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            // The request keeps the generation it started with.
-            let gateway = service_live.gateway.load_full();
-            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
+        // Taken now, so a shutdown waits for a connection still in its handshake.
+        let watcher = graceful.watcher();
+        let live = live.clone();
+        // The acceptor of the generation in force when the connection arrived.
+        match live.tls.load_full() {
+            None => {
+                tokio::spawn(serve_connection(stream, peer, live, false, watcher));
             }
-        });
+            Some(acceptor) => {
+                let timeout = live.config.load().server.header_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, live, true, watcher).await,
+                        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     // Drain: no new connections, queued requests answered now, in-flight
     // ones given the drain timeout.
@@ -223,6 +283,35 @@ async fn serve_proxy(listener: TcpListener, live: Arc<Live>, mut stopped: watch:
         .is_err()
     {
         tracing::warn!("drain timeout passed with requests still in flight; closing them");
+    }
+}
+
+/// Serves one accepted (and, with TLS, handshaken) connection until it closes
+/// or the graceful shutdown closes it. `secure` marks its requests with
+/// [`Secure`].
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    secure: bool,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = connection_builder(&live.config.load().server);
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
+        // The request keeps the generation it started with.
+        let gateway = live.gateway.load_full();
+        async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    if let Err(err) = watcher.watch(conn).await {
+        tracing::debug!(%peer, %err, "connection ended with an error");
     }
 }
 
