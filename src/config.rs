@@ -423,7 +423,9 @@ impl Config {
         Config::parse(&src, path)
     }
 
-    /// Validates config text; `path` is only used in messages.
+    /// Validates config text. `path` names the file in messages, and relative
+    /// file paths in it (TLS certificates, keys and CAs) are taken from its
+    /// directory. The files themselves are not opened here.
     pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
         let ctx = Ctx { src, path };
         let raw: RawConfig = toml::from_str(src).map_err(|err| ctx.toml_error(&err))?;
@@ -462,6 +464,18 @@ const DEFAULT_BURST: NonZeroU32 = NonZeroU32::MIN;
 const DEFAULT_QUEUE_CAPACITY: usize = 1000;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).expect("100000 is not zero");
+const DEFAULT_RETRIES: u32 = 1;
+/// Retries of one request at most.
+const MAX_RETRIES: u32 = 5;
+const DEFAULT_HEALTH_PATH: &str = "/healthz";
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_HEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(2).expect("2 is not zero");
+const DEFAULT_UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).expect("3 is not zero");
+/// The adaptive limit starts here unless `max_limit` is lower (or `min_limit` higher).
+const DEFAULT_INITIAL_LIMIT: NonZeroUsize = NonZeroUsize::new(20).expect("20 is not zero");
+const DEFAULT_TOLERANCE: f64 = 1.5;
+const DEFAULT_SMOOTHING: f64 = 0.2;
 /// Classes a route may define, besides the implicit "default".
 const MAX_CLASSES: usize = 8;
 /// The name of the implicit lowest class, which no `[[routes.classes]]` may take.
@@ -495,6 +509,14 @@ struct RawServer {
     drain_timeout: Option<Spanned<String>>,
     shutdown_delay: Option<Spanned<String>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
+    tls: Option<RawServerTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -516,11 +538,54 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     targets: Spanned<Vec<Spanned<String>>>,
+    balance: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+    http2: Option<bool>,
     max_inflight: Option<Spanned<i64>>,
     connect_timeout: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     pool_idle_timeout: Option<Spanned<String>>,
     pool_max_idle_per_target: Option<Spanned<i64>>,
+    passive_health: Option<RawPassiveHealth>,
+    active_health: Option<RawActiveHealth>,
+    adaptive: Option<RawAdaptive>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassiveHealth {
+    consecutive_failures: Option<Spanned<i64>>,
+    base_ejection: Option<Spanned<String>>,
+    max_ejection: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawActiveHealth {
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    healthy_threshold: Option<Spanned<i64>>,
+    unhealthy_threshold: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdaptive {
+    min_limit: Option<Spanned<i64>>,
+    max_limit: Option<Spanned<i64>>,
+    initial_limit: Option<Spanned<i64>>,
+    tolerance: Option<Spanned<f64>>,
+    smoothing: Option<Spanned<f64>>,
+}
+
+/// May be empty: `[upstreams.NAME.tls]` alone turns TLS on.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -705,7 +770,10 @@ impl Ctx<'_> {
             drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
                 self.duration("server.drain_timeout", &v)
             })?,
-            tls: None,
+            tls: raw
+                .tls
+                .map(|v| self.server_tls("server.tls", &v))
+                .transpose()?,
             shutdown_delay: raw.shutdown_delay.map_or(Ok(Duration::ZERO), |v| {
                 self.duration("server.shutdown_delay", &v)
             })?,
@@ -790,25 +858,39 @@ impl Ctx<'_> {
 
     fn upstream(&self, name: String, raw: RawUpstream) -> Checked<UpstreamConfig> {
         let key = |field: &str| format!("upstreams.{}.{field}", key_segment(&name));
+        let targets = self.targets(&key("targets"), &raw.targets)?;
+        let balance = raw.balance.map_or(Ok(Balance::RoundRobin), |v| {
+            self.balance(&key("balance"), &v)
+        })?;
+        let retries = raw.retries.map_or(Ok(DEFAULT_RETRIES), |v| {
+            self.u32_in(&key("retries"), &v, 0, MAX_RETRIES)
+        })?;
+        let max_inflight = raw.max_inflight.map_or(Ok(DEFAULT_MAX_INFLIGHT), |v| {
+            self.positive_usize(&key("max_inflight"), &v)
+        })?;
         Ok(UpstreamConfig {
-            targets: self
-                .targets(&key("targets"), &raw.targets)?
-                .into_iter()
-                .map(TargetConfig::new)
-                .collect(),
-            balance: Balance::RoundRobin,
-            retries: 1,
-            http2: false,
-            passive_health: PassiveHealth::default(),
-            active_health: None,
-            adaptive: None,
-            tls: None,
-            max_inflight: raw.max_inflight.map_or(Ok(DEFAULT_MAX_INFLIGHT), |v| {
-                let n = self.at_least(&key("max_inflight"), &v, 1)?;
-                NonZeroUsize::new(n).ok_or_else(|| {
-                    self.invalid(v.span(), &key("max_inflight"), "must be at least 1")
-                })
-            })?,
+            targets,
+            balance,
+            retries,
+            http2: raw.http2.unwrap_or(false),
+            passive_health: raw
+                .passive_health
+                .map_or(Ok(PassiveHealth::default()), |v| {
+                    self.passive_health(&key("passive_health"), &v)
+                })?,
+            active_health: raw
+                .active_health
+                .map(|v| self.active_health(&key("active_health"), &v))
+                .transpose()?,
+            adaptive: raw
+                .adaptive
+                .map(|v| self.adaptive(&key("adaptive"), &v, max_inflight))
+                .transpose()?,
+            tls: raw
+                .tls
+                .map(|v| self.upstream_tls(&key("tls"), &v))
+                .transpose()?,
+            max_inflight,
             connect_timeout: raw
                 .connect_timeout
                 .map_or(Ok(DEFAULT_CONNECT_TIMEOUT), |v| {
@@ -831,7 +913,11 @@ impl Ctx<'_> {
         })
     }
 
-    fn targets(&self, key: &str, raw: &Spanned<Vec<Spanned<String>>>) -> Checked<Vec<Authority>> {
+    fn targets(
+        &self,
+        key: &str,
+        raw: &Spanned<Vec<Spanned<String>>>,
+    ) -> Checked<Vec<TargetConfig>> {
         if raw.get_ref().is_empty() {
             return Err(self.invalid(
                 raw.span(),
@@ -844,6 +930,281 @@ impl Ctx<'_> {
             .enumerate()
             .map(|(i, target)| self.target(&format!("{key}[{i}]"), target))
             .collect()
+    }
+
+    fn balance(&self, key: &str, v: &Spanned<String>) -> Checked<Balance> {
+        match v.get_ref().as_str() {
+            "round_robin" => Ok(Balance::RoundRobin),
+            "least_inflight" => Ok(Balance::LeastInflight),
+            "p2c_ewma" => Ok(Balance::P2cEwma),
+            other => Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "unknown balance {other:?}: expected \"round_robin\", \"least_inflight\" or \"p2c_ewma\""
+                ),
+            )),
+        }
+    }
+
+    /// `[upstreams.NAME.passive_health]`: keys left out keep their defaults.
+    /// When `base_ejection` and `max_ejection` disagree, the one written is
+    /// blamed (the later one if both are).
+    fn passive_health(&self, key: &str, raw: &RawPassiveHealth) -> Checked<PassiveHealth> {
+        let mut health = PassiveHealth::default();
+        if let Some(v) = &raw.consecutive_failures {
+            health.consecutive_failures =
+                self.u32_in(&format!("{key}.consecutive_failures"), v, 0, u32::MAX)?;
+        }
+        if let Some(v) = &raw.base_ejection {
+            health.base_ejection = self.positive_duration(&format!("{key}.base_ejection"), v)?;
+        }
+        if let Some(v) = &raw.max_ejection {
+            health.max_ejection = self.duration(&format!("{key}.max_ejection"), v)?;
+        }
+        if health.max_ejection < health.base_ejection {
+            let (base, max) = (human(health.base_ejection), human(health.max_ejection));
+            return Err(match (&raw.base_ejection, &raw.max_ejection) {
+                (Some(b), Some(m)) if b.span().start > m.span().start => self.invalid(
+                    b.span(),
+                    &format!("{key}.base_ejection"),
+                    format!("must be at most max_ejection ({max}), got {base}"),
+                ),
+                (_, Some(m)) => self.invalid(
+                    m.span(),
+                    &format!("{key}.max_ejection"),
+                    format!("must be at least base_ejection ({base}), got {max}"),
+                ),
+                (Some(b), None) => self.invalid(
+                    b.span(),
+                    &format!("{key}.base_ejection"),
+                    format!(
+                        "must be at most max_ejection ({max}, its default), got {base}; raise max_ejection too"
+                    ),
+                ),
+                // The defaults agree with each other.
+                (None, None) => self.invalid(0..0, key, "base_ejection exceeds max_ejection"),
+            });
+        }
+        Ok(health)
+    }
+
+    /// `[upstreams.NAME.active_health]`. A timeout longer than the interval
+    /// is blamed on whichever of the two was written (the later one if both).
+    fn active_health(&self, key: &str, raw: &RawActiveHealth) -> Checked<ActiveHealth> {
+        let k = |field: &str| format!("{key}.{field}");
+        let path = raw
+            .path
+            .as_ref()
+            .map_or(Ok(DEFAULT_HEALTH_PATH.to_string()), |v| {
+                self.health_path(&k("path"), v)
+            })?;
+        let interval = raw
+            .interval
+            .as_ref()
+            .map_or(Ok(DEFAULT_HEALTH_INTERVAL), |v| {
+                self.positive_duration(&k("interval"), v)
+            })?;
+        let timeout = raw
+            .timeout
+            .as_ref()
+            .map_or(Ok(DEFAULT_HEALTH_TIMEOUT), |v| {
+                self.positive_duration(&k("timeout"), v)
+            })?;
+        if timeout > interval {
+            let (t, i) = (human(timeout), human(interval));
+            return Err(match (&raw.interval, &raw.timeout) {
+                (Some(iv), Some(tv)) if iv.span().start > tv.span().start => self.invalid(
+                    iv.span(),
+                    &k("interval"),
+                    format!("must be at least the probe timeout ({t}), got {i}"),
+                ),
+                (_, Some(tv)) => self.invalid(
+                    tv.span(),
+                    &k("timeout"),
+                    format!("must be at most the probe interval ({i}), got {t}"),
+                ),
+                (Some(iv), None) => self.invalid(
+                    iv.span(),
+                    &k("interval"),
+                    format!(
+                        "must be at least the probe timeout ({t}, its default), got {i}; lower timeout too"
+                    ),
+                ),
+                (None, None) => self.invalid(0..0, key, "timeout exceeds interval"),
+            });
+        }
+        Ok(ActiveHealth {
+            path,
+            interval,
+            timeout,
+            healthy_threshold: raw
+                .healthy_threshold
+                .as_ref()
+                .map_or(Ok(DEFAULT_HEALTHY_THRESHOLD), |v| {
+                    self.positive_u32(&k("healthy_threshold"), v)
+                })?,
+            unhealthy_threshold: raw
+                .unhealthy_threshold
+                .as_ref()
+                .map_or(Ok(DEFAULT_UNHEALTHY_THRESHOLD), |v| {
+                    self.positive_u32(&k("unhealthy_threshold"), v)
+                })?,
+        })
+    }
+
+    /// The path (and optional query) probed with GET.
+    fn health_path(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        let path = v.get_ref();
+        if !path.starts_with('/') {
+            return Err(self.invalid(v.span(), key, format!("must start with '/', got {path:?}")));
+        }
+        // `PathAndQuery` would silently drop a fragment, so '#' is refused first.
+        let valid = !path.contains('#')
+            && path
+                .parse::<http::uri::PathAndQuery>()
+                .is_ok_and(|p| p.as_str() == path);
+        if !valid {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "{path:?} is not a request path (no spaces, control characters or '#'; percent-encode the rest)"
+                ),
+            ));
+        }
+        Ok(path.clone())
+    }
+
+    /// `[upstreams.NAME.adaptive]`: `min_limit <= initial_limit <= max_limit
+    /// <= max_inflight`, where `max_limit` defaults to `max_inflight` and
+    /// `initial_limit` to 20 brought within the bounds.
+    fn adaptive(
+        &self,
+        key: &str,
+        raw: &RawAdaptive,
+        max_inflight: NonZeroUsize,
+    ) -> Checked<AdaptiveConfig> {
+        let k = |field: &str| format!("{key}.{field}");
+        let min_limit = raw.min_limit.as_ref().map_or(Ok(NonZeroUsize::MIN), |v| {
+            self.positive_usize(&k("min_limit"), v)
+        })?;
+        let max_limit = match &raw.max_limit {
+            Some(v) => {
+                let max = self.positive_usize(&k("max_limit"), v)?;
+                if max > max_inflight {
+                    return Err(self.invalid(
+                        v.span(),
+                        &k("max_limit"),
+                        format!(
+                            "must be at most the upstream's max_inflight ({max_inflight}), got {max}"
+                        ),
+                    ));
+                }
+                if max < min_limit {
+                    return Err(self.invalid(
+                        v.span(),
+                        &k("max_limit"),
+                        format!("must be at least min_limit ({min_limit}), got {max}"),
+                    ));
+                }
+                max
+            }
+            None => {
+                if min_limit > max_inflight {
+                    let span = raw.min_limit.as_ref().map_or(0..0, Spanned::span);
+                    return Err(self.invalid(
+                        span,
+                        &k("min_limit"),
+                        format!(
+                            "must be at most max_limit, which defaults to the upstream's max_inflight ({max_inflight}), got {min_limit}"
+                        ),
+                    ));
+                }
+                max_inflight
+            }
+        };
+        let initial_limit = match &raw.initial_limit {
+            Some(v) => {
+                let initial = self.positive_usize(&k("initial_limit"), v)?;
+                if !(min_limit..=max_limit).contains(&initial) {
+                    return Err(self.invalid(
+                        v.span(),
+                        &k("initial_limit"),
+                        format!(
+                            "must be from min_limit ({min_limit}) to max_limit ({max_limit}), got {initial}"
+                        ),
+                    ));
+                }
+                initial
+            }
+            None => DEFAULT_INITIAL_LIMIT.min(max_limit).max(min_limit),
+        };
+        let tolerance = match &raw.tolerance {
+            Some(v) => {
+                let t = *v.get_ref();
+                if !(t.is_finite() && t >= 1.0) {
+                    return Err(self.invalid(
+                        v.span(),
+                        &k("tolerance"),
+                        format!("must be a finite number of at least 1.0, got {t}"),
+                    ));
+                }
+                t
+            }
+            None => DEFAULT_TOLERANCE,
+        };
+        let smoothing = match &raw.smoothing {
+            Some(v) => {
+                let s = *v.get_ref();
+                if !(s > 0.0 && s <= 1.0) {
+                    return Err(self.invalid(
+                        v.span(),
+                        &k("smoothing"),
+                        format!("must be above 0 and at most 1, got {s}"),
+                    ));
+                }
+                s
+            }
+            None => DEFAULT_SMOOTHING,
+        };
+        Ok(AdaptiveConfig {
+            min_limit,
+            max_limit,
+            initial_limit,
+            tolerance,
+            smoothing,
+        })
+    }
+
+    fn upstream_tls(&self, key: &str, raw: &RawUpstreamTls) -> Checked<UpstreamTls> {
+        Ok(UpstreamTls {
+            ca: raw
+                .ca
+                .as_ref()
+                .map(|v| self.file_path(&format!("{key}.ca"), v))
+                .transpose()?,
+            server_name: raw
+                .server_name
+                .as_ref()
+                .map(|v| {
+                    parse_server_name(v.get_ref()).map_err(|why| {
+                        self.invalid(
+                            v.span(),
+                            &format!("{key}.server_name"),
+                            format!("invalid server name {:?}: {why}", v.get_ref()),
+                        )
+                    })
+                })
+                .transpose()?,
+        })
+    }
+
+    fn server_tls(&self, key: &str, raw: &RawServerTls) -> Checked<ServerTls> {
+        Ok(ServerTls {
+            cert: self.file_path(&format!("{key}.cert"), &raw.cert)?,
+            key: self.file_path(&format!("{key}.key"), &raw.key)?,
+        })
     }
 
     fn routes(
@@ -1328,6 +1689,53 @@ impl Ctx<'_> {
         Ok(d)
     }
 
+    fn u32_in(&self, key: &str, v: &Spanned<i64>, min: u32, max: u32) -> Checked<u32> {
+        let n = *v.get_ref();
+        match u32::try_from(n) {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.invalid(
+                v.span(),
+                key,
+                format!("must be from {min} to {max}, got {n}"),
+            )),
+        }
+    }
+
+    fn positive_u32(&self, key: &str, v: &Spanned<i64>) -> Checked<NonZeroU32> {
+        u32::try_from(*v.get_ref())
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| {
+                self.invalid(
+                    v.span(),
+                    key,
+                    format!("must be from 1 to {}, got {}", u32::MAX, v.get_ref()),
+                )
+            })
+    }
+
+    fn positive_usize(&self, key: &str, v: &Spanned<i64>) -> Checked<NonZeroUsize> {
+        let n = self.at_least(key, v, 1)?;
+        NonZeroUsize::new(n).ok_or_else(|| self.invalid(v.span(), key, "must be at least 1, got 0"))
+    }
+
+    /// A file path, as written when absolute, else taken from the config
+    /// file's directory. Whether the file exists is found out when it is read.
+    fn file_path(&self, key: &str, v: &Spanned<String>) -> Checked<PathBuf> {
+        let path = v.get_ref();
+        if path.trim().is_empty() {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                "must not be empty: give the path of a PEM file",
+            ));
+        }
+        if path.contains('\0') {
+            return Err(self.invalid(v.span(), key, "must not contain a NUL character"));
+        }
+        Ok(resolve_path(self.path, Path::new(path)))
+    }
+
     fn at_least(&self, key: &str, v: &Spanned<i64>, min: usize) -> Checked<usize> {
         let n = *v.get_ref();
         match usize::try_from(n) {
@@ -1349,8 +1757,8 @@ impl Ctx<'_> {
         })
     }
 
-    fn target(&self, key: &str, v: &Spanned<String>) -> Checked<Authority> {
-        parse_target(v.get_ref()).map_err(|why| {
+    fn target(&self, key: &str, v: &Spanned<String>) -> Checked<TargetConfig> {
+        parse_target_spec(v.get_ref()).map_err(|why| {
             self.invalid(
                 v.span(),
                 key,
@@ -1493,6 +1901,111 @@ impl Ctx<'_> {
     }
 }
 
+/// A relative `file` is taken from the directory of `config`, and made
+/// absolute (against the working directory, without touching the file system)
+/// so the path stays the same when the rendered config is read from elsewhere.
+fn resolve_path(config: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() {
+        return file.to_path_buf();
+    }
+    let joined = config.parent().unwrap_or(Path::new("")).join(file);
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+/// A `targets` entry: "host:port", then space-separated options, each at most
+/// once: `weight=N` and `max_inflight=N`, both at least 1.
+fn parse_target_spec(s: &str) -> Result<TargetConfig, String> {
+    let mut words = s.split_ascii_whitespace();
+    let mut target = TargetConfig::new(parse_target(words.next().unwrap_or_default())?);
+    let mut seen: Vec<&str> = Vec::new();
+    for word in words {
+        let Some((name, value)) = word.split_once('=') else {
+            return Err(format!(
+                "option {word:?} is not NAME=VALUE; expected weight=N or max_inflight=N"
+            ));
+        };
+        if seen.contains(&name) {
+            return Err(format!(
+                "duplicate option {name:?}: each option may be given once"
+            ));
+        }
+        match name {
+            "weight" => target.weight = target_option(name, value, u32::MAX)?,
+            "max_inflight" => target.max_inflight = Some(target_option(name, value, usize::MAX)?),
+            _ => {
+                return Err(format!(
+                    "unknown option {name:?}: expected weight=N or max_inflight=N"
+                ));
+            }
+        }
+        seen.push(name);
+    }
+    Ok(target)
+}
+
+/// The N of a target's `name=N`: a plain decimal number from 1 to `max`.
+fn target_option<T: std::str::FromStr>(
+    name: &str,
+    value: &str,
+    max: impl std::fmt::Display,
+) -> Result<T, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{name}={value}: expected a whole number of at least 1"
+        ));
+    }
+    if value.bytes().all(|b| b == b'0') {
+        return Err(format!("{name} must be at least 1, got {value}"));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("{name} must be at most {max}, got {value}"))
+}
+
+/// What TLS verifies the targets' certificate against and sends as SNI: a
+/// DNS name (lower-cased) or an IP address (IPv6 without brackets).
+fn parse_server_name(s: &str) -> Result<String, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if s.starts_with('[') {
+        return Err("write an IPv6 address without brackets, e.g. \"::1\"".into());
+    }
+    if s.contains(':') {
+        return Err("must not include a port".into());
+    }
+    let name = s.to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err("a DNS name has 1 to 253 characters".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(
+                "each dot-separated label must be 1 to 63 characters (no trailing dot)".into(),
+            );
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        {
+            return Err(format!(
+                "invalid character {c:?} (use ASCII/punycode letters, digits, '-'; no wildcards)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label must not start or end with '-'".into());
+        }
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("not an IP address, and a DNS name cannot end in a numeric label".into());
+    }
+    Ok(name)
+}
+
 /// "host:port" with an explicit, non-zero port and nothing else.
 fn parse_target(s: &str) -> Result<Authority, String> {
     let authority: Authority = s
@@ -1631,6 +2144,14 @@ struct RenderedServer {
     drain_timeout: String,
     shutdown_delay: String,
     trusted_proxies: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<RenderedServerTls>,
+}
+
+#[derive(Serialize)]
+struct RenderedServerTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Serialize)]
@@ -1650,11 +2171,55 @@ struct RenderedLog<'a> {
 #[derive(Serialize)]
 struct RenderedUpstream {
     targets: Vec<String>,
+    balance: &'static str,
+    retries: u32,
+    http2: bool,
     max_inflight: usize,
     connect_timeout: String,
     timeout: String,
     pool_idle_timeout: String,
     pool_max_idle_per_target: usize,
+    passive_health: RenderedPassiveHealth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_health: Option<RenderedActiveHealth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adaptive: Option<RenderedAdaptive>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<RenderedUpstreamTls>,
+}
+
+#[derive(Serialize)]
+struct RenderedPassiveHealth {
+    consecutive_failures: u32,
+    base_ejection: String,
+    max_ejection: String,
+}
+
+#[derive(Serialize)]
+struct RenderedActiveHealth {
+    path: String,
+    interval: String,
+    timeout: String,
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+}
+
+#[derive(Serialize)]
+struct RenderedAdaptive {
+    min_limit: usize,
+    max_limit: usize,
+    initial_limit: usize,
+    tolerance: f64,
+    smoothing: f64,
+}
+
+/// Rendered even when empty: the table alone turns TLS on.
+#[derive(Serialize)]
+struct RenderedUpstreamTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_name: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -1726,6 +2291,20 @@ fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// Paths come from TOML strings (joined to the config file's directory), so
+/// they are UTF-8 unless that directory's name is not.
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn balance_str(balance: Balance) -> &'static str {
+    match balance {
+        Balance::RoundRobin => "round_robin",
+        Balance::LeastInflight => "least_inflight",
+        Balance::P2cEwma => "p2c_ewma",
+    }
+}
+
 impl<'a> From<&'a Config> for RenderedConfig<'a> {
     fn from(c: &'a Config) -> Self {
         RenderedConfig {
@@ -1742,6 +2321,10 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                tls: c.server.tls.as_ref().map(|tls| RenderedServerTls {
+                    cert: path_str(&tls.cert),
+                    key: path_str(&tls.key),
+                }),
             },
             admin: RenderedAdmin {
                 listen: c.admin.listen.to_string(),
@@ -1769,11 +2352,37 @@ impl From<&UpstreamConfig> for RenderedUpstream {
     fn from(u: &UpstreamConfig) -> Self {
         RenderedUpstream {
             targets: u.targets.iter().map(ToString::to_string).collect(),
+            balance: balance_str(u.balance),
+            retries: u.retries,
+            http2: u.http2,
             max_inflight: u.max_inflight.get(),
             connect_timeout: human(u.connect_timeout),
             timeout: human(u.timeout),
             pool_idle_timeout: human(u.pool_idle_timeout),
             pool_max_idle_per_target: u.pool_max_idle_per_target,
+            passive_health: RenderedPassiveHealth {
+                consecutive_failures: u.passive_health.consecutive_failures,
+                base_ejection: human(u.passive_health.base_ejection),
+                max_ejection: human(u.passive_health.max_ejection),
+            },
+            active_health: u.active_health.as_ref().map(|h| RenderedActiveHealth {
+                path: h.path.clone(),
+                interval: human(h.interval),
+                timeout: human(h.timeout),
+                healthy_threshold: h.healthy_threshold.get(),
+                unhealthy_threshold: h.unhealthy_threshold.get(),
+            }),
+            adaptive: u.adaptive.map(|a| RenderedAdaptive {
+                min_limit: a.min_limit.get(),
+                max_limit: a.max_limit.get(),
+                initial_limit: a.initial_limit.get(),
+                tolerance: a.tolerance,
+                smoothing: a.smoothing,
+            }),
+            tls: u.tls.as_ref().map(|tls| RenderedUpstreamTls {
+                ca: tls.ca.as_deref().map(path_str),
+                server_name: tls.server_name.clone(),
+            }),
         }
     }
 }
@@ -2265,6 +2874,10 @@ max_headers = 7
 drain_timeout = "0s"
 trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "fd00::/8", "::1"]
 
+[server.tls]
+cert = "certs/server.pem"
+key = "/etc/sluice/server.key"
+
 [admin]
 listen = "0.0.0.0:9191"
 
@@ -2274,15 +2887,47 @@ level = "info,sluice::shaper=debug"
 access_log = false
 
 [upstreams.api]
-targets = ["127.0.0.1:9000", "backend.internal:9001"]
+targets = ["127.0.0.1:9000 weight=3 max_inflight=50", "backend.internal:9001  max_inflight=7"]
+balance = "least_inflight"
+retries = 0
+http2 = true
 max_inflight = 64
 connect_timeout = "250ms"
 timeout = "1m"
 pool_idle_timeout = "0s"
 pool_max_idle_per_target = 0
 
+[upstreams.api.passive_health]
+consecutive_failures = 0
+base_ejection = "250ms"
+max_ejection = "250ms"
+
+[upstreams.api.active_health]
+path = "/status?probe=1"
+interval = "2s"
+timeout = "2s"
+healthy_threshold = 1
+unhealthy_threshold = 10
+
+[upstreams.api.adaptive]
+min_limit = 4
+max_limit = 32
+initial_limit = 8
+tolerance = 1
+smoothing = 1
+
+[upstreams.api.tls]
+ca = "/etc/sluice/upstream-ca.pem"
+server_name = "API.Internal"
+
 [upstreams."slow pool"]
-targets = ["[::1]:7000"]
+targets = ["[::1]:7000 weight=2"]
+balance = "p2c_ewma"
+retries = 5
+passive_health = { max_ejection = "10m" }
+adaptive = { tolerance = 2.5, smoothing = 0.05 }
+
+[upstreams."slow pool".tls]
 
 [[routes]]
 name = "seckill"
@@ -2370,6 +3015,18 @@ timeout = "3s"
         assert_eq!(api.timeout, Duration::from_secs(30));
         assert_eq!(api.pool_idle_timeout, Duration::from_secs(90));
         assert_eq!(api.pool_max_idle_per_target, 128);
+        // Balancing, health, adaptive concurrency and TLS.
+        assert_eq!(cfg.server.tls, None);
+        assert_eq!(api.balance, Balance::RoundRobin);
+        assert_eq!(api.retries, 1);
+        assert!(!api.http2);
+        assert_eq!(api.passive_health, PassiveHealth::default());
+        assert_eq!(api.passive_health.consecutive_failures, 5);
+        assert_eq!(api.passive_health.base_ejection, Duration::from_secs(5));
+        assert_eq!(api.passive_health.max_ejection, Duration::from_secs(60));
+        assert_eq!(api.active_health, None);
+        assert_eq!(api.adaptive, None);
+        assert_eq!(api.tls, None);
         let route = &cfg.routes[0];
         assert_eq!(route.name, "default");
         assert_eq!(route.host, None);
@@ -2419,6 +3076,12 @@ key_limit = { rate = 2 }",
         assert_eq!(cfg.server.header_timeout, Duration::from_millis(2500));
         assert_eq!(cfg.log.format, LogFormat::Json);
         assert_eq!(cfg.upstreams["api"].targets.len(), 2);
+        assert_eq!(
+            cfg.upstreams["api"].targets[1]
+                .max_inflight
+                .map(|n| n.get()),
+            Some(7)
+        );
         assert_eq!(cfg.upstreams["slow pool"].name, "slow pool");
         let seckill = &cfg.routes[0];
         assert_eq!(seckill.host.as_deref(), Some("*.shop.example.com"));
@@ -2522,6 +3185,559 @@ key_limit = { rate = 2 }",
                 threshold: Duration::from_millis(1500)
             }
         );
+    }
+
+    #[test]
+    fn full_config_reads_balancing_health_adaptive_and_tls() {
+        let cfg = parse(FULL).expect("full config parses");
+        let cwd = std::env::current_dir().expect("working directory");
+        assert_eq!(
+            cfg.server.tls,
+            Some(ServerTls {
+                // Relative to the config file "test.toml", i.e. the working directory.
+                cert: cwd.join("certs/server.pem"),
+                key: PathBuf::from("/etc/sluice/server.key"),
+            })
+        );
+        let api = &cfg.upstreams["api"];
+        assert_eq!(
+            api.targets,
+            vec![
+                TargetConfig {
+                    addr: Authority::from_static("127.0.0.1:9000"),
+                    weight: NonZeroU32::new(3).expect("not zero"),
+                    max_inflight: NonZeroUsize::new(50),
+                },
+                TargetConfig {
+                    addr: Authority::from_static("backend.internal:9001"),
+                    weight: NonZeroU32::MIN,
+                    max_inflight: NonZeroUsize::new(7),
+                },
+            ]
+        );
+        assert_eq!(api.balance, Balance::LeastInflight);
+        assert_eq!(api.retries, 0);
+        assert!(api.http2);
+        assert_eq!(
+            api.passive_health,
+            PassiveHealth {
+                consecutive_failures: 0,
+                base_ejection: Duration::from_millis(250),
+                max_ejection: Duration::from_millis(250),
+            }
+        );
+        assert_eq!(
+            api.active_health,
+            Some(ActiveHealth {
+                path: "/status?probe=1".into(),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(2),
+                healthy_threshold: NonZeroU32::MIN,
+                unhealthy_threshold: NonZeroU32::new(10).expect("not zero"),
+            })
+        );
+        assert_eq!(
+            api.adaptive,
+            Some(AdaptiveConfig {
+                min_limit: NonZeroUsize::new(4).expect("not zero"),
+                max_limit: NonZeroUsize::new(32).expect("not zero"),
+                initial_limit: NonZeroUsize::new(8).expect("not zero"),
+                tolerance: 1.0,
+                smoothing: 1.0,
+            })
+        );
+        assert_eq!(
+            api.tls,
+            Some(UpstreamTls {
+                ca: Some(PathBuf::from("/etc/sluice/upstream-ca.pem")),
+                server_name: Some("api.internal".into()),
+            })
+        );
+        let slow = &cfg.upstreams["slow pool"];
+        assert_eq!(slow.targets[0].weight.get(), 2);
+        assert_eq!(slow.targets[0].max_inflight, None);
+        assert_eq!(slow.balance, Balance::P2cEwma);
+        assert_eq!(slow.retries, 5);
+        assert!(!slow.http2);
+        assert_eq!(
+            slow.passive_health,
+            PassiveHealth {
+                max_ejection: Duration::from_secs(600),
+                ..PassiveHealth::default()
+            }
+        );
+        assert_eq!(slow.active_health, None);
+        // max_limit defaults to max_inflight (256), initial_limit to 20.
+        assert_eq!(
+            slow.adaptive,
+            Some(AdaptiveConfig {
+                min_limit: NonZeroUsize::MIN,
+                max_limit: NonZeroUsize::new(256).expect("not zero"),
+                initial_limit: NonZeroUsize::new(20).expect("not zero"),
+                tolerance: 2.5,
+                smoothing: 0.05,
+            })
+        );
+        // The empty table alone turns TLS on.
+        assert_eq!(
+            slow.tls,
+            Some(UpstreamTls {
+                ca: None,
+                server_name: None,
+            })
+        );
+    }
+
+    #[test]
+    fn to_toml_renders_upstream_tables_only_when_set() {
+        let rendered = parse(FULL).expect("parses").to_toml();
+        for expected in [
+            "targets = [\"127.0.0.1:9000 weight=3 max_inflight=50\", \"backend.internal:9001 max_inflight=7\"]",
+            "balance = \"least_inflight\"\nretries = 0\nhttp2 = true\n",
+            "[upstreams.api.passive_health]\nconsecutive_failures = 0\nbase_ejection = \"250ms\"\nmax_ejection = \"250ms\"\n",
+            "[upstreams.api.active_health]\npath = \"/status?probe=1\"\ninterval = \"2s\"\ntimeout = \"2s\"\nhealthy_threshold = 1\nunhealthy_threshold = 10\n",
+            "[upstreams.api.adaptive]\nmin_limit = 4\nmax_limit = 32\ninitial_limit = 8\ntolerance = 1.0\nsmoothing = 1.0\n",
+            "[upstreams.api.tls]\nca = \"/etc/sluice/upstream-ca.pem\"\nserver_name = \"api.internal\"\n",
+            "targets = [\"[::1]:7000 weight=2\"]",
+            "[upstreams.\"slow pool\".passive_health]\nconsecutive_failures = 5\nbase_ejection = \"5s\"\nmax_ejection = \"10m\"\n",
+            "[upstreams.\"slow pool\".adaptive]\nmin_limit = 1\nmax_limit = 256\ninitial_limit = 20\ntolerance = 2.5\nsmoothing = 0.05\n",
+            "[upstreams.\"slow pool\".tls]\n",
+            "[server.tls]\ncert = \"/",
+            "key = \"/etc/sluice/server.key\"",
+        ] {
+            assert!(
+                rendered.contains(expected),
+                "{expected:?} missing in:\n{rendered}"
+            );
+        }
+        let minimal = parse(MINIMAL).expect("parses").to_toml();
+        for absent in [
+            "active_health",
+            "adaptive",
+            "tls",
+            "cert",
+            "weight",
+            "max_inflight=",
+        ] {
+            assert!(!minimal.contains(absent), "{absent:?} in:\n{minimal}");
+        }
+    }
+
+    #[test]
+    fn tls_paths_are_taken_from_the_config_directory() {
+        let src = format!(
+            "[server.tls]\ncert = \"c.pem\"\nkey = \"../keys/k.pem\"\n{MINIMAL}\n\
+             [upstreams.api.tls]\nca = \"/abs/ca.pem\"\n\
+             [upstreams.b]\ntargets = [\"b:1\"]\ntls = {{ ca = \"./ca/b.pem\" }}\n"
+        );
+        let cfg = Config::parse(&src, Path::new("/etc/sluice/s.toml")).expect("parses");
+        let tls = cfg.server.tls.as_ref().expect("server tls");
+        assert_eq!(tls.cert, Path::new("/etc/sluice/c.pem"));
+        assert_eq!(tls.key, Path::new("/etc/sluice/../keys/k.pem"));
+        let ca = |name: &str| cfg.upstreams[name].tls.as_ref().and_then(|t| t.ca.clone());
+        assert_eq!(ca("api"), Some(PathBuf::from("/abs/ca.pem")));
+        assert_eq!(ca("b"), Some(PathBuf::from("/etc/sluice/ca/b.pem")));
+        // A relative config path is made absolute too, so the rendered paths
+        // read back the same from anywhere.
+        let cwd = std::env::current_dir().expect("working directory");
+        let cfg = Config::parse(&src, Path::new("conf/s.toml")).expect("parses");
+        let tls = cfg.server.tls.as_ref().expect("server tls");
+        assert_eq!(tls.cert, cwd.join("conf/c.pem"));
+        let again = Config::parse(&cfg.to_toml(), Path::new("elsewhere/x.toml")).expect("parses");
+        assert_eq!(again.server.tls, cfg.server.tls);
+        assert_eq!(again.upstreams, cfg.upstreams);
+    }
+
+    #[test]
+    fn adaptive_defaults_stay_within_the_bounds() {
+        let adaptive = |upstream: &str| {
+            let src = format!("[upstreams.b]\ntargets = [\"b:1\"]\n{upstream}\n{MINIMAL}");
+            let cfg = parse(&src).unwrap_or_else(|e| panic!("{e}"));
+            let a = cfg.upstreams["b"].adaptive.expect("adaptive");
+            (a.min_limit.get(), a.max_limit.get(), a.initial_limit.get())
+        };
+        assert_eq!(adaptive("adaptive = {}"), (1, 256, 20));
+        // max_limit follows max_inflight; initial_limit is at most max_limit...
+        assert_eq!(adaptive("max_inflight = 8\nadaptive = {}"), (1, 8, 8));
+        assert_eq!(adaptive("adaptive = { max_limit = 12 }"), (1, 12, 12));
+        // ... and at least min_limit.
+        assert_eq!(adaptive("adaptive = { min_limit = 30 }"), (30, 256, 30));
+        assert_eq!(
+            adaptive("max_inflight = 40\nadaptive = { min_limit = 40 }"),
+            (40, 40, 40)
+        );
+        assert_eq!(
+            adaptive("adaptive = { min_limit = 2, max_limit = 2, initial_limit = 2 }"),
+            (2, 2, 2)
+        );
+    }
+
+    #[test]
+    fn upstream_balancing_health_and_tls_errors() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("targets = [\"a:1 weight=0\"]", 2, "upstreams.b.targets[0]"),
+            ("targets = [\"a:1 weight=x\"]", 2, "upstreams.b.targets[0]"),
+            ("targets = [\"a:1 weight=-1\"]", 2, "upstreams.b.targets[0]"),
+            ("targets = [\"a:1 weight=\"]", 2, "upstreams.b.targets[0]"),
+            (
+                "targets = [\"a:1 weight=4294967296\"]",
+                2,
+                "upstreams.b.targets[0]",
+            ),
+            (
+                "targets = [\"a:1\", \"a:2 max_inflight=0\"]",
+                2,
+                "upstreams.b.targets[1]",
+            ),
+            ("targets = [\"a:1 foo=1\"]", 2, "upstreams.b.targets[0]"),
+            ("targets = [\"a:1 weight\"]", 2, "upstreams.b.targets[0]"),
+            (
+                "targets = [\n  \"a:1\",\n  \"a:2 weight=2 weight=2\",\n]",
+                4,
+                "upstreams.b.targets[1]",
+            ),
+            ("targets = [\"weight=2 a:1\"]", 2, "upstreams.b.targets[0]"),
+            (
+                "targets = [\"a:1\"]\nbalance = \"random\"",
+                3,
+                "upstreams.b.balance",
+            ),
+            ("targets = [\"a:1\"]\nbalance = 1", 3, "upstreams.b.balance"),
+            ("targets = [\"a:1\"]\nretries = 6", 3, "upstreams.b.retries"),
+            (
+                "targets = [\"a:1\"]\nretries = -1",
+                3,
+                "upstreams.b.retries",
+            ),
+            (
+                "targets = [\"a:1\"]\nhttp2 = \"yes\"",
+                3,
+                "upstreams.b.http2",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.passive_health]\nconsecutive_failures = -1",
+                4,
+                "upstreams.b.passive_health.consecutive_failures",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.passive_health]\nbase_ejection = \"0s\"",
+                4,
+                "upstreams.b.passive_health.base_ejection",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.passive_health]\nbase_ejection = \"2m\"",
+                4,
+                "upstreams.b.passive_health.base_ejection",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.passive_health]\nmax_ejection = \"1s\"",
+                4,
+                "upstreams.b.passive_health.max_ejection",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.passive_health]\nbase_ejection = \"10s\"\nmax_ejection = \"9s\"",
+                5,
+                "upstreams.b.passive_health.max_ejection",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.passive_health]\nmax_ejection = \"9s\"\nbase_ejection = \"10s\"",
+                5,
+                "upstreams.b.passive_health.base_ejection",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.passive_health]\nfailures = 3",
+                4,
+                "upstreams.b.passive_health.failures",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\npath = \"healthz\"",
+                4,
+                "upstreams.b.active_health.path",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\npath = \"/a b\"",
+                4,
+                "upstreams.b.active_health.path",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\npath = \"/a#b\"",
+                4,
+                "upstreams.b.active_health.path",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\ninterval = \"0s\"",
+                4,
+                "upstreams.b.active_health.interval",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\ntimeout = \"0s\"",
+                4,
+                "upstreams.b.active_health.timeout",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\ntimeout = \"6s\"",
+                4,
+                "upstreams.b.active_health.timeout",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\ninterval = \"2s\"\ntimeout = \"3s\"",
+                5,
+                "upstreams.b.active_health.timeout",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\ntimeout = \"3s\"\ninterval = \"2s\"",
+                5,
+                "upstreams.b.active_health.interval",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\ninterval = \"500ms\"",
+                4,
+                "upstreams.b.active_health.interval",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\nhealthy_threshold = 0",
+                4,
+                "upstreams.b.active_health.healthy_threshold",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.active_health]\nunhealthy_threshold = -3",
+                4,
+                "upstreams.b.active_health.unhealthy_threshold",
+            ),
+            (
+                "targets = [\"a:1\"]\nactive_health = { method = \"HEAD\" }",
+                3,
+                "upstreams.b.active_health.method",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nmin_limit = 0",
+                4,
+                "upstreams.b.adaptive.min_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nmin_limit = 300",
+                4,
+                "upstreams.b.adaptive.min_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nmax_limit = 257",
+                4,
+                "upstreams.b.adaptive.max_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\nmax_inflight = 10\n[upstreams.b.adaptive]\nmax_limit = 11",
+                5,
+                "upstreams.b.adaptive.max_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nmin_limit = 5\nmax_limit = 4",
+                5,
+                "upstreams.b.adaptive.max_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nmax_limit = 0",
+                4,
+                "upstreams.b.adaptive.max_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nmin_limit = 5\ninitial_limit = 4",
+                5,
+                "upstreams.b.adaptive.initial_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nmax_limit = 10\ninitial_limit = 11",
+                5,
+                "upstreams.b.adaptive.initial_limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\ntolerance = 0.99",
+                4,
+                "upstreams.b.adaptive.tolerance",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\ntolerance = inf",
+                4,
+                "upstreams.b.adaptive.tolerance",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\ntolerance = nan",
+                4,
+                "upstreams.b.adaptive.tolerance",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nsmoothing = 0",
+                4,
+                "upstreams.b.adaptive.smoothing",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nsmoothing = 1.01",
+                4,
+                "upstreams.b.adaptive.smoothing",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nsmoothing = nan",
+                4,
+                "upstreams.b.adaptive.smoothing",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.adaptive]\nlimit = 3",
+                4,
+                "upstreams.b.adaptive.limit",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.tls]\nca = \"\"",
+                4,
+                "upstreams.b.tls.ca",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.tls]\nserver_name = \"*.internal\"",
+                4,
+                "upstreams.b.tls.server_name",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.tls]\nserver_name = \"api.internal:443\"",
+                4,
+                "upstreams.b.tls.server_name",
+            ),
+            (
+                "targets = [\"a:1\"]\n[upstreams.b.tls]\nsni = \"api\"",
+                4,
+                "upstreams.b.tls.sni",
+            ),
+            ("targets = [\"a:1\"]\ntls = true", 3, "upstreams.b.tls"),
+        ];
+        for (body, line, key) in cases {
+            let (l, _, k, message) = fail(&format!("[upstreams.b]\n{body}\n{MINIMAL}"));
+            assert_eq!((l, k.as_str()), (*line, *key), "{body}: {message}");
+        }
+        let message = |body: &str| fail(&format!("[upstreams.b]\n{body}\n{MINIMAL}")).3;
+        for (body, expected) in [
+            ("targets = [\"a:1 weight=0\"]", "weight must be at least 1"),
+            (
+                "targets = [\"a:1 weight=x\"]",
+                "weight=x: expected a whole number",
+            ),
+            ("targets = [\"a:1 foo=1\"]", "unknown option \"foo\""),
+            (
+                "targets = [\"a:1 max_inflight=2 max_inflight=2\"]",
+                "duplicate option \"max_inflight\"",
+            ),
+            (
+                "targets = [\"a:1\"]\nbalance = \"random\"",
+                "\"round_robin\", \"least_inflight\" or \"p2c_ewma\"",
+            ),
+            (
+                "targets = [\"a:1\"]\nmax_inflight = 10\nadaptive = { max_limit = 11 }",
+                "at most the upstream's max_inflight (10)",
+            ),
+            (
+                "targets = [\"a:1\"]\nactive_health = { timeout = \"6s\" }",
+                "at most the probe interval (5s)",
+            ),
+        ] {
+            let message = message(body);
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn server_tls_errors() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("[server.tls]\nkey = \"k.pem\"", 1, "server.tls.cert"),
+            ("[server.tls]\ncert = \"c.pem\"", 1, "server.tls.key"),
+            (
+                "[server.tls]\ncert = \"\"\nkey = \"k.pem\"",
+                2,
+                "server.tls.cert",
+            ),
+            (
+                "[server.tls]\ncert = \"c.pem\"\nkey = \" \"",
+                3,
+                "server.tls.key",
+            ),
+            (
+                "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"",
+                4,
+                "server.tls.ca",
+            ),
+            (
+                "[server]\ntls = { cert = 1, key = \"k.pem\" }",
+                2,
+                "server.tls.cert",
+            ),
+        ];
+        for (head, line, key) in cases {
+            let (l, _, k, message) = fail(&format!("{head}\n{MINIMAL}"));
+            assert_eq!((l, k.as_str()), (*line, *key), "{head}: {message}");
+        }
+    }
+
+    #[test]
+    fn target_specs() {
+        let spec = |s: &str| parse_target_spec(s).map(|t| t.to_string());
+        assert_eq!(spec("a:1").as_deref(), Ok("a:1"));
+        assert_eq!(spec("a:1 weight=1").as_deref(), Ok("a:1"));
+        assert_eq!(
+            spec("a:1 max_inflight=5 weight=3").as_deref(),
+            Ok("a:1 weight=3 max_inflight=5")
+        );
+        assert_eq!(spec(" a:1\tweight=07 ").as_deref(), Ok("a:1 weight=7"));
+        let target = parse_target_spec("[::1]:80 weight=4294967295 max_inflight=1").expect("ok");
+        assert_eq!(target.weight, NonZeroU32::MAX);
+        assert_eq!(target.max_inflight, Some(NonZeroUsize::MIN));
+        for bad in [
+            "",
+            "weight=1",
+            "a:1 weight=0",
+            "a:1 weight=00",
+            "a:1 weight=+1",
+            "a:1 weight=1.5",
+            "a:1 weight=4294967296",
+            "a:1 max_inflight=0",
+            "a:1 max_inflight=99999999999999999999999",
+            "a:1 weight=1 weight=1",
+            "a:1 Weight=1",
+            "a:1 weight",
+            "a:1 =1",
+            "a:1 a:2",
+            "a:0 weight=1",
+        ] {
+            assert!(parse_target_spec(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn server_names() {
+        for (input, expected) in [
+            ("api.internal", "api.internal"),
+            ("API.Internal", "api.internal"),
+            ("localhost", "localhost"),
+            ("a-b.c_d.example", "a-b.c_d.example"),
+            ("10.0.0.1", "10.0.0.1"),
+            ("::1", "::1"),
+            ("fd00:0::0001", "fd00::1"),
+            ("3com.example", "3com.example"),
+        ] {
+            assert_eq!(parse_server_name(input).as_deref(), Ok(expected));
+        }
+        for bad in [
+            "",
+            "[::1]",
+            "api:443",
+            "*.example.com",
+            "a..b",
+            "example.com.",
+            "-a.example",
+            "a-.example",
+            "exa mple",
+            "ü.de",
+            "10.0.0.256",
+            "1.2.3",
+            &"a".repeat(64),
+            &["a"; 128].join("."),
+        ] {
+            assert!(parse_server_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -2927,6 +4143,8 @@ key_limit = { rate = 2 }",
             "[admin]",
             "[log]",
             "[upstreams.api]",
+            "targets = [\"127.0.0.1:9000\"]\nbalance = \"round_robin\"\nretries = 1\nhttp2 = false\n",
+            "[upstreams.api.passive_health]\nconsecutive_failures = 5\nbase_ejection = \"5s\"\nmax_ejection = \"1m\"\n",
             "pool_idle_timeout = \"1m 30s\"",
             "[[routes]]",
             "[routes.queue]",

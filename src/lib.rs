@@ -8,6 +8,7 @@
 //! (pooled client, timeouts). `config` is parsed and validated once at the
 //! edge; `metrics` and `outcome` sit beside the flow.
 
+pub mod adaptive;
 pub mod admin;
 pub mod classify;
 pub mod config;

@@ -53,6 +53,13 @@ pub struct Metrics {
     dry_run: IntCounterVec,
     reloads: IntCounterVec,
     last_reload: Gauge,
+    target_requests: IntCounterVec,
+    target_errors: IntCounterVec,
+    target_latency: HistogramVec,
+    target_healthy: IntGaugeVec,
+    target_inflight: IntGaugeVec,
+    upstream_retries: IntCounterVec,
+    upstream_limit: IntGaugeVec,
 }
 
 /// One route's handles.
@@ -83,11 +90,46 @@ pub enum DryRunLimit {
 /// One upstream's handles.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
+    retries: IntCounter,
+    adaptive_limit: IntGauge,
     latency: Histogram,
     errors_connect: IntCounter,
     errors_timeout: IntCounter,
     errors_other: IntCounter,
     inflight: IntGauge,
+}
+
+/// One target's handles.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    requests: IntCounter,
+    errors: IntCounter,
+    latency: Histogram,
+    healthy: IntGauge,
+    inflight: IntGauge,
+}
+
+impl TargetMetrics {
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn error(&self) {
+        self.errors.inc();
+    }
+
+    pub fn latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    pub fn healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
+    }
+
+    pub fn sample_inflight(&self, inflight: usize) {
+        self.inflight
+            .set(i64::try_from(inflight).unwrap_or(i64::MAX));
+    }
 }
 
 /// Kinds of upstream failure, as counted in `sluice_upstream_errors_total`.
@@ -260,6 +302,63 @@ impl Metrics {
             "When the running config was loaded (Unix time): at start, then at each successful reload.",
         ))
         .expect("valid metric");
+        let target_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_target_requests_total",
+                "Requests sent to each target (attempts, retries included).",
+            ),
+            &["upstream", "target"],
+        )
+        .expect("valid metric");
+        let target_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_target_errors_total",
+                "Attempts to each target that failed (connect, timeout, reset).",
+            ),
+            &["upstream", "target"],
+        )
+        .expect("valid metric");
+        let target_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_target_response_seconds",
+                "Time from sending to a target to its response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream", "target"],
+        )
+        .expect("valid metric");
+        let target_healthy = IntGaugeVec::new(
+            Opts::new(
+                "sluice_target_healthy",
+                "1 while the target takes traffic, 0 while ejected or failing its active check.",
+            ),
+            &["upstream", "target"],
+        )
+        .expect("valid metric");
+        let target_inflight = IntGaugeVec::new(
+            Opts::new(
+                "sluice_target_inflight",
+                "Requests in flight to the target.",
+            ),
+            &["upstream", "target"],
+        )
+        .expect("valid metric");
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "sluice_upstream_retries_total",
+                "Idempotent requests retried on another target after a connect failure.",
+            ),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let upstream_limit = IntGaugeVec::new(
+            Opts::new(
+                "sluice_upstream_concurrency_limit",
+                "The in-flight cap in force: the adaptive limit, or max_inflight.",
+            ),
+            &["upstream"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("sluice_build_info", "Build information; always 1."),
             &["version"],
@@ -289,6 +388,13 @@ impl Metrics {
             Box::new(key_evictions.clone()),
             Box::new(dry_run.clone()),
             Box::new(reloads.clone()),
+            Box::new(target_requests.clone()),
+            Box::new(target_errors.clone()),
+            Box::new(target_latency.clone()),
+            Box::new(target_healthy.clone()),
+            Box::new(target_inflight.clone()),
+            Box::new(upstream_retries.clone()),
+            Box::new(upstream_limit.clone()),
             Box::new(last_reload.clone()),
             Box::new(build_info),
         ] {
@@ -318,6 +424,25 @@ impl Metrics {
             dry_run,
             reloads,
             last_reload,
+            target_requests,
+            target_errors,
+            target_latency,
+            target_healthy,
+            target_inflight,
+            upstream_retries,
+            upstream_limit,
+        }
+    }
+
+    /// Handles for one target of an upstream.
+    pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        let labels = [upstream, target];
+        TargetMetrics {
+            requests: self.target_requests.with_label_values(&labels),
+            errors: self.target_errors.with_label_values(&labels),
+            latency: self.target_latency.with_label_values(&labels),
+            healthy: self.target_healthy.with_label_values(&labels),
+            inflight: self.target_inflight.with_label_values(&labels),
         }
     }
 
@@ -400,6 +525,8 @@ impl Metrics {
             .with_label_values(&[name])
             .set(i64::try_from(max_inflight).unwrap_or(i64::MAX));
         UpstreamMetrics {
+            retries: self.upstream_retries.with_label_values(&[name]),
+            adaptive_limit: self.upstream_limit.with_label_values(&[name]),
             latency: self.upstream_latency.with_label_values(&[name]),
             errors_connect: self.upstream_errors.with_label_values(&[name, "connect"]),
             errors_timeout: self.upstream_errors.with_label_values(&[name, "timeout"]),
@@ -470,6 +597,16 @@ impl RouteMetrics {
 }
 
 impl UpstreamMetrics {
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// The in-flight cap now in force.
+    pub fn adaptive_limit(&self, limit: usize) {
+        self.adaptive_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
     pub fn latency(&self, seconds: f64) {
         self.latency.observe(seconds);
     }

@@ -31,6 +31,8 @@ use crate::outcome::Outcome;
 use crate::route::Route;
 use crate::router::Router;
 use crate::shaper::{Admission, Grant, RejectReason, Rejection};
+use crate::tls::TlsError;
+use crate::upstream::TargetGuard;
 use crate::upstream::Upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -52,7 +54,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the gateway; must run inside a tokio runtime (shapers spawn tasks).
-    pub fn new(config: &Config, metrics: Metrics) -> Gateway {
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Gateway, TlsError> {
         Gateway::build(config, metrics, None)
     }
 
@@ -60,26 +62,26 @@ impl Gateway {
     /// and upstream keep their live state (queue, limiters, pause, override);
     /// upstreams keep their in-flight accounting. Removed routes drain in the
     /// old generation, which lives as long as requests still hold it.
-    pub fn reload(&self, config: &Config) -> Gateway {
+    pub fn reload(&self, config: &Config) -> Result<Gateway, TlsError> {
         Gateway::build(config, self.metrics.clone(), Some(self))
     }
 
-    fn build(config: &Config, metrics: Metrics, previous: Option<&Gateway>) -> Gateway {
+    fn build(
+        config: &Config,
+        metrics: Metrics,
+        previous: Option<&Gateway>,
+    ) -> Result<Gateway, TlsError> {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .values()
             .map(|u| {
                 let old = previous.and_then(|g| g.upstreams.iter().find(|o| o.name() == u.name));
                 match old {
-                    Some(old) if old.config() == u => old.clone(),
-                    _ => Arc::new(Upstream::new(
-                        u,
-                        metrics.upstream(&u.name, u.max_inflight.get()),
-                        old.map(|o| o.as_ref()),
-                    )),
+                    Some(old) if old.config() == u => Ok(old.clone()),
+                    _ => Upstream::new(u, &metrics, old.map(|o| o.as_ref())),
                 }
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let routes = config
             .routes
             .iter()
@@ -95,7 +97,7 @@ impl Gateway {
                 Route::new(r, upstream, &metrics, previous_state)
             })
             .collect();
-        Gateway {
+        Ok(Gateway {
             router: Router::new(&config.routes),
             routes,
             upstreams,
@@ -103,7 +105,7 @@ impl Gateway {
             trusted_proxies: config.server.trusted_proxies.clone(),
             access_log: config.log.access_log,
             metrics,
-        }
+        })
     }
 
     /// The routes of this generation.
@@ -160,12 +162,13 @@ impl Gateway {
         let upstream_req = prepare_upstream_request(req, client, host);
         record.fallback = (Outcome::Forwarded, STATUS_CLIENT_CLOSED);
         let sent = Instant::now();
-        let result = route.upstream.send(upstream_req).await;
+        let deadline = record.started + route.state.shaper.limits().timeout;
+        let result = route.upstream.send(upstream_req, deadline).await;
         record.upstream_time = Some(sent.elapsed());
         match result {
-            Ok(response) => {
+            Ok((response, target)) => {
                 let status = response.status();
-                let response = relay_response(response, grant);
+                let response = relay_response(response, grant, target);
                 record.finish_status(Outcome::Forwarded, status);
                 response
             }
@@ -195,7 +198,7 @@ impl Gateway {
             route.sample_metrics();
         }
         for upstream in &self.upstreams {
-            upstream.metrics().sample_inflight(upstream.inflight());
+            upstream.sample_metrics();
         }
         self.metrics.render()
     }
@@ -367,6 +370,11 @@ fn prepare_upstream_request(
     client: SocketAddr,
     host: Option<String>,
 ) -> Request<Incoming> {
+    let proto = if req.extensions().get::<crate::tls::Secure>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
@@ -378,12 +386,12 @@ fn prepare_upstream_request(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     let node = match ip {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let mut forwarded = format!("for={node};proto=http");
+    let mut forwarded = format!("for={node};proto={proto}");
     if let Some(host) = &host
         && let Ok(value) = HeaderValue::from_str(host)
     {
@@ -407,12 +415,16 @@ fn prepare_upstream_request(
 
 /// The upstream's response, relayed as it streams, holding the in-flight
 /// slot until its body is done.
-fn relay_response(response: Response<Incoming>, grant: Grant) -> Response<Body> {
+fn relay_response(
+    response: Response<Incoming>,
+    grant: Grant,
+    target: TargetGuard,
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = InFlight {
         inner: body,
-        permit: Some(grant.into_permit()),
+        permit: Some((grant.into_permit(), target)),
     };
     Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }
@@ -456,7 +468,7 @@ pin_project_lite::pin_project! {
     struct InFlight<B> {
         #[pin]
         inner: B,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<(OwnedSemaphorePermit, TargetGuard)>,
     }
 }
 

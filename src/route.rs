@@ -97,7 +97,7 @@ impl Route {
                 let classifier = Classifier::new(r);
                 let limits = limits_of(r, classifier.class_count());
                 Arc::new(RouteState {
-                    shaper: Shaper::new(limits, upstream.inflight_cap()),
+                    shaper: Shaper::new(limits, upstream.inflight_cap(), upstream.gate()),
                     classifier: ArcSwap::from_pointee(classifier),
                     key_limit: ArcSwapOption::new(key_limit_of(r)),
                     dry_limit: ArcSwapOption::new(dry_limit_of(r)),

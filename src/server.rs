@@ -55,6 +55,13 @@ pub enum StartError {
         #[source]
         source: Box<TlsError>,
     },
+    /// An upstream's `[tls]` names a CA file that cannot be used.
+    #[error("{config}: upstream tls: {source}")]
+    UpstreamTls {
+        config: PathBuf,
+        #[source]
+        source: Box<TlsError>,
+    },
 }
 
 /// A reload that was refused; the running config stays in force.
@@ -63,6 +70,13 @@ pub enum ReloadError {
     /// The file could not be read or is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// An upstream's `[tls]` names a CA file that cannot be used.
+    #[error("{config}: upstream tls: {source}")]
+    UpstreamTls {
+        config: PathBuf,
+        #[source]
+        source: Box<TlsError>,
+    },
     /// `[server.tls]` names a certificate or key that cannot be used.
     #[error("{config}: server.tls: {source}")]
     Tls {
@@ -131,7 +145,18 @@ impl Running {
                 tracing::warn!(key = what, %before, %after, "a listen address changes only on restart; keeping the old one");
             }
         }
-        let gateway = self.live.gateway.load().reload(config);
+        let gateway = match self.live.gateway.load().reload(config) {
+            Ok(gateway) => gateway,
+            Err(source) => {
+                let err = ReloadError::UpstreamTls {
+                    config: config.source.clone(),
+                    source: Box::new(source),
+                };
+                self.live.metrics.config_loaded(false);
+                tracing::error!(error = %err, "config reload failed; keeping the running config");
+                return Err(err);
+            }
+        };
         self.live.gateway.store(Arc::new(gateway));
         self.live.config.store(Arc::new(config.clone()));
         self.live.tls.store(acceptor);
@@ -200,7 +225,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     metrics.config_started();
     let live = Arc::new(Live {
-        gateway: ArcSwap::from_pointee(Gateway::new(config, metrics.clone())),
+        gateway: ArcSwap::from_pointee(Gateway::new(config, metrics.clone()).map_err(
+            |source| StartError::UpstreamTls {
+                config: config.source.clone(),
+                source: Box::new(source),
+            },
+        )?),
         config: ArcSwap::from_pointee(config.clone()),
         tls: ArcSwapOption::new(tls),
         ready: AtomicBool::new(true),

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice::config::{
-    ClassConfig, ClassMatch, Config, ConfigError, Discipline, Fairness, KeyLimitConfig, KeyPart,
-    LogFormat,
+    ActiveHealth, AdaptiveConfig, Balance, ClassConfig, ClassMatch, Config, ConfigError,
+    Discipline, Fairness, KeyLimitConfig, KeyPart, LogFormat, PassiveHealth, ServerTls,
+    TargetConfig, UpstreamTls,
 };
 
 const FILE: &str = "conf/flash-sale.toml";
@@ -103,6 +104,62 @@ upstream = "api"
 key = "path"
 "#;
 
+/// A valid config using every key of target options, balancing, health
+/// checks, adaptive concurrency and TLS, each set away from its default. Line
+/// numbers that tests rely on: 4 `[server.tls]`, 5 `cert`, 6 `key`, 9 `targets`,
+/// 10 `balance`, 11 `retries`, 12 `http2`, 13 `max_inflight`, 15
+/// `[upstreams.api.passive_health]`, 16-18 its keys, 20
+/// `[upstreams.api.active_health]`, 21-25 its keys, 27
+/// `[upstreams.api.adaptive]`, 28-32 its keys, 34 `[upstreams.api.tls]`, 35
+/// `ca`, 36 `server_name`, 42 the empty `[upstreams.legacy.tls]`.
+const POOL: &str = r#"[server]
+listen = "127.0.0.1:8080"
+
+[server.tls]
+cert = "certs/proxy.pem"
+key = "/etc/sluice/proxy.key"
+
+[upstreams.api]
+targets = ["127.0.0.1:9000 weight=3 max_inflight=50", "127.0.0.1:9001"]
+balance = "p2c_ewma"
+retries = 2
+http2 = true
+max_inflight = 100
+
+[upstreams.api.passive_health]
+consecutive_failures = 3
+base_ejection = "2s"
+max_ejection = "30s"
+
+[upstreams.api.active_health]
+path = "/ready"
+interval = "10s"
+timeout = "500ms"
+healthy_threshold = 1
+unhealthy_threshold = 4
+
+[upstreams.api.adaptive]
+min_limit = 5
+max_limit = 80
+initial_limit = 10
+tolerance = 2.0
+smoothing = 0.5
+
+[upstreams.api.tls]
+ca = "ca/upstream.pem"
+server_name = "api.internal"
+
+[upstreams.legacy]
+targets = ["10.0.0.7:8080"]
+balance = "least_inflight"
+
+[upstreams.legacy.tls]
+
+[[routes]]
+name = "default"
+upstream = "api"
+"#;
+
 /// `base` with one exact piece replaced (which must occur exactly once).
 fn edit_in(base: &str, piece: &str, replacement: &str) -> String {
     assert_eq!(
@@ -121,6 +178,11 @@ fn edit(line: &str, replacement: &str) -> String {
 /// FAIR with one exact piece replaced.
 fn fair(piece: &str, replacement: &str) -> String {
     edit_in(FAIR, piece, replacement)
+}
+
+/// POOL with one exact piece replaced.
+fn pool(piece: &str, replacement: &str) -> String {
+    edit_in(POOL, piece, replacement)
 }
 
 /// Parses `src`, expects an `Invalid` error and checks the line, the key and
@@ -274,6 +336,24 @@ fn example_config_loads() {
     assert_eq!(cfg.admin.listen, addr("127.0.0.1:9090"));
     let api = &cfg.upstreams["api"];
     assert_eq!(api.targets[0].addr.as_str(), "127.0.0.1:9000");
+    assert_eq!(api.balance, Balance::LeastInflight);
+    assert_eq!(api.retries, 1);
+    assert!(!api.http2);
+    assert_eq!(api.passive_health, PassiveHealth::default());
+    assert_eq!(
+        api.active_health,
+        Some(ActiveHealth {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2.try_into().expect("not zero"),
+            unhealthy_threshold: 3.try_into().expect("not zero"),
+        })
+    );
+    // Shown commented out only.
+    assert_eq!(api.adaptive, None);
+    assert_eq!(api.tls, None);
+    assert_eq!(cfg.server.tls, None);
 
     let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["seckill", "default"]);
@@ -734,4 +814,553 @@ fn unknown_key_in_key_limit() {
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+// --- target options, balancing, health, adaptive concurrency, TLS -----------
+
+#[test]
+fn pool_config_reads_every_new_key() {
+    let cfg = Config::parse(POOL, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    // Relative paths are taken from the config file's directory ("conf/").
+    let conf = std::env::current_dir().expect("cwd").join("conf");
+    assert_eq!(
+        cfg.server.tls,
+        Some(ServerTls {
+            cert: conf.join("certs/proxy.pem"),
+            key: PathBuf::from("/etc/sluice/proxy.key"),
+        })
+    );
+    let api = &cfg.upstreams["api"];
+    assert_eq!(
+        api.targets,
+        [
+            TargetConfig {
+                addr: http::uri::Authority::from_static("127.0.0.1:9000"),
+                weight: 3.try_into().expect("not zero"),
+                max_inflight: Some(50.try_into().expect("not zero")),
+            },
+            TargetConfig::new(http::uri::Authority::from_static("127.0.0.1:9001")),
+        ]
+    );
+    assert_eq!(api.balance, Balance::P2cEwma);
+    assert_eq!(api.retries, 2);
+    assert!(api.http2);
+    assert_eq!(api.max_inflight.get(), 100);
+    assert_eq!(
+        api.passive_health,
+        PassiveHealth {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(2),
+            max_ejection: Duration::from_secs(30),
+        }
+    );
+    assert_eq!(
+        api.active_health,
+        Some(ActiveHealth {
+            path: "/ready".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 1.try_into().expect("not zero"),
+            unhealthy_threshold: 4.try_into().expect("not zero"),
+        })
+    );
+    assert_eq!(
+        api.adaptive,
+        Some(AdaptiveConfig {
+            min_limit: 5.try_into().expect("not zero"),
+            max_limit: 80.try_into().expect("not zero"),
+            initial_limit: 10.try_into().expect("not zero"),
+            tolerance: 2.0,
+            smoothing: 0.5,
+        })
+    );
+    assert_eq!(
+        api.tls,
+        Some(UpstreamTls {
+            ca: Some(conf.join("ca/upstream.pem")),
+            server_name: Some("api.internal".into()),
+        })
+    );
+    let legacy = &cfg.upstreams["legacy"];
+    assert_eq!(legacy.balance, Balance::LeastInflight);
+    assert_eq!(legacy.active_health, None);
+    assert_eq!(legacy.adaptive, None);
+    // `[upstreams.legacy.tls]` alone turns TLS on.
+    assert_eq!(
+        legacy.tls,
+        Some(UpstreamTls {
+            ca: None,
+            server_name: None,
+        })
+    );
+}
+
+#[test]
+fn pool_config_round_trips() {
+    let cfg = Config::parse(POOL, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let rendered = cfg.to_toml();
+    let again = Config::parse(&rendered, Path::new(FILE))
+        .unwrap_or_else(|e| panic!("rendered config does not parse: {e}\n{rendered}"));
+    assert_eq!(again, cfg, "{rendered}");
+    assert_eq!(again.to_toml(), rendered);
+    // Resolved paths are absolute, so the rendering reads back the same from
+    // another directory too.
+    let elsewhere = Config::parse(&rendered, Path::new("/srv/other/sluice.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(elsewhere.server, cfg.server);
+    assert_eq!(elsewhere.upstreams, cfg.upstreams);
+    for expected in [
+        "targets = [\"127.0.0.1:9000 weight=3 max_inflight=50\", \"127.0.0.1:9001\"]\nbalance = \"p2c_ewma\"\nretries = 2\nhttp2 = true\n",
+        "[upstreams.api.passive_health]\nconsecutive_failures = 3\nbase_ejection = \"2s\"\nmax_ejection = \"30s\"\n",
+        "[upstreams.api.active_health]\npath = \"/ready\"\ninterval = \"10s\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 4\n",
+        "[upstreams.api.adaptive]\nmin_limit = 5\nmax_limit = 80\ninitial_limit = 10\ntolerance = 2.0\nsmoothing = 0.5\n",
+        "server_name = \"api.internal\"",
+        "[upstreams.legacy.tls]\n",
+        // Defaults are rendered: passive health always.
+        "[upstreams.legacy.passive_health]\nconsecutive_failures = 5\nbase_ejection = \"5s\"\nmax_ejection = \"1m\"\n",
+        "key = \"/etc/sluice/proxy.key\"",
+    ] {
+        assert!(
+            rendered.contains(expected),
+            "{expected:?} not in\n{rendered}"
+        );
+    }
+    assert!(!rendered.contains("[upstreams.legacy.active_health]"));
+    assert!(!rendered.contains("[upstreams.legacy.adaptive]"));
+}
+
+#[test]
+fn tls_paths_resolve_against_the_config_directory() {
+    // As `Config::load("/etc/sluice/s.toml")` would read it.
+    let src = pool("cert = \"certs/proxy.pem\"", "cert = \"c.pem\"");
+    let cfg =
+        Config::parse(&src, Path::new("/etc/sluice/s.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let tls = cfg.server.tls.expect("server tls");
+    assert_eq!(tls.cert, Path::new("/etc/sluice/c.pem"));
+    assert_eq!(tls.key, Path::new("/etc/sluice/proxy.key"));
+    assert_eq!(
+        cfg.upstreams["api"]
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca.as_deref()),
+        Some(Path::new("/etc/sluice/ca/upstream.pem"))
+    );
+
+    // Through `load`, with files that do not exist: that is found out when
+    // TLS is set up, not here.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-tls-paths");
+    std::fs::create_dir_all(&dir).expect("create dir");
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, &src).expect("write config");
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let tls = cfg.server.tls.expect("server tls");
+    assert_eq!(tls.cert, dir.join("c.pem"));
+    assert!(!tls.cert.exists());
+}
+
+#[test]
+fn target_weight_zero() {
+    let src = pool("weight=3", "weight=0");
+    let shown = assert_error(&src, 9, "upstreams.api.targets[0]");
+    assert!(shown.contains("weight must be at least 1"), "{shown}");
+}
+
+#[test]
+fn target_weight_not_a_number() {
+    let src = pool("weight=3", "weight=x");
+    let shown = assert_error(&src, 9, "upstreams.api.targets[0]");
+    assert!(shown.contains("weight=x"), "{shown}");
+}
+
+#[test]
+fn target_max_inflight_zero() {
+    let src = pool("\"127.0.0.1:9001\"", "\"127.0.0.1:9001 max_inflight=0\"");
+    let shown = assert_error(&src, 9, "upstreams.api.targets[1]");
+    assert!(shown.contains("max_inflight must be at least 1"), "{shown}");
+}
+
+#[test]
+fn target_unknown_option() {
+    let src = pool("weight=3", "foo=1");
+    let shown = assert_error(&src, 9, "upstreams.api.targets[0]");
+    assert!(shown.contains("unknown option \"foo\""), "{shown}");
+}
+
+#[test]
+fn target_duplicate_option() {
+    let src = pool("weight=3", "weight=3 weight=4");
+    let shown = assert_error(&src, 9, "upstreams.api.targets[0]");
+    assert!(shown.contains("duplicate option \"weight\""), "{shown}");
+}
+
+#[test]
+fn target_option_without_value() {
+    let src = pool("weight=3", "weight");
+    let shown = assert_error(&src, 9, "upstreams.api.targets[0]");
+    assert!(shown.contains("NAME=VALUE"), "{shown}");
+}
+
+#[test]
+fn unknown_balance() {
+    let src = pool("balance = \"p2c_ewma\"", "balance = \"random\"");
+    let shown = assert_error(&src, 10, "upstreams.api.balance");
+    assert!(
+        shown.contains("\"round_robin\", \"least_inflight\" or \"p2c_ewma\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn retries_out_of_range() {
+    let shown = assert_error(
+        &pool("retries = 2", "retries = 6"),
+        11,
+        "upstreams.api.retries",
+    );
+    assert!(shown.contains("from 0 to 5"), "{shown}");
+    assert_error(
+        &pool("retries = 2", "retries = -1"),
+        11,
+        "upstreams.api.retries",
+    );
+}
+
+#[test]
+fn http2_not_a_boolean() {
+    assert_error(
+        &pool("http2 = true", "http2 = \"yes\""),
+        12,
+        "upstreams.api.http2",
+    );
+}
+
+#[test]
+fn negative_consecutive_failures() {
+    assert_error(
+        &pool("consecutive_failures = 3", "consecutive_failures = -1"),
+        16,
+        "upstreams.api.passive_health.consecutive_failures",
+    );
+}
+
+#[test]
+fn zero_base_ejection() {
+    assert_error(
+        &pool("base_ejection = \"2s\"", "base_ejection = \"0s\""),
+        17,
+        "upstreams.api.passive_health.base_ejection",
+    );
+}
+
+#[test]
+fn max_ejection_below_base_ejection() {
+    let src = pool("max_ejection = \"30s\"", "max_ejection = \"1s\"");
+    let shown = assert_error(&src, 18, "upstreams.api.passive_health.max_ejection");
+    assert!(shown.contains("at least base_ejection (2s)"), "{shown}");
+    // Against the default max_ejection (60s), the base is blamed.
+    let src = pool(
+        "base_ejection = \"2s\"\nmax_ejection = \"30s\"",
+        "base_ejection = \"2m\"",
+    );
+    assert_error(&src, 17, "upstreams.api.passive_health.base_ejection");
+}
+
+#[test]
+fn unknown_key_in_passive_health() {
+    let src = pool("consecutive_failures = 3", "failures = 3");
+    let shown = assert_error(&src, 16, "upstreams.api.passive_health.failures");
+    assert!(shown.contains("unknown field `failures`"), "{shown}");
+}
+
+#[test]
+fn health_path_without_slash() {
+    let src = pool("path = \"/ready\"", "path = \"ready\"");
+    let shown = assert_error(&src, 21, "upstreams.api.active_health.path");
+    assert!(shown.contains("must start with '/'"), "{shown}");
+}
+
+#[test]
+fn health_path_not_a_request_path() {
+    let src = pool("path = \"/ready\"", "path = \"/ready now\"");
+    assert_error(&src, 21, "upstreams.api.active_health.path");
+}
+
+#[test]
+fn zero_health_interval() {
+    assert_error(
+        &pool("interval = \"10s\"", "interval = \"0s\""),
+        22,
+        "upstreams.api.active_health.interval",
+    );
+}
+
+#[test]
+fn zero_health_timeout() {
+    assert_error(
+        &pool("timeout = \"500ms\"", "timeout = \"0s\""),
+        23,
+        "upstreams.api.active_health.timeout",
+    );
+}
+
+#[test]
+fn health_timeout_above_interval() {
+    let src = pool("timeout = \"500ms\"", "timeout = \"11s\"");
+    let shown = assert_error(&src, 23, "upstreams.api.active_health.timeout");
+    assert!(
+        shown.contains("at most the probe interval (10s)"),
+        "{shown}"
+    );
+    // Against the default timeout (1s), the interval is blamed.
+    let src = pool(
+        "interval = \"10s\"\ntimeout = \"500ms\"",
+        "interval = \"900ms\"",
+    );
+    assert_error(&src, 22, "upstreams.api.active_health.interval");
+}
+
+#[test]
+fn zero_health_thresholds() {
+    assert_error(
+        &pool("healthy_threshold = 1", "healthy_threshold = 0"),
+        24,
+        "upstreams.api.active_health.healthy_threshold",
+    );
+    assert_error(
+        &pool("unhealthy_threshold = 4", "unhealthy_threshold = 0"),
+        25,
+        "upstreams.api.active_health.unhealthy_threshold",
+    );
+}
+
+#[test]
+fn unknown_key_in_active_health() {
+    let src = pool("path = \"/ready\"", "uri = \"/ready\"");
+    assert_error(&src, 21, "upstreams.api.active_health.uri");
+}
+
+#[test]
+fn zero_adaptive_min_limit() {
+    assert_error(
+        &pool("min_limit = 5", "min_limit = 0"),
+        28,
+        "upstreams.api.adaptive.min_limit",
+    );
+}
+
+#[test]
+fn adaptive_max_limit_above_max_inflight() {
+    let src = pool("max_limit = 80", "max_limit = 101");
+    let shown = assert_error(&src, 29, "upstreams.api.adaptive.max_limit");
+    assert!(
+        shown.contains("at most the upstream's max_inflight (100)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn adaptive_max_limit_below_min_limit() {
+    let src = pool("max_limit = 80", "max_limit = 4");
+    let shown = assert_error(&src, 29, "upstreams.api.adaptive.max_limit");
+    assert!(shown.contains("at least min_limit (5)"), "{shown}");
+}
+
+#[test]
+fn adaptive_min_limit_above_default_max_limit() {
+    // Without max_limit, the bound is max_inflight (100).
+    let src = pool(
+        "min_limit = 5\nmax_limit = 80\ninitial_limit = 10\n",
+        "min_limit = 101\n",
+    );
+    let shown = assert_error(&src, 28, "upstreams.api.adaptive.min_limit");
+    assert!(shown.contains("max_inflight (100)"), "{shown}");
+}
+
+#[test]
+fn adaptive_initial_limit_out_of_bounds() {
+    let shown = assert_error(
+        &pool("initial_limit = 10", "initial_limit = 81"),
+        30,
+        "upstreams.api.adaptive.initial_limit",
+    );
+    assert!(
+        shown.contains("from min_limit (5) to max_limit (80)"),
+        "{shown}"
+    );
+    assert_error(
+        &pool("initial_limit = 10", "initial_limit = 4"),
+        30,
+        "upstreams.api.adaptive.initial_limit",
+    );
+}
+
+#[test]
+fn adaptive_tolerance_below_one() {
+    assert_error(
+        &pool("tolerance = 2.0", "tolerance = 0.9"),
+        31,
+        "upstreams.api.adaptive.tolerance",
+    );
+    assert_error(
+        &pool("tolerance = 2.0", "tolerance = inf"),
+        31,
+        "upstreams.api.adaptive.tolerance",
+    );
+}
+
+#[test]
+fn adaptive_smoothing_out_of_range() {
+    assert_error(
+        &pool("smoothing = 0.5", "smoothing = 0"),
+        32,
+        "upstreams.api.adaptive.smoothing",
+    );
+    assert_error(
+        &pool("smoothing = 0.5", "smoothing = 1.5"),
+        32,
+        "upstreams.api.adaptive.smoothing",
+    );
+}
+
+#[test]
+fn unknown_key_in_adaptive() {
+    let src = pool("tolerance = 2.0", "tolerence = 2.0");
+    let shown = assert_error(&src, 31, "upstreams.api.adaptive.tolerence");
+    assert!(shown.contains("unknown field `tolerence`"), "{shown}");
+}
+
+#[test]
+fn empty_upstream_ca() {
+    assert_error(
+        &pool("ca = \"ca/upstream.pem\"", "ca = \"\""),
+        35,
+        "upstreams.api.tls.ca",
+    );
+}
+
+#[test]
+fn invalid_upstream_server_name() {
+    let src = pool(
+        "server_name = \"api.internal\"",
+        "server_name = \"*.internal\"",
+    );
+    let shown = assert_error(&src, 36, "upstreams.api.tls.server_name");
+    assert!(shown.contains("\"*.internal\""), "{shown}");
+    let src = pool(
+        "server_name = \"api.internal\"",
+        "server_name = \"api.internal:443\"",
+    );
+    assert_error(&src, 36, "upstreams.api.tls.server_name");
+}
+
+#[test]
+fn unknown_key_in_upstream_tls() {
+    let src = pool("server_name = \"api.internal\"", "sni = \"api.internal\"");
+    assert_error(&src, 36, "upstreams.api.tls.sni");
+}
+
+#[test]
+fn server_tls_missing_cert() {
+    // Like any missing key, the error points at the table header.
+    let src = pool("cert = \"certs/proxy.pem\"\n", "");
+    let shown = assert_error(&src, 4, "server.tls.cert");
+    assert!(shown.contains("missing field `cert`"), "{shown}");
+}
+
+#[test]
+fn server_tls_missing_key() {
+    let src = pool("key = \"/etc/sluice/proxy.key\"\n", "");
+    assert_error(&src, 4, "server.tls.key");
+}
+
+#[test]
+fn server_tls_empty_cert() {
+    let src = pool("cert = \"certs/proxy.pem\"", "cert = \"\"");
+    let shown = assert_error(&src, 5, "server.tls.cert");
+    assert!(shown.contains("must not be empty"), "{shown}");
+}
+
+#[test]
+fn unknown_key_in_server_tls() {
+    let src = pool(
+        "key = \"/etc/sluice/proxy.key\"",
+        "keyfile = \"/etc/sluice/proxy.key\"",
+    );
+    assert_error(&src, 6, "server.tls.keyfile");
+}
+
+/// The example's commented-out `[server.tls]`, `[upstreams.api.adaptive]` and
+/// `[upstreams.api.tls]` tables, and its target options, are valid as shown.
+#[test]
+fn example_commented_tables_load_when_uncommented() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml");
+    let text = std::fs::read_to_string(&path).expect("example");
+    let mut out = String::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        let content = line.strip_prefix("# ").unwrap_or(line);
+        let header = matches!(
+            content,
+            "[server.tls]" | "[upstreams.api.adaptive]" | "[upstreams.api.tls]"
+        );
+        let key_value = content.split_once(" = ").is_some_and(|(k, _)| {
+            !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        });
+        if header {
+            in_table = true;
+        } else if !line.starts_with('#') {
+            in_table = false;
+        }
+        if let Some(targets) = content.strip_prefix("e.g. targets = ") {
+            out.push_str(&format!("# {content}\n"));
+            out.push_str(&format!("targets = {targets}\n"));
+            continue;
+        }
+        if line.starts_with("targets = [\"127.0.0.1:9000\"]") {
+            continue;
+        }
+        if in_table && (header || key_value) {
+            out.push_str(content);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    let cfg = Config::parse(&out, &path).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        cfg.server.tls,
+        Some(ServerTls {
+            cert: "/etc/sluice/cert.pem".into(),
+            key: "/etc/sluice/key.pem".into(),
+        })
+    );
+    let api = &cfg.upstreams["api"];
+    assert_eq!(
+        api.targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.0.0.1:9000 weight=3 max_inflight=50", "10.0.0.2:9000"]
+    );
+    assert_eq!(
+        api.adaptive,
+        Some(AdaptiveConfig {
+            min_limit: 1.try_into().expect("not zero"),
+            max_limit: 256.try_into().expect("not zero"),
+            initial_limit: 20.try_into().expect("not zero"),
+            tolerance: 1.5,
+            smoothing: 0.2,
+        })
+    );
+    assert_eq!(
+        api.tls,
+        Some(UpstreamTls {
+            ca: Some("/etc/sluice/upstream-ca.pem".into()),
+            server_name: Some("api.internal".into()),
+        })
+    );
+    // Only what was shown commented out changed.
+    let original = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.routes, original.routes);
+    assert_eq!(api.passive_health, original.upstreams["api"].passive_health);
 }

@@ -234,7 +234,11 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
     config.upstreams.get_mut("api").unwrap().max_inflight = NonZeroUsize::new(16).unwrap();
     let mut broken_upstream = api;
     broken_upstream.name = "broken".into();
-    broken_upstream.targets = vec![dead.to_string().parse().unwrap()];
+    // Never ejected, so it keeps answering 502 for the upstream-error panels.
+    broken_upstream.passive_health.consecutive_failures = 0;
+    broken_upstream.targets = vec![sluice::config::TargetConfig::new(
+        dead.to_string().parse().unwrap(),
+    )];
     config
         .upstreams
         .insert("broken".to_string(), broken_upstream);

@@ -60,7 +60,9 @@ async fn a_dead_backend_gives_502_and_sluice_keeps_serving() {
     let mut config = config(&[dead]);
     let mut live_upstream = config.upstreams["api"].clone();
     live_upstream.name = "live".into();
-    live_upstream.targets = vec![live.addr.to_string().parse().unwrap()];
+    live_upstream.targets = vec![sluice::config::TargetConfig::new(
+        live.addr.to_string().parse().unwrap(),
+    )];
     config.upstreams.insert("live".into(), live_upstream);
     let mut live_route = route("live", "/live", None, 10, Duration::from_secs(1));
     live_route.upstream = "live".into();

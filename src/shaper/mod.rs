@@ -68,6 +68,46 @@ impl Limits {
     }
 }
 
+/// Whether the upstream can take anything at all (some target is healthy).
+/// While it is shut, nothing is released: requests wait in the queue until
+/// their deadline instead of each failing at once.
+#[derive(Debug)]
+pub struct Gate {
+    open: std::sync::atomic::AtomicBool,
+    changed: Notify,
+}
+
+impl Gate {
+    pub fn new(open: bool) -> Gate {
+        Gate {
+            open: std::sync::atomic::AtomicBool::new(open),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Opens or shuts the gate, waking every releaser on a change.
+    pub fn set(&self, open: bool) {
+        if self.open.swap(open, std::sync::atomic::Ordering::SeqCst) != open {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn opened(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.is_open() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 /// Who is asking: its priority class (0 highest) and its client key hash.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Arrival {
@@ -152,6 +192,8 @@ pub struct Shaper {
 struct Shared {
     /// The upstream's in-flight cap, shared with every route using it.
     inflight: Arc<Semaphore>,
+    /// Shut while the upstream has no healthy target.
+    gate: Arc<Gate>,
     state: Mutex<State>,
     /// Signalled when a waiter joins the queue.
     joined: Notify,
@@ -174,9 +216,10 @@ struct State {
 impl Shaper {
     /// Builds a route's shaper drawing in-flight permits from `inflight`.
     /// Must be called inside a tokio runtime (it spawns the release task).
-    pub fn new(limits: Limits, inflight: Arc<Semaphore>) -> Shaper {
+    pub fn new(limits: Limits, inflight: Arc<Semaphore>, gate: Arc<Gate>) -> Shaper {
         let shared = Arc::new(Shared {
             inflight,
+            gate,
             state: Mutex::new(State {
                 limits,
                 limiter: limits.rate.map(|(rate, burst)| Limiter::new(rate, burst)),
@@ -239,7 +282,7 @@ impl Shaper {
             return Admission::Rejected(shared.closed());
         }
         let mut first_wait = Duration::ZERO;
-        if state.queue.is_empty() && !state.paused {
+        if state.queue.is_empty() && !state.paused && shared.gate.is_open() {
             if let Ok(permit) = shared.inflight.clone().try_acquire_owned() {
                 match state.take_token(now) {
                     Ok(()) => {
@@ -436,6 +479,8 @@ async fn release(shared: Arc<Shared>) {
                 () = changed => {}
             }
         }
+        // Nothing leaves while no target can take it.
+        shared.gate.opened().await;
         let Ok(permit) = shared.inflight.clone().acquire_owned().await else {
             return;
         };
@@ -511,7 +556,11 @@ mod tests {
     }
 
     fn shaper(limits: Limits, inflight: usize) -> Shaper {
-        Shaper::new(limits, Arc::new(Semaphore::new(inflight)))
+        Shaper::new(
+            limits,
+            Arc::new(Semaphore::new(inflight)),
+            Arc::new(Gate::new(true)),
+        )
     }
 
     fn ms_since(start: Instant) -> u64 {
@@ -689,6 +738,7 @@ mod tests {
         let shaper = Shaper::new(
             Limits::fifo(None, 10, Duration::from_secs(1)),
             Arc::new(Semaphore::new(1)),
+            Arc::new(Gate::new(true)),
         );
         let first = match shaper.admit(Arrival::default()) {
             Admission::Go(g) => g,
@@ -960,5 +1010,33 @@ mod tests {
             times.push(w.await.unwrap().unwrap());
         }
         assert_eq!(times, vec![1_000, 1_098, 1_198]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shut_gate_holds_requests_until_it_opens_or_they_expire() {
+        let gate = Arc::new(Gate::new(false));
+        let shaper = Shaper::new(
+            limits(100.0, 10, 100, 500),
+            Arc::new(Semaphore::new(10)),
+            gate.clone(),
+        );
+        let start = Instant::now();
+        // Shut: even the first request queues.
+        let first = spawn_waiter(
+            queued(shaper.admit(Arrival::default())),
+            start,
+            Duration::ZERO,
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.set(true);
+        assert_eq!(first.await.unwrap(), Ok(100));
+        gate.set(false);
+        let second = spawn_waiter(
+            queued(shaper.admit(Arrival::default())),
+            start,
+            Duration::ZERO,
+        );
+        assert_eq!(second.await.unwrap(), Err(RejectReason::Timeout));
+        assert_eq!(ms_since(start), 600);
     }
 }

@@ -64,7 +64,7 @@ pub struct Backend {
 /// A tokio runtime on its own thread, stopped when dropped.
 pub struct OwnRuntime {
     pub handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl OwnRuntime {
@@ -85,16 +85,21 @@ impl OwnRuntime {
         });
         OwnRuntime {
             handle: handle_rx.recv().unwrap(),
-            stop: Some(stop),
+            stop: Mutex::new(Some(stop)),
+        }
+    }
+
+    /// Stops the runtime: every task on it (listeners, connections) is dropped.
+    pub fn stop(&self) {
+        if let Some(stop) = self.stop.lock().unwrap().take() {
+            let _ = stop.send(());
         }
     }
 }
 
 impl Drop for OwnRuntime {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop();
     }
 }
 
@@ -172,12 +177,41 @@ struct BackendState {
     arrivals: Mutex<Vec<Arrival>>,
     inflight: AtomicUsize,
     max_inflight: AtomicUsize,
+    completed: AtomicUsize,
+    completed_paths: Mutex<Vec<String>>,
     delay: Duration,
 }
 
 impl Backend {
     /// Answers 200 "ok" after `delay`.
     pub async fn start(delay: Duration) -> Backend {
+        Backend::start_on("127.0.0.1:0".parse().unwrap(), delay).await
+    }
+
+    /// Kills the backend: its listener and every connection close at once;
+    /// requests it was serving never complete.
+    pub fn kill(&self) {
+        self._runtime.stop();
+    }
+
+    /// Requests that arrived and were answered.
+    pub fn completed(&self) -> usize {
+        self.state.completed.load(Ordering::SeqCst)
+    }
+
+    /// Answered requests for `path`.
+    pub fn completed_for(&self, path: &str) -> usize {
+        self.state
+            .completed_paths
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+
+    /// A backend on a given address (e.g. to bring a killed one back).
+    pub async fn start_on(addr: SocketAddr, delay: Duration) -> Backend {
         // Its own runtime and thread, so the client's load in the test's
         // runtime does not delay the arrival timestamps.
         let runtime = Arc::new(OwnRuntime::new(1));
@@ -185,11 +219,13 @@ impl Backend {
             arrivals: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
             max_inflight: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+            completed_paths: Mutex::new(Vec::new()),
             delay,
         });
         let addr = runtime
             .handle
-            .spawn(Backend::serve(state.clone()))
+            .spawn(Backend::serve(state.clone(), addr))
             .await
             .unwrap();
         Backend {
@@ -200,8 +236,8 @@ impl Backend {
     }
 
     /// Binds and spawns the accept loop; returns the address.
-    async fn serve(state: Arc<BackendState>) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn serve(state: Arc<BackendState>, addr: SocketAddr) -> SocketAddr {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = state;
         tokio::spawn(async move {
@@ -240,6 +276,7 @@ impl Backend {
 impl BackendState {
     async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let at = micros_now();
+        let path = req.uri().path().to_string();
         let age = req
             .headers()
             .get(SENT_AT)
@@ -257,6 +294,8 @@ impl BackendState {
         let body = req.into_body().collect().await.map(|b| b.to_bytes());
         tokio::time::sleep(self.delay).await;
         self.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.completed.fetch_add(1, Ordering::SeqCst);
+        self.completed_paths.lock().unwrap().push(path);
         let text = match body {
             Ok(b) if !b.is_empty() => b,
             _ => Bytes::from_static(b"ok"),
