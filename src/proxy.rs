@@ -19,6 +19,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -158,17 +159,40 @@ impl Gateway {
             Admission::Rejected(rejection) => return record.reject(route, rejection),
         };
 
-        // Forward.
-        let upstream_req = prepare_upstream_request(req, client, host);
+        // Forward. An Upgrade request (WebSocket) keeps its Upgrade header and
+        // becomes a tunnel if the backend agrees (101).
+        let mut req = req;
+        let upgrade =
+            requested_upgrade(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let mut upstream_req = prepare_upstream_request(req, client, host);
+        if let Some((protocol, _)) = &upgrade {
+            let headers = upstream_req.headers_mut();
+            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         record.fallback = (Outcome::Forwarded, STATUS_CLIENT_CLOSED);
         let sent = Instant::now();
         let deadline = record.started + route.state.shaper.limits().timeout;
         let result = route.upstream.send(upstream_req, deadline).await;
         record.upstream_time = Some(sent.elapsed());
         match result {
-            Ok((response, target)) => {
+            Ok((mut response, target)) => {
                 let status = response.status();
-                let response = relay_response(response, grant, target);
+                let tunnel = match upgrade {
+                    Some((_, client_side)) if status == StatusCode::SWITCHING_PROTOCOLS => {
+                        let protocol = response.headers().get(header::UPGRADE).cloned();
+                        let upstream_side = hyper::upgrade::on(&mut response);
+                        tokio::spawn(tunnel(client_side, upstream_side, route.name.clone()));
+                        protocol
+                    }
+                    _ => None,
+                };
+                let mut response = relay_response(response, grant, target);
+                if let Some(protocol) = tunnel {
+                    let headers = response.headers_mut();
+                    headers.insert(header::UPGRADE, protocol);
+                    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                }
                 record.finish_status(Outcome::Forwarded, status);
                 response
             }
@@ -308,6 +332,46 @@ impl Drop for Record<'_> {
             let (outcome, status) = self.fallback;
             self.write(outcome, status);
         }
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade`
+/// with an `Upgrade` header), if any.
+fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if wants && req.version() == Version::HTTP_11 {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Copies bytes both ways between the client and the backend until either
+/// side closes. Tunnels hold no in-flight slot: they were admitted through
+/// the shaper as a request and may then live for as long as they like.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: String,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(%route, %err, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((sent, received)) => tracing::debug!(%route, sent, received, "tunnel closed"),
+        Err(err) => tracing::debug!(%route, %err, "tunnel ended with an error"),
     }
 }
 

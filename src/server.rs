@@ -337,8 +337,9 @@ async fn serve_connection<S>(
         let gateway = live.gateway.load_full();
         async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
     });
+    // With upgrades: WebSocket and other Upgrade requests are tunneled.
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .into_owned();
     if let Err(err) = watcher.watch(conn).await {
         tracing::debug!(%peer, %err, "connection ended with an error");
