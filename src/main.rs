@@ -61,8 +61,18 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
+        // Watch (and listen for signals) before serving, so a change made
+        // the moment sluice reports it is serving is not missed.
+        let watch = match FileWatch::new(path) {
+            Ok(watch) => Some(watch),
+            Err(err) => {
+                tracing::warn!(%err, file = %path.display(), "cannot watch the config file; reload with SIGHUP");
+                None
+            }
+        };
+        let signals = Signals::new()?;
         let running = sluice::start(&config).await?;
-        serve_until_stopped(&running, path).await?;
+        serve_until_stopped(&running, path, watch, signals).await;
         tracing::info!("shutdown requested");
         running.shutdown();
         running.wait().await;
@@ -71,19 +81,31 @@ fn run(path: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// The signals sluice acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+}
+
 /// Reloads on SIGHUP and when the file changes; returns on SIGTERM or SIGINT.
-async fn serve_until_stopped(running: &sluice::Running, path: &Path) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let mut watch = match FileWatch::new(path) {
-        Ok(watch) => Some(watch),
-        Err(err) => {
-            tracing::warn!(%err, file = %path.display(), "cannot watch the config file; reload with SIGHUP");
-            None
-        }
-    };
+async fn serve_until_stopped(
+    running: &sluice::Running,
+    path: &Path,
+    mut watch: Option<FileWatch>,
+    mut signals: Signals,
+) {
     loop {
         let file_changed = async {
             match watch.as_mut() {
@@ -92,9 +114,9 @@ async fn serve_until_stopped(running: &sluice::Running, path: &Path) -> anyhow::
             }
         };
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
+            _ = signals.term.recv() => return,
+            _ = signals.int.recv() => return,
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 let _logged = running.reload_file(path);
             }

@@ -124,18 +124,17 @@ impl Running {
     /// failed. Connections already open keep their certificate. Must be
     /// called inside the runtime sluice runs on.
     pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
-        let acceptor = match acceptor(&config.server) {
-            Ok(acceptor) => acceptor,
-            Err(source) => {
-                let err = ReloadError::Tls {
-                    config: config.source.clone(),
-                    source: Box::new(source),
-                };
-                self.live.metrics.config_loaded(false);
-                tracing::error!(error = %err, "config reload failed; keeping the running config");
-                return Err(err);
-            }
+        let failed = |err: ReloadError| {
+            self.live.metrics.config_loaded(false);
+            tracing::error!(error = %err, "config reload failed; keeping the running config");
+            err
         };
+        let acceptor = acceptor(&config.server).map_err(|source| {
+            failed(ReloadError::Tls {
+                config: config.source.clone(),
+                source: Box::new(source),
+            })
+        })?;
         let old = self.live.config.load();
         for (what, before, after) in [
             ("server.listen", old.server.listen, config.server.listen),
@@ -145,18 +144,12 @@ impl Running {
                 tracing::warn!(key = what, %before, %after, "a listen address changes only on restart; keeping the old one");
             }
         }
-        let gateway = match self.live.gateway.load().reload(config) {
-            Ok(gateway) => gateway,
-            Err(source) => {
-                let err = ReloadError::UpstreamTls {
-                    config: config.source.clone(),
-                    source: Box::new(source),
-                };
-                self.live.metrics.config_loaded(false);
-                tracing::error!(error = %err, "config reload failed; keeping the running config");
-                return Err(err);
-            }
-        };
+        let gateway = self.live.gateway.load().reload(config).map_err(|source| {
+            failed(ReloadError::UpstreamTls {
+                config: config.source.clone(),
+                source: Box::new(source),
+            })
+        })?;
         self.live.gateway.store(Arc::new(gateway));
         self.live.config.store(Arc::new(config.clone()));
         self.live.tls.store(acceptor);

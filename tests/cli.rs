@@ -177,14 +177,21 @@ async fn until_metrics(
     admin: std::net::SocketAddr,
     check: impl Fn(&str) -> bool,
 ) -> String {
+    let mut text = String::new();
     for _ in 0..200 {
-        let text = scrape(client, admin).await;
+        text = scrape(client, admin).await;
         if check(&text) {
             return text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("metrics never reached the expected state");
+    let relevant: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_config_reloads_total") || l.starts_with("sluice_route_rate_limit")
+        })
+        .collect();
+    panic!("metrics never reached the expected state: {relevant:?}");
 }
 
 fn metric(text: &str, name: &str, labels: &str) -> f64 {

@@ -17,11 +17,7 @@ use sluice::config::{
 };
 
 fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut req = Request::get(url).header(SENT_AT, micros_now().to_string());
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.body(Full::new(Bytes::new())).unwrap()
+    get_request(url, headers)
 }
 
 fn key_limit(rate: f64, burst: u32, max_keys: usize) -> Option<KeyLimitConfig> {
@@ -39,35 +35,19 @@ fn header_key(name: &str) -> Vec<KeyPart> {
     )]
 }
 
-/// Sends `count` requests at `per_second`, open loop (each on its own task),
-/// with `headers`; returns what each saw.
-async fn paced(
+/// Sends `count` GETs with `headers` at `per_second`, open loop.
+async fn paced_with(
     client: &TestClient,
     url: &str,
     headers: Vec<(String, String)>,
     per_second: f64,
     count: usize,
 ) -> Vec<Seen> {
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
-    let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count {
-        tick.tick().await;
-        let client = client.clone();
-        let url = url.to_string();
-        let headers = headers.clone();
-        tasks.push(tokio::spawn(async move {
-            let pairs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            send(&client, get_with(&url, &pairs)).await
-        }));
-    }
-    let mut seen = Vec::with_capacity(count);
-    for task in tasks {
-        seen.push(task.await.unwrap());
-    }
-    seen
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    paced(client, || get_request(url, &pairs), per_second, count).await
 }
 
 fn ok_ratio(seen: &[Seen]) -> f64 {
@@ -141,7 +121,7 @@ async fn a_heavy_client_does_not_crowd_out_light_ones() {
         let url = url.clone();
         let headers = vec![("x-client".to_string(), format!("c{i}"))];
         runs.push(tokio::spawn(async move {
-            paced(&client, &url, headers, rate, count).await
+            paced_with(&client, &url, headers, rate, count).await
         }));
     }
     let mut results = Vec::new();
@@ -306,7 +286,7 @@ async fn adaptive_lifo_answers_most_clients_fast_under_sustained_overload() {
         let sluice = TestSluice::start(&config).await;
         let client = client();
         // 3x overload for 4 s.
-        let seen = paced(
+        let seen = paced_with(
             &client,
             &format!("http://{}/", sluice.proxy_addr()),
             vec![],

@@ -68,21 +68,7 @@ async fn a_reload_under_load_changes_the_rate_and_fails_nobody() {
     let start = micros_now();
     let load = tokio::spawn({
         let client = client.clone();
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(8_333));
-            let mut tasks = Vec::new();
-            for _ in 0..480 {
-                tick.tick().await;
-                let client = client.clone();
-                let url = url.clone();
-                tasks.push(tokio::spawn(async move { get(&client, &url).await }));
-            }
-            let mut seen = Vec::new();
-            for t in tasks {
-                seen.push(t.await.unwrap());
-            }
-            seen
-        }
+        async move { paced(&client, || get_request(&url, &[]), 120.0, 480).await }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reloaded_at = micros_now();

@@ -19,20 +19,9 @@ fn pool(backends: &[&Backend], balance: Balance) -> Config {
     config
 }
 
-/// Sends `count` GETs at `per_second`, open loop.
+/// Sends `count` GETs of `url` at `per_second`, open loop.
 async fn paced_gets(client: &TestClient, url: &str, per_second: f64, count: usize) -> Vec<Seen> {
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
-    let mut tasks = Vec::new();
-    for _ in 0..count {
-        tick.tick().await;
-        let (client, url) = (client.clone(), url.to_string());
-        tasks.push(tokio::spawn(async move { get(&client, &url).await }));
-    }
-    let mut seen = Vec::new();
-    for t in tasks {
-        seen.push(t.await.unwrap());
-    }
-    seen
+    paced(client, || get_request(url, &[]), per_second, count).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -412,11 +412,7 @@ pub struct Seen {
 
 /// GETs `url`, stamping the send time.
 pub async fn get(client: &TestClient, url: &str) -> Seen {
-    let req = Request::get(url)
-        .header(SENT_AT, micros_now().to_string())
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    send(client, req).await
+    send(client, get_request(url, &[])).await
 }
 
 pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Seen {
@@ -435,6 +431,37 @@ pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Seen {
         latency: started.elapsed(),
         body,
     }
+}
+
+/// Sends `count` requests made by `make`, `per_second` of them, open loop
+/// (each on its own task, whatever the answers' pace); returns what each saw.
+pub async fn paced(
+    client: &TestClient,
+    make: impl Fn() -> Request<Full<Bytes>>,
+    per_second: f64,
+    count: usize,
+) -> Vec<Seen> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        tick.tick().await;
+        let (client, req) = (client.clone(), make());
+        tasks.push(tokio::spawn(async move { send(&client, req).await }));
+    }
+    let mut seen = Vec::with_capacity(count);
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen
+}
+
+/// A GET of `url` with `headers`, stamped with its send time.
+pub fn get_request(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = Request::get(url).header(SENT_AT, micros_now().to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Full::new(Bytes::new())).unwrap()
 }
 
 /// Sends `n` GETs at once and returns what each client saw, in send order.
