@@ -32,14 +32,20 @@ fn quota(rate: f64, burst: NonZeroU32) -> Quota {
 /// limiter's tolerance can be finer than one request.
 const CELLS_PER_REQUEST: u32 = 1024;
 
-/// How late a release may come (timer granularity, scheduling) without the
-/// time being lost: GCRA forgets lateness beyond its tolerance, which with
-/// burst 1 and a millisecond timer costs ~10% of the rate at 100/s.
-const LATENESS_TOLERANCE: Duration = Duration::from_millis(2);
+/// How late a release may come (timer granularity, scheduling, a busy CPU)
+/// without the time being lost: GCRA forgets lateness beyond its tolerance,
+/// which with burst 1 and a millisecond timer cost ~10% of the rate at 100/s,
+/// and far more when the releaser is descheduled. The tolerance is one
+/// release interval, bounded to [2 ms, 20 ms]: a late release is made up at
+/// once, and no 100 ms window sees more than one request above
+/// `rate x 0.1 + burst` (two at most above 500/s).
+fn lateness_tolerance(rate: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / rate).clamp(Duration::from_millis(2), Duration::from_millis(20))
+}
 
 /// A GCRA limiter for a whole route. The steady rate and burst are exact;
-/// on top, the limiter tolerates [`LATENESS_TOLERANCE`] of lateness — at most
-/// `rate x 2 ms` extra requests at once (less than one below 500/s).
+/// on top, the limiter tolerates a release coming late by up to
+/// [`lateness_tolerance`] — at most one extra request at once (two above 500/s).
 #[derive(Debug)]
 pub struct Limiter {
     gcra: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
@@ -51,7 +57,7 @@ impl Limiter {
     pub fn new(rate: f64, burst: NonZeroU32) -> Limiter {
         let clock = TokioClock::new();
         let cells_per_second = rate * f64::from(CELLS_PER_REQUEST);
-        let slack = (LATENESS_TOLERANCE.as_secs_f64() * cells_per_second).ceil() as u32;
+        let slack = (lateness_tolerance(rate).as_secs_f64() * cells_per_second).ceil() as u32;
         let capacity = burst
             .get()
             .saturating_mul(CELLS_PER_REQUEST)

@@ -617,8 +617,9 @@ mod tests {
         for waiter in waiters {
             times.push(waiter.await.unwrap().unwrap());
         }
-        // The first spaced release uses the limiter's 2 ms lateness tolerance.
-        assert_eq!(times, vec![98, 198, 298, 398, 498, 598]);
+        // The first spaced release uses the limiter's lateness tolerance
+        // (one release interval, at most 20 ms).
+        assert_eq!(times, vec![80, 180, 280, 380, 480, 580]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -663,7 +664,7 @@ mod tests {
                     .unwrap(),
             );
         }
-        assert_eq!(times, vec![98, 198, 298]);
+        assert_eq!(times, vec![80, 180, 280]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -698,9 +699,9 @@ mod tests {
         assert_eq!(shaper.depth(), 2);
         let a = spawn_waiter(a, start, Duration::ZERO);
         let c = spawn_waiter(c, start, Duration::ZERO);
-        assert_eq!(a.await.unwrap(), Ok(98));
+        assert_eq!(a.await.unwrap(), Ok(80));
         // c takes the token b would have had.
-        assert_eq!(c.await.unwrap(), Ok(198));
+        assert_eq!(c.await.unwrap(), Ok(180));
     }
 
     #[tokio::test(start_paused = true)]
@@ -814,8 +815,8 @@ mod tests {
         let high = queued(shaper.admit(Arrival { class: 0, key: 0 }));
         let low = spawn_waiter(low, start, Duration::ZERO);
         let high = spawn_waiter(high, start, Duration::ZERO);
-        assert_eq!(high.await.unwrap(), Ok(98));
-        assert_eq!(low.await.unwrap(), Ok(198));
+        assert_eq!(high.await.unwrap(), Ok(80));
+        assert_eq!(low.await.unwrap(), Ok(180));
     }
 
     #[tokio::test(start_paused = true)]
@@ -848,8 +849,8 @@ mod tests {
             })
         };
         // Aged by 250 ms the low waiter ranks with the high class and, being
-        // older, goes at the first release after that (98, 198, 298, ...).
-        assert_eq!(low.await.unwrap(), Ok(298));
+        // older, goes at the first release after that (80, 180, 280, ...).
+        assert_eq!(low.await.unwrap(), Ok(280));
         for high in feeder.await.unwrap() {
             assert!(high.await.unwrap().is_ok());
         }
@@ -880,12 +881,12 @@ mod tests {
             start,
             Duration::ZERO,
         );
-        assert_eq!(light.await.unwrap(), Ok(198), "second turn, not fifth");
+        assert_eq!(light.await.unwrap(), Ok(180), "second turn, not fifth");
         let mut times = Vec::new();
         for h in heavy {
             times.push(h.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![98, 298, 398, 498]);
+        assert_eq!(times, vec![80, 280, 380, 480]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -916,12 +917,12 @@ mod tests {
             Duration::ZERO,
         );
         // At 200 ms the oldest has waited 200 ms > 150 ms: newest first.
-        assert_eq!(new.await.unwrap(), Ok(198));
+        assert_eq!(new.await.unwrap(), Ok(180));
         let mut times = Vec::new();
         for o in old {
             times.push(o.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![98, 398, 298]);
+        assert_eq!(times, vec![80, 380, 280]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -944,9 +945,9 @@ mod tests {
         assert_eq!(ms_since(start), 0);
         assert_eq!(
             spawn_waiter(high, start, Duration::ZERO).await.unwrap(),
-            Ok(998)
+            Ok(980)
         );
-        assert_eq!(low_a.await.unwrap(), Ok(1998));
+        assert_eq!(low_a.await.unwrap(), Ok(1980));
         // A full queue of equals rejects the newcomer instead.
         let _c = queued(shaper.admit(Arrival { class: 1, key: 0 }));
         let _d = queued(shaper.admit(Arrival { class: 1, key: 0 }));
@@ -977,7 +978,7 @@ mod tests {
         for w in waiters {
             times.push(w.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![10, 108, 208, 308]);
+        assert_eq!(times, vec![10, 90, 190, 290]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1009,7 +1010,7 @@ mod tests {
         for w in late {
             times.push(w.await.unwrap().unwrap());
         }
-        assert_eq!(times, vec![1_000, 1_098, 1_198]);
+        assert_eq!(times, vec![1_000, 1_080, 1_180]);
     }
 
     #[tokio::test(start_paused = true)]
