@@ -12,6 +12,7 @@ pub mod adaptive;
 pub mod admin;
 pub mod classify;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
@@ -20,6 +21,7 @@ pub mod route;
 pub mod router;
 pub mod server;
 pub mod shaper;
+pub mod simulate;
 pub mod tls;
 pub mod upstream;
 

@@ -1,7 +1,9 @@
-//! The `sluice` command: `run` serves, `check` validates a config.
+//! The `sluice` command: `run` serves, `check` validates a config, `demo`
+//! shows sluice shaping a spike on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -29,6 +31,28 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Show sluice shaping a traffic spike, self-contained on 127.0.0.1: a
+    /// built-in backend of 200 requests/s, sluice in front of it, and a load
+    /// generator (quiet, a burst, steady overload, quiet). Prints a report
+    /// and writes an SVG chart (docs/demo.md).
+    Demo {
+        /// Length of the load; the phases scale with it (3s to 5m).
+        #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// The spike, as a multiple of the backend's capacity (1 to 50).
+        #[arg(long, value_name = "TIMES", default_value_t = 20)]
+        burst: u32,
+        /// Where to write the SVG chart.
+        #[arg(long, value_name = "FILE", default_value = "sluice-demo.svg")]
+        out: PathBuf,
+    },
+    /// Replay a request trace through the shaper in virtual time: what would
+    /// this config have done to that traffic? No sockets, no sleeping.
+    Simulate(sluice::simulate::SimulateArgs),
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
 }
 
 fn main() -> ExitCode {
@@ -36,6 +60,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Demo {
+            duration,
+            burst,
+            out,
+        } => demo(sluice::demo::Options {
+            duration,
+            burst,
+            out,
+        }),
+        Command::Simulate(args) => sluice::simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +113,22 @@ fn run(path: &Path) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn demo(options: sluice::demo::Options) -> anyhow::Result<()> {
+    // sluice's own logs: warnings and errors only (RUST_LOG overrides), on
+    // stderr, apart from the demo's output.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(sluice::demo::run(&options))?;
+    Ok(())
 }
 
 /// The signals sluice acts on.

@@ -51,8 +51,9 @@ pub struct RateOverride {
     pub expires_at: Instant,
 }
 
-/// The shaper limits a route config asks for.
-fn limits_of(r: &RouteConfig, classes: usize) -> Limits {
+/// The shaper limits a route config asks for (`classes`: the classifier's
+/// class count, the implicit default class included). Public for `simulate`.
+pub fn limits_of(r: &RouteConfig, classes: usize) -> Limits {
     let dry_run = r.limit.is_some_and(|l| l.dry_run);
     Limits {
         rate: r.limit.filter(|_| !dry_run).map(|l| (l.rate, l.burst)),
