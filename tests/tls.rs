@@ -6,11 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::pki::Pki;
 use common::*;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -18,76 +19,12 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sluice::config::{Config, ServerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A test CA and a server certificate it signed for localhost and 127.0.0.1.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    /// Generates the files into their own directory under the target dir.
-    fn generate(name: &str) -> Pki {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("tls")
-            .join(format!("{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the certificate dir");
-
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("sluice test CA {name}"));
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
-
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("leaf params");
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key = KeyPair::generate().expect("leaf key");
-        let leaf = leaf_params
-            .signed_by(&leaf_key, &ca)
-            .expect("leaf certificate");
-
-        let write = |file: &str, text: &str| {
-            let path = dir.join(file);
-            std::fs::write(&path, text).expect("write a certificate file");
-            path
-        };
-        Pki {
-            ca: write("ca.pem", &ca.pem()),
-            cert: write("cert.pem", &leaf.pem()),
-            key: write("key.pem", &leaf_key.serialize_pem()),
-        }
-    }
-
-    fn server_tls(&self) -> ServerTls {
-        ServerTls {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
 
 /// A config for one backend that terminates TLS with `tls`.
 fn tls_config(backend: SocketAddr, tls: ServerTls) -> Config {

@@ -2,6 +2,8 @@
 //! ephemeral ports, a real HTTP client, and a /metrics reader.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod pki;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
