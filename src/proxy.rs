@@ -115,8 +115,9 @@ impl Gateway {
     }
 
     /// Serves one request from `client`.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
-        let mut record = Record::open(self, &req, client);
+    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let request_id = ensure_request_id(req.headers_mut());
+        let mut record = Record::open(self, &req, client, request_id);
 
         // Route.
         let host = request_host(&req);
@@ -241,6 +242,8 @@ struct Record<'g> {
     class: usize,
     client_ip: std::net::IpAddr,
     method: http::Method,
+    /// X-Request-Id: the client's, or one made here.
+    request_id: HeaderValue,
     /// The request URI (a cheap clone: its parts are shared bytes).
     uri: http::Uri,
     started: Instant,
@@ -252,9 +255,15 @@ struct Record<'g> {
 }
 
 impl<'g> Record<'g> {
-    fn open(gateway: &'g Gateway, req: &Request<Incoming>, client: SocketAddr) -> Record<'g> {
+    fn open(
+        gateway: &'g Gateway,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+        request_id: HeaderValue,
+    ) -> Record<'g> {
         Record {
             gateway,
+            request_id,
             route: None,
             class: 0,
             client_ip: client.ip(),
@@ -315,6 +324,7 @@ impl<'g> Record<'g> {
                 route = route.map_or(NO_ROUTE_LABEL, |r| r.name.as_str()),
                 method = %self.method,
                 path = %self.uri.path(),
+                request_id = self.request_id.to_str().unwrap_or("-"),
                 client = %self.client_ip,
                 class = self.class,
                 outcome = outcome.as_str(),
@@ -390,6 +400,28 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Makes sure the request carries an `X-Request-Id` (kept if the client sent
+/// one, made here otherwise) and returns it, for the access log and the backend.
+fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(X_REQUEST_ID) {
+        return id.clone();
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static PROCESS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (u64::from(std::process::id()) << 32)
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = HeaderValue::from_str(&format!("{:016x}{n:016x}", *PROCESS))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
 
 /// The host the client asked for: the Host header, else the URI authority (HTTP/2).
 fn request_host(req: &Request<Incoming>) -> Option<String> {

@@ -136,6 +136,10 @@ burst = 10
     assert_eq!(access["fields"]["outcome"], "forwarded");
     assert_eq!(access["fields"]["route"], "main");
     assert_eq!(access["fields"]["status"], 200);
+    assert_eq!(
+        access["fields"]["request_id"].as_str().map(str::len),
+        Some(32)
+    );
     let metrics = scrape(&client, admin.parse().unwrap()).await;
     assert!(metrics.contains("sluice_requests_total{outcome=\"forwarded\",route=\"main\"} 1"));
 

@@ -182,6 +182,14 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
         assert!(!headers.contains_key(gone), "{gone} was forwarded");
     }
     assert_eq!(headers["x-kept"], "yes");
+    // A request id is made when the client sent none, and kept when it did.
+    assert_eq!(headers["x-request-id"].len(), 32);
+    let req = Request::get(format!("http://{}/h", sluice.proxy_addr()))
+        .header("x-request-id", "abc-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client, req).await.status, StatusCode::OK);
+    assert_eq!(backend.arrivals()[1].headers["x-request-id"], "abc-123");
     assert_eq!(headers["host"], "shop.example.com");
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
