@@ -348,7 +348,14 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<(Response<Incoming>, TargetGuard), UpstreamError> {
         let (parts, body) = req.into_parts();
-        let retryable = is_idempotent(&parts.method) && body.is_end_stream();
+        // A copy of the head is kept only when a retry could use it: the
+        // first attempt consumes the original.
+        let retryable = is_idempotent(&parts.method)
+            && body.is_end_stream()
+            && self.config.retries > 0
+            && self.targets.len() > 1;
+        let spare = retryable.then(|| parts.clone());
+        let mut first = Some(parts);
         let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut attempt = 0;
@@ -356,8 +363,15 @@ impl Upstream {
             let guard = self.claim_target(&tried).await?;
             let target = &self.targets[guard.target];
             tried.push(guard.target);
-            let mut req = Request::from_parts(parts.clone(), ());
-            *req.uri_mut() = self.target_uri(&parts.uri, &target.addr);
+            // (A retry happens only when `retryable`, so a spare head exists.)
+            let Some(parts) = first.take().or_else(|| spare.clone()) else {
+                return Err(UpstreamError::NoTarget {
+                    upstream: self.name.clone(),
+                });
+            };
+            let uri = self.target_uri(&parts.uri, &target.addr);
+            let mut req = Request::from_parts(parts, ());
+            *req.uri_mut() = uri;
             let req = req.map(|()| match body.take() {
                 Some(b) => Either::Left(b),
                 None => Either::Right(Empty::new()),
