@@ -108,23 +108,9 @@ burst = 10
             backend.addr
         ),
     );
-    let mut child = sluice()
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, mut lines, proxy, admin) = spawn_run(&path);
     let _reap = KillOnDrop(child.id());
-    // The first log line says where it listens.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
-        let line = lines.next().expect("a log line").unwrap();
-        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let fields = &record["fields"];
-        if let (Some(p), Some(a)) = (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str()) {
-            break (p.to_string(), a.to_string());
-        }
-    };
+    let (proxy, admin) = (proxy.to_string(), admin.to_string());
     let client = client();
     assert_eq!(
         get(&client, &format!("http://{proxy}/x")).await.status,
@@ -206,21 +192,8 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
 async fn run_reloads_when_the_file_changes_and_on_sighup() {
     let backend = Backend::start(Duration::ZERO).await;
     let path = write_config("reload.toml", &run_config(backend.addr, 100));
-    let mut child = sluice()
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, lines, _proxy, admin) = spawn_run(&path);
     let _reap = KillOnDrop(child.id());
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let admin: std::net::SocketAddr = loop {
-        let line = lines.next().expect("a log line").unwrap();
-        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if let Some(a) = record["fields"]["admin_addr"].as_str() {
-            break a.parse().unwrap();
-        }
-    };
     // Keep draining the log so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     let client = client();
@@ -266,6 +239,37 @@ async fn run_reloads_when_the_file_changes_and_on_sighup() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Starts `sluice run` with JSON logs on stderr and reads, from its first
+/// log lines, where it listens.
+fn spawn_run(
+    path: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let mut child = sluice()
+        .args(["run", "--config"])
+        .arg(path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed if no serving line comes; the caller guards it afterwards.
+    let guard = KillOnDrop(child.id());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (proxy, admin) = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let fields = &record["fields"];
+        if let (Some(p), Some(a)) = (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str()) {
+            break (p.parse().unwrap(), a.parse().unwrap());
+        }
+    };
+    std::mem::forget(guard);
+    (child, lines, proxy, admin)
 }
 
 /// Kills the process if the test fails before it exits (a no-op after).
