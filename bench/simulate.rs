@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice::Config;
-use sluice::simulate::{BackendModel, ServiceTime, Trace, TraceFormat, simulate};
+use sluice::simulate::{BackendModel, Rng, ServiceTime, Trace, TraceFormat, simulate};
 
 const CONFIG: &str = r#"
 [upstreams.api]
@@ -79,28 +79,6 @@ capacity = 1000
 timeout = "1s"
 "#;
 
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Exponential gap for a Poisson process of `rate` per second.
-    fn gap(&mut self, rate: f64) -> f64 {
-        -(1.0 - self.unit()).ln() / rate
-    }
-}
-
 /// A CSV trace `timestamp,path,key` of `n` requests.
 fn generate(scenario: &str, n: usize) -> String {
     let mut rng = Rng(42);
@@ -113,14 +91,14 @@ fn generate(scenario: &str, n: usize) -> String {
                 let spike = (t % 20.0) >= 10.0 && (t % 20.0) < 11.0;
                 let seckill = if spike { 25_000.0 } else { 2_500.0 };
                 let total = 6_000.0 + seckill + 50.0;
-                t += rng.gap(total);
+                t += rng.exponential(1.0 / total);
                 let pick = rng.unit() * total;
                 if pick < 5_400.0 {
-                    let client = rng.next() % 2000;
+                    let client = rng.next_u64() % 2000;
                     let _ = writeln!(out, "{t:.6},/api/items,c{client}");
                 } else if pick < 6_000.0 {
                     // 5 clients at 120/s each, over their limit of 20/s.
-                    let bot = rng.next() % 5;
+                    let bot = rng.next_u64() % 5;
                     let _ = writeln!(out, "{t:.6},/api/items,bot{bot}");
                 } else if pick < 6_000.0 + seckill {
                     let _ = writeln!(out, "{t:.6},/seckill/buy,");
@@ -129,11 +107,11 @@ fn generate(scenario: &str, n: usize) -> String {
                 }
             }
             "fast_path" => {
-                t += rng.gap(10_000.0);
+                t += rng.exponential(1.0 / 10_000.0);
                 let _ = writeln!(out, "{t:.6},/fast/x,");
             }
             "overload" => {
-                t += rng.gap(10_000.0);
+                t += rng.exponential(1.0 / 10_000.0);
                 let _ = writeln!(out, "{t:.6},/overload/x,");
             }
             other => panic!("unknown scenario {other}"),

@@ -107,11 +107,12 @@ impl BackendModel {
     }
 }
 
-/// SplitMix64: small, fast and seeded; enough for service-time samples.
-struct Rng(u64);
+/// SplitMix64: small, fast and seeded; enough for service-time samples (and
+/// for generating benchmark traces).
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -119,16 +120,22 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Exponentially distributed with the given mean (e.g. the gap between
+    /// arrivals of a Poisson process: mean = 1 / rate).
+    pub fn exponential(&mut self, mean: f64) -> f64 {
+        -(1.0 - self.unit()).ln() * mean
+    }
+
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     fn service(&mut self, model: ServiceTime) -> u64 {
         match model {
             ServiceTime::Fixed(d) => d.as_nanos() as u64,
             ServiceTime::Exponential(mean) => {
-                let sample = -(1.0 - self.unit()).ln() * mean.as_nanos() as f64;
+                let sample = self.exponential(mean.as_nanos() as f64);
                 sample.round() as u64
             }
         }

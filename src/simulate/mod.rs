@@ -25,7 +25,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 
-pub use engine::{BackendModel, ServiceTime};
+pub use engine::{BackendModel, Rng, ServiceTime};
 pub use report::{
     BackendSummary, Notes, Outcomes, QueueWait, Refusals, Report, RouteReport, Series, TraceSummary,
 };
