@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderMap, Request};
 use ipnet::IpNet;
 
-use crate::config::{ClassConfig, ClassMatch, KeyPart, RouteConfig};
+use crate::config::{ClassConfig, ClassMatch, Fairness, KeyPart, RouteConfig};
 use crate::shaper::Arrival;
 
 /// The client address: the peer itself unless the peer is a trusted proxy.
@@ -94,6 +94,9 @@ fn forwarded_for(element: &str) -> Option<String> {
 #[derive(Debug)]
 pub struct Classifier {
     key: Vec<KeyPart>,
+    /// Whether anything reads the key (a per-key limit or per-key fairness);
+    /// when nothing does, requests are not hashed.
+    key_used: bool,
     classes: Vec<ClassMatch>,
     seed: RandomState,
 }
@@ -111,6 +114,7 @@ impl Classifier {
     fn with_seed(route: &RouteConfig, seed: RandomState) -> Classifier {
         Classifier {
             key: route.key.clone(),
+            key_used: route.key_limit.is_some() || route.queue.fairness == Fairness::PerKey,
             classes: route
                 .classes
                 .iter()
@@ -150,6 +154,9 @@ impl Classifier {
     }
 
     fn key<B>(&self, req: &Request<B>, client: IpAddr) -> u64 {
+        if !self.key_used {
+            return 0;
+        }
         let mut hasher = self.seed.build_hasher();
         for part in &self.key {
             match part {

@@ -5,7 +5,7 @@
 //! `router` (host / path / method to a route) → `classify` (client address,
 //! key and priority class) → `shaper` (GCRA limiters,
 //! bounded queue, in-flight cap; no HTTP, no wall clock) → `upstream`
-//! (pooled client, timeouts). `config` is parsed and validated once at the
+//! (pooled client, timeouts; `h1pool` for plain HTTP/1.1 targets). `config` is parsed and validated once at the
 //! edge; `metrics` and `outcome` sit beside the flow.
 
 pub mod adaptive;
@@ -13,6 +13,7 @@ pub mod admin;
 pub mod classify;
 pub mod config;
 pub mod demo;
+pub mod h1pool;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;

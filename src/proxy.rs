@@ -121,10 +121,11 @@ impl Gateway {
 
         // Route.
         let host = request_host(&req);
-        let Some(index) = self
-            .router
-            .route(host.as_deref(), req.uri().path(), req.method())
-        else {
+        let Some(index) = self.router.route(
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            req.uri().path(),
+            req.method(),
+        ) else {
             return record.finish(Outcome::NoRoute, local(StatusCode::NOT_FOUND, "no route\n"));
         };
         let route = &self.routes[index];
@@ -415,49 +416,120 @@ fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         nanos ^ (u64::from(std::process::id()) << 32)
     });
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = HeaderValue::from_str(&format!("{:016x}{n:016x}", *PROCESS))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    // 32 lower-case hex digits: the process's 64-bit prefix, then the counter.
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        let word = if i < 16 { *PROCESS } else { n };
+        let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    let id = HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID, id.clone());
     id
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The host the client asked for: the Host header, else the URI authority (HTTP/2).
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+/// The host the client asked for: the Host header, else the URI authority
+/// (HTTP/2). A header value clone shares the request's bytes.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
 }
 
 /// Headers that describe one connection, never the message: RFC 9110 §7.6.1.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Every `Proxy-*` header is dropped too (credentials for this hop, and the
+/// `Proxy` header of the "httpoxy" attack), as is Transfer-Encoding: framing
+/// is each connection's own, and hyper re-frames the body.
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
+fn is_proxy_header(name: &HeaderName) -> bool {
+    let text = name.as_str();
+    text == "proxy" || text.starts_with("proxy-")
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names.
+/// This runs twice per request, so the common case (a `Connection:
+/// keep-alive` and nothing else) costs one pass over the names and no
+/// allocation.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut proxy_headers = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|h| h == name) {
+            Some(i) => present[i] = true,
+            None => proxy_headers |= is_proxy_header(name),
+        }
+    }
+    // Other headers named by Connection (rare): tokens that are not already
+    // hop-by-hop and not the `close` option.
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[0] {
+        let tokens = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            let known = token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(token));
+            if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    if proxy_headers {
+        named.extend(headers.keys().filter(|n| is_proxy_header(n)).cloned());
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
-    // Framing is the server's and client's business; hyper re-frames the body.
-    headers.remove(header::TRANSFER_ENCODING);
+    for name in &named {
+        headers.remove(name);
+    }
+}
+
+/// The client's address as text, for X-Forwarded-For and Forwarded, without
+/// the formatting machinery (this runs once per request).
+fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr, forwarded: bool) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        // Forwarded quotes and brackets an IPv6 node (RFC 7239 §6).
+        std::net::IpAddr::V6(v6) if forwarded => out.extend(format!("\"[{v6}]\"").as_bytes()),
+        std::net::IpAddr::V6(v6) => out.extend(v6.to_string().as_bytes()),
+    }
 }
 
 /// Rewrites the client's request for the upstream: HTTP/1.1, hop-by-hop
@@ -465,9 +537,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn prepare_upstream_request(
     mut req: Request<Incoming>,
     client: SocketAddr,
-    host: Option<String>,
+    host: Option<HeaderValue>,
 ) -> Request<Incoming> {
-    let proto = if req.extensions().get::<crate::tls::Secure>().is_some() {
+    let proto: &'static str = if req.extensions().get::<crate::tls::Secure>().is_some() {
         "https"
     } else {
         "http"
@@ -476,35 +548,36 @@ fn prepare_upstream_request(
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     let ip = client.ip();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    let mut text = Vec::with_capacity(64);
+    if let Some(prior) = headers.get(X_FORWARDED_FOR) {
+        text.extend_from_slice(prior.as_bytes());
+        text.extend_from_slice(b", ");
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if let Some(host) = &host
-        && let Ok(value) = HeaderValue::from_str(host)
-    {
-        headers.insert("x-forwarded-host", value.clone());
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, value);
-        }
+    write_ip(&mut text, ip, false);
+    if let Ok(value) = HeaderValue::from_bytes(&text) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    text.clear();
+    text.extend_from_slice(b"for=");
+    write_ip(&mut text, ip, true);
+    text.extend_from_slice(b";proto=");
+    text.extend_from_slice(proto.as_bytes());
+    if let Some(host) = host {
         if host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(b))
         {
-            forwarded.push_str(";host=");
-            forwarded.push_str(host);
+            text.extend_from_slice(b";host=");
+            text.extend_from_slice(host.as_bytes());
         }
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST, host);
     }
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Ok(value) = HeaderValue::from_bytes(&text) {
         headers.append(header::FORWARDED, value);
     }
     req
@@ -519,6 +592,10 @@ fn relay_response(
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let mut target = target;
+    if body.is_end_stream() {
+        target.finish();
+    }
     let body = InFlight {
         inner: body,
         permit: Some((grant.into_permit(), target)),
@@ -577,9 +654,19 @@ impl<B: HttpBody> HttpBody for InFlight<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        // Read to its end: the upstream connection may serve another request.
+        // (A server may stop polling once the body says it has ended.)
+        let ended = match &frame {
+            None => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Err(_)) => false,
+        };
+        if ended && let Some((_, target)) = this.permit.as_mut() {
+            target.finish();
+        }
+        if !matches!(frame, Some(Ok(_))) || ended {
             this.permit.take();
         }
         Poll::Ready(frame)
@@ -613,8 +700,41 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert("proxy", HeaderValue::from_static("http://evil:8080"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("proxyish", HeaderValue::from_static("kept"));
         strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key("x-kept"));
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["proxyish", "x-kept"]);
+    }
+
+    #[test]
+    fn a_plain_keep_alive_message_keeps_everything_else() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        headers.insert(header::DATE, HeaderValue::from_static("today"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
+        assert!(!headers.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_without_formatting_surprises() {
+        let mut text = Vec::new();
+        write_ip(&mut text, "10.0.255.7".parse().unwrap(), true);
+        assert_eq!(text, b"10.0.255.7");
+        text.clear();
+        write_ip(&mut text, "2001:db8::1".parse().unwrap(), true);
+        assert_eq!(text, b"\"[2001:db8::1]\"");
+        text.clear();
+        write_ip(&mut text, "2001:db8::1".parse().unwrap(), false);
+        assert_eq!(text, b"2001:db8::1");
+        let mut ids = HeaderMap::new();
+        let id = ensure_request_id(&mut ids);
+        assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(ensure_request_id(&mut ids), id, "an id once made is kept");
     }
 }

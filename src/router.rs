@@ -32,13 +32,16 @@ enum HostMatch {
 }
 
 impl HostMatch {
+    /// `host` is normalised but for case; the rule's own text is lower case.
     fn matches(&self, host: &str) -> bool {
         match self {
             HostMatch::Any => true,
             HostMatch::Suffix(suffix) => {
-                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                host.len() > suffix.len()
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
             }
-            HostMatch::Exact(exact) => host == exact,
+            HostMatch::Exact(exact) => host.eq_ignore_ascii_case(exact),
         }
     }
 
@@ -73,10 +76,10 @@ impl Router {
     /// The index of the route serving this request, if any. `host` may carry a
     /// port and any case; it is normalised here.
     pub fn route(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
-        let host = host.map(normalise_host).unwrap_or_default();
+        let host = host.map_or("", normalise_host);
         let mut best: Option<(usize, (usize, u8))> = None;
         for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.host.matches(&host)
+            if !rule.host.matches(host)
                 || !path.starts_with(rule.prefix.as_str())
                 || !(rule.methods.is_empty() || rule.methods.contains(method))
             {
@@ -91,19 +94,15 @@ impl Router {
     }
 }
 
-/// Lower-cases a Host value and strips its port (IPv6 literals keep their brackets).
-fn normalise_host(host: &str) -> String {
+/// A Host value without its port and trailing dot (IPv6 literals keep their
+/// brackets). Case is left alone: matching ignores it.
+fn normalise_host(host: &str) -> &str {
     let without_port = if host.starts_with('[') {
-        host.split_once(']')
-            .map_or(host, |(addr, _)| addr)
-            .to_string()
-            + "]"
+        host.find(']').map_or(host, |end| &host[..=end])
     } else {
-        host.rsplit_once(':')
-            .map_or(host, |(name, _)| name)
-            .to_string()
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    without_port.trim_end_matches('.')
 }
 
 #[cfg(test)]
@@ -158,8 +157,23 @@ mod tests {
 
     #[test]
     fn host_normalisation() {
-        assert_eq!(normalise_host("EXAMPLE.com:80"), "example.com");
+        assert_eq!(normalise_host("EXAMPLE.com:80"), "EXAMPLE.com");
         assert_eq!(normalise_host("example.com."), "example.com");
+        assert_eq!(normalise_host("example.com.:8080"), "example.com");
         assert_eq!(normalise_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalise_host("[::1]"), "[::1]");
+        let router = Router::new(&[
+            route("exact", Some("Shop.Example.com"), "/", &[]),
+            route("wild", Some("*.example.com"), "/", &[]),
+        ]);
+        assert_eq!(
+            router.route(Some("SHOP.example.COM:443"), "/", &Method::GET),
+            Some(0)
+        );
+        assert_eq!(
+            router.route(Some("api.EXAMPLE.com"), "/", &Method::GET),
+            Some(1)
+        );
+        assert_eq!(router.route(Some("example.com"), "/", &Method::GET), None);
     }
 }

@@ -253,16 +253,23 @@ fn acceptor(server: &ServerConfig) -> Result<Option<Arc<TlsAcceptor>>, TlsError>
     Ok(Some(Arc::new(TlsAcceptor::from(config))))
 }
 
+/// hyper's default header count limit for HTTP/1.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The connection builder with the configured limits on request heads.
 fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_timeout)
         .max_buf_size(server.max_header_bytes)
-        .max_headers(server.max_headers)
         .keep_alive(true);
+    // hyper's own limit is 100 headers, parsed into a fixed array; an
+    // explicit limit makes it fill a fresh vector of that size per request.
+    if server.max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(server.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -37,7 +37,9 @@ use tokio::time::Instant;
 
 use crate::adaptive::GradientLimit;
 use crate::config::{ActiveHealth, Balance, PassiveHealth, UpstreamConfig};
+use crate::h1pool::{H1Error, H1Pool, Lease};
 use crate::metrics::{Metrics, TargetMetrics, UpstreamErrorKind, UpstreamMetrics};
+use crate::proxy::BoxError;
 use crate::shaper::Gate;
 
 /// The request body sent upstream: the client's, or empty on a retry.
@@ -77,6 +79,8 @@ struct Capacity {
 
 struct Target {
     addr: Authority,
+    /// Idle connections, for a plain HTTP/1.1 upstream.
+    h1: Option<Arc<H1Pool>>,
     weight: u32,
     max_inflight: Option<usize>,
     inflight: AtomicUsize,
@@ -111,7 +115,7 @@ pub enum UpstreamError {
     Connect {
         target: Authority,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("no response from {target} within {timeout:?}")]
     Timeout {
@@ -122,7 +126,7 @@ pub enum UpstreamError {
     Other {
         target: Authority,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("no healthy target with room in upstream {upstream}")]
     NoTarget { upstream: String },
@@ -148,10 +152,23 @@ impl UpstreamError {
     }
 }
 
-/// A request in flight to one target; dropping it ends the count.
+/// A request in flight to one target; dropping it ends the count. On the
+/// plain HTTP/1.1 path it also holds the connection, which goes back to the
+/// pool if [`TargetGuard::finish`] was called (the response body was read
+/// to its end).
 pub struct TargetGuard {
     upstream: Arc<Upstream>,
     target: usize,
+    lease: Option<Lease>,
+}
+
+impl TargetGuard {
+    /// The response body has been read to its end.
+    pub fn finish(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            lease.finish();
+        }
+    }
 }
 
 impl Drop for TargetGuard {
@@ -246,6 +263,14 @@ impl Upstream {
             .targets
             .iter()
             .map(|t| Target {
+                h1: (config.tls.is_none() && !config.http2).then(|| {
+                    H1Pool::new(
+                        &t.addr,
+                        config.pool_max_idle_per_target,
+                        config.pool_idle_timeout,
+                        config.connect_timeout,
+                    )
+                }),
                 addr: t.addr.clone(),
                 weight: t.weight.get(),
                 max_inflight: t.max_inflight.map(|m| m.get()),
@@ -369,9 +394,10 @@ impl Upstream {
                     upstream: self.name.clone(),
                 });
             };
-            let uri = self.target_uri(&parts.uri, &target.addr);
             let mut req = Request::from_parts(parts, ());
-            *req.uri_mut() = uri;
+            if target.h1.is_none() {
+                *req.uri_mut() = self.target_uri(req.uri(), &target.addr);
+            }
             let req = req.map(|()| match body.take() {
                 Some(b) => Either::Left(b),
                 None => Either::Right(Empty::new()),
@@ -379,21 +405,23 @@ impl Upstream {
             let concurrency = self.inflight();
             let started = Instant::now();
             target.metrics.request();
-            let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+            let result = tokio::time::timeout(self.timeout, self.request(target, req)).await;
             let elapsed = started.elapsed();
             let error = match result {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, lease))) => {
                     let failed = response.status().is_server_error();
                     self.observe(guard.target, Some(elapsed), failed, concurrency);
                     self.metrics.latency(elapsed.as_secs_f64());
                     target.metrics.latency(elapsed.as_secs_f64());
+                    let mut guard = guard;
+                    guard.lease = lease;
                     return Ok((response, guard));
                 }
-                Ok(Err(source)) if source.is_connect() => UpstreamError::Connect {
+                Ok(Err((source, true))) => UpstreamError::Connect {
                     target: target.addr.clone(),
                     source,
                 },
-                Ok(Err(source)) => UpstreamError::Other {
+                Ok(Err((source, false))) => UpstreamError::Other {
                     target: target.addr.clone(),
                     source,
                 },
@@ -421,6 +449,29 @@ impl Upstream {
         }
     }
 
+    /// One attempt on `target`: by its HTTP/1.1 pool, or by the general
+    /// client. An error says whether it was a failure to connect.
+    async fn request(
+        &self,
+        target: &Target,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), (BoxError, bool)> {
+        match &target.h1 {
+            Some(pool) => match pool.send(req).await {
+                Ok((response, lease)) => Ok((response, Some(lease))),
+                Err(H1Error::Connect(err)) => Err((err, true)),
+                Err(H1Error::Request(err)) => Err((Box::new(err), false)),
+            },
+            None => match self.client.request(req).await {
+                Ok(response) => Ok((response, None)),
+                Err(err) => {
+                    let connect = err.is_connect();
+                    Err((Box::new(err), connect))
+                }
+            },
+        }
+    }
+
     /// The target URI: the pool's scheme, the target's authority, the
     /// request's path and query.
     fn target_uri(&self, uri: &Uri, target: &Authority) -> Uri {
@@ -443,6 +494,7 @@ impl Upstream {
                 return Ok(TargetGuard {
                     upstream: self.clone(),
                     target: index,
+                    lease: None,
                 });
             }
             let healthy = self.any_available(Instant::now());
