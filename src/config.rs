@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// `max_headers`, default 100.
     pub max_headers: usize,
+    /// `workers`, default one per CPU: threads serving the proxy listener,
+    /// each with its own event loop and its own listening socket
+    /// (SO_REUSEPORT), as NGINX's `worker_processes`. Changes on restart.
+    pub workers: Option<usize>,
     /// `drain_timeout`, default "30s": on SIGTERM, how long in-flight requests may finish.
     pub drain_timeout: Duration,
     /// `[server.tls]`, optional: terminate TLS (HTTP/1.1 and HTTP/2 by ALPN)
@@ -451,6 +455,7 @@ const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// hyper refuses (panics on) a read buffer smaller than this.
 const MIN_MAX_HEADER_BYTES: usize = 8192;
 const DEFAULT_MAX_HEADERS: usize = 100;
+const MAX_WORKERS: usize = 1024;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 const DEFAULT_LOG_LEVEL: &str = "info";
@@ -506,6 +511,7 @@ struct RawServer {
     header_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
+    workers: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
     shutdown_delay: Option<Spanned<String>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
@@ -767,6 +773,10 @@ impl Ctx<'_> {
             max_headers: raw.max_headers.map_or(Ok(DEFAULT_MAX_HEADERS), |v| {
                 self.at_least("server.max_headers", &v, 1)
             })?,
+            workers: raw
+                .workers
+                .map(|v| self.between("server.workers", &v, 1, MAX_WORKERS))
+                .transpose()?,
             drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
                 self.duration("server.drain_timeout", &v)
             })?,
@@ -1736,6 +1746,18 @@ impl Ctx<'_> {
         Ok(resolve_path(self.path, Path::new(path)))
     }
 
+    fn between(&self, key: &str, v: &Spanned<i64>, min: usize, max: usize) -> Checked<usize> {
+        let n = *v.get_ref();
+        match usize::try_from(n) {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.invalid(
+                v.span(),
+                key,
+                format!("must be from {min} to {max}, got {n}"),
+            )),
+        }
+    }
+
     fn at_least(&self, key: &str, v: &Spanned<i64>, min: usize) -> Checked<usize> {
         let n = *v.get_ref();
         match usize::try_from(n) {
@@ -2141,6 +2163,8 @@ struct RenderedServer {
     header_timeout: String,
     max_header_bytes: usize,
     max_headers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<usize>,
     drain_timeout: String,
     shutdown_delay: String,
     trusted_proxies: Vec<String>,
@@ -2313,6 +2337,7 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 header_timeout: human(c.server.header_timeout),
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
+                workers: c.server.workers,
                 drain_timeout: human(c.server.drain_timeout),
                 shutdown_delay: human(c.server.shutdown_delay),
                 trusted_proxies: c

@@ -44,7 +44,11 @@ pub struct H1Pool {
     /// `host:port`, as `TcpStream::connect` resolves it.
     addr: String,
     host: header::HeaderValue,
-    idle: Mutex<Vec<Idle>>,
+    /// One stack per worker thread (see `server`): a connection's task runs
+    /// on the thread that opened it, so a request takes a connection of its
+    /// own thread and the two never wake each other across threads.
+    idle: Vec<Mutex<Vec<Idle>>>,
+    /// Per stack.
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -91,12 +95,13 @@ impl H1Pool {
         connect_timeout: Duration,
     ) -> Arc<H1Pool> {
         let port = authority.port_u16().unwrap_or(80);
+        let stacks = crate::server::worker_count().max(1);
         let pool = Arc::new(H1Pool {
             addr: format!("{}:{port}", authority.host()),
             host: header::HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| header::HeaderValue::from_static("localhost")),
-            idle: Mutex::new(Vec::new()),
-            max_idle,
+            idle: (0..stacks).map(|_| Mutex::new(Vec::new())).collect(),
+            max_idle: max_idle.div_ceil(stacks),
             idle_timeout,
             connect_timeout,
         });
@@ -106,7 +111,12 @@ impl H1Pool {
 
     /// Idle connections now.
     pub fn idle(&self) -> usize {
-        self.idle.lock().len()
+        self.idle.iter().map(|stack| stack.lock().len()).sum()
+    }
+
+    /// The stack of the calling thread.
+    fn stack(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[crate::server::worker_index().unwrap_or(0) % self.idle.len()]
     }
 
     /// Sends `req` (origin-form URI) and waits for the response head.
@@ -147,7 +157,7 @@ impl H1Pool {
 
     /// The most recently used live connection, if any.
     fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.idle.lock();
+        let mut idle = self.stack().lock();
         while let Some(Idle { sender, since }) = idle.pop() {
             if sender.is_ready() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
@@ -175,7 +185,7 @@ impl H1Pool {
     }
 
     fn push(&self, sender: SendRequest<ProxyBody>) {
-        let mut idle = self.idle.lock();
+        let mut idle = self.stack().lock();
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 sender,
@@ -235,8 +245,10 @@ async fn reap(pool: Weak<H1Pool>) {
             return;
         };
         let timeout = pool.idle_timeout;
-        pool.idle
-            .lock()
-            .retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+        for stack in &pool.idle {
+            stack
+                .lock()
+                .retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+        }
     }
 }

@@ -90,7 +90,10 @@ fn check(path: &Path) -> anyhow::Result<()> {
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts connections, runs the shapers' release tasks, the
+    // admin listener and reloads; the worker threads `start` makes serve the
+    // connections.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;

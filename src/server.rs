@@ -62,6 +62,12 @@ pub enum StartError {
         #[source]
         source: Box<TlsError>,
     },
+    /// The worker threads could not be started.
+    #[error("cannot start the worker threads: {source}")]
+    Workers {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A reload that was refused; the running config stays in force.
@@ -104,6 +110,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     proxy: JoinHandle<()>,
     admin: JoinHandle<()>,
+    /// Kept until the listeners have drained; dropping them stops the threads.
+    workers: Arc<Workers>,
 }
 
 impl Running {
@@ -143,6 +151,12 @@ impl Running {
             if before != after {
                 tracing::warn!(key = what, %before, %after, "a listen address changes only on restart; keeping the old one");
             }
+        }
+        if old.server.workers != config.server.workers {
+            tracing::warn!(
+                key = "server.workers",
+                "the number of workers changes only on restart"
+            );
         }
         let gateway = self.live.gateway.load().reload(config).map_err(|source| {
             failed(ReloadError::UpstreamTls {
@@ -195,10 +209,16 @@ impl Running {
                 tracing::error!(%err, "listener task failed");
             }
         }
+        drop(self.workers);
     }
 }
 
-/// Binds the proxy and admin listeners and starts serving.
+/// Binds the proxy and admin listeners and starts serving: connections are
+/// accepted here and served by `server.workers` threads (one per CPU by
+/// default), each with its own single-threaded runtime, so a connection's
+/// request and the upstream connection it borrows are driven by one thread
+/// without cross-thread wake-ups. Routes, shapers and the admin listener run
+/// on the runtime that calls this.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let tls = acceptor(&config.server).map_err(|source| StartError::Tls {
         config: config.source.clone(),
@@ -215,6 +235,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let proxy_addr = local_addr(&proxy_listener, config.server.listen);
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
+    // Before the gateway: its upstream pools keep one stack per worker.
+    let workers = Arc::new(
+        Workers::start(config.server.workers.unwrap_or_else(default_workers))
+            .map_err(|source| StartError::Workers { source })?,
+    );
     let metrics = Metrics::new();
     metrics.config_started();
     let live = Arc::new(Live {
@@ -230,7 +255,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics,
     });
     let (stop, stopped) = watch::channel(false);
-    let proxy = tokio::spawn(serve_proxy(proxy_listener, live.clone(), stopped.clone()));
+    let proxy = tokio::spawn(serve_proxy(
+        proxy_listener,
+        live.clone(),
+        workers.clone(),
+        stopped.clone(),
+    ));
     let admin = tokio::spawn(serve_admin(admin_listener, live.clone(), stopped));
     tracing::info!(%proxy_addr, %admin_addr, routes = config.routes.len(), "sluice is serving");
     Ok(Running {
@@ -240,7 +270,75 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         stop,
         proxy,
         admin,
+        workers,
     })
+}
+
+thread_local! {
+    /// The index of the worker thread this is, if it is one.
+    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Worker threads started in this process (the most of any `start`).
+static WORKER_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The index of the calling worker thread; `None` off the workers.
+pub fn worker_index() -> Option<usize> {
+    WORKER_INDEX.with(std::cell::Cell::get)
+}
+
+/// How many worker threads serve connections (0 before any start).
+pub fn worker_count() -> usize {
+    WORKER_COUNT.load(Ordering::Relaxed)
+}
+
+/// One worker per CPU.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// The threads that serve proxy connections, each running a single-threaded
+/// runtime; connections are dealt to them in turn. Dropping this stops them
+/// (their remaining tasks are dropped).
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    fn start(count: usize) -> std::io::Result<Workers> {
+        let mut handles = Vec::with_capacity(count);
+        let mut stops = Vec::with_capacity(count);
+        WORKER_COUNT.fetch_max(count, Ordering::Relaxed);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("sluice-worker-{index}"))
+                .spawn(move || {
+                    WORKER_INDEX.with(|i| i.set(Some(index)));
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+        }
+        Ok(Workers {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            _stop: stops,
+        })
+    }
+
+    /// The runtime of the next worker in turn.
+    fn next(&self) -> &tokio::runtime::Handle {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.handles[turn % self.handles.len()]
+    }
 }
 
 /// The TLS acceptor for `[server.tls]` (reading its files now), or `None`
@@ -277,29 +375,48 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_proxy(listener: TcpListener, live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
+async fn serve_proxy(
+    listener: TcpListener,
+    live: Arc<Live>,
+    workers: Arc<Workers>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
         let _ = stream.set_nodelay(true);
+        // Handed to a worker's event loop: out of this one first.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%peer, %err, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
         // Taken now, so a shutdown waits for a connection still in its handshake.
         let watcher = graceful.watcher();
         let live = live.clone();
         // The acceptor of the generation in force when the connection arrived.
-        match live.tls.load_full() {
-            None => {
-                tokio::spawn(serve_connection(stream, peer, live, false, watcher));
-            }
-            Some(acceptor) => {
-                let timeout = live.config.load().server.header_timeout;
-                tokio::spawn(async move {
+        let tls = live.tls.load_full();
+        workers.next().spawn(async move {
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::warn!(%peer, %err, "cannot serve the connection");
+                    return;
+                }
+            };
+            match tls {
+                None => serve_connection(stream, peer, live, false, watcher).await,
+                Some(acceptor) => {
+                    let timeout = live.config.load().server.header_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => serve_connection(stream, peer, live, true, watcher).await,
                         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
                     }
-                });
+                }
             }
-        }
+        });
     }
     // Drain: no new connections, queued requests answered now, in-flight
     // ones given the drain timeout.

@@ -423,6 +423,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(cfg.server.header_timeout, Duration::from_secs(10));
     assert_eq!(cfg.server.max_header_bytes, 32768);
     assert_eq!(cfg.server.max_headers, 100);
+    assert_eq!(cfg.server.workers, None);
     assert_eq!(cfg.server.drain_timeout, Duration::from_secs(30));
     assert_eq!(cfg.admin.listen, addr("127.0.0.1:9090"));
     assert_eq!(cfg.log.format, LogFormat::Text);
@@ -1363,4 +1364,21 @@ fn example_commented_tables_load_when_uncommented() {
     let original = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.routes, original.routes);
     assert_eq!(api.passive_health, original.upstreams["api"].passive_health);
+}
+
+#[test]
+fn workers_is_a_thread_count() {
+    let src = edit(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nworkers = 0",
+    );
+    let shown = assert_error(&src, 3, "server.workers");
+    assert!(shown.contains("must be from 1 to 1024, got 0"), "{shown}");
+    let src = edit(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nworkers = 3",
+    );
+    let cfg = Config::parse(&src, Path::new(FILE)).expect("workers = 3");
+    assert_eq!(cfg.server.workers, Some(3));
+    assert!(cfg.to_toml().contains("workers = 3"));
 }
