@@ -407,14 +407,9 @@ async fn serve_proxy(
             };
             match tls {
                 None => serve_connection(stream, peer, live, false, watcher).await,
-                Some(acceptor) => {
-                    let timeout = live.config.load().server.header_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, live, true, watcher).await,
-                        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
-                    }
-                }
+                // Boxed: a TLS session is large, and a plain connection's
+                // task should not reserve room for one.
+                Some(acceptor) => Box::pin(serve_tls(acceptor, stream, peer, live, watcher)).await,
             }
         });
     }
@@ -430,6 +425,22 @@ async fn serve_proxy(
         .is_err()
     {
         tracing::warn!("drain timeout passed with requests still in flight; closing them");
+    }
+}
+
+/// Completes the TLS handshake (within `header_timeout`), then serves.
+async fn serve_tls(
+    acceptor: Arc<TlsAcceptor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    watcher: Watcher,
+) {
+    let timeout = live.config.load().server.header_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(stream, peer, live, true, watcher).await,
+        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
     }
 }
 
