@@ -127,7 +127,14 @@ impl H1Pool {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        if req.uri().path_and_query().is_none() {
+        // Origin form only: an absolute-form target from the client
+        // (`GET http://elsewhere/ HTTP/1.1`) must not reach the backend as one.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            *req.uri_mut() = match req.uri().path_and_query() {
+                Some(pq) => Uri::from(pq.clone()),
+                None => Uri::from_static("/"),
+            };
+        } else if req.uri().path_and_query().is_none() {
             *req.uri_mut() = Uri::from_static("/");
         }
         let (mut sender, reused) = match self.checkout() {

@@ -25,6 +25,8 @@ enum Manner {
     CloseSilently,
     /// A chunked body whose first chunk comes at once and the rest never.
     Stall,
+    /// `200` with the request line as the body.
+    EchoLine,
 }
 
 /// A backend on a raw socket, counting the connections it accepted.
@@ -76,7 +78,7 @@ async fn serve(mut stream: TcpStream, manner: Manner) {
             }
         }
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        buf.drain(..end);
+        let head: Vec<u8> = buf.drain(..end).collect();
         match manner {
             Manner::KeepAlive | Manner::CloseSilently => {
                 let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -84,6 +86,16 @@ async fn serve(mut stream: TcpStream, manner: Manner) {
                     return;
                 }
                 if matches!(manner, Manner::CloseSilently) {
+                    return;
+                }
+            }
+            Manner::EchoLine => {
+                let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+                let mut answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", line.len())
+                        .into_bytes();
+                answer.extend_from_slice(line);
+                if stream.write_all(&answer).await.is_err() {
                     return;
                 }
             }
@@ -200,5 +212,22 @@ async fn an_unreachable_target_is_a_connect_error() {
         Err(sluice::h1pool::H1Error::Connect(_)) => {}
         Err(other) => panic!("expected a connect error, got {other:?}"),
         Ok(_) => panic!("expected a connect error, got a response"),
+    }
+}
+
+#[tokio::test]
+async fn the_backend_sees_origin_form_whatever_the_client_sent() {
+    let backend = RawBackend::start(Manner::EchoLine).await;
+    let pool = pool(&backend, 8, Duration::from_secs(60));
+    for (uri, line) in [
+        ("http://elsewhere.example/x?y=1", "GET /x?y=1 HTTP/1.1"),
+        ("http://elsewhere.example", "GET / HTTP/1.1"),
+        ("/plain", "GET /plain HTTP/1.1"),
+    ] {
+        let req = Request::get(uri).body(Either::Right(Empty::new())).unwrap();
+        let (response, mut lease) = pool.send(req).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        lease.finish();
+        assert_eq!(body, line, "{uri}");
     }
 }
