@@ -32,7 +32,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 pub use limiter::{KeyedLimiter, Limiter};
-use queue::{Queue, Slot};
+/// The queue on its own, public only so `bench/micro.rs` can time it; not
+/// part of sluice's interface.
+#[doc(hidden)]
+pub use queue::{Queue, Slot, Waiter};
 
 /// The limits one route is shaped by.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -21,13 +21,13 @@ use tokio::time::Instant;
 /// A waiter's place: slab index plus a generation, so a stale handle never
 /// touches a newer waiter that reused the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Slot {
+pub struct Slot {
     index: usize,
     generation: u64,
 }
 
 #[derive(Debug)]
-pub(crate) struct Waiter<T> {
+pub struct Waiter<T> {
     generation: u64,
     pub class: usize,
     pub key: u64,
@@ -78,7 +78,7 @@ struct Lane {
 const TURN_SLACK: usize = 64;
 
 #[derive(Debug)]
-pub(crate) struct Queue<T> {
+pub struct Queue<T> {
     slab: Slab<Waiter<T>>,
     classes: Vec<Class>,
     per_key: bool,
