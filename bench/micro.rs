@@ -98,7 +98,12 @@ where
 }
 
 /// Runs `iters` keyed decisions starting at `offset` in `sequence`.
-fn keyed_decisions(limiter: &KeyedLimiter, sequence: &[u64], offset: usize, iters: u64) -> Duration {
+fn keyed_decisions(
+    limiter: &KeyedLimiter,
+    sequence: &[u64],
+    offset: usize,
+    iters: u64,
+) -> Duration {
     let mask = sequence.len() - 1;
     let started = StdInstant::now();
     let mut i = offset;
@@ -303,8 +308,7 @@ fn shaper(c: &mut Criterion) {
                         };
                         let started = StdInstant::now();
                         for _ in 0..part {
-                            let Admission::Queued(ticket) = shaper.admit(Arrival::default())
-                            else {
+                            let Admission::Queued(ticket) = shaper.admit(Arrival::default()) else {
                                 panic!("the in-flight cap is held: the request queues");
                             };
                             drop(held);
