@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the shaper's hot path, in nanoseconds per operation.
 //!
-//! `cargo bench --bench micro` (about two minutes) measures with criterion:
+//! `cargo bench --bench micro` (about 90 seconds) measures with criterion:
 //!
 //! - `keyed_limiter/{1,2}_threads/{1000,1000000}_keys`: one
 //!   [`KeyedLimiter::check`] (the per-key limit, `[routes.key_limit]`) with
@@ -98,7 +98,12 @@ where
 }
 
 /// Runs `iters` keyed decisions starting at `offset` in `sequence`.
-fn keyed_decisions(limiter: &KeyedLimiter, sequence: &[u64], offset: usize, iters: u64) -> Duration {
+fn keyed_decisions(
+    limiter: &KeyedLimiter,
+    sequence: &[u64],
+    offset: usize,
+    iters: u64,
+) -> Duration {
     let mask = sequence.len() - 1;
     let started = StdInstant::now();
     let mut i = offset;
@@ -303,8 +308,7 @@ fn shaper(c: &mut Criterion) {
                         };
                         let started = StdInstant::now();
                         for _ in 0..part {
-                            let Admission::Queued(ticket) = shaper.admit(Arrival::default())
-                            else {
+                            let Admission::Queued(ticket) = shaper.admit(Arrival::default()) else {
                                 panic!("the in-flight cap is held: the request queues");
                             };
                             drop(held);
@@ -325,8 +329,8 @@ fn clock(c: &mut Criterion) {
 
 criterion_group! {
     name = micro;
-    // ~17 benchmarks x (1 s warm-up + 4 s measuring + analysis): about two
-    // minutes with the key tables' setup.
+    // 16 benchmarks x (1 s warm-up + 4 s measuring + analysis), plus filling
+    // the key tables: about 90 seconds.
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))

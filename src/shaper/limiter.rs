@@ -1,25 +1,22 @@
-//! GCRA limiters (governor) on the tokio clock: one for a route, and a keyed
-//! one with a bounded key table.
+//! GCRA limiters on the tokio clock: one for a route (governor), and one per
+//! key over a bounded key table ([`KeyTable`]).
 //!
-//! The keyed table is a dashmap from a 64-bit key hash to the key's GCRA
-//! state (its theoretical arrival time) and when it was last seen. It never
-//! holds more than `max_keys`: before a new key is admitted to a full table,
-//! the longest-idle tenth is evicted. An evicted key starts fresh, which for
-//! an idle key is what its state would have said anyway.
+//! The keyed limiter does its GCRA arithmetic itself (the same as governor's)
+//! rather than through governor's keyed state store: its table keeps each
+//! key's state inline in the cache line the key is found in, so a decision on
+//! a table of a million keys waits for one line from memory, not two in turn.
 
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use parking_lot::Mutex;
 use tokio::time::Instant;
+
+use super::key_table::KeyTable;
 
 fn quota(rate: f64, burst: NonZeroU32) -> Quota {
     let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
@@ -84,141 +81,77 @@ impl Limiter {
     }
 }
 
-/// A GCRA limiter per key, with at most `max_keys` keys tracked.
+/// A GCRA limiter per key, with at most `max_keys` keys tracked
+/// ([`KeyTable`]). It decides at the `now` it is given, so a caller that has
+/// read the clock for the request does not pay for a second reading.
 #[derive(Debug)]
 pub struct KeyedLimiter {
-    gcra: RateLimiter<u64, SharedTable, TokioClock, NoOpMiddleware<Nanos>>,
-    table: Arc<KeyTable>,
-    clock: TokioClock,
+    gcra: Gcra,
+    table: KeyTable,
+    origin: Instant,
 }
 
 impl KeyedLimiter {
     pub fn new(rate: f64, burst: NonZeroU32, max_keys: NonZeroUsize) -> KeyedLimiter {
-        let clock = TokioClock::new();
-        let table = Arc::new(KeyTable {
-            map: DashMap::new(),
-            len: AtomicUsize::new(0),
-            max_keys: max_keys.get(),
-            evictions: AtomicU64::new(0),
-            sweeping: Mutex::new(()),
-            clock: clock.clone(),
-        });
         KeyedLimiter {
-            gcra: RateLimiter::new(
-                quota(rate, burst),
-                SharedTable(table.clone()),
-                clock.clone(),
-            ),
-            table,
-            clock,
+            gcra: Gcra::new(rate, burst),
+            table: KeyTable::new(max_keys.get()),
+            origin: Instant::now(),
         }
     }
 
     /// Takes a token for `key` at `now`, or says how long until it has one.
     pub fn check(&self, key: u64, now: Instant) -> Result<(), Duration> {
-        self.gcra
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.at(now)))
+        let t0 = nanos(now.saturating_duration_since(self.origin));
+        self.table.update(key, t0, |tat| self.gcra.test(tat, t0))
     }
 
     /// Keys tracked now.
     pub fn keys(&self) -> usize {
-        self.table().len.load(Ordering::Relaxed)
+        self.table.len()
     }
 
     /// Keys evicted so far.
     pub fn evictions(&self) -> u64 {
-        self.table().evictions.load(Ordering::Relaxed)
-    }
-
-    fn table(&self) -> &KeyTable {
-        &self.table
+        self.table.evictions()
     }
 }
 
-/// governor's keyed state in a dashmap, bounded by `max_keys`.
-#[derive(Debug)]
-struct KeyTable {
-    map: DashMap<u64, KeyState>,
-    /// Entries in `map` (dashmap's own `len` walks every shard).
-    len: AtomicUsize,
-    max_keys: usize,
-    evictions: AtomicU64,
-    sweeping: Mutex<()>,
-    clock: TokioClock,
-}
-
+/// GCRA on nanoseconds, as governor does it (`governor::gcra`): a request
+/// at `t0` conforms unless `t0` is earlier than the key's theoretical arrival
+/// time (TAT) minus the burst tolerance `tau`; a conforming request moves the
+/// TAT to `max(TAT, t0) + t`. A key not yet seen has TAT = `t0`.
 #[derive(Debug, Clone, Copy)]
-struct KeyState {
-    /// GCRA theoretical arrival time.
-    tat: Nanos,
-    /// Last time the key asked, for eviction order.
-    seen: Nanos,
+struct Gcra {
+    /// Emission interval: one request per `t` ns.
+    t: u64,
+    /// Burst tolerance: `(burst - 1) * t`.
+    tau: u64,
 }
 
-impl KeyTable {
-    /// Makes room for one more key: evicts the longest-idle tenth of the table.
-    fn make_room(&self) {
-        let _sweep = self.sweeping.lock();
-        if self.len.load(Ordering::Relaxed) < self.max_keys {
-            return; // another sweep made room meanwhile
+impl Gcra {
+    fn new(rate: f64, burst: NonZeroU32) -> Gcra {
+        let t = nanos(Duration::from_secs_f64(1.0 / rate)).max(1);
+        Gcra {
+            t,
+            tau: t.saturating_mul(u64::from(burst.get() - 1)),
         }
-        let mut idle: Vec<(Nanos, u64)> = self.map.iter().map(|e| (e.seen, *e.key())).collect();
-        let evict = (self.max_keys / 10)
-            .max(1)
-            .max(idle.len().saturating_sub(self.max_keys - 1));
-        let evict = evict.min(idle.len());
-        if evict == 0 {
-            return;
-        }
-        idle.select_nth_unstable(evict - 1);
-        for (_, key) in &idle[..evict] {
-            if self.map.remove(key).is_some() {
-                self.len.fetch_sub(1, Ordering::Relaxed);
-                self.evictions.fetch_add(1, Ordering::Relaxed);
-            }
+    }
+
+    /// The new TAT if a request at `t0` conforms, else how long until it would.
+    fn test(&self, tat: Option<u64>, t0: u64) -> Result<u64, Duration> {
+        let tat = tat.unwrap_or(t0);
+        let earliest = tat.saturating_sub(self.tau);
+        if t0 < earliest {
+            Err(Duration::from_nanos(earliest - t0))
+        } else {
+            Ok(tat.max(t0).saturating_add(self.t))
         }
     }
 }
 
-/// The table as governor's state store (governor owns its store; we keep a
-/// second handle for counting and eviction).
-#[derive(Debug)]
-struct SharedTable(Arc<KeyTable>);
-
-impl StateStore for SharedTable {
-    type Key = u64;
-
-    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        self.0.measure_and_replace(key, f)
-    }
-}
-
-impl KeyTable {
-    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let seen = self.clock.now();
-        if let Some(mut state) = self.map.get_mut(key) {
-            state.seen = seen;
-            let (value, tat) = f(Some(state.tat))?;
-            state.tat = tat;
-            return Ok(value);
-        }
-        // A new key: decide first, so a refused request does not evict anyone.
-        let (value, tat) = f(None)?;
-        if self.len.load(Ordering::Relaxed) >= self.max_keys {
-            self.make_room();
-        }
-        if self.map.insert(*key, KeyState { tat, seen }).is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(value)
-    }
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// governor's clock over `tokio::time::Instant`, so a paused runtime drives it.
@@ -288,6 +221,47 @@ mod tests {
         assert!(limiter.check(0, Instant::now()).is_err());
         // An evicted key starts fresh.
         assert!(limiter.check(1, Instant::now()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keyed_decisions_are_governors() {
+        use governor::clock::FakeRelativeClock;
+        let mut seed = 7u64;
+        let mut random = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for (rate, burst) in [(10.0, 1), (10.0, 5), (1000.0, 20), (0.5, 3), (3e6, 2)] {
+            let clock = FakeRelativeClock::default();
+            let governor = RateLimiter::direct_with_clock(quota(rate, nz(burst)), clock.clone());
+            let keyed = KeyedLimiter::new(rate, nz(burst), NonZeroUsize::new(10).unwrap());
+            let origin = Instant::now();
+            let period = Duration::from_secs_f64(1.0 / rate).as_nanos() as u64;
+            let mut elapsed = Duration::ZERO;
+            let mut refused = 0;
+            for _ in 0..2_000 {
+                // Gaps from none to 1.6 periods: a little over the rate on
+                // average, so both answers come up.
+                let gap = Duration::from_nanos(random(period * 8 / 5 + 1));
+                clock.advance(gap);
+                elapsed += gap;
+                let expected = governor
+                    .check()
+                    .map_err(|not_until| not_until.wait_time_from(clock.now()));
+                assert_eq!(
+                    keyed.check(9, origin + elapsed),
+                    expected,
+                    "{rate}/s burst {burst}"
+                );
+                refused += usize::from(expected.is_err());
+            }
+            assert!(
+                (50..1_950).contains(&refused),
+                "{rate}/s burst {burst}: {refused} refused"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,6 +20,7 @@
 //!
 //! Time comes from `tokio::time::Instant`, so tests run under a paused clock.
 
+mod key_table;
 mod limiter;
 mod queue;
 
