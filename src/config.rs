@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// `max_headers`, default 100.
     pub max_headers: usize,
+    /// `max_body_bytes`, default 1048576 (1 MiB, NGINX's
+    /// `client_max_body_size`): a larger request body is answered 413.
+    pub max_body_bytes: u64,
     /// `workers`, default one per CPU: threads serving the proxy listener,
     /// each with its own event loop and its own listening socket
     /// (SO_REUSEPORT), as NGINX's `worker_processes`. Changes on restart.
@@ -456,6 +459,7 @@ const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 const MIN_MAX_HEADER_BYTES: usize = 8192;
 const DEFAULT_MAX_HEADERS: usize = 100;
 const MAX_WORKERS: usize = 1024;
+const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 const DEFAULT_LOG_LEVEL: &str = "info";
@@ -511,6 +515,7 @@ struct RawServer {
     header_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
+    max_body_bytes: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
     shutdown_delay: Option<Spanned<String>>,
@@ -773,6 +778,9 @@ impl Ctx<'_> {
             max_headers: raw.max_headers.map_or(Ok(DEFAULT_MAX_HEADERS), |v| {
                 self.at_least("server.max_headers", &v, 1)
             })?,
+            max_body_bytes: raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| {
+                self.at_least("server.max_body_bytes", &v, 0)
+            })? as u64,
             workers: raw
                 .workers
                 .map(|v| self.between("server.workers", &v, 1, MAX_WORKERS))
@@ -2163,6 +2171,7 @@ struct RenderedServer {
     header_timeout: String,
     max_header_bytes: usize,
     max_headers: usize,
+    max_body_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<usize>,
     drain_timeout: String,
@@ -2337,6 +2346,7 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 header_timeout: human(c.server.header_timeout),
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
+                max_body_bytes: c.server.max_body_bytes,
                 workers: c.server.workers,
                 drain_timeout: human(c.server.drain_timeout),
                 shutdown_delay: human(c.server.shutdown_delay),

@@ -17,10 +17,13 @@ pub enum Outcome {
     UpstreamError = 5,
     /// Nothing matched: 404.
     NoRoute = 6,
+    /// Refused for what it is, before reaching any queue: a body over
+    /// `max_body_bytes` (413) or a CONNECT (405).
+    RejectedInvalid = 7,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Forwarded,
         Outcome::RejectedQueueFull,
         Outcome::RejectedRateLimited,
@@ -28,6 +31,7 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::UpstreamError,
         Outcome::NoRoute,
+        Outcome::RejectedInvalid,
     ];
 
     /// The `outcome` label value.
@@ -40,6 +44,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::UpstreamError => "upstream_error",
             Outcome::NoRoute => "no_route",
+            Outcome::RejectedInvalid => "rejected_invalid",
         }
     }
 }

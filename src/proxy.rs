@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
@@ -49,6 +49,7 @@ pub struct Gateway {
     upstreams: Vec<Arc<Upstream>>,
     unrouted: RouteMetrics,
     trusted_proxies: Vec<IpNet>,
+    max_body_bytes: u64,
     access_log: bool,
     metrics: Metrics,
 }
@@ -104,6 +105,7 @@ impl Gateway {
             upstreams,
             unrouted: metrics.unrouted_for(NO_ROUTE_LABEL),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            max_body_bytes: config.server.max_body_bytes,
             access_log: config.log.access_log,
             metrics,
         })
@@ -119,6 +121,16 @@ impl Gateway {
         let request_id = ensure_request_id(req.headers_mut());
         let mut record = Record::open(self, &req, client, request_id);
 
+        // No tunnels to anywhere: sluice is not a forward proxy.
+        if req.method() == Method::CONNECT {
+            let mut response = local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+            response.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return record.finish(Outcome::RejectedInvalid, response);
+        }
+
         // Route.
         let host = request_host(&req);
         let Some(index) = self.router.route(
@@ -130,6 +142,15 @@ impl Gateway {
         };
         let route = &self.routes[index];
         record.route = Some(index);
+
+        // A body known to be too large is refused before it takes a place in
+        // the queue; one of unknown length is cut off where it goes over.
+        if req.body().size_hint().lower() > self.max_body_bytes {
+            return record.finish(
+                Outcome::RejectedInvalid,
+                local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            );
+        }
 
         // Classify: who is asking, and how important it is.
         let client_ip = client_ip(client, req.headers(), &self.trusted_proxies);
@@ -175,6 +196,8 @@ impl Gateway {
         record.fallback = (Outcome::Forwarded, STATUS_CLIENT_CLOSED);
         let sent = Instant::now();
         let deadline = record.started + route.state.shaper.limits().timeout;
+        let max_body = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let upstream_req = upstream_req.map(|body| Limited::new(body, max_body));
         let result = route.upstream.send(upstream_req, deadline).await;
         record.upstream_time = Some(sent.elapsed());
         match result {
@@ -198,6 +221,10 @@ impl Gateway {
                 record.finish_status(Outcome::Forwarded, status);
                 response
             }
+            Err(err) if body_too_large(&err) => record.finish(
+                Outcome::RejectedInvalid,
+                local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            ),
             Err(err) => {
                 tracing::warn!(
                     route = %route.name,
@@ -385,6 +412,19 @@ async fn tunnel(
         Ok((sent, received)) => tracing::debug!(%route, sent, received, "tunnel closed"),
         Err(err) => tracing::debug!(%route, %err, "tunnel ended with an error"),
     }
+}
+
+/// Whether the request failed because its body went over `max_body_bytes`
+/// on the way to the backend.
+fn body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(inner) = cause {
+        if inner.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = inner.source();
+    }
+    false
 }
 
 /// An error with its causes, outermost first: "a: b: c".

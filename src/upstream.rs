@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -42,8 +42,9 @@ use crate::metrics::{Metrics, TargetMetrics, UpstreamErrorKind, UpstreamMetrics}
 use crate::proxy::BoxError;
 use crate::shaper::Gate;
 
-/// The request body sent upstream: the client's, or empty on a retry.
-pub type ProxyBody = Either<Incoming, Empty<Bytes>>;
+/// The request body sent upstream: the client's (held to `max_body_bytes`),
+/// or empty on a retry.
+pub type ProxyBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -369,7 +370,7 @@ impl Upstream {
     /// `deadline`.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<Limited<Incoming>>,
         deadline: Instant,
     ) -> Result<(Response<Incoming>, TargetGuard), UpstreamError> {
         let (parts, body) = req.into_parts();

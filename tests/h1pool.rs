@@ -115,7 +115,7 @@ fn pool(backend: &RawBackend, max_idle: usize, idle_timeout: Duration) -> Arc<H1
     H1Pool::new(&authority, max_idle, idle_timeout, Duration::from_secs(1))
 }
 
-fn get() -> Request<Either<hyper::body::Incoming, Empty<Bytes>>> {
+fn get() -> Request<sluice::upstream::ProxyBody> {
     Request::get("/x")
         .body(Either::Right(Empty::new()))
         .unwrap()

@@ -343,3 +343,113 @@ async fn metrics_expose_configured_limits_and_build_info() {
     assert!(text.contains("sluice_queue_wait_seconds_bucket"));
     assert!(text.contains("sluice_upstream_response_seconds_bucket"));
 }
+
+/// Sends raw bytes and reads everything sluice answers until it closes the
+/// connection (or 5 s pass).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_body_bytes_get_413_and_are_not_forwarded() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.server.max_body_bytes = 1000;
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let url = format!("http://{}/upload", sluice.proxy_addr());
+
+    // Known length: refused before it takes a place in the queue.
+    let big = Request::post(&url)
+        .body(Full::new(Bytes::from(vec![b'x'; 1001])))
+        .unwrap();
+    assert_eq!(
+        send(&client, big).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(backend.count(), 0);
+    // At the limit: forwarded whole.
+    let fits = Request::post(&url)
+        .body(Full::new(Bytes::from(vec![b'x'; 1000])))
+        .unwrap();
+    let seen = send(&client, fits).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert_eq!(seen.body.len(), 1000);
+
+    // Unknown length (chunked): cut off where it goes over, answered 413.
+    let chunk = "y".repeat(600);
+    let chunked = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = raw_exchange(sluice.proxy_addr(), chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "main").await,
+        BTreeMap::from([
+            ("forwarded".to_string(), 1),
+            ("rejected_invalid".to_string(), 2)
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_open_proxy_connect_is_refused_and_absolute_targets_stay_here() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+
+    let connect = raw_status(
+        sluice.proxy_addr(),
+        b"CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+    assert_eq!(backend.count(), 0);
+
+    // An absolute-form target goes to this route's backend, in origin form.
+    let absolute = raw_status(
+        sluice.proxy_addr(),
+        b"GET http://evil.example/steal?x=1 HTTP/1.1\r\nhost: evil.example\r\n\r\n",
+    )
+    .await;
+    assert!(absolute.starts_with("HTTP/1.1 200"), "{absolute}");
+    let arrivals = backend.arrivals();
+    assert_eq!(arrivals.len(), 1);
+    assert_eq!(arrivals[0].path, "/steal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_smuggles_nothing() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    // Transfer-Encoding wins (RFC 9112 §6.3): the body is the empty chunked
+    // one, and the connection closes after the answer, so the bytes after it
+    // are never read as a second request.
+    let answer = raw_exchange(
+        sluice.proxy_addr(),
+        b"POST /first HTTP/1.1\r\nhost: x\r\ncontent-length: 44\r\ntransfer-encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    let paths: Vec<String> = backend.arrivals().into_iter().map(|a| a.path).collect();
+    assert_eq!(paths, ["/first"]);
+    // Conflicting lengths, and Transfer-Encoding on HTTP/1.0 or not chunked: 400.
+    for bad in [
+        &b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"[..],
+        b"POST /a HTTP/1.0\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n",
+    ] {
+        let status = raw_status(sluice.proxy_addr(), bad).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    }
+    assert_eq!(backend.count(), 1);
+}

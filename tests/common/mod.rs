@@ -341,6 +341,7 @@ pub fn config(targets: &[SocketAddr]) -> Config {
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
+            max_body_bytes: 1 << 20,
             workers: None,
             drain_timeout: Duration::from_secs(5),
             tls: None,
