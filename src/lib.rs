@@ -1,3 +1,16 @@
+// No panics from input: outside tests, `unwrap`, `panic!`, `todo!` and
+// `unimplemented!` do not compile; an `expect` states the invariant that
+// makes it unreachable (a constant, a metric name registered once), never
+// something a request, a response or a config file can change. See README.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 //! sluice: a traffic-shaping reverse proxy.
 //!
 //! A request flows one way through these modules:
