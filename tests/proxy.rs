@@ -453,3 +453,85 @@ async fn content_length_with_transfer_encoding_smuggles_nothing() {
     }
     assert_eq!(backend.count(), 1);
 }
+
+/// A backend that misbehaves on every connection in one way.
+async fn faulty_backend(fault: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                let _ = stream.read(&mut buf).await;
+                match fault {
+                    "garbage" => {
+                        let _ = stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").await;
+                    }
+                    "reset" => {
+                        // Close with a RST rather than a FIN.
+                        let _ = stream.set_linger(Some(Duration::ZERO));
+                    }
+                    "truncated" => {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly a part")
+                            .await;
+                    }
+                    _ => {
+                        // "hang": keep the connection, never answer.
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_backend_gets_502_or_504_and_sluice_recovers() {
+    let _serial = serial().await;
+    for (fault, expected) in [
+        ("garbage", StatusCode::BAD_GATEWAY),
+        ("reset", StatusCode::BAD_GATEWAY),
+        ("hang", StatusCode::GATEWAY_TIMEOUT),
+    ] {
+        let addr = faulty_backend(fault).await;
+        let mut config = config(&[addr]);
+        config.upstreams.get_mut("api").unwrap().timeout = Duration::from_millis(300);
+        config.routes = vec![route("main", "/", None, 10, Duration::from_secs(1))];
+        let sluice = TestSluice::start(&config).await;
+        let client = client();
+        let url = format!("http://{}/", sluice.proxy_addr());
+        for _ in 0..3 {
+            assert_eq!(get(&client, &url).await.status, expected, "{fault}");
+        }
+        assert_eq!(
+            outcomes(&client, sluice.admin_addr(), "main").await,
+            BTreeMap::from([("upstream_error".to_string(), 3)]),
+            "{fault}"
+        );
+        // The backend is fixed (a good one takes over the route): served again.
+        let good = Backend::start(Duration::ZERO).await;
+        sluice.reload(&common::config(&[good.addr]));
+        assert_eq!(get(&client, &url).await.status, StatusCode::OK, "{fault}");
+    }
+    // A response cut short after its head: the client sees the status, then
+    // an error in the body; it is counted once, as forwarded.
+    let addr = faulty_backend("truncated").await;
+    let sluice = TestSluice::start(&config(&[addr])).await;
+    let client = client();
+    let response = client
+        .get(format!("http://{}/", sluice.proxy_addr()).parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "main").await,
+        BTreeMap::from([("forwarded".to_string(), 1)])
+    );
+}
