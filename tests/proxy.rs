@@ -469,7 +469,7 @@ async fn faulty_backend(fault: &'static str) -> std::net::SocketAddr {
                     }
                     "reset" => {
                         // Close with a RST rather than a FIN.
-                        let _ = stream.set_linger(Some(Duration::ZERO));
+                        let _ = stream.set_zero_linger();
                     }
                     "truncated" => {
                         let _ = stream
