@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// `max_headers`, default 100.
     pub max_headers: usize,
+    /// `max_connections`, default 10000: client connections open at once;
+    /// beyond it sluice stops accepting (new ones wait in the kernel's listen
+    /// backlog) until one closes. Changes on restart.
+    pub max_connections: usize,
     /// `max_body_bytes`, default 1048576 (1 MiB, NGINX's
     /// `client_max_body_size`): a larger request body is answered 413.
     pub max_body_bytes: u64,
@@ -460,6 +464,7 @@ const MIN_MAX_HEADER_BYTES: usize = 8192;
 const DEFAULT_MAX_HEADERS: usize = 100;
 const MAX_WORKERS: usize = 1024;
 const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 const DEFAULT_LOG_LEVEL: &str = "info";
@@ -516,6 +521,7 @@ struct RawServer {
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
     max_body_bytes: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
     shutdown_delay: Option<Spanned<String>>,
@@ -778,6 +784,11 @@ impl Ctx<'_> {
             max_headers: raw.max_headers.map_or(Ok(DEFAULT_MAX_HEADERS), |v| {
                 self.at_least("server.max_headers", &v, 1)
             })?,
+            max_connections: raw
+                .max_connections
+                .map_or(Ok(DEFAULT_MAX_CONNECTIONS), |v| {
+                    self.at_least("server.max_connections", &v, 1)
+                })?,
             max_body_bytes: raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| {
                 self.at_least("server.max_body_bytes", &v, 0)
             })? as u64,
@@ -2172,6 +2183,7 @@ struct RenderedServer {
     max_header_bytes: usize,
     max_headers: usize,
     max_body_bytes: u64,
+    max_connections: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<usize>,
     drain_timeout: String,
@@ -2347,6 +2359,7 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
                 max_body_bytes: c.server.max_body_bytes,
+                max_connections: c.server.max_connections,
                 workers: c.server.workers,
                 drain_timeout: human(c.server.drain_timeout),
                 shutdown_delay: human(c.server.shutdown_delay),

@@ -53,6 +53,8 @@ pub struct Metrics {
     dry_run: IntCounterVec,
     reloads: IntCounterVec,
     last_reload: Gauge,
+    connections_open: IntGauge,
+    connections_max: IntGauge,
     target_requests: IntCounterVec,
     target_errors: IntCounterVec,
     target_latency: HistogramVec,
@@ -297,6 +299,16 @@ impl Metrics {
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
+        let connections_open = IntGauge::with_opts(Opts::new(
+            "sluice_connections_open",
+            "Client connections open now (accepted and not yet closed).",
+        ))
+        .expect("valid metric");
+        let connections_max = IntGauge::with_opts(Opts::new(
+            "sluice_connections_max",
+            "server.max_connections: beyond it, new connections wait in the listen backlog.",
+        ))
+        .expect("valid metric");
         let last_reload = Gauge::with_opts(Opts::new(
             "sluice_config_last_reload_success_timestamp_seconds",
             "When the running config was loaded (Unix time): at start, then at each successful reload.",
@@ -388,6 +400,8 @@ impl Metrics {
             Box::new(key_evictions.clone()),
             Box::new(dry_run.clone()),
             Box::new(reloads.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_max.clone()),
             Box::new(target_requests.clone()),
             Box::new(target_errors.clone()),
             Box::new(target_latency.clone()),
@@ -424,6 +438,8 @@ impl Metrics {
             dry_run,
             reloads,
             last_reload,
+            connections_open,
+            connections_max,
             target_requests,
             target_errors,
             target_latency,
@@ -453,6 +469,14 @@ impl Metrics {
         if success {
             self.last_reload.set(unix_now());
         }
+    }
+
+    /// Client connections open now, and the cap on them.
+    pub fn connections(&self, open: usize, max: usize) {
+        self.connections_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.connections_max
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
     }
 
     /// Stamps the time the first config was loaded (not counted as a reload).

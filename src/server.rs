@@ -25,7 +25,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -382,7 +382,33 @@ async fn serve_proxy(
     mut stopped: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
+    let max = live.config.load().server.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    live.metrics.connections(0, max);
+    let mut at_cap = false;
+    loop {
+        // A free connection slot first: at the cap, new connections wait in
+        // the listen backlog instead of being accepted and starved.
+        let full = slots.available_permits() == 0;
+        if full && !at_cap {
+            tracing::warn!(
+                max_connections = max,
+                "connection limit reached; not accepting until one closes"
+            );
+        }
+        at_cap = full;
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => ConnectionSlot { _permit: slot, slots: slots.clone(), max, live: live.clone() },
+                Err(_) => break,
+            },
+            () = until_stopped(&mut stopped) => break,
+        };
+        let Some((stream, peer)) = accept(&listener, &mut stopped).await else {
+            break;
+        };
+        live.metrics
+            .connections(max - slots.available_permits(), max);
         let _ = stream.set_nodelay(true);
         // Handed to a worker's event loop: out of this one first.
         let stream = match stream.into_std() {
@@ -398,6 +424,7 @@ async fn serve_proxy(
         // The acceptor of the generation in force when the connection arrived.
         let tls = live.tls.load_full();
         workers.next().spawn(async move {
+            let _slot = slot;
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(err) => {
@@ -425,6 +452,23 @@ async fn serve_proxy(
         .is_err()
     {
         tracing::warn!("drain timeout passed with requests still in flight; closing them");
+    }
+}
+
+/// A connection's place under `server.max_connections`, given back (and
+/// the gauge updated) when the connection ends.
+struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+    max: usize,
+    live: Arc<Live>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        // The permit is released after this body: count it as gone already.
+        let open = self.max.saturating_sub(self.slots.available_permits() + 1);
+        self.live.metrics.connections(open, self.max);
     }
 }
 

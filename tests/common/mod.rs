@@ -342,6 +342,7 @@ pub fn config(targets: &[SocketAddr]) -> Config {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body_bytes: 1 << 20,
+            max_connections: 10_000,
             workers: None,
             drain_timeout: Duration::from_secs(5),
             tls: None,
