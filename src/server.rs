@@ -544,13 +544,21 @@ async fn accept(
     listener: &TcpListener,
     stopped: &mut watch::Receiver<bool>,
 ) -> Option<(TcpStream, SocketAddr)> {
+    // Failures in a row (e.g. out of file descriptors for as long as the
+    // connections already open last) are logged once a second, not each time.
+    let mut failed: u64 = 0;
+    let mut logged: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => return Some(conn),
                 Err(err) => {
-                    let addr = listener.local_addr().ok();
-                    tracing::warn!(%err, ?addr, "accept failed; backing off");
+                    failed += 1;
+                    if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        let addr = listener.local_addr().ok();
+                        tracing::warn!(%err, ?addr, failures = failed, "accept failed; backing off");
+                        logged = Some(tokio::time::Instant::now());
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },

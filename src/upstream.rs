@@ -431,7 +431,11 @@ impl Upstream {
                     timeout: self.timeout,
                 },
             };
-            self.observe(guard.target, None, true, concurrency);
+            // Out of descriptors or memory here says nothing about the
+            // target: it must not be ejected for sluice's own shortage.
+            if !is_local_shortage(&error) {
+                self.observe(guard.target, None, true, concurrency);
+            }
             target.metrics.error();
             self.metrics.error(error.kind());
             let connect_failed = matches!(error, UpstreamError::Connect { .. });
@@ -754,6 +758,27 @@ async fn probe(upstream: std::sync::Weak<Upstream>, active: ActiveHealth) {
             pool.probed(index, ok, &active);
         }
     }
+}
+
+/// Whether a connect failed for want of a resource on this machine (file
+/// descriptors: EMFILE, ENFILE; buffers: ENOBUFS; memory: ENOMEM).
+fn is_local_shortage(error: &UpstreamError) -> bool {
+    const SHORTAGES: [i32; 4] = [24, 23, 105, 12];
+    let UpstreamError::Connect { source, .. } = error else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .raw_os_error()
+                .is_some_and(|code| SHORTAGES.contains(&code))
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 fn is_idempotent(method: &Method) -> bool {

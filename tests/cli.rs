@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -251,12 +252,21 @@ fn spawn_run(
     std::net::SocketAddr,
     std::net::SocketAddr,
 ) {
-    let mut child = sluice()
-        .args(["run", "--config"])
-        .arg(path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = sluice();
+    command.args(["run", "--config"]).arg(path);
+    spawn_command(command)
+}
+
+/// As [`spawn_run`], for any command that ends up running `sluice run`.
+fn spawn_command(
+    mut command: Command,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     // Killed if no serving line comes; the caller guards it afterwards.
     let guard = KillOnDrop(child.id());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -283,4 +293,88 @@ impl Drop for KillOnDrop {
                 .status();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_it_backs_off_and_keeps_serving() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let path = write_config("nofile.toml", &run_config(backend.addr, 10_000));
+    // Few descriptors: a few dozen clients exhaust them.
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -n 48 && exec \"$0\" run --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg(&path);
+    let (mut child, lines, proxy, _admin) = spawn_command(command);
+    let _reap = KillOnDrop(child.id());
+    let (saw_failure, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("accept failed") {
+                let _ = saw_failure.send(line);
+            }
+        }
+    });
+
+    let request = b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut sockets = Vec::new();
+    for _ in 0..60 {
+        // The kernel completes the handshake (backlog) even when sluice cannot accept.
+        let mut socket = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        socket.write_all(request).await.unwrap();
+        sockets.push(socket);
+    }
+    // All read at once: a served connection must not sit idle past the
+    // keep-alive timeout while others are waited for.
+    let answers = futures_util::future::join_all(sockets.iter_mut().map(|socket| async move {
+        let mut buf = vec![0; 1024];
+        match tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            _ => false,
+        }
+    }))
+    .await;
+    let served: Vec<usize> = (0..answers.len()).filter(|&i| answers[i]).collect();
+    assert!(
+        !served.is_empty() && served.len() < 60,
+        "served {}",
+        served.len()
+    );
+    let line = seen
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the failure is logged");
+    assert!(line.contains("backing off"), "{line}");
+
+    // The connections it has are still served.
+    let first = &mut sockets[served[0]];
+    first.write_all(request).await.unwrap();
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    // (A 502 if its request needed a new upstream connection while no
+    // descriptor was free; answered either way, not left hanging.)
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 502"),
+        "{answer}"
+    );
+
+    // Once clients leave, waiting connections are accepted and served.
+    let last = sockets.pop().unwrap();
+    drop(sockets);
+    let mut last = last;
+    let n = tokio::time::timeout(Duration::from_secs(10), last.read(&mut buf))
+        .await
+        .expect("served after descriptors are freed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }
