@@ -131,6 +131,13 @@ impl Gateway {
             return record.finish(Outcome::RejectedInvalid, response);
         }
 
+        if let Err(why) = check_host(&req) {
+            return record.finish(
+                Outcome::RejectedInvalid,
+                local(StatusCode::BAD_REQUEST, why),
+            );
+        }
+
         // Route.
         let host = request_host(&req);
         let Some(index) = self.router.route(
@@ -472,6 +479,35 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and it must
+/// be a host with an optional port (no user info, path or spaces).
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header\n");
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Err("missing Host header\n")
+        }
+        None => Ok(()),
+        Some(host) => {
+            let valid = !host.is_empty()
+                && host
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .is_some_and(|a| !a.as_str().contains('@'));
+            if valid {
+                Ok(())
+            } else {
+                Err("invalid Host header\n")
+            }
+        }
+    }
+}
 
 /// The host the client asked for: the Host header, else the URI authority
 /// (HTTP/2). A header value clone shares the request's bytes.

@@ -582,3 +582,38 @@ async fn past_max_connections_new_clients_wait_until_one_closes() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     assert_eq!(backend.count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_doubled_or_malformed_host_gets_400() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    for bad in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: user@a.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: a.example/path\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: \r\n\r\n",
+    ] {
+        let status = raw_status(sluice.proxy_addr(), bad).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{status} for {}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // HTTP/1.0 may leave Host out; a port is fine.
+    for good in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: a.example:8080\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: [::1]:8080\r\n\r\n",
+    ] {
+        let status = raw_status(sluice.proxy_addr(), good).await;
+        assert!(
+            status.contains(" 200 "),
+            "{status} for {}",
+            String::from_utf8_lossy(good)
+        );
+    }
+    assert_eq!(backend.count(), 3);
+}
