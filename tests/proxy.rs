@@ -617,3 +617,53 @@ async fn a_missing_doubled_or_malformed_host_gets_400() {
     }
     assert_eq!(backend.count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_lines_and_header_bytes_get_400_and_reach_nobody() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    for bad in [
+        &b"GET /\r\n\r\n"[..],
+        b"GET / HTTP/1.1 extra\r\nhost: x\r\n\r\n",
+        b"GET / HTTP/9.9\r\nhost: x\r\n\r\n",
+        b"G\x01T / HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: x\r\nbad name: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: x\r\nx-ctl: a\x01b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n",
+    ] {
+        let answer = raw_exchange(sluice.proxy_addr(), bad).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{answer:?} for {:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(backend.count(), 0);
+    // sluice is unharmed.
+    let client = client();
+    let ok = get(&client, &format!("http://{}/", sluice.proxy_addr())).await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.server.header_timeout = Duration::from_millis(300);
+    let sluice = TestSluice::start(&config).await;
+    let mut socket = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 1024];
+    let n = socket.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Idle now: closed by sluice (end of stream), not held for ever.
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+        .await
+        .expect("closed within the bound")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
