@@ -1,11 +1,10 @@
-// No panics from input: outside tests, `unwrap`, `panic!`, `todo!` and
-// `unimplemented!` do not compile; an `expect` states the invariant that
-// makes it unreachable (a constant, a metric name registered once), never
-// something a request, a response or a config file can change. See README.
+// No panics from input: outside tests, `unwrap`, `expect`, `panic!`,
+// `todo!` and `unimplemented!` do not compile. See README ("Panics").
 #![cfg_attr(
     not(test),
     deny(
         clippy::unwrap_used,
+        clippy::expect_used,
         clippy::panic,
         clippy::todo,
         clippy::unimplemented

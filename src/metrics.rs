@@ -143,7 +143,9 @@ pub enum UpstreamErrorKind {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// Declares and registers every metric; fails only if a name or label
+    /// set here is invalid, which the tests would show at once.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -151,24 +153,21 @@ impl Metrics {
                 "Requests by route and outcome; every request is counted exactly once.",
             ),
             &["route", "outcome"],
-        )
-        .expect("valid metric");
+        )?;
         let queue_depth = IntGaugeVec::new(
             Opts::new(
                 "sluice_queue_depth",
                 "Requests waiting in the route's queue.",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let queue_oldest_wait = GaugeVec::new(
             Opts::new(
                 "sluice_queue_oldest_wait_seconds",
                 "How long the oldest queued request of the route has waited.",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let queue_wait = HistogramVec::new(
             HistogramOpts::new(
                 "sluice_queue_wait_seconds",
@@ -177,44 +176,39 @@ impl Metrics {
             .buckets(WAIT_BUCKETS.to_vec()),
             &["route"],
         )
-        .expect("valid metric");
+        ?;
         let route_rate = GaugeVec::new(
             Opts::new(
                 "sluice_route_rate_limit",
                 "Configured release rate of the route, requests per second (0: no rate limit).",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let route_burst = IntGaugeVec::new(
             Opts::new("sluice_route_burst", "Configured burst of the route."),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let route_capacity = IntGaugeVec::new(
             Opts::new(
                 "sluice_route_queue_capacity",
                 "Configured queue capacity of the route.",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let route_timeout = GaugeVec::new(
             Opts::new(
                 "sluice_route_queue_timeout_seconds",
                 "Configured maximum queue wait of the route.",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let route_max_keys = IntGaugeVec::new(
             Opts::new(
                 "sluice_route_max_keys",
                 "Configured max_keys of the route's per-key limit (0: no per-key limit).",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
                 "sluice_upstream_response_seconds",
@@ -222,114 +216,99 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
-        )
-        .expect("valid metric");
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "sluice_upstream_errors_total",
                 "Failed upstream requests by kind (connect, timeout, other).",
             ),
             &["upstream", "kind"],
-        )
-        .expect("valid metric");
+        )?;
         let upstream_inflight = IntGaugeVec::new(
             Opts::new(
                 "sluice_upstream_inflight",
                 "Requests in flight to the upstream.",
             ),
             &["upstream"],
-        )
-        .expect("valid metric");
+        )?;
         let upstream_max_inflight = IntGaugeVec::new(
             Opts::new(
                 "sluice_upstream_max_inflight",
                 "Configured cap on requests in flight to the upstream.",
             ),
             &["upstream"],
-        )
-        .expect("valid metric");
+        )?;
         let class_requests = IntCounterVec::new(
             Opts::new(
                 "sluice_class_requests_total",
                 "Requests by route, priority class and outcome.",
             ),
             &["route", "class", "outcome"],
-        )
-        .expect("valid metric");
+        )?;
         let class_depth = IntGaugeVec::new(
             Opts::new(
                 "sluice_class_queue_depth",
                 "Requests waiting in the route's queue, by priority class.",
             ),
             &["route", "class"],
-        )
-        .expect("valid metric");
+        )?;
         let keys_tracked = IntGaugeVec::new(
             Opts::new(
                 "sluice_keys_tracked",
                 "Client keys the route's per-key limiter tracks now (at most max_keys).",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let key_evictions = IntCounterVec::new(
             Opts::new(
                 "sluice_key_evictions_total",
                 "Idle client keys evicted from the route's per-key limiter to stay within max_keys.",
             ),
             &["route"],
-        )
-        .expect("valid metric");
+        )?;
         let dry_run = IntCounterVec::new(
             Opts::new(
                 "sluice_dry_run_limited_total",
                 "Requests a limit in dry-run mode would have limited (route: queued or rejected; key: 429).",
             ),
             &["route", "limit"],
-        )
-        .expect("valid metric");
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "sluice_config_reloads_total",
                 "Config reloads by result (success, failure).",
             ),
             &["result"],
-        )
-        .expect("valid metric");
+        )?;
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
         let connections_open = IntGauge::with_opts(Opts::new(
             "sluice_connections_open",
             "Client connections open now (accepted and not yet closed).",
-        ))
-        .expect("valid metric");
+        ))?;
         let connections_max = IntGauge::with_opts(Opts::new(
             "sluice_connections_max",
             "server.max_connections: beyond it, new connections wait in the listen backlog.",
-        ))
-        .expect("valid metric");
+        ))?;
         let last_reload = Gauge::with_opts(Opts::new(
             "sluice_config_last_reload_success_timestamp_seconds",
             "When the running config was loaded (Unix time): at start, then at each successful reload.",
-        ))
-        .expect("valid metric");
+        ))?;
         let target_requests = IntCounterVec::new(
             Opts::new(
                 "sluice_target_requests_total",
                 "Requests sent to each target (attempts, retries included).",
             ),
             &["upstream", "target"],
-        )
-        .expect("valid metric");
+        )?;
         let target_errors = IntCounterVec::new(
             Opts::new(
                 "sluice_target_errors_total",
                 "Attempts to each target that failed (connect, timeout, reset).",
             ),
             &["upstream", "target"],
-        )
-        .expect("valid metric");
+        )?;
         let target_latency = HistogramVec::new(
             HistogramOpts::new(
                 "sluice_target_response_seconds",
@@ -337,45 +316,39 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream", "target"],
-        )
-        .expect("valid metric");
+        )?;
         let target_healthy = IntGaugeVec::new(
             Opts::new(
                 "sluice_target_healthy",
                 "1 while the target takes traffic, 0 while ejected or failing its active check.",
             ),
             &["upstream", "target"],
-        )
-        .expect("valid metric");
+        )?;
         let target_inflight = IntGaugeVec::new(
             Opts::new(
                 "sluice_target_inflight",
                 "Requests in flight to the target.",
             ),
             &["upstream", "target"],
-        )
-        .expect("valid metric");
+        )?;
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "sluice_upstream_retries_total",
                 "Idempotent requests retried on another target after a connect failure.",
             ),
             &["upstream"],
-        )
-        .expect("valid metric");
+        )?;
         let upstream_limit = IntGaugeVec::new(
             Opts::new(
                 "sluice_upstream_concurrency_limit",
                 "The in-flight cap in force: the adaptive limit, or max_inflight.",
             ),
             &["upstream"],
-        )
-        .expect("valid metric");
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("sluice_build_info", "Build information; always 1."),
             &["version"],
-        )
-        .expect("valid metric");
+        )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -412,11 +385,9 @@ impl Metrics {
             Box::new(last_reload.clone()),
             Box::new(build_info),
         ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
+            registry.register(collector)?;
         }
-        Metrics {
+        Ok(Metrics {
             registry,
             requests,
             queue_depth,
@@ -447,7 +418,7 @@ impl Metrics {
             target_inflight,
             upstream_retries,
             upstream_limit,
-        }
+        })
     }
 
     /// Handles for one target of an upstream.
@@ -567,12 +538,6 @@ impl Metrics {
             tracing::error!(%err, "cannot encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
     }
 }
 

@@ -84,23 +84,33 @@ impl Gateway {
                 }
             })
             .collect::<Result<_, _>>()?;
-        let routes = config
+        // Config validation makes every route name a known upstream; were
+        // one not to, the route is left out (of the router too, which
+        // indexes the same list).
+        let kept: Vec<crate::config::RouteConfig> = config
             .routes
             .iter()
-            .map(|r| {
-                let upstream = upstreams
-                    .iter()
-                    .find(|u| u.name() == r.upstream)
-                    .expect("config validation checks that routes name known upstreams")
-                    .clone();
+            .filter(|r| {
+                let known = upstreams.iter().any(|u| u.name() == r.upstream);
+                if !known {
+                    tracing::error!(route = %r.name, upstream = %r.upstream, "route names an unknown upstream; route left out");
+                }
+                known
+            })
+            .cloned()
+            .collect();
+        let routes = kept
+            .iter()
+            .filter_map(|r| {
+                let upstream = upstreams.iter().find(|u| u.name() == r.upstream).cloned()?;
                 let previous_state = previous
                     .and_then(|g| g.routes.iter().find(|old| old.name == r.name))
                     .map(|old| &old.state);
-                Route::new(r, upstream, &metrics, previous_state)
+                Some(Route::new(r, upstream, &metrics, previous_state))
             })
             .collect();
         Ok(Gateway {
-            router: Router::new(&config.routes),
+            router: Router::new(&kept),
             routes,
             upstreams,
             unrouted: metrics.unrouted_for(NO_ROUTE_LABEL),

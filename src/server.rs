@@ -62,6 +62,12 @@ pub enum StartError {
         #[source]
         source: Box<TlsError>,
     },
+    /// The metrics could not be declared (a bug: names are fixed).
+    #[error("cannot declare the metrics: {source}")]
+    Metrics {
+        #[source]
+        source: prometheus::Error,
+    },
     /// The worker threads could not be started.
     #[error("cannot start the worker threads: {source}")]
     Workers {
@@ -240,7 +246,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Workers::start(config.server.workers.unwrap_or_else(default_workers))
             .map_err(|source| StartError::Workers { source })?,
     );
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().map_err(|source| StartError::Metrics { source })?;
     metrics.config_started();
     let live = Arc::new(Live {
         gateway: ArcSwap::from_pointee(Gateway::new(config, metrics.clone()).map_err(

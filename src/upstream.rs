@@ -805,11 +805,13 @@ fn smooth_weighted_order(weights: &[u32]) -> Vec<usize> {
         for (c, &w) in current.iter_mut().zip(weights) {
             *c += i64::from(w);
         }
-        let (best, _) = current
+        let Some((best, _)) = current
             .iter()
             .enumerate()
             .max_by_key(|&(i, c)| (*c, std::cmp::Reverse(i)))
-            .expect("at least one target");
+        else {
+            break; // no targets (config validation requires one)
+        };
         current[best] -= total;
         order.push(best);
     }

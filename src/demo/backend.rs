@@ -172,12 +172,14 @@ impl State {
         // it is free (or now), and is busy for SERVICE from then.
         let done = {
             let mut free_at = self.free_at.lock();
-            let worker = free_at
-                .iter_mut()
-                .min()
-                .expect("WORKERS is greater than zero");
-            *worker = (*worker).max(now) + SERVICE;
-            *worker
+            match free_at.iter_mut().min() {
+                Some(worker) => {
+                    *worker = (*worker).max(now) + SERVICE;
+                    *worker
+                }
+                // (WORKERS is a non-zero constant.)
+                None => now + SERVICE,
+            }
         };
         tokio::time::sleep_until(done).await;
         Response::new(Full::new(Bytes::from_static(b"ok\n")))

@@ -95,9 +95,9 @@ pub async fn generate(target: SocketAddr, phases: &[Phase], recorder: Arc<Record
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(MAX_IN_FLIGHT)
         .build(connector);
-    let uri: Uri = format!("http://{target}/item")
-        .parse()
-        .expect("an IP address and port make a valid URI");
+    let Ok(uri) = format!("http://{target}/item").parse::<Uri>() else {
+        return;
+    };
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let end = phases.last().map_or(Duration::ZERO, |p| p.end);
     let ticks = (end.as_secs_f64() / TICK.as_secs_f64()).round() as u32;
@@ -115,11 +115,10 @@ pub async fn generate(target: SocketAddr, phases: &[Phase], recorder: Arc<Record
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
-            let permit = permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
+            // (The semaphore is never closed.)
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             let sent = Instant::now();
             recorder.offered.add(recorder.index(sent));
             recorder.offered_total.fetch_add(1, Ordering::Relaxed);
@@ -140,10 +139,7 @@ pub async fn generate(target: SocketAddr, phases: &[Phase], recorder: Arc<Record
         }
     }
     // Every permit back: every request has ended (each within CLIENT_TIMEOUT).
-    let _all = permits
-        .acquire_many(MAX_IN_FLIGHT as u32)
-        .await
-        .expect("the semaphore is never closed");
+    let _all = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
 /// One GET; the status once the whole response has arrived.

@@ -279,7 +279,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         .addr()
         .to_string()
         .parse()
-        .expect("a socket address is a valid authority");
+        .context("the demo backend's address is not a valid authority")?;
     config
         .upstreams
         .get_mut(UPSTREAM)
@@ -535,10 +535,9 @@ impl Live {
         }
         let ticks = (duration.as_millis() / TICK.as_millis()) as u64;
         let bar = ProgressBar::with_draw_target(Some(ticks), ProgressDrawTarget::stdout());
-        let style = ProgressStyle::with_template("{prefix:>6} [{bar:30.cyan/blue}] {msg}")
-            .expect("a valid template")
-            .progress_chars("=> ");
-        bar.set_style(style);
+        if let Ok(style) = ProgressStyle::with_template("{prefix:>6} [{bar:30.cyan/blue}] {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
         Live::Bar(bar)
     }
 

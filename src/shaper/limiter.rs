@@ -59,7 +59,7 @@ impl Limiter {
             .get()
             .saturating_mul(CELLS_PER_REQUEST)
             .saturating_add(slack);
-        let cells = NonZeroU32::new(CELLS_PER_REQUEST).expect("non-zero constant");
+        let cells = NonZeroU32::MIN.saturating_add(CELLS_PER_REQUEST - 1);
         Limiter {
             gcra: RateLimiter::direct_with_clock(
                 quota(cells_per_second, NonZeroU32::new(capacity).unwrap_or(cells)),

@@ -291,11 +291,12 @@ impl<T> Queue<T> {
         let waiter = self.remove(slot)?;
         if self.per_key {
             let c = &mut self.classes[waiter.class];
-            if c.turns.front().is_some_and(|(key, _)| *key == waiter.key) {
-                let turn = c.turns.pop_front().expect("front exists");
-                if c.lanes.get(&turn.0).is_some_and(|l| l.generation == turn.1) {
-                    c.turns.push_back(turn);
-                }
+            // The key whose turn it was goes to the back, if it still waits.
+            if c.turns.front().is_some_and(|(key, _)| *key == waiter.key)
+                && let Some(turn) = c.turns.pop_front()
+                && c.lanes.get(&turn.0).is_some_and(|l| l.generation == turn.1)
+            {
+                c.turns.push_back(turn);
             }
         }
         Some(waiter)
