@@ -667,3 +667,42 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_no_client_data() {
+    use sluice::config::{KeyLimitConfig, KeyPart};
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    config.routes[0].key = vec![KeyPart::Header("x-api-key".parse().unwrap())];
+    config.routes[0].key_limit = Some(KeyLimitConfig {
+        rate: 1.0,
+        burst: std::num::NonZeroU32::new(1).unwrap(),
+        max_keys: std::num::NonZeroUsize::new(100).unwrap(),
+        dry_run: false,
+    });
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let url = format!("http://{}/private/path-7f3a", sluice.proxy_addr());
+    for _ in 0..3 {
+        let req = get_request(
+            &url,
+            &[
+                ("x-api-key", "secret-key-9d2c"),
+                ("x-forwarded-for", "203.0.113.77"),
+                ("x-request-id", "req-id-5e1b"),
+            ],
+        );
+        send(&client, req).await;
+    }
+    let text = scrape(&client, sluice.admin_addr()).await;
+    assert!(text.contains("sluice_requests_total"), "metrics rendered");
+    for private in [
+        "secret-key-9d2c",
+        "203.0.113.77",
+        "path-7f3a",
+        "req-id-5e1b",
+    ] {
+        assert!(!text.contains(private), "{private} leaked into /metrics");
+    }
+}
