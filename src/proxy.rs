@@ -434,27 +434,27 @@ async fn tunnel(
 /// Whether the request failed because its body went over `max_body_bytes`
 /// on the way to the backend.
 fn body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(inner) = cause {
-        if inner.is::<LengthLimitError>() {
-            return true;
-        }
-        cause = inner.source();
-    }
-    false
+    causes(err).any(|e| e.is::<LengthLimitError>())
+}
+
+/// An error and its sources, outermost first.
+pub(crate) fn causes<'e>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
 }
 
 /// An error with its causes, outermost first: "a: b: c".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(inner) = cause {
-        let inner_text = inner.to_string();
-        if !text.ends_with(&inner_text) {
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for cause in causes(err) {
+        let cause_text = cause.to_string();
+        if text.is_empty() {
+            text = cause_text;
+        } else if !text.ends_with(&cause_text) {
             text.push_str(": ");
-            text.push_str(&inner_text);
+            text.push_str(&cause_text);
         }
-        cause = inner.source();
     }
     text
 }
@@ -503,13 +503,14 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
             Err("missing Host header\n")
         }
         None => Ok(()),
+        // RFC 3986 host and port characters only: no user info (`@`), path,
+        // query, spaces or controls. Checked in place: this runs per request.
         Some(host) => {
             let valid = !host.is_empty()
                 && host
-                    .to_str()
-                    .ok()
-                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                    .is_some_and(|a| !a.as_str().contains('@'));
+                    .as_bytes()
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b));
             if valid {
                 Ok(())
             } else {

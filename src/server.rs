@@ -405,7 +405,7 @@ async fn serve_proxy(
         at_cap = full;
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => ConnectionSlot { _permit: slot, slots: slots.clone(), max, live: live.clone() },
+                Ok(permit) => ConnectionSlot { permit, max, live: live.clone() },
                 Err(_) => break,
             },
             () = until_stopped(&mut stopped) => break,
@@ -413,8 +413,7 @@ async fn serve_proxy(
         let Some((stream, peer)) = accept(&listener, &mut stopped).await else {
             break;
         };
-        live.metrics
-            .connections(max - slots.available_permits(), max);
+        slot.report(0);
         let _ = stream.set_nodelay(true);
         // Handed to a worker's event loop: out of this one first.
         let stream = match stream.into_std() {
@@ -464,17 +463,25 @@ async fn serve_proxy(
 /// A connection's place under `server.max_connections`, given back (and
 /// the gauge updated) when the connection ends.
 struct ConnectionSlot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    slots: Arc<Semaphore>,
+    permit: tokio::sync::OwnedSemaphorePermit,
     max: usize,
     live: Arc<Live>,
+}
+
+impl ConnectionSlot {
+    /// Sets the open-connections gauge, `leaving` of them about to close.
+    fn report(&self, leaving: usize) {
+        let free = self.permit.semaphore().available_permits() + leaving;
+        self.live
+            .metrics
+            .connections(self.max.saturating_sub(free), self.max);
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         // The permit is released after this body: count it as gone already.
-        let open = self.max.saturating_sub(self.slots.available_permits() + 1);
-        self.live.metrics.connections(open, self.max);
+        self.report(1);
     }
 }
 

@@ -767,18 +767,11 @@ fn is_local_shortage(error: &UpstreamError) -> bool {
     let UpstreamError::Connect { source, .. } = error else {
         return false;
     };
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-    while let Some(err) = cause {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io
-                .raw_os_error()
-                .is_some_and(|code| SHORTAGES.contains(&code))
-        {
-            return true;
-        }
-        cause = err.source();
-    }
-    false
+    crate::proxy::causes(source.as_ref()).any(|err| {
+        err.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| SHORTAGES.contains(&code))
+    })
 }
 
 fn is_idempotent(method: &Method) -> bool {
