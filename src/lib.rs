@@ -29,6 +29,7 @@ pub mod h1pool;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod redis_store;
 pub mod reload;
 pub mod route;
 pub mod router;

@@ -23,6 +23,7 @@
 mod key_table;
 mod limiter;
 mod queue;
+mod shared;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 pub use limiter::{KeyedLimiter, Limiter};
+pub use shared::{GcraParams, StoreError, StoreFuture, Taken, TokenStore};
 /// The queue on its own, public only so `bench/micro.rs` can time it; not
 /// part of sluice's interface.
 #[doc(hidden)]

@@ -1,0 +1,1 @@
+//! The Redis-backed [`TokenStore`](crate::shaper::TokenStore): global route limits.
