@@ -66,6 +66,7 @@ pub fn limits_of(r: &RouteConfig, classes: usize) -> Limits {
             Discipline::Fifo => None,
             Discipline::AdaptiveLifo { threshold } => Some(threshold),
         },
+        shared: None,
     }
 }
 

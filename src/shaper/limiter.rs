@@ -36,7 +36,7 @@ const CELLS_PER_REQUEST: u32 = 1024;
 /// release interval, bounded to [2 ms, 20 ms]: a late release is made up at
 /// once, and no 100 ms window sees more than one request above
 /// `rate x 0.1 + burst` (two at most above 500/s).
-fn lateness_tolerance(rate: f64) -> Duration {
+pub(super) fn lateness_tolerance(rate: f64) -> Duration {
     Duration::from_secs_f64(1.0 / rate).clamp(Duration::from_millis(2), Duration::from_millis(20))
 }
 

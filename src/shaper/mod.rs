@@ -24,21 +24,26 @@ mod key_table;
 mod limiter;
 mod queue;
 mod shared;
+#[cfg(test)]
+mod shared_tests;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
+use shared::{NoToken, SharedLimiter};
+
 pub use limiter::{KeyedLimiter, Limiter};
-pub use shared::{GcraParams, StoreError, StoreFuture, Taken, TokenStore};
 /// The queue on its own, public only so `bench/micro.rs` can time it; not
 /// part of sluice's interface.
 #[doc(hidden)]
 pub use queue::{Queue, Slot, Waiter};
+pub use shared::{Fallback, GcraParams, SharedRate, StoreError, StoreFuture, Taken, TokenStore};
 
 /// The limits one route is shaped by.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,6 +62,9 @@ pub struct Limits {
     pub aging: Duration,
     /// Newest first once the oldest waiter has waited longer than this.
     pub lifo_after: Option<Duration>,
+    /// The rate's state is in a store shared by a fleet (see
+    /// [`Shaper::set_store`]); `None` keeps it in this process.
+    pub shared: Option<SharedRate>,
 }
 
 impl Limits {
@@ -70,6 +78,7 @@ impl Limits {
             per_key: false,
             aging: Duration::from_secs(1),
             lifo_after: None,
+            shared: None,
         }
     }
 }
@@ -203,14 +212,19 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a waiter joins the queue.
     joined: Notify,
-    /// Signalled when the limits change or the route is paused or resumed.
-    changed: Notify,
+    /// Signalled when the limits change, the route is paused or resumed, or
+    /// a shared rate's store answers.
+    changed: Arc<Notify>,
+    /// Where a shared rate's store calls run (the shaper's runtime).
+    runtime: Handle,
 }
 
 #[derive(Debug)]
 struct State {
     limits: Limits,
-    limiter: Option<Limiter>,
+    limiter: Option<RateLimiter>,
+    /// The store a shared rate uses (kept across rate changes).
+    store: Option<Arc<dyn TokenStore>>,
     queue: Queue<oneshot::Sender<Answer>>,
     /// When the limiter will next have a token, as last seen.
     next_token_at: Option<Instant>,
@@ -223,19 +237,33 @@ impl Shaper {
     /// Builds a route's shaper drawing in-flight permits from `inflight`.
     /// Must be called inside a tokio runtime (it spawns the release task).
     pub fn new(limits: Limits, inflight: Arc<Semaphore>, gate: Arc<Gate>) -> Shaper {
+        Shaper::with_store(limits, inflight, gate, None)
+    }
+
+    /// [`Shaper::new`], with the store a shared rate keeps its state in.
+    pub fn with_store(
+        limits: Limits,
+        inflight: Arc<Semaphore>,
+        gate: Arc<Gate>,
+        store: Option<Arc<dyn TokenStore>>,
+    ) -> Shaper {
+        let changed = Arc::new(Notify::new());
+        let runtime = Handle::current();
         let shared = Arc::new(Shared {
             inflight,
             gate,
             state: Mutex::new(State {
                 limits,
-                limiter: limits.rate.map(|(rate, burst)| Limiter::new(rate, burst)),
+                limiter: RateLimiter::new(&limits, store.clone(), &changed, &runtime),
+                store,
                 queue: Queue::new(limits.classes, limits.per_key, limits.aging),
                 next_token_at: None,
                 paused: false,
                 closed: false,
             }),
             joined: Notify::new(),
-            changed: Notify::new(),
+            changed,
+            runtime,
         });
         let releaser = tokio::spawn(release(shared.clone()));
         Shaper { shared, releaser }
@@ -251,8 +279,8 @@ impl Shaper {
     pub fn update(&self, limits: Limits) {
         let mut state = self.shared.state.lock();
         let old = state.limits;
-        if old.rate != limits.rate {
-            state.limiter = limits.rate.map(|(rate, burst)| Limiter::new(rate, burst));
+        if (old.rate, old.shared) != (limits.rate, limits.shared) {
+            state.limiter = self.shared.rate_limiter(&limits, state.store.clone());
             state.next_token_at = None;
         }
         if (old.classes, old.per_key, old.aging) != (limits.classes, limits.per_key, limits.aging) {
@@ -264,6 +292,41 @@ impl Shaper {
         drop(state);
         // Wake the releaser: it may be sleeping on the old rate.
         self.shared.changed.notify_one();
+    }
+
+    /// Sets the store a shared rate ([`Limits::shared`]) keeps its state in.
+    /// A new store starts the rate afresh; without one, a shared rate runs
+    /// on its fallback.
+    pub fn set_store(&self, store: Option<Arc<dyn TokenStore>>) {
+        let mut state = self.shared.state.lock();
+        let same = match (&state.store, &store) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        state.store = store.clone();
+        if state.limits.shared.is_some() {
+            state.limiter = self.shared.rate_limiter(&state.limits, store);
+            state.next_token_at = None;
+        }
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+
+    /// For a shared rate: whether it runs on its fallback now (its store
+    /// failed last). `None` for a local rate or none.
+    pub fn shared_fallback(&self) -> Option<bool> {
+        let mut state = self.shared.state.lock();
+        match &mut state.limiter {
+            Some(RateLimiter::Shared(limiter)) => {
+                limiter.poll(Instant::now());
+                Some(limiter.degraded())
+            }
+            _ => None,
+        }
     }
 
     /// Stops (true) or resumes (false) releasing. While paused, requests
@@ -297,10 +360,12 @@ impl Shaper {
                             waited: Duration::ZERO,
                         });
                     }
-                    Err(wait) => {
+                    Err(NoToken::For(wait)) => {
                         first_wait = wait;
                         state.next_token_at = Some(now + wait);
                     }
+                    // The store's answer is a round trip away.
+                    Err(NoToken::Asked) => {}
                 }
             }
         } else if let Some(at) = state.next_token_at {
@@ -445,10 +510,20 @@ impl State {
         }
     }
 
-    fn take_token(&self, now: Instant) -> Result<(), Duration> {
-        match &self.limiter {
+    fn take_token(&mut self, now: Instant) -> Result<(), NoToken> {
+        match &mut self.limiter {
             None => Ok(()),
-            Some(limiter) => limiter.check(now),
+            Some(RateLimiter::Local(limiter)) => limiter.check(now).map_err(NoToken::For),
+            Some(RateLimiter::Shared(limiter)) => limiter.take(now),
+        }
+    }
+
+    /// When the releaser must look again though nobody waits: a shared
+    /// rate's next attempt to reach its failing store.
+    fn retry_at(&self) -> Option<Instant> {
+        match &self.limiter {
+            Some(RateLimiter::Shared(limiter)) => limiter.retry_at(),
+            _ => None,
         }
     }
 
@@ -467,6 +542,49 @@ impl State {
     }
 }
 
+/// The longest the releaser waits for a store's answer before looking again
+/// (the store's own timeout ends a call well before).
+const ANSWER_PATIENCE: Duration = Duration::from_secs(1);
+
+/// A route's rate: this process's GCRA, or one shared through a store.
+#[derive(Debug)]
+enum RateLimiter {
+    Local(Limiter),
+    Shared(SharedLimiter),
+}
+
+impl RateLimiter {
+    fn new(
+        limits: &Limits,
+        store: Option<Arc<dyn TokenStore>>,
+        changed: &Arc<Notify>,
+        runtime: &Handle,
+    ) -> Option<RateLimiter> {
+        let (rate, burst) = limits.rate?;
+        Some(match limits.shared {
+            None => RateLimiter::Local(Limiter::new(rate, burst)),
+            Some(spec) => RateLimiter::Shared(SharedLimiter::new(
+                rate,
+                burst,
+                spec,
+                store,
+                changed.clone(),
+                runtime.clone(),
+            )),
+        })
+    }
+}
+
+impl Shared {
+    fn rate_limiter(
+        &self,
+        limits: &Limits,
+        store: Option<Arc<dyn TokenStore>>,
+    ) -> Option<RateLimiter> {
+        RateLimiter::new(limits, store, &self.changed, &self.runtime)
+    }
+}
+
 /// The release task: hands places out as permits and tokens allow.
 async fn release(shared: Arc<Shared>) {
     loop {
@@ -474,15 +592,26 @@ async fn release(shared: Arc<Shared>) {
         loop {
             let joined = shared.joined.notified();
             let changed = shared.changed.notified();
-            {
-                let state = shared.state.lock();
+            let retry_at = {
+                let mut state = shared.state.lock();
                 if !state.queue.is_empty() && !state.paused {
                     break;
                 }
-            }
+                if let Some(RateLimiter::Shared(limiter)) = &mut state.limiter {
+                    limiter.poll(Instant::now());
+                }
+                state.retry_at()
+            };
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = joined => {}
                 () = changed => {}
+                () = retry => {}
             }
         }
         // Nothing leaves while no target can take it.
@@ -515,10 +644,19 @@ async fn release(shared: Arc<Shared>) {
                         }
                         break;
                     }
-                    Err(wait) => {
+                    Err(NoToken::For(wait)) => {
                         state.next_token_at = Some(now + wait);
                         permit = Some(held);
-                        wait
+                        // A failing store is tried again meanwhile.
+                        state
+                            .retry_at()
+                            .map_or(wait, |at| wait.min(at.saturating_duration_since(now)))
+                    }
+                    Err(NoToken::Asked) => {
+                        permit = Some(held);
+                        // The answer wakes us (`changed`); this only bounds
+                        // the wait should it never come.
+                        ANSWER_PATIENCE
                     }
                 }
             };

@@ -12,7 +12,15 @@ use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::limiter::{Limiter, lateness_tolerance};
 
 /// The GCRA parameters a request to the store carries (the store holds only
 /// the theoretical arrival time, so a changed rate applies at once).
@@ -54,4 +62,255 @@ pub trait TokenStore: Send + Sync + fmt::Debug {
     /// conform, all at once, atomically with every other instance's request.
     /// The future must finish in bounded time (the store applies its timeout).
     fn take(&self, want: NonZeroU32, params: GcraParams) -> StoreFuture;
+}
+
+/// What a shared route rate does while its store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// A local limiter at `rate / instances` (burst likewise, at least 1).
+    Local,
+    /// No rate limit: only the in-flight cap shapes.
+    Allow,
+    /// Nothing is released; new requests are refused at once, queued ones
+    /// wait out their deadline (the store may come back in time).
+    Deny,
+}
+
+/// A route rate kept in a shared store (part of [`super::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedRate {
+    /// Tokens asked for per round trip to the store.
+    pub lease: NonZeroU32,
+    pub fallback: Fallback,
+    /// Instances expected to share the limit (the local fallback's divisor).
+    pub instances: NonZeroU32,
+}
+
+/// Why no token is at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoToken {
+    /// The next one is free after this long.
+    For(Duration),
+    /// The store has been asked; its answer wakes the releaser.
+    Asked,
+}
+
+/// The first back-off after the store fails, doubled per failure up to
+/// [`MAX_BACKOFF`]. Not jittered: an instance asks again only when it needs
+/// tokens, which spreads a fleet's retries by their own traffic.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Leased tokens not spent within their share of the schedule (`granted x
+/// interval`) lapse: holding them longer would let an instance release a
+/// burst the fleet-wide schedule never allowed. At least this long, so a
+/// fast route's lease outlives the round trip that fetched it.
+const MIN_LEASE_LIFE: Duration = Duration::from_millis(10);
+
+/// How long "deny" says the next token is away: longer than any queue
+/// timeout, so every new request is refused at once.
+const DENIED: Duration = Duration::from_secs(24 * 3600);
+
+/// An answer from the store, kept until the limiter next looks.
+type Mailbox = Arc<Mutex<Option<(Instant, Result<Taken, StoreError>)>>>;
+
+/// A route rate whose state is in a [`TokenStore`]: leased tokens spent
+/// locally, one call to the store out at a time, and the fallback while the
+/// store fails. Lives under the shaper's state lock; store calls run as
+/// tasks on the shaper's runtime and post their answer to a mailbox.
+#[derive(Debug)]
+pub(super) struct SharedLimiter {
+    store: Option<Arc<dyn TokenStore>>,
+    spec: SharedRate,
+    params: GcraParams,
+    /// Leased tokens not spent yet, and when they lapse.
+    tokens: u32,
+    lapse_at: Instant,
+    /// When the store may be asked next: now, after the wait it named, or
+    /// after the back-off that follows a failure.
+    ask_at: Instant,
+    /// A call is out.
+    asking: bool,
+    /// Set while the store fails.
+    degraded: Option<Degraded>,
+    /// The local fallback's rate and burst.
+    local: (f64, NonZeroU32),
+    mailbox: Mailbox,
+    /// Woken when an answer arrives (the shaper's `changed`).
+    wake: Arc<Notify>,
+    runtime: Handle,
+}
+
+#[derive(Debug)]
+struct Degraded {
+    backoff: Duration,
+    /// The "local" fallback's limiter; fresh each time the store fails.
+    limiter: Option<Limiter>,
+}
+
+impl SharedLimiter {
+    pub(super) fn new(
+        rate: f64,
+        burst: NonZeroU32,
+        spec: SharedRate,
+        store: Option<Arc<dyn TokenStore>>,
+        wake: Arc<Notify>,
+        runtime: Handle,
+    ) -> SharedLimiter {
+        let interval = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+        let tolerance = interval.saturating_mul(burst.get() - 1) + lateness_tolerance(rate);
+        let instances = spec.instances.get();
+        let now = Instant::now();
+        let mut limiter = SharedLimiter {
+            store,
+            spec,
+            params: GcraParams {
+                interval,
+                tolerance,
+            },
+            tokens: 0,
+            lapse_at: now,
+            ask_at: now,
+            asking: false,
+            degraded: None,
+            local: (
+                rate / f64::from(instances),
+                NonZeroU32::new(burst.get() / instances).unwrap_or(NonZeroU32::MIN),
+            ),
+            mailbox: Arc::new(Mutex::new(None)),
+            wake,
+            runtime,
+        };
+        if limiter.store.is_none() {
+            limiter.fail(now, &StoreError("no store configured".into()));
+        }
+        limiter
+    }
+
+    /// Takes a token at `now`: a leased one, else (while the store fails)
+    /// the fallback's. Asks the store for more when that is due.
+    pub(super) fn take(&mut self, now: Instant) -> Result<(), NoToken> {
+        self.poll(now);
+        if self.tokens > 0 && now < self.lapse_at {
+            self.tokens -= 1;
+            return Ok(());
+        }
+        // Tokens are asked for only when one is needed: a lease fetched
+        // ahead of demand would be spent from the fleet's rate and, at low
+        // traffic, lapse unused.
+        self.tokens = 0;
+        match &self.degraded {
+            None => {
+                self.ask(now);
+                if self.asking {
+                    Err(NoToken::Asked)
+                } else {
+                    Err(NoToken::For(self.ask_at.saturating_duration_since(now)))
+                }
+            }
+            Some(degraded) => match self.spec.fallback {
+                Fallback::Allow => Ok(()),
+                Fallback::Deny => Err(NoToken::For(DENIED)),
+                Fallback::Local => match &degraded.limiter {
+                    Some(limiter) => limiter.check(now).map_err(NoToken::For),
+                    None => Err(NoToken::For(DENIED)),
+                },
+            },
+        }
+    }
+
+    /// Takes in the store's answer if one came, and while the store fails,
+    /// tries it again when the back-off has passed.
+    pub(super) fn poll(&mut self, now: Instant) {
+        let answer = self.mailbox.lock().take();
+        if let Some((at, answer)) = answer {
+            self.asking = false;
+            match answer {
+                Ok(taken) => self.granted(at, taken),
+                Err(error) => self.fail(at, &error),
+            }
+        }
+        if self.degraded.is_some() {
+            self.ask(now);
+        }
+    }
+
+    /// Whether the route runs on its fallback (the store failed last).
+    pub(super) fn degraded(&self) -> bool {
+        self.degraded.is_some()
+    }
+
+    /// When the releaser should look again even with no waiter: the next
+    /// attempt to reach a failing store (so recovery is seen while idle).
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        let waiting = self.degraded.is_some() && !self.asking && self.store.is_some();
+        waiting.then_some(self.ask_at)
+    }
+
+    fn ask(&mut self, now: Instant) {
+        if self.asking || now < self.ask_at {
+            return;
+        }
+        let Some(store) = &self.store else {
+            return;
+        };
+        self.asking = true;
+        let call = store.take(self.spec.lease, self.params);
+        let mailbox = Arc::downgrade(&self.mailbox);
+        let wake = self.wake.clone();
+        self.runtime.spawn(async move {
+            let answer = call.await;
+            // A limiter rebuilt meanwhile (new rate, reload) dropped its mailbox.
+            if let Some(mailbox) = mailbox.upgrade() {
+                *mailbox.lock() = Some((Instant::now(), answer));
+                wake.notify_one();
+            }
+        });
+    }
+
+    fn granted(&mut self, at: Instant, taken: Taken) {
+        if self.degraded.take().is_some() {
+            tracing::info!(store = ?self.store, "shared rate store answers again; the global limit applies");
+        }
+        self.tokens = taken.granted;
+        let life = self
+            .params
+            .interval
+            .saturating_mul(taken.granted)
+            .max(MIN_LEASE_LIFE);
+        self.lapse_at = at + life;
+        // Fewer than asked for: the store has none until `next_in`.
+        self.ask_at = if taken.granted < self.spec.lease.get() {
+            at + taken.next_in
+        } else {
+            at
+        };
+    }
+
+    fn fail(&mut self, at: Instant, error: &StoreError) {
+        self.tokens = 0;
+        let backoff = match &mut self.degraded {
+            Some(degraded) => {
+                degraded.backoff = degraded.backoff.saturating_mul(2).min(MAX_BACKOFF);
+                tracing::debug!(store = ?self.store, %error, "shared rate store still failing");
+                degraded.backoff
+            }
+            None => {
+                tracing::warn!(
+                    store = ?self.store,
+                    %error,
+                    fallback = ?self.spec.fallback,
+                    "shared rate store failed; the route runs on its fallback until it answers"
+                );
+                let (rate, burst) = self.local;
+                self.degraded = Some(Degraded {
+                    backoff: FIRST_BACKOFF,
+                    limiter: (self.spec.fallback == Fallback::Local)
+                        .then(|| Limiter::new(rate, burst)),
+                });
+                FIRST_BACKOFF
+            }
+        };
+        self.ask_at = at + backoff;
+    }
 }

@@ -1,0 +1,323 @@
+//! The shaper with a shared rate, against an in-memory store on the paused
+//! tokio clock: the same GCRA as `src/gcra.lua`, a set latency, and a switch
+//! that makes it fail.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::*;
+
+#[derive(Debug, Default)]
+struct Inner {
+    tat: Mutex<Option<Instant>>,
+    latency: Duration,
+    down: AtomicBool,
+    calls: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FakeStore(Arc<Inner>);
+
+impl FakeStore {
+    fn new(latency: Duration) -> FakeStore {
+        FakeStore(Arc::new(Inner {
+            latency,
+            ..Inner::default()
+        }))
+    }
+
+    fn set_down(&self, down: bool) {
+        self.0.down.store(down, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.0.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl TokenStore for FakeStore {
+    fn take(&self, want: NonZeroU32, p: GcraParams) -> StoreFuture {
+        let inner = self.0.clone();
+        inner.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(inner.latency).await;
+            if inner.down.load(Ordering::SeqCst) {
+                return Err(StoreError("connection refused".into()));
+            }
+            let now = Instant::now();
+            let mut stored = inner.tat.lock();
+            let tat = stored.unwrap_or(now).max(now);
+            let conforming = if now + p.tolerance >= tat {
+                ((now + p.tolerance - tat).as_nanos() / p.interval.as_nanos()) as u32 + 1
+            } else {
+                0
+            };
+            let granted = want.get().min(conforming);
+            let tat = tat + p.interval * granted;
+            *stored = Some(tat);
+            Ok(Taken {
+                granted,
+                next_in: tat.saturating_duration_since(now + p.tolerance),
+            })
+        })
+    }
+}
+
+fn shared_limits(rate: f64, burst: u32, spec: SharedRate, timeout_ms: u64) -> Limits {
+    Limits {
+        shared: Some(spec),
+        ..Limits::fifo(
+            Some((rate, NonZeroU32::new(burst).unwrap())),
+            10_000,
+            Duration::from_millis(timeout_ms),
+        )
+    }
+}
+
+fn spec(lease: u32, fallback: Fallback, instances: u32) -> SharedRate {
+    SharedRate {
+        lease: NonZeroU32::new(lease).unwrap(),
+        fallback,
+        instances: NonZeroU32::new(instances).unwrap(),
+    }
+}
+
+fn instance(limits: Limits, store: &FakeStore) -> Shaper {
+    Shaper::with_store(
+        limits,
+        Arc::new(Semaphore::new(10_000)),
+        Arc::new(Gate::new(true)),
+        Some(Arc::new(store.clone())),
+    )
+}
+
+/// Admits `n` requests now; returns a task per request that yields the
+/// grant time in ms after `start` (or the reason it was refused).
+fn offer(
+    shaper: &Shaper,
+    n: usize,
+    start: Instant,
+) -> Vec<tokio::task::JoinHandle<Result<u64, RejectReason>>> {
+    (0..n)
+        .map(|_| match shaper.admit(Arrival::default()) {
+            Admission::Go(_) => tokio::spawn(async move { Ok(ms_since(start)) }),
+            Admission::Queued(ticket) => tokio::spawn(async move {
+                match ticket.wait().await {
+                    Ok(_) => Ok(ms_since(start)),
+                    Err(r) => Err(r.reason),
+                }
+            }),
+            Admission::Rejected(r) => tokio::spawn(async move { Err(r.reason) }),
+        })
+        .collect()
+}
+
+fn ms_since(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+async fn outcomes(
+    tasks: Vec<tokio::task::JoinHandle<Result<u64, RejectReason>>>,
+) -> (Vec<u64>, Vec<RejectReason>) {
+    let mut granted = Vec::new();
+    let mut refused = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(at) => granted.push(at),
+            Err(reason) => refused.push(reason),
+        }
+    }
+    granted.sort_unstable();
+    (granted, refused)
+}
+
+/// Most grants in any `window_ms` window.
+fn busiest(times: &[u64], window_ms: u64) -> usize {
+    times
+        .iter()
+        .map(|&t| {
+            times
+                .iter()
+                .filter(|&&u| u >= t && u < t + window_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_instances_share_one_rate() {
+    let store = FakeStore::new(Duration::from_millis(1));
+    let limits = shared_limits(100.0, 5, spec(1, Fallback::Local, 3), 10_000);
+    let fleet: Vec<Shaper> = (0..3).map(|_| instance(limits, &store)).collect();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for shaper in &fleet {
+        tasks.extend(offer(shaper, 100, start));
+    }
+    let (granted, refused) = outcomes(tasks).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(granted.len(), 300);
+    // The burst, then 100/s across the fleet: 295 more take 2.95 s.
+    let last = *granted.last().unwrap();
+    assert!((2_940..=2_980).contains(&last), "last grant at {last} ms");
+    assert!(
+        busiest(&granted, 1_000) <= 100 + 5 + 1,
+        "{}",
+        busiest(&granted, 1_000)
+    );
+    assert!(fleet.iter().all(|s| s.shared_fallback() == Some(false)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_lets_requests_go_without_a_round_trip() {
+    let store = FakeStore::new(Duration::from_millis(5));
+    // 10,000/s: 50 tokens come free during each round trip, so every
+    // call is granted the whole lease (a slower rate grants what conforms).
+    let shaper = instance(
+        shared_limits(10_000.0, 100, spec(10, Fallback::Local, 1), 10_000),
+        &store,
+    );
+    // The first request waits for the first lease (one round trip)...
+    let start = Instant::now();
+    let (first, _) = outcomes(offer(&shaper, 1, start)).await;
+    assert_eq!(first, vec![5]);
+    assert_eq!(store.calls(), 1);
+    // ...the next nine go at once on the leased tokens.
+    for _ in 0..9 {
+        assert!(matches!(shaper.admit(Arrival::default()), Admission::Go(_)));
+    }
+    assert_eq!(store.calls(), 1);
+    // 500 more: one round trip per ten.
+    let (granted, refused) = outcomes(offer(&shaper, 500, start)).await;
+    assert!(refused.is_empty());
+    assert_eq!(granted.len(), 500);
+    assert!(
+        (50..=52).contains(&store.calls()),
+        "{} calls",
+        store.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn leased_tokens_lapse_when_not_spent_in_their_time() {
+    let store = FakeStore::new(Duration::from_millis(1));
+    // 10/s, lease 10: the lease covers 1 s of the schedule.
+    let shaper = instance(
+        shared_limits(10.0, 10, spec(10, Fallback::Local, 1), 10_000),
+        &store,
+    );
+    let start = Instant::now();
+    let _ = outcomes(offer(&shaper, 1, start)).await;
+    assert!(matches!(shaper.admit(Arrival::default()), Admission::Go(_)));
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    // The eight left have lapsed: this one waits for a new lease.
+    assert!(matches!(
+        shaper.admit(Arrival::default()),
+        Admission::Queued(_)
+    ));
+    assert_eq!(store.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_falls_back_to_a_local_share_and_recovers() {
+    let store = FakeStore::new(Duration::from_millis(1));
+    store.set_down(true);
+    // 100/s for a fleet of 4: 25/s each while the store is down.
+    let shaper = instance(
+        shared_limits(100.0, 4, spec(1, Fallback::Local, 4), 60_000),
+        &store,
+    );
+    let start = Instant::now();
+    let (granted, refused) = outcomes(offer(&shaper, 51, start)).await;
+    assert!(refused.is_empty());
+    assert_eq!(shaper.shared_fallback(), Some(true));
+    // The first waits for the failed call, then 25/s: 50 more in 2 s.
+    let last = *granted.last().unwrap();
+    // (less the limiter's lateness tolerance, at most 20 ms)
+    assert!((1_975..=2_030).contains(&last), "last at {last} ms");
+    // Back-off while failing: 100 ms doubling to 5 s, not a call per request.
+    assert!(store.calls() <= 6, "{} calls", store.calls());
+
+    store.set_down(false);
+    // Within the longest back-off, the store is used again: 100/s.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let restart = Instant::now();
+    let (granted, _) = outcomes(offer(&shaper, 200, restart)).await;
+    assert_eq!(shaper.shared_fallback(), Some(false));
+    let last = *granted.last().unwrap();
+    assert!(
+        (1_900..=2_100).contains(&last),
+        "last at {last} ms: not 100/s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn allow_lets_everything_go_while_the_store_fails() {
+    let store = FakeStore::new(Duration::from_millis(1));
+    store.set_down(true);
+    let shaper = instance(
+        shared_limits(10.0, 1, spec(1, Fallback::Allow, 1), 5_000),
+        &store,
+    );
+    let start = Instant::now();
+    // The first learns that the store is down; the rest go at once.
+    let (granted, refused) = outcomes(offer(&shaper, 1, start)).await;
+    assert!(refused.is_empty());
+    assert_eq!(granted, vec![1]);
+    for _ in 0..100 {
+        assert!(matches!(shaper.admit(Arrival::default()), Admission::Go(_)));
+    }
+    // Recovered while idle: the releaser tries the store after its back-off.
+    store.set_down(false);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(shaper.shared_fallback(), Some(false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deny_refuses_new_requests_and_queued_ones_keep_their_deadlines() {
+    let store = FakeStore::new(Duration::from_millis(1));
+    let shaper = instance(
+        shared_limits(10.0, 1, spec(1, Fallback::Deny, 1), 2_000),
+        &store,
+    );
+    let start = Instant::now();
+    // Healthy: 1 at once, then 10/s; these 5 queue.
+    let (granted, _) = outcomes(offer(&shaper, 1, start)).await;
+    assert_eq!(granted.len(), 1);
+    store.set_down(true);
+    let queued = offer(&shaper, 5, start);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(shaper.shared_fallback(), Some(true));
+    // New requests are refused at once.
+    match shaper.admit(Arrival::default()) {
+        Admission::Rejected(r) => assert_eq!(r.reason, RejectReason::WaitTooLong),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The store returns at 1 s: the queued ones still in time are released
+    // at 10/s; none is granted after its 2 s deadline.
+    tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+    store.set_down(false);
+    let (granted, refused) = outcomes(queued).await;
+    assert!(granted.iter().all(|&t| t < 2_000), "{granted:?}");
+    assert_eq!(granted.len() + refused.len(), 5);
+    assert!(!granted.is_empty(), "nothing released after recovery");
+    assert!(refused.iter().all(|r| *r == RejectReason::Timeout));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_store_never_lets_a_request_go_after_its_deadline() {
+    // Each answer takes 800 ms; requests may wait 500 ms.
+    let store = FakeStore::new(Duration::from_millis(800));
+    let shaper = instance(
+        shared_limits(100.0, 10, spec(5, Fallback::Local, 1), 500),
+        &store,
+    );
+    let start = Instant::now();
+    let (granted, refused) = outcomes(offer(&shaper, 20, start)).await;
+    assert!(granted.is_empty(), "{granted:?}");
+    assert_eq!(refused.len(), 20);
+    assert!(refused.iter().all(|r| *r == RejectReason::Timeout));
+    // The lease that came late (at 800 ms) is there for the next request.
+    tokio::time::sleep_until(start + Duration::from_millis(801)).await;
+    assert!(matches!(shaper.admit(Arrival::default()), Admission::Go(_)));
+}
