@@ -1531,3 +1531,46 @@ fn unused_redis_section_is_allowed() {
             .all(|r| r.limit.is_none_or(|l| l.backend == LimitBackend::Local))
     );
 }
+
+/// The example file's commented-out global route and `[redis]`, uncommented,
+/// make a valid config: the example shows what loads.
+#[test]
+fn example_global_route_loads_when_uncommented() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml");
+    let src = std::fs::read_to_string(&path).expect("example readable");
+    let start = src.find("# A global limit").expect("the global example");
+    let is_toml = |line: &str| {
+        line.starts_with('[')
+            || line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+    };
+    let tail: Vec<&str> = src[start..]
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_toml(rest) => rest,
+            _ => line,
+        })
+        .collect();
+    let uncommented = format!("{}{}\n", &src[..start], tail.join("\n"));
+    let cfg = Config::parse(&uncommented, &path).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let checkout = cfg.routes.last().expect("a route");
+    assert_eq!(checkout.name, "checkout");
+    let limit = checkout.limit.expect("checkout is rate limited");
+    assert_eq!(
+        limit.backend,
+        LimitBackend::Redis(RedisLimitConfig {
+            lease: 5.try_into().expect("not zero"),
+            on_error: OnRedisError::Local,
+            expected_instances: 3.try_into().expect("not zero"),
+        })
+    );
+    assert_eq!(
+        cfg.redis,
+        Some(RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "sluice".into(),
+            timeout: Duration::from_millis(50),
+        })
+    );
+}
