@@ -29,6 +29,21 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
+    /// `[redis]`, optional: where routes with `backend = "redis"` keep their
+    /// shared limiter state. Required when any route's limit uses it.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `[redis]`, optional; required when any route's limit has backend = "redis".
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `url`, required: "redis://[user[:password]@]host[:port][/db]" or "redis+unix:///path" / "unix:///path".
+    pub url: String,
+    /// `key_prefix`, default "sluice": each global route's key is "{key_prefix}:route:{route name}".
+    /// Non-empty, no whitespace or control characters, at most 128 bytes.
+    pub key_prefix: String,
+    /// `timeout`, default "50ms", > 0 and <= 10s: the longest a call to Redis (connecting included) may take before it counts as a failure.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -352,8 +367,51 @@ pub struct LimitConfig {
     /// `burst`, default 1: requests that may go at once above the steady rate.
     pub burst: NonZeroU32,
     /// `dry_run`, default false: do not shape; count and log what would have
-    /// been queued or rejected.
+    /// been queued or rejected. Only with the "local" backend.
     pub dry_run: bool,
+    /// `backend`, default "local".
+    pub backend: LimitBackend,
+}
+
+/// Where a route's GCRA state lives.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LimitBackend {
+    /// "local": this instance's own GCRA state (the rate holds per instance).
+    Local,
+    /// "redis": the GCRA state lives in Redis, shared by every instance using the same key prefix and route name; the rate holds for the fleet.
+    Redis(RedisLimitConfig),
+}
+
+/// The limit keys that only go with `backend = "redis"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RedisLimitConfig {
+    /// `lease`, default 1, 1..=1000: tokens taken from Redis per round trip; above 1, requests can go without waiting on Redis, at the cost of accuracy.
+    pub lease: NonZeroU32,
+    /// `on_redis_error`, default "local".
+    pub on_error: OnRedisError,
+    /// `expected_instances`, default 1, 1..=10000: how many instances share the limit; the "local" fallback runs at rate / expected_instances (burst likewise, at least 1).
+    pub expected_instances: NonZeroU32,
+}
+
+impl Default for RedisLimitConfig {
+    fn default() -> Self {
+        RedisLimitConfig {
+            lease: NonZeroU32::MIN,
+            on_error: OnRedisError::Local,
+            expected_instances: NonZeroU32::MIN,
+        }
+    }
+}
+
+/// What a route with `backend = "redis"` does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// "local": fall back to a local limiter at rate / expected_instances.
+    Local,
+    /// "allow": no rate limit while Redis is unreachable (only the in-flight cap shapes).
+    Allow,
+    /// "deny": nothing is released while Redis is unreachable; new requests are answered at once (503), queued ones wait until their deadline.
+    Deny,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -494,6 +552,14 @@ const DEFAULT_SMOOTHING: f64 = 0.2;
 const MAX_CLASSES: usize = 8;
 /// The name of the implicit lowest class, which no `[[routes.classes]]` may take.
 const DEFAULT_CLASS: &str = "default";
+const DEFAULT_KEY_PREFIX: &str = "sluice";
+/// Long enough for a round trip inside a data centre, short enough that a
+/// dead Redis is noticed before queued requests time out.
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_KEY_PREFIX_BYTES: usize = 128;
+const MAX_LEASE: u32 = 1000;
+const MAX_EXPECTED_INSTANCES: u32 = 10_000;
 
 // ---------------------------------------------------------------------------
 // The file as written. Values that need checking beyond their TOML type are
@@ -509,8 +575,17 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
+    redis: Option<RawRedis>,
     upstreams: Option<Spanned<BTreeMap<String, RawUpstream>>>,
     routes: Option<Spanned<Vec<RawRoute>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Spanned<String>,
+    key_prefix: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -665,7 +740,11 @@ impl<'de> Deserialize<'de> for RawKey {
 struct RawLimit {
     rate: Spanned<f64>,
     burst: Option<Spanned<i64>>,
-    dry_run: Option<bool>,
+    dry_run: Option<Spanned<bool>>,
+    backend: Option<Spanned<String>>,
+    lease: Option<Spanned<i64>>,
+    on_redis_error: Option<Spanned<String>>,
+    expected_instances: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -756,8 +835,9 @@ impl Ctx<'_> {
         let admin = self.admin(raw.admin)?;
         self.distinct_listeners(&server, &admin, server_span, admin_span)?;
         let log = self.log(raw.log)?;
+        let redis = raw.redis.map(|v| self.redis("redis", &v)).transpose()?;
         let upstreams = self.upstreams(raw.upstreams)?;
-        let routes = self.routes(raw.routes, &upstreams)?;
+        let routes = self.routes(raw.routes, &upstreams, redis.is_some())?;
         Ok(Config {
             source: self.path.to_path_buf(),
             server,
@@ -765,6 +845,7 @@ impl Ctx<'_> {
             log,
             upstreams,
             routes,
+            redis,
         })
     }
 
@@ -1240,6 +1321,7 @@ impl Ctx<'_> {
         &self,
         raw: Option<Spanned<Vec<RawRoute>>>,
         upstreams: &BTreeMap<String, UpstreamConfig>,
+        redis: bool,
     ) -> Checked<Vec<RouteConfig>> {
         const NONE: &str = "at least one route is required: add a [[routes]] table";
         let Some(raw) = raw else {
@@ -1262,7 +1344,7 @@ impl Ctx<'_> {
                 ));
             }
             seen.insert(name.clone(), (i, route.name.span()));
-            routes.push(self.route(i, route, upstreams)?);
+            routes.push(self.route(i, route, upstreams, redis)?);
         }
         Ok(routes)
     }
@@ -1272,6 +1354,7 @@ impl Ctx<'_> {
         i: usize,
         raw: RawRoute,
         upstreams: &BTreeMap<String, UpstreamConfig>,
+        redis: bool,
     ) -> Checked<RouteConfig> {
         let key = |field: &str| format!("routes[{i}].{field}");
         Ok(RouteConfig {
@@ -1288,7 +1371,7 @@ impl Ctx<'_> {
             upstream: self.upstream_ref(&key("upstream"), &raw.upstream, upstreams)?,
             limit: raw
                 .limit
-                .map(|v| self.limit(&key("limit"), &v))
+                .map(|v| self.limit(&key("limit"), &v, redis))
                 .transpose()?,
             queue: self.queue(&key("queue"), &raw.queue)?,
             reject: self.reject(&key("reject"), &raw.reject)?,
@@ -1305,12 +1388,197 @@ impl Ctx<'_> {
         })
     }
 
-    fn limit(&self, key: &str, raw: &RawLimit) -> Checked<LimitConfig> {
+    /// `redis` says whether the file has a `[redis]` section, which a
+    /// `backend = "redis"` needs.
+    fn limit(&self, key: &str, raw: &RawLimit, redis: bool) -> Checked<LimitConfig> {
+        let rate = self.rate(&format!("{key}.rate"), &raw.rate)?;
+        let burst = self.burst(&format!("{key}.burst"), raw.burst.as_ref())?;
+        let backend = self.limit_backend(key, raw, redis)?;
+        let dry_run = raw.dry_run.as_ref().is_some_and(|v| *v.get_ref());
+        if let (true, LimitBackend::Redis(_), Some(v)) = (dry_run, backend, &raw.dry_run) {
+            // Dry run only observes this instance's own limiter; a shared state
+            // that is never spent would mean nothing to the fleet.
+            return Err(self.invalid(
+                v.span(),
+                &format!("{key}.dry_run"),
+                "dry run is local-only: not allowed with backend = \"redis\" (try the rate with backend = \"local\" first)",
+            ));
+        }
         Ok(LimitConfig {
-            rate: self.rate(&format!("{key}.rate"), &raw.rate)?,
-            burst: self.burst(&format!("{key}.burst"), raw.burst.as_ref())?,
-            dry_run: raw.dry_run.unwrap_or(false),
+            rate,
+            burst,
+            dry_run,
+            backend,
         })
+    }
+
+    /// `backend`, and the keys that only go with "redis": `lease`,
+    /// `on_redis_error` and `expected_instances`.
+    fn limit_backend(&self, key: &str, raw: &RawLimit, redis: bool) -> Checked<LimitBackend> {
+        let k = |field: &str| format!("{key}.{field}");
+        let backend = match &raw.backend {
+            None => None,
+            Some(v) => match v.get_ref().as_str() {
+                "local" => None,
+                "redis" => Some(v),
+                other => {
+                    return Err(self.invalid(
+                        v.span(),
+                        &k("backend"),
+                        format!("unknown backend {other:?}: expected \"local\" or \"redis\""),
+                    ));
+                }
+            },
+        };
+        let Some(backend) = backend else {
+            // Blame the first of the redis-only keys written.
+            let stray = [
+                ("lease", raw.lease.as_ref().map(Spanned::span)),
+                (
+                    "on_redis_error",
+                    raw.on_redis_error.as_ref().map(Spanned::span),
+                ),
+                (
+                    "expected_instances",
+                    raw.expected_instances.as_ref().map(Spanned::span),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(field, span)| Some((field, span?)))
+            .min_by_key(|(_, span)| span.start);
+            if let Some((field, span)) = stray {
+                return Err(self.invalid(
+                    span,
+                    &k(field),
+                    "only allowed with backend = \"redis\" (the default backend is \"local\")",
+                ));
+            }
+            return Ok(LimitBackend::Local);
+        };
+        if !redis {
+            return Err(self.invalid(
+                backend.span(),
+                &k("backend"),
+                "backend = \"redis\" needs a [redis] section with `url`, e.g. [redis] url = \"redis://127.0.0.1:6379\"",
+            ));
+        }
+        let mut limit = RedisLimitConfig::default();
+        if let Some(v) = &raw.lease {
+            limit.lease = self.u32_from_1(&k("lease"), v, MAX_LEASE)?;
+        }
+        if let Some(v) = &raw.on_redis_error {
+            limit.on_error = self.on_redis_error(&k("on_redis_error"), v)?;
+        }
+        if let Some(v) = &raw.expected_instances {
+            limit.expected_instances =
+                self.u32_from_1(&k("expected_instances"), v, MAX_EXPECTED_INSTANCES)?;
+        }
+        Ok(LimitBackend::Redis(limit))
+    }
+
+    fn on_redis_error(&self, key: &str, v: &Spanned<String>) -> Checked<OnRedisError> {
+        match v.get_ref().as_str() {
+            "local" => Ok(OnRedisError::Local),
+            "allow" => Ok(OnRedisError::Allow),
+            "deny" => Ok(OnRedisError::Deny),
+            other => Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "unknown on_redis_error {other:?}: expected \"local\", \"allow\" or \"deny\""
+                ),
+            )),
+        }
+    }
+
+    /// `[redis]`: the URL is checked by the Redis client itself (no
+    /// connection is made), so what loads here is what it can dial.
+    fn redis(&self, key: &str, raw: &RawRedis) -> Checked<RedisConfig> {
+        let k = |field: &str| format!("{key}.{field}");
+        Ok(RedisConfig {
+            url: self.redis_url(&k("url"), &raw.url)?,
+            key_prefix: raw
+                .key_prefix
+                .as_ref()
+                .map_or(Ok(DEFAULT_KEY_PREFIX.to_string()), |v| {
+                    self.key_prefix(&k("key_prefix"), v)
+                })?,
+            timeout: raw
+                .timeout
+                .as_ref()
+                .map_or(Ok(DEFAULT_REDIS_TIMEOUT), |v| {
+                    self.redis_timeout(&k("timeout"), v)
+                })?,
+        })
+    }
+
+    /// The messages leave the URL out: it may hold a password, and the error
+    /// is logged.
+    fn redis_url(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        let url = v.get_ref();
+        let scheme = redis::parse_redis_url(url).map(|u| u.scheme().to_string());
+        if matches!(scheme.as_deref(), Some("rediss" | "valkeys")) {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                "TLS to Redis is not supported; use a local TLS tunnel or redis://",
+            ));
+        }
+        if let Err(err) = redis::Client::open(url.as_str()) {
+            let why = err.to_string();
+            let why = why.strip_suffix(" - InvalidClientConfig").unwrap_or(&why);
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "invalid Redis URL: {why}; expected \"redis://[user[:password]@]host[:port][/db]\" or \"redis+unix:///path\""
+                ),
+            ));
+        }
+        Ok(url.clone())
+    }
+
+    /// Part of every Redis key sluice writes, so it must read back unchanged
+    /// in logs and `redis-cli`.
+    fn key_prefix(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+        let prefix = v.get_ref();
+        if prefix.is_empty() {
+            return Err(self.invalid(v.span(), key, "must not be empty"));
+        }
+        if prefix.len() > MAX_KEY_PREFIX_BYTES {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "must be at most {MAX_KEY_PREFIX_BYTES} bytes, got {}",
+                    prefix.len()
+                ),
+            ));
+        }
+        if let Some(c) = prefix.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!("must not contain whitespace or control characters, got {c:?}"),
+            ));
+        }
+        Ok(prefix.clone())
+    }
+
+    fn redis_timeout(&self, key: &str, v: &Spanned<String>) -> Checked<Duration> {
+        let timeout = self.positive_duration(key, v)?;
+        if timeout > MAX_REDIS_TIMEOUT {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "must be at most {}, got {}",
+                    human(MAX_REDIS_TIMEOUT),
+                    human(timeout)
+                ),
+            ));
+        }
+        Ok(timeout)
     }
 
     fn key_limit(&self, key: &str, raw: &RawKeyLimit) -> Checked<KeyLimitConfig> {
@@ -1728,6 +1996,13 @@ impl Ctx<'_> {
                 format!("must be from {min} to {max}, got {n}"),
             )),
         }
+    }
+
+    /// A count from 1 to `max`.
+    fn u32_from_1(&self, key: &str, v: &Spanned<i64>, max: u32) -> Checked<NonZeroU32> {
+        let n = self.u32_in(key, v, 1, max)?;
+        NonZeroU32::new(n)
+            .ok_or_else(|| self.invalid(v.span(), key, format!("must be from 1 to {max}, got 0")))
     }
 
     fn positive_u32(&self, key: &str, v: &Spanned<i64>) -> Checked<NonZeroU32> {
@@ -2172,6 +2447,8 @@ struct RenderedConfig<'a> {
     server: RenderedServer,
     admin: RenderedAdmin,
     log: RenderedLog<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<RenderedRedis<'a>>,
     upstreams: BTreeMap<&'a str, RenderedUpstream>,
     routes: Vec<RenderedRoute<'a>>,
 }
@@ -2211,6 +2488,13 @@ struct RenderedLog<'a> {
     format: &'static str,
     level: &'a str,
     access_log: bool,
+}
+
+#[derive(Serialize)]
+struct RenderedRedis<'a> {
+    url: &'a str,
+    key_prefix: &'a str,
+    timeout: String,
 }
 
 #[derive(Serialize)]
@@ -2291,6 +2575,13 @@ struct RenderedLimit {
     rate: f64,
     burst: u32,
     dry_run: bool,
+    backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_redis_error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_instances: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -2386,6 +2677,11 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 level: &c.log.level,
                 access_log: c.log.access_log,
             },
+            redis: c.redis.as_ref().map(|r| RenderedRedis {
+                url: &r.url,
+                key_prefix: &r.key_prefix,
+                timeout: human(r.timeout),
+            }),
             upstreams: c
                 .upstreams
                 .iter()
@@ -2444,11 +2740,7 @@ impl<'a> From<&'a RouteConfig> for RenderedRoute<'a> {
             methods: r.methods.iter().map(http::Method::as_str).collect(),
             upstream: &r.upstream,
             key: r.key.iter().map(key_part_str).collect(),
-            limit: r.limit.map(|l| RenderedLimit {
-                rate: l.rate,
-                burst: l.burst.get(),
-                dry_run: l.dry_run,
-            }),
+            limit: r.limit.map(RenderedLimit::from),
             key_limit: r.key_limit.map(|l| RenderedKeyLimit {
                 rate: l.rate,
                 burst: l.burst.get(),
@@ -2463,6 +2755,33 @@ impl<'a> From<&'a RouteConfig> for RenderedRoute<'a> {
             },
             classes: r.classes.iter().map(RenderedClass::from).collect(),
         }
+    }
+}
+
+impl From<LimitConfig> for RenderedLimit {
+    /// The redis-only keys are left out with the "local" backend, where they
+    /// would be errors.
+    fn from(l: LimitConfig) -> Self {
+        let mut limit = RenderedLimit {
+            rate: l.rate,
+            burst: l.burst.get(),
+            dry_run: l.dry_run,
+            backend: "local",
+            lease: None,
+            on_redis_error: None,
+            expected_instances: None,
+        };
+        if let LimitBackend::Redis(redis) = l.backend {
+            limit.backend = "redis";
+            limit.lease = Some(redis.lease.get());
+            limit.on_redis_error = Some(match redis.on_error {
+                OnRedisError::Local => "local",
+                OnRedisError::Allow => "allow",
+                OnRedisError::Deny => "deny",
+            });
+            limit.expected_instances = Some(redis.expected_instances.get());
+        }
+        limit
     }
 }
 
@@ -2934,6 +3253,11 @@ format = "json"
 level = "info,sluice::shaper=debug"
 access_log = false
 
+[redis]
+url = "redis://sluice:s3cret@redis.internal:6380/2"
+key_prefix = "shop-eu"
+timeout = "250ms"
+
 [upstreams.api]
 targets = ["127.0.0.1:9000 weight=3 max_inflight=50", "backend.internal:9001  max_inflight=7"]
 balance = "least_inflight"
@@ -3015,6 +3339,20 @@ rate = 0.5
 [routes.queue]
 discipline = "adaptive_lifo"
 timeout = "3s"
+
+[[routes]]
+name = "global"
+path_prefix = "/global"
+upstream = "api"
+limit = { rate = 500, burst = 50, backend = "redis", lease = 5, on_redis_error = "deny", expected_instances = 3 }
+
+[[routes]]
+name = "global defaults"
+path_prefix = "/global-defaults"
+upstream = "api"
+[routes.limit]
+rate = 0.25
+backend = "redis"
 "#;
 
     fn parse(src: &str) -> Result<Config, ConfigError> {
@@ -3082,6 +3420,7 @@ timeout = "3s"
         assert!(route.methods.is_empty());
         assert_eq!(route.upstream, "api");
         assert_eq!(route.limit, None);
+        assert_eq!(cfg.redis, None);
         assert_eq!(route.queue.capacity, 1000);
         assert_eq!(route.queue.timeout, Duration::from_secs(1));
         assert_eq!(route.reject.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -3107,6 +3446,7 @@ key_limit = { rate = 2 }",
         .expect("limits parse");
         let route = &limited.routes[0];
         assert!(!route.limit.expect("limit").dry_run);
+        assert_eq!(route.limit.expect("limit").backend, LimitBackend::Local);
         assert_eq!(
             route.key_limit,
             Some(KeyLimitConfig {
@@ -4167,6 +4507,403 @@ key_limit = { rate = 2 }",
         // Errors in a later route's classes are indexed from 0 again.
         let (line, _, key, _) = fail(&format!("{src}\n[[routes.classes]]\nname = \"x\""));
         assert_eq!((line, key.as_str()), (18, "routes[1].classes[1]"));
+    }
+
+    /// MINIMAL with `extra` in its route, then a `[redis]` section holding `redis`.
+    fn with_redis(extra: &str, redis: &str) -> String {
+        format!("{MINIMAL}{extra}\n\n[redis]\n{redis}\n")
+    }
+
+    #[test]
+    fn full_config_reads_redis_and_global_limits() {
+        let cfg = parse(FULL).expect("full config parses");
+        assert_eq!(
+            cfg.redis,
+            Some(RedisConfig {
+                url: "redis://sluice:s3cret@redis.internal:6380/2".into(),
+                key_prefix: "shop-eu".into(),
+                timeout: Duration::from_millis(250),
+            })
+        );
+        let limit = |name: &str| {
+            cfg.routes
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.limit)
+                .expect("route with a limit")
+        };
+        assert_eq!(limit("seckill").backend, LimitBackend::Local);
+        assert_eq!(
+            limit("global"),
+            LimitConfig {
+                rate: 500.0,
+                burst: NonZeroU32::new(50).expect("not zero"),
+                dry_run: false,
+                backend: LimitBackend::Redis(RedisLimitConfig {
+                    lease: NonZeroU32::new(5).expect("not zero"),
+                    on_error: OnRedisError::Deny,
+                    expected_instances: NonZeroU32::new(3).expect("not zero"),
+                }),
+            }
+        );
+        // The sub-table form, every redis-only key at its default.
+        assert_eq!(
+            limit("global defaults").backend,
+            LimitBackend::Redis(RedisLimitConfig {
+                lease: NonZeroU32::MIN,
+                on_error: OnRedisError::Local,
+                expected_instances: NonZeroU32::MIN,
+            })
+        );
+    }
+
+    #[test]
+    fn redis_section_gets_defaults_and_may_go_unused() {
+        let cfg = parse(&with_redis("", "url = \"redis://127.0.0.1\"")).expect("parses");
+        assert_eq!(
+            cfg.redis,
+            Some(RedisConfig {
+                url: "redis://127.0.0.1".into(),
+                key_prefix: "sluice".into(),
+                timeout: Duration::from_millis(50),
+            })
+        );
+        assert_eq!(cfg.routes[0].limit, None);
+        let cfg = parse(&with_redis(
+            "limit = { rate = 5, backend = \"local\" }",
+            "url = \"redis://127.0.0.1\"",
+        ))
+        .expect("parses");
+        assert_eq!(
+            cfg.routes[0].limit.map(|l| l.backend),
+            Some(LimitBackend::Local)
+        );
+        // The bounds themselves are allowed.
+        let cfg = parse(&with_redis(
+            "limit = { rate = 5, backend = \"redis\", lease = 1000, expected_instances = 10000, on_redis_error = \"allow\" }",
+            &format!(
+                "url = \"redis://127.0.0.1\"\nkey_prefix = \"{}\"\ntimeout = \"10s\"",
+                "p".repeat(128)
+            ),
+        ))
+        .expect("parses");
+        assert_eq!(
+            cfg.routes[0].limit.map(|l| l.backend),
+            Some(LimitBackend::Redis(RedisLimitConfig {
+                lease: NonZeroU32::new(1000).expect("not zero"),
+                on_error: OnRedisError::Allow,
+                expected_instances: NonZeroU32::new(10_000).expect("not zero"),
+            }))
+        );
+        assert_eq!(cfg.redis.map(|r| r.timeout), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn redis_urls_the_client_can_dial_are_accepted() {
+        for url in [
+            "redis://127.0.0.1",
+            "redis://redis.internal:6380",
+            "redis://[::1]:6379/0",
+            "redis://:pass@10.0.0.5/3",
+            "redis://user:p%40ss@10.0.0.5:6379/15",
+            "redis+unix:///run/redis/redis.sock",
+            "unix:///tmp/redis.sock",
+            "unix:///tmp/redis.sock?db=2",
+        ] {
+            let cfg = parse(&with_redis("", &format!("url = {url:?}")))
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(cfg.redis.map(|r| r.url).as_deref(), Some(url));
+        }
+    }
+
+    #[test]
+    fn redis_section_errors() {
+        // MINIMAL is 7 lines, then an empty route extra and a blank line: `[redis]` is line 10.
+        let cases: &[(&str, usize, &str, &str)] = &[
+            ("key_prefix = \"x\"", 10, "redis.url", "missing field `url`"),
+            ("url = 6379", 11, "redis.url", "string"),
+            (
+                "url = \"rediss://redis.internal:6380\"",
+                11,
+                "redis.url",
+                "TLS to Redis is not supported; use a local TLS tunnel or redis://",
+            ),
+            (
+                "url = \"REDISS://redis.internal\"",
+                11,
+                "redis.url",
+                "TLS to Redis is not supported",
+            ),
+            (
+                "url = \"valkeys://redis.internal\"",
+                11,
+                "redis.url",
+                "TLS to Redis is not supported",
+            ),
+            (
+                "url = \"http://redis.internal\"",
+                11,
+                "redis.url",
+                "invalid Redis URL: Redis URL did not parse",
+            ),
+            (
+                "url = \"redis.internal:6379\"",
+                11,
+                "redis.url",
+                "invalid Redis URL",
+            ),
+            ("url = \"\"", 11, "redis.url", "invalid Redis URL"),
+            (
+                "url = \"redis://0.0.0.0:6379\"",
+                11,
+                "redis.url",
+                "wildcard address",
+            ),
+            (
+                "url = \"redis://127.0.0.1/db1\"",
+                11,
+                "redis.url",
+                "Invalid database number",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\npassword = \"x\"",
+                12,
+                "redis.password",
+                "unknown field `password`",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\nkey_prefix = \"\"",
+                12,
+                "redis.key_prefix",
+                "must not be empty",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\nkey_prefix = \"shop eu\"",
+                12,
+                "redis.key_prefix",
+                "whitespace or control characters, got ' '",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\nkey_prefix = \"shop\\u0007\"",
+                12,
+                "redis.key_prefix",
+                "whitespace or control characters",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\ntimeout = \"0s\"",
+                12,
+                "redis.timeout",
+                "must be greater than 0",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\ntimeout = \"10s 1ms\"",
+                12,
+                "redis.timeout",
+                "must be at most 10s, got 10s 1ms",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\ntimeout = \"50\"",
+                12,
+                "redis.timeout",
+                "invalid duration",
+            ),
+            (
+                "url = \"redis://127.0.0.1\"\ntimeout = 50",
+                12,
+                "redis.timeout",
+                "string",
+            ),
+        ];
+        for (redis, line, key, expected) in cases {
+            let (l, _, k, message) = fail(&with_redis("", redis));
+            assert_eq!((l, k.as_str()), (*line, *key), "{redis}: {message}");
+            assert!(message.contains(expected), "{redis}: {message}");
+        }
+        let long = format!(
+            "url = \"redis://127.0.0.1\"\nkey_prefix = \"{}\"",
+            "p".repeat(129)
+        );
+        let (l, _, k, message) = fail(&with_redis("", &long));
+        assert_eq!((l, k.as_str()), (12, "redis.key_prefix"), "{message}");
+        assert!(message.contains("at most 128 bytes, got 129"), "{message}");
+    }
+
+    #[test]
+    fn redis_url_errors_do_not_show_the_password() {
+        let (.., message) = fail(&with_redis(
+            "",
+            "url = \"redis://user:hunter2@0.0.0.0:6379\"",
+        ));
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn limit_backend_errors() {
+        const REDIS: &str = "url = \"redis://127.0.0.1\"";
+        // (route extra, line, key, message part); every case has a [redis] section.
+        let cases: &[(&str, usize, &str, &str)] = &[
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"global\"",
+                10,
+                "routes[0].limit.backend",
+                "unknown backend \"global\": expected \"local\" or \"redis\"",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = 1",
+                10,
+                "routes[0].limit.backend",
+                "string",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nlease = 5",
+                10,
+                "routes[0].limit.lease",
+                "only allowed with backend = \"redis\"",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"local\"\non_redis_error = \"deny\"",
+                11,
+                "routes[0].limit.on_redis_error",
+                "only allowed with backend = \"redis\"",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nexpected_instances = 3",
+                10,
+                "routes[0].limit.expected_instances",
+                "only allowed with backend = \"redis\"",
+            ),
+            (
+                // The first redis-only key written is blamed.
+                "[routes.limit]\nrate = 1\nexpected_instances = 3\nlease = 2",
+                10,
+                "routes[0].limit.expected_instances",
+                "only allowed with backend = \"redis\"",
+            ),
+            (
+                "limit = { rate = 1, lease = 2 }",
+                8,
+                "routes[0].limit.lease",
+                "only allowed with backend = \"redis\"",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\ndry_run = true",
+                11,
+                "routes[0].limit.dry_run",
+                "dry run is local-only",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\nlease = 0",
+                11,
+                "routes[0].limit.lease",
+                "must be from 1 to 1000, got 0",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\nlease = 1001",
+                11,
+                "routes[0].limit.lease",
+                "must be from 1 to 1000, got 1001",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\nlease = 1.5",
+                11,
+                "routes[0].limit.lease",
+                "invalid type: floating point",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\nexpected_instances = 0",
+                11,
+                "routes[0].limit.expected_instances",
+                "must be from 1 to 10000, got 0",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\nexpected_instances = 10001",
+                11,
+                "routes[0].limit.expected_instances",
+                "must be from 1 to 10000, got 10001",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\non_redis_error = \"retry\"",
+                11,
+                "routes[0].limit.on_redis_error",
+                "unknown on_redis_error \"retry\": expected \"local\", \"allow\" or \"deny\"",
+            ),
+            (
+                "[routes.limit]\nrate = 1\nbackend = \"redis\"\nleases = 2",
+                11,
+                "routes[0].limit.leases",
+                "unknown field `leases`",
+            ),
+        ];
+        for (extra, line, key, expected) in cases {
+            let (l, _, k, message) = fail(&with_redis(extra, REDIS));
+            assert_eq!((l, k.as_str()), (*line, *key), "{extra}: {message}");
+            assert!(message.contains(expected), "{extra}: {message}");
+        }
+        // A dry run with the local backend, written out, is still fine.
+        parse(&with_redis(
+            "limit = { rate = 1, backend = \"local\", dry_run = true }",
+            REDIS,
+        ))
+        .expect("local dry run parses");
+        parse(&with_redis(
+            "limit = { rate = 1, backend = \"redis\", dry_run = false }",
+            REDIS,
+        ))
+        .expect("dry_run = false goes with redis");
+    }
+
+    #[test]
+    fn redis_backend_needs_a_redis_section() {
+        for (extra, line) in [
+            ("[routes.limit]\nrate = 1\nbackend = \"redis\"", 10),
+            ("limit = { rate = 1, backend = \"redis\", lease = 4 }", 8),
+        ] {
+            let (l, column, k, message) = fail(&with_route_extra(extra));
+            assert_eq!(
+                (l, k.as_str()),
+                (line, "routes[0].limit.backend"),
+                "{message}"
+            );
+            assert!(message.contains("[redis] section with `url`"), "{message}");
+            // At the value, where the other errors point too.
+            let at = extra
+                .lines()
+                .last()
+                .and_then(|l| l.find("\"redis\""))
+                .expect("value");
+            assert_eq!(column, at + 1, "{message}");
+        }
+        // The second route is the one blamed.
+        let src = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"global\"\npath_prefix = \"/g\"\nupstream = \"api\"\nlimit = {{ rate = 1, backend = \"redis\" }}\n"
+        );
+        let (l, _, k, _) = fail(&src);
+        assert_eq!((l, k.as_str()), (13, "routes[1].limit.backend"));
+    }
+
+    #[test]
+    fn to_toml_renders_redis_and_backends_in_file_shape() {
+        let rendered = parse(FULL).expect("parses").to_toml();
+        for expected in [
+            "[redis]\nurl = \"redis://sluice:s3cret@redis.internal:6380/2\"\nkey_prefix = \"shop-eu\"\ntimeout = \"250ms\"\n",
+            "rate = 500.0\nburst = 50\ndry_run = false\nbackend = \"redis\"\nlease = 5\non_redis_error = \"deny\"\nexpected_instances = 3\n",
+            "rate = 0.25\nburst = 1\ndry_run = false\nbackend = \"redis\"\nlease = 1\non_redis_error = \"local\"\nexpected_instances = 1\n",
+            "rate = 0.1\nburst = 20\ndry_run = true\nbackend = \"local\"\n\n",
+        ] {
+            assert!(
+                rendered.contains(expected),
+                "{expected:?} missing in:\n{rendered}"
+            );
+        }
+        let rendered = parse(MINIMAL).expect("parses").to_toml();
+        assert!(!rendered.contains("[redis]"), "{rendered}");
+        let rendered = parse(&with_redis("", "url = \"unix:///tmp/r.sock\""))
+            .expect("parses")
+            .to_toml();
+        assert!(
+            rendered.contains("[redis]\nurl = \"unix:///tmp/r.sock\"\nkey_prefix = \"sluice\"\ntimeout = \"50ms\"\n"),
+            "{rendered}"
+        );
     }
 
     #[test]

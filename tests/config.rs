@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use sluice::config::{
     ActiveHealth, AdaptiveConfig, Balance, ClassConfig, ClassMatch, Config, ConfigError,
-    Discipline, Fairness, KeyLimitConfig, KeyPart, LogFormat, PassiveHealth, ServerTls,
-    TargetConfig, UpstreamTls,
+    Discipline, Fairness, KeyLimitConfig, KeyPart, LimitBackend, LogFormat, OnRedisError,
+    PassiveHealth, RedisConfig, RedisLimitConfig, ServerTls, TargetConfig, UpstreamTls,
 };
 
 const FILE: &str = "conf/flash-sale.toml";
@@ -1381,4 +1381,196 @@ fn workers_is_a_thread_count() {
     let cfg = Config::parse(&src, Path::new(FILE)).expect("workers = 3");
     assert_eq!(cfg.server.workers, Some(3));
     assert!(cfg.to_toml().contains("workers = 3"));
+}
+
+/// BASE with its seckill route made global and a `[redis]` section at the end.
+/// Lines: 12 `[routes.limit]`, 15 `backend`, 16 `lease`, 17 `on_redis_error`,
+/// 18 `expected_instances`, 28 `[redis]`, 29 `url`, 30 `key_prefix`, 31 `timeout`.
+fn global() -> String {
+    let src = edit(
+        "burst = 20\n",
+        "burst = 20\nbackend = \"redis\"\nlease = 4\non_redis_error = \"allow\"\nexpected_instances = 6\n",
+    );
+    format!(
+        "{src}\n[redis]\nurl = \"redis://redis.internal:6379/1\"\nkey_prefix = \"flash\"\ntimeout = \"80ms\"\n"
+    )
+}
+
+#[test]
+fn global_limit_reads_and_round_trips() {
+    let cfg = Config::parse(&global(), Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.redis,
+        Some(RedisConfig {
+            url: "redis://redis.internal:6379/1".into(),
+            key_prefix: "flash".into(),
+            timeout: Duration::from_millis(80),
+        })
+    );
+    let limit = cfg.routes[0].limit.expect("seckill is rate limited");
+    assert_eq!(
+        (limit.rate, limit.burst.get(), limit.dry_run),
+        (200.0, 20, false)
+    );
+    assert_eq!(
+        limit.backend,
+        LimitBackend::Redis(RedisLimitConfig {
+            lease: 4.try_into().expect("not zero"),
+            on_error: OnRedisError::Allow,
+            expected_instances: 6.try_into().expect("not zero"),
+        })
+    );
+    let rendered = cfg.to_toml();
+    let again = Config::parse(&rendered, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, cfg);
+    assert_eq!(again.to_toml(), rendered);
+}
+
+#[test]
+fn redis_backend_without_redis_section() {
+    let src = edit("burst = 20\n", "burst = 20\nbackend = \"redis\"\n");
+    let shown = assert_error(&src, 15, "routes[0].limit.backend");
+    assert!(shown.contains("[redis] section with `url`"), "{shown}");
+    assert!(shown.starts_with(&format!("{FILE}:15:11: ")), "{shown}");
+}
+
+#[test]
+fn redis_only_key_with_local_backend() {
+    let src = edit("burst = 20\n", "burst = 20\nlease = 10\n");
+    let shown = assert_error(&src, 15, "routes[0].limit.lease");
+    assert!(
+        shown.contains("only allowed with backend = \"redis\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_backend() {
+    let src = global().replace("backend = \"redis\"", "backend = \"memcached\"");
+    let shown = assert_error(&src, 15, "routes[0].limit.backend");
+    assert!(shown.contains("expected \"local\" or \"redis\""), "{shown}");
+}
+
+#[test]
+fn global_dry_run() {
+    let src = global().replace("lease = 4\n", "dry_run = true\n");
+    let shown = assert_error(&src, 16, "routes[0].limit.dry_run");
+    assert!(shown.contains("local-only"), "{shown}");
+}
+
+#[test]
+fn lease_and_instances_out_of_range() {
+    assert_error(
+        &global().replace("lease = 4", "lease = 5000"),
+        16,
+        "routes[0].limit.lease",
+    );
+    assert_error(
+        &global().replace("expected_instances = 6", "expected_instances = -1"),
+        18,
+        "routes[0].limit.expected_instances",
+    );
+    assert_error(
+        &global().replace(
+            "on_redis_error = \"allow\"",
+            "on_redis_error = \"fail_open\"",
+        ),
+        17,
+        "routes[0].limit.on_redis_error",
+    );
+}
+
+#[test]
+fn redis_section_errors() {
+    let shown = assert_error(
+        &global().replace("redis://redis.internal", "rediss://redis.internal"),
+        29,
+        "redis.url",
+    );
+    assert!(shown.contains("TLS to Redis is not supported"), "{shown}");
+    let shown = assert_error(
+        &global().replace("redis://redis.internal:6379/1", "tcp://redis.internal"),
+        29,
+        "redis.url",
+    );
+    assert!(shown.contains("invalid Redis URL"), "{shown}");
+    assert_error(
+        &global().replace("url = \"redis://redis.internal:6379/1\"\n", ""),
+        28,
+        "redis.url",
+    );
+    assert_error(
+        &global().replace("key_prefix = \"flash\"", "key_prefix = \"flash sale\""),
+        30,
+        "redis.key_prefix",
+    );
+    assert_error(
+        &global().replace("timeout = \"80ms\"", "timeout = \"1m\""),
+        31,
+        "redis.timeout",
+    );
+    let shown = assert_error(
+        &global().replace("timeout = \"80ms\"", "timeout = \"80ms\"\ndb = 2"),
+        32,
+        "redis.db",
+    );
+    assert!(shown.contains("unknown field `db`"), "{shown}");
+}
+
+#[test]
+fn unused_redis_section_is_allowed() {
+    let src = format!("{BASE}\n[redis]\nurl = \"redis+unix:///run/redis.sock\"\n");
+    let cfg = Config::parse(&src, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.redis.map(|r| (r.key_prefix, r.timeout)),
+        Some(("sluice".to_string(), Duration::from_millis(50)))
+    );
+    assert!(
+        cfg.routes
+            .iter()
+            .all(|r| r.limit.is_none_or(|l| l.backend == LimitBackend::Local))
+    );
+}
+
+/// The example file's commented-out global route and `[redis]`, uncommented,
+/// make a valid config: the example shows what loads.
+#[test]
+fn example_global_route_loads_when_uncommented() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml");
+    let src = std::fs::read_to_string(&path).expect("example readable");
+    let start = src.find("# A global limit").expect("the global example");
+    let is_toml = |line: &str| {
+        line.starts_with('[')
+            || line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+    };
+    let tail: Vec<&str> = src[start..]
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_toml(rest) => rest,
+            _ => line,
+        })
+        .collect();
+    let uncommented = format!("{}{}\n", &src[..start], tail.join("\n"));
+    let cfg = Config::parse(&uncommented, &path).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let checkout = cfg.routes.last().expect("a route");
+    assert_eq!(checkout.name, "checkout");
+    let limit = checkout.limit.expect("checkout is rate limited");
+    assert_eq!(
+        limit.backend,
+        LimitBackend::Redis(RedisLimitConfig {
+            lease: 5.try_into().expect("not zero"),
+            on_error: OnRedisError::Local,
+            expected_instances: 3.try_into().expect("not zero"),
+        })
+    );
+    assert_eq!(
+        cfg.redis,
+        Some(RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "sluice".into(),
+            timeout: Duration::from_millis(50),
+        })
+    );
 }

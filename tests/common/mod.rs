@@ -22,8 +22,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice::config::{
-    AdminConfig, Balance, Config, KeyPart, LimitConfig, LogConfig, LogFormat, PassiveHealth,
-    QueueConfig, RejectConfig, RouteConfig, ServerConfig, TargetConfig, UpstreamConfig,
+    AdminConfig, Balance, Config, KeyPart, LimitBackend, LimitConfig, LogConfig, LogFormat,
+    PassiveHealth, QueueConfig, RejectConfig, RouteConfig, ServerConfig, TargetConfig,
+    UpstreamConfig,
 };
 use tokio::net::TcpListener;
 
@@ -366,6 +367,7 @@ pub fn config(targets: &[SocketAddr]) -> Config {
             1000,
             Duration::from_secs(10),
         )],
+        redis: None,
     }
 }
 
@@ -387,6 +389,7 @@ pub fn route(
             rate,
             burst: NonZeroU32::new(burst).unwrap(),
             dry_run: false,
+            backend: LimitBackend::Local,
         }),
         queue: QueueConfig::new(capacity, timeout),
         reject: RejectConfig::default(),
