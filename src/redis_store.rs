@@ -14,6 +14,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -69,7 +70,8 @@ pub struct RedisLink {
     /// The connection calls share, tagged with its generation so that a call
     /// failing on an old connection does not drop a newer one.
     cached: Mutex<Option<(u64, MultiplexedConnection)>>,
-    generation: Mutex<u64>,
+    /// Connections opened so far; numbers the cached one.
+    opened: AtomicU64,
     /// One connect at a time: callers arriving while the link is down wait
     /// for that attempt (within their own timeout) rather than each opening
     /// a socket.
@@ -107,7 +109,7 @@ impl RedisLink {
             target,
             script: Script::new(GCRA_LUA),
             cached: Mutex::new(None),
-            generation: Mutex::new(0),
+            opened: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
         })
     }
@@ -183,11 +185,7 @@ impl RedisLink {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|err| self.redis_error("connect", &err))?;
-        let generation = {
-            let mut generation = self.generation.lock();
-            *generation += 1;
-            *generation
-        };
+        let generation = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
         *self.cached.lock() = Some((generation, connection.clone()));
         tracing::info!(redis = %self.target, "connected to redis");
         Ok((generation, connection))
