@@ -398,7 +398,7 @@ impl Metrics {
             Opts::new(
                 "sluice_redis_tokens_total",
                 "Tokens of the route's global rate limit that Redis granted to this instance; \
-                 summed over the fleet, its rate is the route's global release rate.",
+                 summed over the fleet, its rate stays within the route's configured rate.",
             ),
             &["route"],
         )?;
