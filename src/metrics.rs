@@ -29,6 +29,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets for calls to Redis: 100 µs (a call on the same host) to 1 s
+/// (beyond any sane `[redis] timeout`).
+const REDIS_CALL_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// Every metric sluice exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -62,6 +68,10 @@ pub struct Metrics {
     target_inflight: IntGaugeVec,
     upstream_retries: IntCounterVec,
     upstream_limit: IntGaugeVec,
+    redis_calls: IntCounterVec,
+    redis_call_seconds: HistogramVec,
+    redis_tokens: IntCounterVec,
+    redis_fallback: IntGaugeVec,
 }
 
 /// One route's handles.
@@ -78,6 +88,28 @@ pub struct RouteMetrics {
     key_evictions: IntCounter,
     dry_run_route: IntCounter,
     dry_run_key: IntCounter,
+}
+
+/// One route's handles for its global (Redis-held) rate limit.
+#[derive(Clone)]
+pub struct RedisRouteMetrics {
+    calls_ok: IntCounter,
+    calls_error: IntCounter,
+    calls_timeout: IntCounter,
+    call_seconds: Histogram,
+    tokens: IntCounter,
+    fallback: IntGauge,
+}
+
+/// How a call to Redis ended, as counted in `sluice_redis_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisCallResult {
+    /// Redis answered.
+    Ok,
+    /// Refused, reset, or an error reply: Redis or the link to it is broken.
+    Error,
+    /// No answer within `[redis] timeout`: Redis is slow or unreachable.
+    Timeout,
 }
 
 /// Which limit a dry run would have applied.
@@ -345,6 +377,39 @@ impl Metrics {
             ),
             &["upstream"],
         )?;
+        let redis_calls = IntCounterVec::new(
+            Opts::new(
+                "sluice_redis_calls_total",
+                "Calls to Redis for the route's global rate limit, by result (ok, error, timeout); \
+                 errors and timeouts mean the route runs on its fallback until Redis answers again.",
+            ),
+            &["route", "result"],
+        )?;
+        let redis_call_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_redis_call_seconds",
+                "Duration of calls to Redis for the route's global rate limit, whatever their \
+                 result; tokens wait this long to be leased.",
+            )
+            .buckets(REDIS_CALL_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let redis_tokens = IntCounterVec::new(
+            Opts::new(
+                "sluice_redis_tokens_total",
+                "Tokens of the route's global rate limit that Redis granted to this instance; \
+                 summed over the fleet, its rate stays within the route's configured rate.",
+            ),
+            &["route"],
+        )?;
+        let redis_fallback = IntGaugeVec::new(
+            Opts::new(
+                "sluice_redis_fallback",
+                "1 while the route runs on its configured fallback because Redis is unreachable, \
+                 0 while its global rate limit is held in Redis.",
+            ),
+            &["route"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("sluice_build_info", "Build information; always 1."),
             &["version"],
@@ -383,6 +448,10 @@ impl Metrics {
             Box::new(upstream_retries.clone()),
             Box::new(upstream_limit.clone()),
             Box::new(last_reload.clone()),
+            Box::new(redis_calls.clone()),
+            Box::new(redis_call_seconds.clone()),
+            Box::new(redis_tokens.clone()),
+            Box::new(redis_fallback.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector)?;
@@ -418,6 +487,10 @@ impl Metrics {
             target_inflight,
             upstream_retries,
             upstream_limit,
+            redis_calls,
+            redis_call_seconds,
+            redis_tokens,
+            redis_fallback,
         })
     }
 
@@ -530,6 +603,21 @@ impl Metrics {
         }
     }
 
+    /// Handles for one route's global rate limit in Redis; its series appear
+    /// (at zero) as soon as the route is set up, before the first call.
+    pub fn redis_route(&self, route: &str) -> RedisRouteMetrics {
+        let fallback = self.redis_fallback.with_label_values(&[route]);
+        fallback.set(0);
+        RedisRouteMetrics {
+            calls_ok: self.redis_calls.with_label_values(&[route, "ok"]),
+            calls_error: self.redis_calls.with_label_values(&[route, "error"]),
+            calls_timeout: self.redis_calls.with_label_values(&[route, "timeout"]),
+            call_seconds: self.redis_call_seconds.with_label_values(&[route]),
+            tokens: self.redis_tokens.with_label_values(&[route]),
+            fallback,
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -612,6 +700,28 @@ impl UpstreamMetrics {
     pub fn sample_inflight(&self, inflight: usize) {
         self.inflight
             .set(i64::try_from(inflight).unwrap_or(i64::MAX));
+    }
+}
+
+impl RedisRouteMetrics {
+    /// Counts one call to Redis and how long it took.
+    pub fn call(&self, result: RedisCallResult, seconds: f64) {
+        match result {
+            RedisCallResult::Ok => self.calls_ok.inc(),
+            RedisCallResult::Error => self.calls_error.inc(),
+            RedisCallResult::Timeout => self.calls_timeout.inc(),
+        }
+        self.call_seconds.observe(seconds);
+    }
+
+    /// Counts tokens Redis granted.
+    pub fn tokens(&self, granted: u32) {
+        self.tokens.inc_by(u64::from(granted));
+    }
+
+    /// Whether the route runs on its fallback (Redis unreachable) now.
+    pub fn set_fallback(&self, on: bool) {
+        self.fallback.set(i64::from(on));
     }
 }
 
