@@ -29,7 +29,8 @@ use crate::classify::client_ip;
 use crate::config::Config;
 use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
 use crate::outcome::Outcome;
-use crate::route::Route;
+use crate::redis_store::RedisLink;
+use crate::route::{RedisShared, Route};
 use crate::router::Router;
 use crate::shaper::{Admission, Grant, RejectReason, Rejection};
 use crate::tls::TlsError;
@@ -52,6 +53,8 @@ pub struct Gateway {
     max_body_bytes: u64,
     access_log: bool,
     metrics: Metrics,
+    /// The `[redis]` link global routes share.
+    redis: Option<RedisShared>,
 }
 
 impl Gateway {
@@ -99,6 +102,26 @@ impl Gateway {
             })
             .cloned()
             .collect();
+        let redis = config.redis.as_ref().and_then(|c| {
+            let kept = previous
+                .and_then(|g| g.redis.as_ref())
+                .filter(|r| r.config == *c);
+            match kept {
+                Some(kept) => Some(kept.clone()),
+                // The loader checked the URL; should the client still refuse
+                // it, global routes run on their fallback.
+                None => match RedisLink::new(&c.url, c.timeout) {
+                    Ok(link) => Some(RedisShared {
+                        config: c.clone(),
+                        link: Arc::new(link),
+                    }),
+                    Err(error) => {
+                        tracing::error!(%error, "[redis] unusable; global routes run on their on_redis_error fallback");
+                        None
+                    }
+                },
+            }
+        });
         let routes = kept
             .iter()
             .filter_map(|r| {
@@ -106,7 +129,13 @@ impl Gateway {
                 let previous_state = previous
                     .and_then(|g| g.routes.iter().find(|old| old.name == r.name))
                     .map(|old| &old.state);
-                Some(Route::new(r, upstream, &metrics, previous_state))
+                Some(Route::new(
+                    r,
+                    upstream,
+                    &metrics,
+                    previous_state,
+                    redis.as_ref(),
+                ))
             })
             .collect();
         Ok(Gateway {
@@ -118,6 +147,7 @@ impl Gateway {
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.log.access_log,
             metrics,
+            redis,
         })
     }
 

@@ -310,6 +310,11 @@ impl RedisStore {
     pub fn key(&self) -> &str {
         &self.inner.key
     }
+
+    /// Whether this store is the one `link`, `key_prefix` and `route` make.
+    pub fn uses(&self, link: &Arc<RedisLink>, key_prefix: &str, route: &str) -> bool {
+        Arc::ptr_eq(&self.inner.link, link) && self.inner.key == route_key(key_prefix, route)
+    }
 }
 
 fn route_key(key_prefix: &str, route: &str) -> String {

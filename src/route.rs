@@ -15,9 +15,13 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::classify::Classifier;
-use crate::config::{Discipline, Fairness, KeyLimitConfig, RejectConfig, RouteConfig};
-use crate::metrics::{DryRunLimit, Metrics, RouteMetrics};
-use crate::shaper::{KeyedLimiter, Limiter, Limits, Shaper};
+use crate::config::{
+    Discipline, Fairness, KeyLimitConfig, LimitBackend, OnRedisError, RedisConfig, RejectConfig,
+    RouteConfig,
+};
+use crate::metrics::{DryRunLimit, Metrics, RedisRouteMetrics, RouteMetrics};
+use crate::redis_store::{RedisLink, RedisStore};
+use crate::shaper::{Fallback, KeyedLimiter, Limiter, Limits, Shaper, SharedRate, TokenStore};
 use crate::upstream::Upstream;
 
 /// A route in one config generation.
@@ -26,7 +30,17 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub reject: RejectConfig,
     pub metrics: RouteMetrics,
+    /// The Redis metrics of a global route.
+    redis_metrics: Option<RedisRouteMetrics>,
     pub state: Arc<RouteState>,
+}
+
+/// The `[redis]` section of a config generation and its link, kept by the
+/// next generation while the section is unchanged (one connection).
+#[derive(Debug, Clone)]
+pub struct RedisShared {
+    pub config: RedisConfig,
+    pub link: Arc<RedisLink>,
 }
 
 /// What a route keeps across reloads.
@@ -41,6 +55,9 @@ pub struct RouteState {
     configured: Mutex<Limits>,
     rate_override: Mutex<Option<RateOverride>>,
     upstream_name: String,
+    /// A global route's store: kept across reloads while the link and key
+    /// stay the same, so the shaper keeps its leased tokens.
+    store: Mutex<Option<Arc<RedisStore>>>,
 }
 
 /// A temporary rate set through the admin API.
@@ -66,7 +83,18 @@ pub fn limits_of(r: &RouteConfig, classes: usize) -> Limits {
             Discipline::Fifo => None,
             Discipline::AdaptiveLifo { threshold } => Some(threshold),
         },
-        shared: None,
+        shared: match r.limit.map(|l| l.backend) {
+            Some(LimitBackend::Redis(c)) => Some(SharedRate {
+                lease: c.lease,
+                fallback: match c.on_error {
+                    OnRedisError::Local => Fallback::Local,
+                    OnRedisError::Allow => Fallback::Allow,
+                    OnRedisError::Deny => Fallback::Deny,
+                },
+                instances: c.expected_instances,
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -89,9 +117,34 @@ impl Route {
         upstream: Arc<Upstream>,
         metrics: &Metrics,
         previous: Option<&Arc<RouteState>>,
+        redis: Option<&RedisShared>,
     ) -> Route {
+        let global = matches!(r.limit.map(|l| l.backend), Some(LimitBackend::Redis(_)));
+        let redis_metrics = global.then(|| metrics.redis_route(&r.name));
+        // A global route without a link (an unusable `[redis]` section,
+        // logged where the link was made) runs on its fallback.
+        let store = redis
+            .zip(redis_metrics.clone())
+            .filter(|_| global)
+            .map(|(redis, m)| {
+                let kept = previous
+                    .and_then(|s| s.store.lock().clone())
+                    .filter(|s| s.uses(&redis.link, &redis.config.key_prefix, &r.name));
+                kept.unwrap_or_else(|| {
+                    Arc::new(RedisStore::new(
+                        redis.link.clone(),
+                        &redis.config.key_prefix,
+                        &r.name,
+                        m,
+                    ))
+                })
+            });
+        let dyn_store = store.clone().map(|s| s as Arc<dyn TokenStore>);
         let state = match previous.filter(|s| s.upstream_name == r.upstream) {
             Some(state) => {
+                *state.store.lock() = store;
+                // The same store (same link and key) keeps the shaper's state.
+                state.shaper.set_store(dyn_store);
                 state.reconfigure(r);
                 state.clone()
             }
@@ -99,7 +152,13 @@ impl Route {
                 let classifier = Classifier::new(r);
                 let limits = limits_of(r, classifier.class_count());
                 Arc::new(RouteState {
-                    shaper: Shaper::new(limits, upstream.inflight_cap(), upstream.gate()),
+                    shaper: Shaper::with_store(
+                        limits,
+                        upstream.inflight_cap(),
+                        upstream.gate(),
+                        dyn_store,
+                    ),
+                    store: Mutex::new(store),
                     classifier: ArcSwap::from_pointee(classifier),
                     key_limit: ArcSwapOption::new(key_limit_of(r)),
                     dry_limit: ArcSwapOption::new(dry_limit_of(r)),
@@ -114,6 +173,7 @@ impl Route {
             upstream,
             reject: r.reject,
             metrics: metrics.route(r),
+            redis_metrics,
             state,
         }
     }
@@ -159,6 +219,10 @@ impl Route {
         for class in 0..state.classifier().class_count() {
             self.metrics
                 .sample_class_depth(class, state.shaper.class_depth(class));
+        }
+        if let (Some(redis), Some(fallback)) = (&self.redis_metrics, state.shaper.shared_fallback())
+        {
+            redis.set_fallback(fallback);
         }
         if let Some((_, limiter)) = state.key_limit.load().as_deref() {
             self.metrics

@@ -39,7 +39,13 @@ fn global_config(
     instances: u32,
 ) -> Config {
     let mut config = config(&[backend]);
-    let mut global = route("global", "/", Some((rate, burst)), 1000, Duration::from_secs(30));
+    let mut global = route(
+        "global",
+        "/",
+        Some((rate, burst)),
+        1000,
+        Duration::from_secs(30),
+    );
     if let Some(limit) = &mut global.limit {
         limit.backend = LimitBackend::Redis(RedisLimitConfig {
             lease: NonZeroU32::MIN,
@@ -96,7 +102,10 @@ async fn await_fallback(client: &TestClient, sluice: &TestSluice, want: f64) {
         if now == want {
             return;
         }
-        assert!(Instant::now() < deadline, "sluice_redis_fallback stayed {now}, want {want}");
+        assert!(
+            Instant::now() < deadline,
+            "sluice_redis_fallback stayed {now}, want {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -142,7 +151,10 @@ async fn three_instances_hold_one_global_rate() {
     let at = arrivals(&backend, "/buy", 0);
     assert_eq!(at.len(), 300);
     let rate = drain_rate(&at, 10);
-    assert!((rate - 100.0).abs() <= 5.0, "fleet rate {rate:.1}/s, limit 100/s");
+    assert!(
+        (rate - 100.0).abs() <= 5.0,
+        "fleet rate {rate:.1}/s, limit 100/s"
+    );
     // Each instance forwarded its own 100, counted once.
     for sluice in &fleet {
         let counted = outcomes(&client, sluice.admin_addr(), "global").await;
@@ -154,10 +166,20 @@ async fn three_instances_hold_one_global_rate() {
 /// An outage under `on_error` on one instance that expects a fleet of 2:
 /// returns (the instance, its backend, the client, the Redis server) with
 /// Redis stopped and the fallback engaged.
-async fn outage(on_error: OnRedisError, rate: (f64, u32)) -> (TestSluice, Backend, TestClient, RedisServer) {
-    let redis = RedisServer::start();
+async fn outage(
+    on_error: OnRedisError,
+    rate: (f64, u32),
+) -> (TestSluice, Backend, TestClient, RedisServer) {
+    let mut redis = RedisServer::start();
     let backend = Backend::start(Duration::ZERO).await;
-    let config = global_config(backend.addr, &redis.url(), &unique_prefix(), rate, on_error, 2);
+    let config = global_config(
+        backend.addr,
+        &redis.url(),
+        &unique_prefix(),
+        rate,
+        on_error,
+        2,
+    );
     let sluice = TestSluice::start(&config).await;
     let client = client();
     burst(&client, &format!("http://{}/warm", sluice.proxy_addr()), 10).await;
@@ -175,7 +197,13 @@ async fn outage(on_error: OnRedisError, rate: (f64, u32)) -> (TestSluice, Backen
 }
 
 /// Redis back: the gauge clears and a burst drains at the global rate again.
-async fn recovers(sluice: &TestSluice, backend: &Backend, client: &TestClient, redis: &RedisServer, rate: f64) {
+async fn recovers(
+    sluice: &TestSluice,
+    backend: &Backend,
+    client: &TestClient,
+    redis: &mut RedisServer,
+    rate: f64,
+) {
     redis.restart();
     await_fallback(client, sluice, 0.0).await;
     let since = micros_now();
@@ -183,7 +211,10 @@ async fn recovers(sluice: &TestSluice, backend: &Backend, client: &TestClient, r
     assert_eq!(by_status(&seen), BTreeMap::from([(200, 60)]));
     let at = arrivals(backend, "/after", since);
     let measured = drain_rate(&at, 10);
-    assert!((measured - rate).abs() <= rate * 0.05, "after recovery {measured:.1}/s, limit {rate}/s");
+    assert!(
+        (measured - rate).abs() <= rate * 0.05,
+        "after recovery {measured:.1}/s, limit {rate}/s"
+    );
     let text = scrape(client, sluice.admin_addr()).await;
     let errors: f64 = samples(&text, "sluice_redis_calls_total")
         .iter()
@@ -196,39 +227,53 @@ async fn recovers(sluice: &TestSluice, backend: &Backend, client: &TestClient, r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_local_falls_back_to_a_share_and_recovers() {
     let _serial = serial().await;
-    let (sluice, backend, client, redis) = outage(OnRedisError::Local, (100.0, 10)).await;
+    let (sluice, backend, client, mut redis) = outage(OnRedisError::Local, (100.0, 10)).await;
     // A fleet of 2 expected: 50/s, burst 5, while Redis is away.
     let since = micros_now();
     let seen = burst(&client, &format!("http://{}/down", sluice.proxy_addr()), 60).await;
     assert_eq!(by_status(&seen), BTreeMap::from([(200, 60)]));
     let measured = drain_rate(&arrivals(&backend, "/down", since), 5);
-    assert!((measured - 50.0).abs() <= 2.5, "fallback rate {measured:.1}/s, want 50/s");
-    recovers(&sluice, &backend, &client, &redis, 100.0).await;
+    assert!(
+        (measured - 50.0).abs() <= 2.5,
+        "fallback rate {measured:.1}/s, want 50/s"
+    );
+    recovers(&sluice, &backend, &client, &mut redis, 100.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_allow_lets_traffic_through_and_recovers() {
     let _serial = serial().await;
-    let (sluice, backend, client, redis) = outage(OnRedisError::Allow, (50.0, 5)).await;
+    let (sluice, backend, client, mut redis) = outage(OnRedisError::Allow, (50.0, 5)).await;
     // No limit while Redis is away: 100 requests at a 50/s limit all go at once.
     let since = micros_now();
-    let seen = burst(&client, &format!("http://{}/down", sluice.proxy_addr()), 100).await;
+    let seen = burst(
+        &client,
+        &format!("http://{}/down", sluice.proxy_addr()),
+        100,
+    )
+    .await;
     assert_eq!(by_status(&seen), BTreeMap::from([(200, 100)]));
     let at = arrivals(&backend, "/down", since);
     let span_ms = (at[at.len() - 1] - at[0]) / 1000;
-    assert!(span_ms < 1_000, "100 requests took {span_ms} ms: still limited");
-    recovers(&sluice, &backend, &client, &redis, 50.0).await;
+    assert!(
+        span_ms < 1_000,
+        "100 requests took {span_ms} ms: still limited"
+    );
+    recovers(&sluice, &backend, &client, &mut redis, 50.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_deny_refuses_and_recovers() {
     let _serial = serial().await;
-    let (sluice, backend, client, redis) = outage(OnRedisError::Deny, (50.0, 5)).await;
+    let (sluice, backend, client, mut redis) = outage(OnRedisError::Deny, (50.0, 5)).await;
     let forwarded_before = backend.count();
     let seen = burst(&client, &format!("http://{}/down", sluice.proxy_addr()), 20).await;
     // Refused at once with 503 and a Retry-After; none reaches the backend.
     assert_eq!(by_status(&seen), BTreeMap::from([(503, 20)]));
-    assert!(seen.iter().all(|s| s.latency < Duration::from_secs(1) && s.retry_after.is_some()));
+    assert!(
+        seen.iter()
+            .all(|s| s.latency < Duration::from_secs(1) && s.retry_after.is_some())
+    );
     assert_eq!(backend.count(), forwarded_before);
-    recovers(&sluice, &backend, &client, &redis, 50.0).await;
+    recovers(&sluice, &backend, &client, &mut redis, 50.0).await;
 }

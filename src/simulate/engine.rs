@@ -41,7 +41,9 @@ use crate::config::{ClassMatch, Config};
 use crate::outcome::Outcome;
 use crate::route::limits_of;
 use crate::router::Router;
-use crate::shaper::{Admission, Arrival, Gate, KeyedLimiter, Limiter, RejectReason, Shaper};
+use crate::shaper::{
+    Admission, Arrival, Gate, KeyedLimiter, Limiter, Limits, RejectReason, Shaper,
+};
 
 use super::trace::{Record, Trace};
 
@@ -522,7 +524,12 @@ pub(crate) async fn replay(
             .collect();
         routes.push(SimRoute {
             shaper: Shaper::new(
-                limits_of(r, classes),
+                // A global (Redis) rate is simulated as this one shaper
+                // holding the whole rate: the trace is the fleet's traffic.
+                Limits {
+                    shared: None,
+                    ..limits_of(r, classes)
+                },
                 upstreams[upstream].inflight.clone(),
                 gate.clone(),
             ),
