@@ -21,7 +21,10 @@ use common::*;
 use http::{HeaderName, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
-use sluice::config::{ClassConfig, ClassMatch, Config, KeyLimitConfig, KeyPart};
+use sluice::config::{
+    ClassConfig, ClassMatch, Config, KeyLimitConfig, KeyPart, LimitBackend, RedisConfig,
+    RedisLimitConfig,
+};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -104,6 +107,7 @@ async fn dashboard_panels_and_alert_rules_work_against_a_real_prometheus() {
         "sum(rate(sluice_upstream_response_seconds_count[10s])) > 0".to_string(),
         "sum(rate(sluice_key_evictions_total[10s])) > 0".to_string(),
         "sum by (limit) (rate(sluice_dry_run_limited_total[10s])) > 0".to_string(),
+        "sum(rate(sluice_redis_calls_total{result=\"ok\"}[10s])) > 0".to_string(),
         "sum(rate(sluice_class_requests_total{class=\"gold\"}[10s])) > 0".to_string(),
     ]
     .into_iter()
@@ -291,8 +295,23 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
         dry_run: true,
     });
 
+    // Its rate kept in Redis (the test command's shared server).
+    let mut global = route(
+        "global",
+        "/global",
+        Some((20.0, 2)),
+        20,
+        Duration::from_millis(500),
+    );
+    global.limit.as_mut().unwrap().backend = LimitBackend::Redis(RedisLimitConfig::default());
+    config.redis = Some(RedisConfig {
+        url: common::redis::shared_url(),
+        key_prefix: format!("dashboards-{}", std::process::id()),
+        timeout: Duration::from_millis(100),
+    });
+
     // No route on "/": anything else is `no_route`.
-    config.routes = vec![checkout, search, broken, shadow];
+    config.routes = vec![checkout, search, broken, shadow, global];
     config
 }
 
@@ -304,6 +323,7 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
 /// - search: 10, twice its rate (queued, then 503 when full);
 /// - broken: 2 (502, connection refused);
 /// - shadow: 5, over its dry-run limits (all forwarded, counted);
+/// - global: 3, over its Redis-kept limit of 20/s (queued, some 503);
 /// - one request no route matches (404).
 async fn offer_load(proxy: SocketAddr, stop: Arc<AtomicBool>) -> usize {
     let client = client();
@@ -337,6 +357,9 @@ async fn offer_load(proxy: SocketAddr, stop: Arc<AtomicBool>) -> usize {
         }
         for _ in 0..5 {
             requests.push((format!("{base}/shadow"), vec![]));
+        }
+        for _ in 0..3 {
+            requests.push((format!("{base}/global"), vec![]));
         }
         requests.push((format!("{base}/nowhere"), vec![]));
         for (url, headers) in requests {
