@@ -353,7 +353,7 @@ impl Shaper {
         let mut first_wait = Duration::ZERO;
         if state.queue.is_empty() && !state.paused && shared.gate.is_open() {
             if let Ok(permit) = shared.inflight.clone().try_acquire_owned() {
-                match state.take_token(now) {
+                match state.take_token(now, 1) {
                     Ok(()) => {
                         return Admission::Go(Grant {
                             permit,
@@ -510,11 +510,13 @@ impl State {
         }
     }
 
-    fn take_token(&mut self, now: Instant) -> Result<(), NoToken> {
+    /// Takes a token at `now`. `demand`: requests that could go now if
+    /// they had a token (a shared rate asks its store for that many).
+    fn take_token(&mut self, now: Instant, demand: usize) -> Result<(), NoToken> {
         match &mut self.limiter {
             None => Ok(()),
             Some(RateLimiter::Local(limiter)) => limiter.check(now).map_err(NoToken::For),
-            Some(RateLimiter::Shared(limiter)) => limiter.take(now),
+            Some(RateLimiter::Shared(limiter)) => limiter.take(now, demand),
         }
     }
 
@@ -630,7 +632,13 @@ async fn release(shared: Arc<Shared>) {
                 let Some(next) = next_live(&mut state, now) else {
                     break; // everyone left while we waited; `held` goes back
                 };
-                match state.take_token(now) {
+                // Waiters that an in-flight slot would let go: the one
+                // holding `held`, and as many more as slots are free.
+                let demand = state
+                    .queue
+                    .len()
+                    .min(1 + shared.inflight.available_permits());
+                match state.take_token(now, demand) {
                     Ok(()) => {
                         state.next_token_at = None;
                         if let Some(waiter) = state.queue.release(next) {

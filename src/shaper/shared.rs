@@ -107,6 +107,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// fast route's lease outlives the round trip that fetched it.
 const MIN_LEASE_LIFE: Duration = Duration::from_millis(10);
 
+/// Most tokens one call asks for. Tokens for requests already waiting are
+/// spent at once, so asking for all of them costs no accuracy (unlike a
+/// lease, which is spent on requests still to come), and it keeps a route's
+/// release rate from being bounded by one round trip per request.
+const MAX_ASK: usize = 1000;
+
 /// How long "deny" says the next token is away: longer than any queue
 /// timeout, so every new request is refused at once.
 const DENIED: Duration = Duration::from_secs(24 * 3600);
@@ -129,8 +135,9 @@ pub(super) struct SharedLimiter {
     /// When the store may be asked next: now, after the wait it named, or
     /// after the back-off that follows a failure.
     ask_at: Instant,
-    /// A call is out.
+    /// A call is out, for this many tokens.
     asking: bool,
+    asked: NonZeroU32,
     /// Set while the store fails.
     degraded: Option<Degraded>,
     /// The local fallback's rate and burst.
@@ -172,6 +179,7 @@ impl SharedLimiter {
             lapse_at: now,
             ask_at: now,
             asking: false,
+            asked: spec.lease,
             degraded: None,
             local: (
                 rate / f64::from(instances),
@@ -188,8 +196,10 @@ impl SharedLimiter {
     }
 
     /// Takes a token at `now`: a leased one, else (while the store fails)
-    /// the fallback's. Asks the store for more when that is due.
-    pub(super) fn take(&mut self, now: Instant) -> Result<(), NoToken> {
+    /// the fallback's. Asks the store for more when that is due: `lease`
+    /// tokens, or one per request in `demand` (requests that could go now
+    /// but for a token) if more, up to [`MAX_ASK`].
+    pub(super) fn take(&mut self, now: Instant, demand: usize) -> Result<(), NoToken> {
         self.poll(now);
         if self.tokens > 0 && now < self.lapse_at {
             self.tokens -= 1;
@@ -201,7 +211,8 @@ impl SharedLimiter {
         self.tokens = 0;
         match &self.degraded {
             None => {
-                self.ask(now);
+                let want = u32::try_from(demand.min(MAX_ASK)).unwrap_or(MAX_ASK as u32);
+                self.ask(now, want);
                 if self.asking {
                     Err(NoToken::Asked)
                 } else {
@@ -231,7 +242,7 @@ impl SharedLimiter {
             }
         }
         if self.degraded.is_some() {
-            self.ask(now);
+            self.ask(now, 1);
         }
     }
 
@@ -247,7 +258,9 @@ impl SharedLimiter {
         waiting.then_some(self.ask_at)
     }
 
-    fn ask(&mut self, now: Instant) {
+    /// Asks the store for `want` tokens, at least `lease`, unless a call is
+    /// out or the store said to wait.
+    fn ask(&mut self, now: Instant, want: u32) {
         if self.asking || now < self.ask_at {
             return;
         }
@@ -255,7 +268,11 @@ impl SharedLimiter {
             return;
         };
         self.asking = true;
-        let call = store.take(self.spec.lease, self.params);
+        self.asked = self
+            .spec
+            .lease
+            .max(NonZeroU32::new(want).unwrap_or(NonZeroU32::MIN));
+        let call = store.take(self.asked, self.params);
         let mailbox = Arc::downgrade(&self.mailbox);
         let wake = self.wake.clone();
         self.runtime.spawn(async move {
@@ -280,7 +297,7 @@ impl SharedLimiter {
             .max(MIN_LEASE_LIFE);
         self.lapse_at = at + life;
         // Fewer than asked for: the store has none until `next_in`.
-        self.ask_at = if taken.granted < self.spec.lease.get() {
+        self.ask_at = if taken.granted < self.asked.get() {
             at + taken.next_in
         } else {
             at
