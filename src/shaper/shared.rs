@@ -148,6 +148,18 @@ pub(super) struct SharedLimiter {
     runtime: Handle,
 }
 
+/// A store as logged: the store itself, or "none".
+struct StoreName<'a>(&'a Option<Arc<dyn TokenStore>>);
+
+impl fmt::Debug for StoreName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(store) => store.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Degraded {
     backoff: Duration,
@@ -287,7 +299,7 @@ impl SharedLimiter {
 
     fn granted(&mut self, at: Instant, taken: Taken) {
         if self.degraded.take().is_some() {
-            tracing::info!(store = ?self.store, "shared rate store answers again; the global limit applies");
+            tracing::info!(store = ?StoreName(&self.store), "shared rate store answers again; the global limit applies");
         }
         self.tokens = taken.granted;
         let life = self
@@ -309,12 +321,12 @@ impl SharedLimiter {
         let backoff = match &mut self.degraded {
             Some(degraded) => {
                 degraded.backoff = degraded.backoff.saturating_mul(2).min(MAX_BACKOFF);
-                tracing::debug!(store = ?self.store, %error, "shared rate store still failing");
+                tracing::debug!(store = ?StoreName(&self.store), %error, "shared rate store still failing");
                 degraded.backoff
             }
             None => {
                 tracing::warn!(
-                    store = ?self.store,
+                    store = ?StoreName(&self.store),
                     %error,
                     fallback = ?self.spec.fallback,
                     "shared rate store failed; the route runs on its fallback until it answers"
