@@ -277,3 +277,72 @@ async fn redis_down_deny_refuses_and_recovers() {
     assert_eq!(backend.count(), forwarded_before);
     recovers(&sluice, &backend, &client, &mut redis, 50.0).await;
 }
+
+/// `sluice_redis_calls_total{result="ok"}` of route `global` on one instance.
+async fn ok_calls(client: &TestClient, sluice: &TestSluice) -> f64 {
+    let text = scrape(client, sluice.admin_addr()).await;
+    samples(&text, "sluice_redis_calls_total")
+        .into_iter()
+        .filter(|(l, _)| l.contains("route=\"global\"") && l.contains("result=\"ok\""))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_a_route_between_local_and_redis_and_between_servers() {
+    let _serial = serial().await;
+    let mut first = RedisServer::start();
+    let second = RedisServer::start();
+    let backend = Backend::start(Duration::ZERO).await;
+    let prefix = unique_prefix();
+    let on = |url: &str| {
+        global_config(
+            backend.addr,
+            url,
+            &prefix,
+            (1000.0, 100),
+            OnRedisError::Deny,
+            1,
+        )
+    };
+    let mut local = on(&first.url());
+    local.routes[1].limit.as_mut().unwrap().backend = LimitBackend::Local;
+    local.redis = None;
+
+    let sluice = TestSluice::start(&local).await;
+    let client = client();
+    let url = format!("http://{}/x", sluice.proxy_addr());
+    assert_eq!(
+        by_status(&burst(&client, &url, 5).await),
+        BTreeMap::from([(200, 5)])
+    );
+    assert_eq!(
+        fallback(&client, &sluice).await,
+        -1.0,
+        "a local route has no Redis metrics"
+    );
+
+    // Local -> Redis: the route's tokens now come from the first server.
+    sluice.reload(&on(&first.url()));
+    assert_eq!(
+        by_status(&burst(&client, &url, 5).await),
+        BTreeMap::from([(200, 5)])
+    );
+    assert!(ok_calls(&client, &sluice).await >= 1.0);
+
+    // To the second server; the first goes away and is not missed ("deny"
+    // would refuse everything if the route still used it).
+    sluice.reload(&on(&second.url()));
+    first.stop();
+    let seen = burst(&client, &url, 5).await;
+    assert_eq!(by_status(&seen), BTreeMap::from([(200, 5)]));
+    assert_eq!(fallback(&client, &sluice).await, 0.0);
+
+    // Back to local: no Redis needed at all.
+    drop(second);
+    sluice.reload(&local);
+    assert_eq!(
+        by_status(&burst(&client, &url, 5).await),
+        BTreeMap::from([(200, 5)])
+    );
+}
