@@ -206,6 +206,12 @@ fn route_json(route: &Route) -> Value {
         "inflight": route.upstream.inflight(),
         "max_inflight": route.upstream.max_inflight(),
         "tracked_keys": state.tracked_keys(),
+        // A route whose rate is kept in Redis: whether it runs on its
+        // `on_redis_error` fallback now. Null for a local rate.
+        "global_limit": state.shaper.shared_fallback().map(|on_fallback| json!({
+            "store": "redis",
+            "on_fallback": on_fallback,
+        })),
     })
 }
 

@@ -337,6 +337,24 @@ async fn reload_moves_a_route_between_local_and_redis_and_between_servers() {
     let seen = burst(&client, &url, 5).await;
     assert_eq!(by_status(&seen), BTreeMap::from([(200, 5)]));
     assert_eq!(fallback(&client, &sluice).await, 0.0);
+    let routes = get(
+        &client,
+        &format!("http://{}/admin/routes", sluice.admin_addr()),
+    )
+    .await;
+    let routes: serde_json::Value = serde_json::from_slice(&routes.body).unwrap();
+    let global = routes
+        .as_array()
+        .or_else(|| routes["routes"].as_array())
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "global")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        global["global_limit"],
+        serde_json::json!({"store": "redis", "on_fallback": false})
+    );
 
     // Back to local: no Redis needed at all.
     drop(second);
