@@ -13,10 +13,14 @@
 -- ARGV[1]  interval_us: one token per this many microseconds (> 0, may be fractional)
 -- ARGV[2]  tolerance_us: (burst - 1) * interval + lateness slack (>= 0)
 -- ARGV[3]  want: tokens asked for (integer >= 1)
+-- ARGV[4]  horizon_us: tokens that conform within this many microseconds are
+--          granted too, reserved for the caller (>= 0; optional, default 0)
 --
--- Returns {granted, next_in_us}: tokens granted now (0..want), and the
--- microseconds, after this grant, until the next single token conforms
--- (0 if one does now).
+-- Returns {granted, next_in_us, ready, later_in_us}: tokens granted (0..want);
+-- the microseconds, after this grant, until the next single token conforms
+-- (0 if one does now); how many of the granted conform now; and when the
+-- first of the others (the reserved ones, each one interval after the one
+-- before) conforms (0 when none is reserved).
 --
 -- Arithmetic is in doubles: a TAT of ~1.7e15 us is held to 0.25 us, and is
 -- stored with 17 significant digits so it reads back exactly.
@@ -56,6 +60,11 @@ if err then return err end
 if want ~= math.floor(want) then
   return redis.error_reply('ERR sluice gcra: ARGV[3] want must be an integer, got ' .. ARGV[3])
 end
+local horizon = 0
+if ARGV[4] ~= nil then
+  horizon, err = number_arg(4, 'horizon_us', 0, false)
+  if err then return err end
+end
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -66,11 +75,20 @@ if tat == nil or tat < now then
   tat = now
 end
 
--- The k-th token conforms iff (k - 1) * interval <= now + tolerance - tat.
+-- The k-th token conforms iff (k - 1) * interval <= now + tolerance - tat,
+-- and is granted (reserved) iff it conforms by now + horizon.
 local room = now + tolerance - tat + SLACK_US
 local granted = 0
+if room + horizon >= 0 then
+  granted = math.min(want, math.floor((room + horizon) / interval) + 1)
+end
+local ready = 0
 if room >= 0 then
-  granted = math.min(want, math.floor(room / interval) + 1)
+  ready = math.min(granted, math.floor(room / interval) + 1)
+end
+local later_in = 0
+if ready < granted then
+  later_in = math.max(0, math.ceil(tat + ready * interval - tolerance - now))
 end
 
 if granted > 0 then
@@ -82,4 +100,4 @@ end
 -- When the next single token conforms: tat - tolerance <= then. Rounded up
 -- (and without the slack), so a caller that comes back after it finds it.
 local next_in = math.max(0, math.ceil(tat - tolerance - now))
-return {granted, next_in}
+return {granted, next_in, ready, later_in}

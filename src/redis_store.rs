@@ -136,12 +136,13 @@ impl RedisLink {
         let call = async {
             let (current, mut connection) = self.connection().await?;
             generation = Some(current);
-            let reply: (i64, i64) = self
+            let reply: (i64, i64, i64, i64) = self
                 .script
                 .key(key)
                 .arg(&args.interval_us)
                 .arg(&args.tolerance_us)
                 .arg(want.get())
+                .arg(&args.horizon_us)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|err| self.redis_error("script", &err))?;
@@ -232,6 +233,7 @@ fn is_link_error(err: &RedisError) -> bool {
 struct ScriptArgs {
     interval_us: String,
     tolerance_us: String,
+    horizon_us: String,
 }
 
 impl ScriptArgs {
@@ -244,6 +246,7 @@ impl ScriptArgs {
         Ok(ScriptArgs {
             interval_us: micros(params.interval).to_string(),
             tolerance_us: micros(params.tolerance).to_string(),
+            horizon_us: micros(params.horizon).to_string(),
         })
     }
 }
@@ -254,17 +257,30 @@ fn micros(duration: Duration) -> f64 {
     duration.as_nanos() as f64 / 1000.0
 }
 
-/// Checks the script's `{granted, next_in_us}` against what was asked.
-fn parse_reply((granted, next_in_us): (i64, i64), want: NonZeroU32) -> Result<Taken, String> {
+/// Checks the script's `{granted, next_in_us, ready, later_in_us}` against
+/// what was asked.
+fn parse_reply(
+    (granted, next_in_us, ready, later_in_us): (i64, i64, i64, i64),
+    want: NonZeroU32,
+) -> Result<Taken, String> {
     let granted = u32::try_from(granted)
         .ok()
         .filter(|g| *g <= want.get())
         .ok_or_else(|| format!("the script granted {granted} of {want} tokens"))?;
-    let next_in_us = u64::try_from(next_in_us)
-        .map_err(|_| format!("the script answered a negative wait ({next_in_us} us)"))?;
+    let ready = u32::try_from(ready)
+        .ok()
+        .filter(|r| *r <= granted)
+        .ok_or_else(|| format!("the script said {ready} of {granted} tokens are ready"))?;
+    let micros = |us: i64, what: &str| {
+        u64::try_from(us)
+            .map(Duration::from_micros)
+            .map_err(|_| format!("the script answered a negative {what} ({us} us)"))
+    };
     Ok(Taken {
         granted,
-        next_in: Duration::from_micros(next_in_us),
+        next_in: micros(next_in_us, "wait")?,
+        ready,
+        later_in: micros(later_in_us, "reservation time")?,
     })
 }
 
@@ -407,13 +423,16 @@ mod tests {
         let args = ScriptArgs::new(GcraParams {
             interval: Duration::from_nanos(333_333_333),
             tolerance: Duration::from_millis(1500),
+            horizon: Duration::from_secs(2),
         })
         .unwrap();
         assert_eq!(args.interval_us, "333333.333");
         assert_eq!(args.tolerance_us, "1500000");
+        assert_eq!(args.horizon_us, "2000000");
         let zero = GcraParams {
             interval: Duration::ZERO,
             tolerance: Duration::ZERO,
+            horizon: Duration::ZERO,
         };
         assert!(ScriptArgs::new(zero).is_err());
     }
@@ -421,16 +440,23 @@ mod tests {
     #[test]
     fn replies_are_checked_against_the_request() {
         assert_eq!(
-            parse_reply((3, 250_000), want(5)),
+            parse_reply((3, 250_000, 1, 50_000), want(5)),
             Ok(Taken {
                 granted: 3,
-                next_in: Duration::from_millis(250)
+                next_in: Duration::from_millis(250),
+                ready: 1,
+                later_in: Duration::from_millis(50),
             })
         );
-        assert_eq!(parse_reply((0, 0), want(1)).map(|t| t.granted), Ok(0));
-        assert!(parse_reply((6, 0), want(5)).is_err());
-        assert!(parse_reply((-1, 0), want(5)).is_err());
-        assert!(parse_reply((1, -5), want(5)).is_err());
+        assert_eq!(parse_reply((0, 0, 0, 0), want(1)).map(|t| t.granted), Ok(0));
+        assert!(parse_reply((6, 0, 0, 0), want(5)).is_err());
+        assert!(parse_reply((-1, 0, 0, 0), want(5)).is_err());
+        assert!(parse_reply((1, -5, 1, 0), want(5)).is_err());
+        assert!(
+            parse_reply((2, 0, 3, 0), want(5)).is_err(),
+            "more ready than granted"
+        );
+        assert!(parse_reply((2, 0, 1, -1), want(5)).is_err());
     }
 
     #[test]

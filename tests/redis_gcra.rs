@@ -41,6 +41,7 @@ fn params(rate: f64, burst: u32) -> GcraParams {
     GcraParams {
         interval,
         tolerance: interval * (burst - 1),
+        horizon: Duration::ZERO,
     }
 }
 
@@ -153,7 +154,9 @@ async fn an_idle_route_grants_its_burst_then_one_token_per_interval() {
         taken,
         Taken {
             granted: 5,
-            next_in: Duration::from_secs(1)
+            next_in: Duration::from_secs(1),
+            ready: 5,
+            later_in: Duration::ZERO,
         }
     );
     assert_eq!(route.calls("ok"), 1.0);
@@ -192,7 +195,9 @@ async fn a_request_for_more_than_conforms_gets_what_conforms() {
         first,
         Taken {
             granted: 2,
-            next_in: Duration::ZERO
+            next_in: Duration::ZERO,
+            ready: 2,
+            later_in: Duration::ZERO,
         }
     );
     // ...so asking five gets one, and the next is about 100 ms away.
@@ -377,7 +382,9 @@ async fn a_new_rate_applies_to_the_stored_tat_at_once() {
         slow,
         Taken {
             granted: 1,
-            next_in: Duration::from_secs(1)
+            next_in: Duration::from_secs(1),
+            ready: 1,
+            later_in: Duration::ZERO,
         }
     );
     // Reloaded at 10/s, burst 20 (tolerance 1.9 s): from the same TAT the
@@ -461,7 +468,9 @@ async fn the_link_reconnects_after_redis_comes_back() {
         taken,
         Taken {
             granted: 1,
-            next_in: Duration::ZERO
+            next_in: Duration::ZERO,
+            ready: 1,
+            later_in: Duration::ZERO,
         }
     );
     assert_eq!(route.calls("ok"), 2.0);
@@ -553,4 +562,45 @@ async fn the_script_refuses_bad_arguments() {
         .await
         .unwrap();
     assert_eq!(exists, 0);
+}
+
+#[tokio::test]
+async fn tokens_within_the_horizon_are_reserved_at_their_times() {
+    let route = Route::new(&shared_url(), "reserve");
+    let mut conn = plain(&shared_url()).await;
+    // 1/s, burst 1, TAT pinned to Redis's now: one token conforms now, the
+    // next at +1 s, +2 s... A horizon of 2.5 s reserves those two as well.
+    let now = server_time_us(&mut conn).await;
+    set_tat(&mut conn, route.store.key(), now).await;
+    let reserve = GcraParams {
+        horizon: Duration::from_millis(2_500),
+        ..params(1.0, 1)
+    };
+    let taken = route.take(10, reserve).await.unwrap();
+    assert_eq!((taken.granted, taken.ready), (3, 1), "{taken:?}");
+    // The first reserved one conforms 1 s after the TAT was pinned (less
+    // the time the calls took, well under 0.5 s).
+    assert!(taken.later_in <= Duration::from_secs(1), "{taken:?}");
+    assert!(taken.later_in >= Duration::from_millis(500), "{taken:?}");
+    // The next after them is 3 s away: nothing for a caller without horizon...
+    assert!(taken.next_in > Duration::from_millis(2_500), "{taken:?}");
+    let other = route.take(5, params(1.0, 1)).await.unwrap();
+    assert_eq!(other.granted, 0, "{other:?}");
+    // ...and a caller with one gets the slots after the reserved ones.
+    let after = route.take(2, reserve).await.unwrap();
+    assert_eq!((after.granted, after.ready), (0, 0), "{after:?}");
+    let longer = GcraParams {
+        horizon: Duration::from_secs(5),
+        ..params(1.0, 1)
+    };
+    let after = route.take(2, longer).await.unwrap();
+    assert_eq!((after.granted, after.ready), (2, 0), "{after:?}");
+    assert!(after.later_in > Duration::from_millis(2_500), "{after:?}");
+    // The TAT moved past every reserved token: five intervals from the
+    // first call's time (the pinned TAT, or the call's clock, a little later).
+    let tat = stored_tat(&mut conn, route.store.key()).await - now as f64;
+    assert!(
+        (5_000_000.0..5_500_000.0).contains(&tat),
+        "TAT now + {tat} us"
+    );
 }

@@ -282,6 +282,8 @@ impl Shaper {
         if (old.rate, old.shared) != (limits.rate, limits.shared) {
             state.limiter = self.shared.rate_limiter(&limits, state.store.clone());
             state.next_token_at = None;
+        } else if let Some(RateLimiter::Shared(limiter)) = &mut state.limiter {
+            limiter.set_horizon(limits.timeout);
         }
         if (old.classes, old.per_key, old.aging) != (limits.classes, limits.per_key, limits.aging) {
             state
@@ -570,6 +572,7 @@ impl RateLimiter {
                 burst,
                 spec,
                 store,
+                limits.timeout,
                 changed.clone(),
                 runtime.clone(),
             )),

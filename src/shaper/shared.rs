@@ -8,6 +8,7 @@
 //! everything allowed, or nothing), and the release task asks again after a
 //! back-off (100 ms doubling to 5 s) until the store answers.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -30,16 +31,26 @@ pub struct GcraParams {
     pub interval: Duration,
     /// Burst tolerance: `(burst - 1) x interval`, plus the lateness tolerance.
     pub tolerance: Duration,
+    /// How far ahead tokens may be reserved: a token that conforms within
+    /// this long is granted too, for the time it conforms. Zero: only
+    /// tokens that conform now.
+    pub horizon: Duration,
 }
 
-/// What the store granted.
+/// What the store granted: `ready` tokens usable now, then `granted -
+/// ready` reserved ones, the first usable `later_in` from now and each next
+/// one `interval` after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
-    /// Tokens granted now, `0..=want`.
+    /// Tokens granted, `0..=want`.
     pub granted: u32,
     /// How long, after this grant, until the next token is free (zero if one
     /// is free now), as the store's clock sees it.
     pub next_in: Duration,
+    /// Of the granted, those that conform now.
+    pub ready: u32,
+    /// When the first reserved token conforms (zero when none is reserved).
+    pub later_in: Duration,
 }
 
 /// The store could not answer (connection refused or lost, timeout, script error).
@@ -59,7 +70,8 @@ pub type StoreFuture = Pin<Box<dyn Future<Output = Result<Taken, StoreError>> + 
 /// A shared GCRA state for one route (one key in the store).
 pub trait TokenStore: Send + Sync + fmt::Debug {
     /// Takes up to `want` (>= 1) tokens at the store's own time: as many as
-    /// conform, all at once, atomically with every other instance's request.
+    /// conform now or within `params.horizon`, atomically with every other
+    /// instance's request (a reserved token is no other instance's).
     /// The future must finish in bounded time (the store applies its timeout).
     fn take(&self, want: NonZeroU32, params: GcraParams) -> StoreFuture;
 }
@@ -129,9 +141,8 @@ pub(super) struct SharedLimiter {
     store: Option<Arc<dyn TokenStore>>,
     spec: SharedRate,
     params: GcraParams,
-    /// Leased tokens not spent yet, and when they lapse.
-    tokens: u32,
-    lapse_at: Instant,
+    /// Granted tokens not spent yet, in the order they become usable.
+    tokens: VecDeque<Block>,
     /// When the store may be asked next: now, after the wait it named, or
     /// after the back-off that follows a failure.
     ask_at: Instant,
@@ -160,6 +171,16 @@ impl fmt::Debug for StoreName<'_> {
     }
 }
 
+/// Granted tokens: `left` of them, the next usable at `next_at`, each
+/// further one `interval` later (`spaced`) or at once; gone at `lapse_at`.
+#[derive(Debug)]
+struct Block {
+    next_at: Instant,
+    left: u32,
+    spaced: bool,
+    lapse_at: Instant,
+}
+
 #[derive(Debug)]
 struct Degraded {
     backoff: Duration,
@@ -173,6 +194,7 @@ impl SharedLimiter {
         burst: NonZeroU32,
         spec: SharedRate,
         store: Option<Arc<dyn TokenStore>>,
+        horizon: Duration,
         wake: Arc<Notify>,
         runtime: Handle,
     ) -> SharedLimiter {
@@ -186,9 +208,9 @@ impl SharedLimiter {
             params: GcraParams {
                 interval,
                 tolerance,
+                horizon,
             },
-            tokens: 0,
-            lapse_at: now,
+            tokens: VecDeque::new(),
             ask_at: now,
             asking: false,
             asked: spec.lease,
@@ -213,24 +235,31 @@ impl SharedLimiter {
     /// but for a token) if more, up to [`MAX_ASK`].
     pub(super) fn take(&mut self, now: Instant, demand: usize) -> Result<(), NoToken> {
         self.poll(now);
-        if self.tokens > 0 && now < self.lapse_at {
-            self.tokens -= 1;
-            return Ok(());
-        }
-        // Tokens are asked for only when one is needed: a lease fetched
+        // Tokens are asked for only when requests need them: tokens fetched
         // ahead of demand would be spent from the fleet's rate and, at low
         // traffic, lapse unused.
-        self.tokens = 0;
-        match &self.degraded {
-            None => {
-                let want = u32::try_from(demand.min(MAX_ASK)).unwrap_or(MAX_ASK as u32);
-                self.ask(now, want);
-                if self.asking {
-                    Err(NoToken::Asked)
-                } else {
-                    Err(NoToken::For(self.ask_at.saturating_duration_since(now)))
-                }
+        let held = self.held(now);
+        if self.degraded.is_none() && held < demand.max(1) {
+            let want = u32::try_from((demand.max(1) - held).min(MAX_ASK)).unwrap_or(1);
+            self.ask(now, want);
+        }
+        if let Some(block) = self.tokens.front_mut() {
+            if block.next_at > now {
+                // A reserved token: this instance's, at its time.
+                return Err(NoToken::For(block.next_at - now));
             }
+            block.left -= 1;
+            if block.spaced {
+                block.next_at += self.params.interval;
+            }
+            if block.left == 0 {
+                self.tokens.pop_front();
+            }
+            return Ok(());
+        }
+        match &self.degraded {
+            None if self.asking => Err(NoToken::Asked),
+            None => Err(NoToken::For(self.ask_at.saturating_duration_since(now))),
             Some(degraded) => match self.spec.fallback {
                 Fallback::Allow => Ok(()),
                 Fallback::Deny => Err(NoToken::For(DENIED)),
@@ -240,6 +269,18 @@ impl SharedLimiter {
                 },
             },
         }
+    }
+
+    /// Tokens held (usable now or reserved), after dropping lapsed ones.
+    fn held(&mut self, now: Instant) -> usize {
+        self.tokens.retain(|b| b.lapse_at > now);
+        self.tokens.iter().map(|b| b.left as usize).sum()
+    }
+
+    /// Sets how far ahead tokens may be reserved (the queue timeout: no
+    /// waiter can use a token later than that).
+    pub(super) fn set_horizon(&mut self, horizon: Duration) {
+        self.params.horizon = horizon;
     }
 
     /// Takes in the store's answer if one came, and while the store fails,
@@ -301,23 +342,39 @@ impl SharedLimiter {
         if self.degraded.take().is_some() {
             tracing::info!(store = ?StoreName(&self.store), "shared rate store answers again; the global limit applies");
         }
-        self.tokens = taken.granted;
-        let life = self
-            .params
-            .interval
-            .saturating_mul(taken.granted)
-            .max(MIN_LEASE_LIFE);
-        self.lapse_at = at + life;
-        // Fewer than asked for: the store has none until `next_in`.
+        let interval = self.params.interval;
+        // Tokens usable now lapse unless spent within their share of the
+        // schedule; reserved ones, one interval (at least 10 ms) after the
+        // last becomes usable.
+        if taken.ready > 0 {
+            self.tokens.push_back(Block {
+                next_at: at,
+                left: taken.ready,
+                spaced: false,
+                lapse_at: at + interval.saturating_mul(taken.ready).max(MIN_LEASE_LIFE),
+            });
+        }
+        let reserved = taken.granted.saturating_sub(taken.ready);
+        if reserved > 0 {
+            let first = at + taken.later_in;
+            self.tokens.push_back(Block {
+                next_at: first,
+                left: reserved,
+                spaced: true,
+                lapse_at: first + interval.saturating_mul(reserved).max(MIN_LEASE_LIFE),
+            });
+        }
+        // Fewer than asked for: nothing more until the next token comes
+        // within the horizon.
         self.ask_at = if taken.granted < self.asked.get() {
-            at + taken.next_in
+            at + taken.next_in.saturating_sub(self.params.horizon)
         } else {
             at
         };
     }
 
     fn fail(&mut self, at: Instant, error: &StoreError) {
-        self.tokens = 0;
+        self.tokens.clear();
         let backoff = match &mut self.degraded {
             Some(degraded) => {
                 degraded.backoff = degraded.backoff.saturating_mul(2).min(MAX_BACKOFF);
