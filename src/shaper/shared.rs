@@ -238,9 +238,13 @@ impl SharedLimiter {
         // Tokens are asked for only when requests need them: tokens fetched
         // ahead of demand would be spent from the fleet's rate and, at low
         // traffic, lapse unused.
+        // With tokens held for at least half the demand, the next call waits
+        // until they run lower: calls then come in batches rather than one
+        // per release while a queue keeps growing.
         let held = self.held(now);
-        if self.degraded.is_none() && held < demand.max(1) {
-            let want = u32::try_from((demand.max(1) - held).min(MAX_ASK)).unwrap_or(1);
+        let demand = demand.max(1);
+        if self.degraded.is_none() && held < demand && held * 2 <= demand {
+            let want = u32::try_from((demand - held).min(MAX_ASK)).unwrap_or(1);
             self.ask(now, want);
         }
         if let Some(block) = self.tokens.front_mut() {

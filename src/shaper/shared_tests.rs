@@ -189,7 +189,11 @@ async fn three_instances_share_one_rate() {
     assert!(fleet.iter().all(|s| s.shared_fallback() == Some(false)));
     // Each instance reserves tokens for its waiters up to its queue
     // timeout ahead: a few calls, not one (or several) per request.
-    assert!(store.calls() <= 12, "{} calls for 300 requests", store.calls());
+    assert!(
+        store.calls() <= 12,
+        "{} calls for 300 requests",
+        store.calls()
+    );
 }
 
 #[tokio::test(start_paused = true)]
