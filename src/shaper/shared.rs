@@ -240,12 +240,17 @@ impl SharedLimiter {
         // traffic, lapse unused.
         // With tokens held for at least half the demand, the next call waits
         // until they run lower: calls then come in batches rather than one
-        // per release while a queue keeps growing.
+        // per release while a queue keeps growing. A lease above 1 is
+        // topped up once half of it is spent, so requests arriving one by
+        // one do not stall on a round trip every `lease` requests.
         let held = self.held(now);
         let demand = demand.max(1);
-        if self.degraded.is_none() && held < demand && held * 2 <= demand {
-            let want = u32::try_from((demand - held).min(MAX_ASK)).unwrap_or(1);
-            self.ask(now, want);
+        let lease = self.spec.lease.get() as usize;
+        let short = held < demand && held * 2 <= demand;
+        let lease_low = lease > 1 && held * 2 < lease;
+        if self.degraded.is_none() && (short || lease_low) {
+            let want = demand.max(lease).saturating_sub(held).clamp(1, MAX_ASK);
+            self.ask(now, u32::try_from(want).unwrap_or(1));
         }
         if let Some(block) = self.tokens.front_mut() {
             if block.next_at > now {
