@@ -2,11 +2,15 @@
 //! a fleet of sluice instances shares (Redis: [`crate::redis_store`]).
 //!
 //! The shaper never waits on the store on a request's path: `admit` only
-//! spends tokens already leased; the release task asks the store for more
-//! (up to `lease` at a time) while requests wait. When the store fails, the
-//! route falls back as configured (a local limiter at `rate / instances`,
-//! everything allowed, or nothing), and the release task asks again after a
-//! back-off (100 ms doubling to 5 s) until the store answers.
+//! spends tokens already held. While requests wait, one call per route at a
+//! time asks the store for a token per waiter that could go; the store
+//! grants those that conform now and reserves those that conform within the
+//! queue timeout, each at its own time, so a fleet's instances follow one
+//! schedule instead of racing for every token. A `lease` above 1 keeps that
+//! many tokens at hand for requests arriving one by one. When the store
+//! fails, the route falls back as configured (a local limiter at
+//! `rate / instances`, everything allowed, or nothing), and asks again after
+//! a back-off (100 ms doubling to 5 s) until the store answers.
 
 use std::collections::VecDeque;
 use std::fmt;
