@@ -10,7 +10,7 @@
 //! many tokens at hand for requests arriving one by one. When the store
 //! fails, the route falls back as configured (a local limiter at
 //! `rate / instances`, everything allowed, or nothing), and asks again after
-//! a back-off (100 ms doubling to 5 s) until the store answers.
+//! a back-off (100 ms doubling to 5 s, jittered ±25%) until the store answers.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -112,8 +112,8 @@ pub(super) enum NoToken {
 }
 
 /// The first back-off after the store fails, doubled per failure up to
-/// [`MAX_BACKOFF`]. Not jittered: an instance asks again only when it needs
-/// tokens, which spreads a fleet's retries by their own traffic.
+/// [`MAX_BACKOFF`]; each wait is jittered by up to a quarter either way, so
+/// a fleet that lost its store together does not come back in lockstep.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -173,6 +173,16 @@ impl fmt::Debug for StoreName<'_> {
             None => f.write_str("none"),
         }
     }
+}
+
+/// `d` x a random factor in [0.75, 1.25).
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    // A fresh RandomState is seeded from the OS once per thread and
+    // incremented per instance: enough spread for retry times.
+    let random = RandomState::new().hash_one(d);
+    let factor = 0.75 + (random % 1024) as f64 / 2048.0;
+    d.mul_f64(factor)
 }
 
 /// Granted tokens: `left` of them, the next usable at `next_at`, each
@@ -410,6 +420,6 @@ impl SharedLimiter {
                 FIRST_BACKOFF
             }
         };
-        self.ask_at = at + backoff;
+        self.ask_at = at + jitter(backoff);
     }
 }

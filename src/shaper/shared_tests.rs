@@ -269,8 +269,9 @@ async fn a_failing_store_falls_back_to_a_local_share_and_recovers() {
     assert!(store.calls() <= 6, "{} calls", store.calls());
 
     store.set_down(false);
-    // Within the longest back-off, the store is used again: 100/s.
-    tokio::time::advance(Duration::from_secs(5)).await;
+    // Within the longest back-off (5 s, jittered up to 6.25 s), the store
+    // is used again: 100/s.
+    tokio::time::advance(Duration::from_millis(6_300)).await;
     let restart = Instant::now();
     let (granted, _) = outcomes(offer(&shaper, 200, restart)).await;
     assert_eq!(shaper.shared_fallback(), Some(false));
@@ -299,7 +300,7 @@ async fn allow_lets_everything_go_while_the_store_fails() {
     }
     // Recovered while idle: the releaser tries the store after its back-off.
     store.set_down(false);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_millis(6_300)).await;
     assert_eq!(shaper.shared_fallback(), Some(false));
 }
 
