@@ -249,14 +249,13 @@ impl SharedLimiter {
     /// but for a token) if more, up to [`MAX_ASK`].
     pub(super) fn take(&mut self, now: Instant, demand: usize) -> Result<(), NoToken> {
         self.poll(now);
-        // Tokens are asked for only when requests need them: tokens fetched
-        // ahead of demand would be spent from the fleet's rate and, at low
-        // traffic, lapse unused.
-        // With tokens held for at least half the demand, the next call waits
-        // until they run lower: calls then come in batches rather than one
-        // per release while a queue keeps growing. A lease above 1 is
-        // topped up once half of it is spent, so requests arriving one by
-        // one do not stall on a round trip every `lease` requests.
+        // Tokens are asked for when requests need them — tokens fetched
+        // ahead of demand are spent from the fleet's rate and, at low
+        // traffic, lapse unused — and then in batches: while tokens held
+        // cover at least half the demand, the next call waits. The one
+        // exception is the stock a `lease` above 1 asks for: it is topped
+        // up once half of it is spent, so requests arriving one by one do
+        // not stall on a round trip every `lease` requests.
         let held = self.held(now);
         let demand = demand.max(1);
         let lease = self.spec.lease.get() as usize;
@@ -397,7 +396,8 @@ impl SharedLimiter {
     }
 
     fn fail(&mut self, at: Instant, error: &StoreError) {
-        self.tokens.clear();
+        // Tokens already granted stay usable: the shared schedule counts
+        // them as this instance's.
         let backoff = match &mut self.degraded {
             Some(degraded) => {
                 degraded.backoff = degraded.backoff.saturating_mul(2).min(MAX_BACKOFF);
