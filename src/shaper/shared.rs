@@ -238,7 +238,9 @@ impl SharedLimiter {
             runtime,
         };
         if limiter.store.is_none() {
-            limiter.fail(now, &StoreError("no store configured".into()));
+            // No store (why was logged where it failed to be made, or a
+            // reload is about to set one): on the fallback, quietly.
+            limiter.degraded = Some(limiter.fallback());
         }
         limiter
     }
@@ -395,6 +397,15 @@ impl SharedLimiter {
         };
     }
 
+    /// The state of a route on its fallback, as it starts.
+    fn fallback(&self) -> Degraded {
+        let (rate, burst) = self.local;
+        Degraded {
+            backoff: FIRST_BACKOFF,
+            limiter: (self.spec.fallback == Fallback::Local).then(|| Limiter::new(rate, burst)),
+        }
+    }
+
     fn fail(&mut self, at: Instant, error: &StoreError) {
         // Tokens already granted stay usable: the shared schedule counts
         // them as this instance's.
@@ -411,12 +422,7 @@ impl SharedLimiter {
                     fallback = ?self.spec.fallback,
                     "shared rate store failed; the route runs on its fallback until it answers"
                 );
-                let (rate, burst) = self.local;
-                self.degraded = Some(Degraded {
-                    backoff: FIRST_BACKOFF,
-                    limiter: (self.spec.fallback == Fallback::Local)
-                        .then(|| Limiter::new(rate, burst)),
-                });
+                self.degraded = Some(self.fallback());
                 FIRST_BACKOFF
             }
         };

@@ -409,3 +409,22 @@ async fn requests_held_by_the_inflight_cap_are_not_asked_for() {
     // only to lapse.
     assert!(store.max_want() <= 4, "asked for {}", store.max_want());
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_a_store_a_shared_rate_runs_on_its_fallback() {
+    // As when `[redis]` could not be used: 100/s for 2 instances, local
+    // fallback: 50/s here, and the route says it is on its fallback.
+    let shaper = Shaper::with_store(
+        shared_limits(100.0, 2, spec(1, Fallback::Local, 2), 10_000),
+        Arc::new(Semaphore::new(100)),
+        Arc::new(Gate::new(true)),
+        None,
+    );
+    assert_eq!(shaper.shared_fallback(), Some(true));
+    let start = Instant::now();
+    let (granted, refused) = outcomes(offer(&shaper, 51, start)).await;
+    assert!(refused.is_empty());
+    // Burst 1 at once, then 50 at 50/s (less the lateness tolerance).
+    let last = *granted.last().unwrap();
+    assert!((975..=1_000).contains(&last), "last at {last} ms");
+}
