@@ -1515,27 +1515,11 @@ impl Ctx<'_> {
     /// The messages leave the URL out: it may hold a password, and the error
     /// is logged.
     fn redis_url(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
-        let url = v.get_ref();
-        let scheme = redis::parse_redis_url(url).map(|u| u.scheme().to_string());
-        if matches!(scheme.as_deref(), Some("rediss" | "valkeys")) {
-            return Err(self.invalid(
-                v.span(),
-                key,
-                "TLS to Redis is not supported; use a local TLS tunnel or redis://",
-            ));
-        }
-        if let Err(err) = redis::Client::open(url.as_str()) {
-            let why = err.to_string();
-            let why = why.strip_suffix(" - InvalidClientConfig").unwrap_or(&why);
-            return Err(self.invalid(
-                v.span(),
-                key,
-                format!(
-                    "invalid Redis URL: {why}; expected \"redis://[user[:password]@]host[:port][/db]\" or \"redis+unix:///path\""
-                ),
-            ));
-        }
-        Ok(url.clone())
+        // The same parsing the link does at start-up, so what loads here is
+        // what it can dial.
+        crate::redis_store::validate_url(v.get_ref())
+            .map_err(|why| self.invalid(v.span(), key, why))?;
+        Ok(v.get_ref().clone())
     }
 
     /// Part of every Redis key sluice writes, so it must read back unchanged

@@ -29,7 +29,8 @@ use crate::shaper::{GcraParams, StoreError, StoreFuture, Taken, TokenStore};
 const GCRA_LUA: &str = include_str!("gcra.lua");
 
 /// What a URL for `[redis]` looks like, for error messages.
-const URL_SHAPE: &str = "redis://[user:password@]host[:port][/db] or unix:///path/to/redis.sock";
+const URL_SHAPE: &str =
+    "redis://[user[:password]@]host[:port][/db], redis+unix:///path or unix:///path";
 
 /// Checks a `[redis] url` as [`RedisLink::new`] will, without any I/O, so
 /// the config loader can refuse a bad one at load time. The message never
@@ -39,21 +40,17 @@ pub fn validate_url(url: &str) -> Result<(), String> {
 }
 
 fn parse_url(url: &str) -> Result<Client, String> {
-    let Some(parsed) = redis::parse_redis_url(url) else {
-        return Err(format!("not a Redis URL; expected {URL_SHAPE}"));
-    };
-    if matches!(parsed.scheme(), "rediss" | "valkeys") {
-        return Err(format!(
-            "{}:// asks for TLS to Redis, which sluice does not build in; use redis:// on a \
-             private network, or to a local TLS tunnel (stunnel, spiped) that carries it",
-            parsed.scheme()
-        ));
+    if let Some(parsed) = redis::parse_redis_url(url)
+        && matches!(parsed.scheme(), "rediss" | "valkeys")
+    {
+        return Err("TLS to Redis is not supported; use a local TLS tunnel or redis://".into());
     }
-    Client::open(parsed).map_err(|err| {
+    Client::open(url).map_err(|err| {
         // The crate's text ("Invalid database number - InvalidClientConfig")
         // names the fault but never the URL; the kind adds nothing here.
-        let why = err.to_string().replace(" - InvalidClientConfig", "");
-        format!("bad Redis URL ({why}); expected {URL_SHAPE}")
+        let why = err.to_string();
+        let why = why.strip_suffix(" - InvalidClientConfig").unwrap_or(&why);
+        format!("invalid Redis URL: {why}; expected {URL_SHAPE}")
     })
 }
 
@@ -112,11 +109,6 @@ impl RedisLink {
             opened: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
         })
-    }
-
-    /// The timeout every call is bounded by.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Runs the GCRA script on `key`, connecting first if need be; ends
@@ -228,7 +220,8 @@ fn is_link_error(err: &RedisError) -> bool {
     !matches!(err.kind(), ErrorKind::Server(_)) || err.is_unrecoverable_error()
 }
 
-/// The script's ARGV[1] and ARGV[2] (ARGV[3], `want`, goes as an integer).
+/// The script's ARGV[1], ARGV[2] and ARGV[4] (ARGV[3], `want`, goes as an
+/// integer).
 #[derive(Debug, Clone, PartialEq)]
 struct ScriptArgs {
     interval_us: String,
