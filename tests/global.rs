@@ -6,27 +6,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, shared_url};
+use common::redis::{RedisServer, shared_url, unique_prefix};
 use common::*;
 use sluice::Config;
 use sluice::config::{LimitBackend, OnRedisError, RedisConfig, RedisLimitConfig};
-
-/// A key prefix no other test (or earlier run against the same Redis) uses.
-fn unique_prefix() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "test-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 /// One route `global` on "/" at `rate`/`burst` kept in Redis at `url`, and an
 /// unshaped route `warm` for opening pooled connections before measuring.
@@ -133,7 +118,7 @@ async fn three_instances_hold_one_global_rate() {
     let config = global_config(
         backend.addr,
         &shared_url(),
-        &unique_prefix(),
+        &unique_prefix("global"),
         (100.0, 10),
         OnRedisError::Local,
         3,
@@ -175,7 +160,7 @@ async fn outage(
     let config = global_config(
         backend.addr,
         &redis.url(),
-        &unique_prefix(),
+        &unique_prefix("global"),
         rate,
         on_error,
         2,
@@ -294,7 +279,7 @@ async fn reload_moves_a_route_between_local_and_redis_and_between_servers() {
     let mut first = RedisServer::start();
     let second = RedisServer::start();
     let backend = Backend::start(Duration::ZERO).await;
-    let prefix = unique_prefix();
+    let prefix = unique_prefix("global");
     let on = |url: &str| {
         global_config(
             backend.addr,

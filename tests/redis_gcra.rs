@@ -15,10 +15,9 @@ mod common;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, shared_url};
+use common::redis::{RedisServer, shared_url, unique_prefix};
 use common::samples;
 use sluice::metrics::{Metrics, RedisRouteMetrics};
 use sluice::redis_store::{RedisLink, RedisStore, validate_url};
@@ -43,20 +42,6 @@ fn params(rate: f64, burst: u32) -> GcraParams {
         tolerance: interval * (burst - 1),
         horizon: Duration::ZERO,
     }
-}
-
-/// A key prefix no other test (nor an earlier run on the same server) uses.
-fn unique_prefix(test: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "sluice-test:{test}:{}:{nanos}:{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A link to `url` and one route's store on it, with the route's metrics.

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Env var with the URL of a redis-server the test command (`.ci/test`)
@@ -19,6 +20,21 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 /// Attempts at a free port before giving up (another process may take the
 /// port between our probe and redis-server's bind).
 const PORT_ATTEMPTS: usize = 10;
+
+/// A key prefix no other test (nor an earlier run on the same server) uses,
+/// for tests that share one Redis.
+pub fn unique_prefix(test: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "sluice-test:{test}:{}:{nanos}:{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// The URL of a Redis the whole test binary may share: the test command's
 /// (`SLUICE_TEST_REDIS_URL`), else one started here on first use and kept
