@@ -1594,19 +1594,7 @@ impl Ctx<'_> {
     }
 
     fn burst(&self, key: &str, v: Option<&Spanned<i64>>) -> Checked<NonZeroU32> {
-        let Some(v) = v else {
-            return Ok(DEFAULT_BURST);
-        };
-        u32::try_from(*v.get_ref())
-            .ok()
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| {
-                self.invalid(
-                    v.span(),
-                    key,
-                    format!("must be from 1 to {}, got {}", u32::MAX, v.get_ref()),
-                )
-            })
+        v.map_or(Ok(DEFAULT_BURST), |v| self.positive_u32(key, v))
     }
 
     fn queue(&self, key: &str, raw: &RawQueue) -> Checked<QueueConfig> {
