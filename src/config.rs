@@ -271,7 +271,9 @@ pub struct RouteConfig {
     /// `host`, optional: exact host ("api.example.com") or a leading wildcard
     /// ("*.example.com"); lower-cased, no port. None matches any host.
     pub host: Option<String>,
-    /// `path_prefix`, default "/"; must start with '/'.
+    /// `path_prefix`, default "/"; must start with '/' and be a normal path
+    /// (no `//`, `.` or `..` segment, no encoded unreserved character):
+    /// requests are matched on their normalised path, which never has them.
     pub path_prefix: String,
     /// `methods`, optional list ("GET", "POST", ...); empty matches any method.
     pub methods: Vec<http::Method>,
@@ -293,6 +295,10 @@ pub struct RouteConfig {
     /// request takes the first class it matches; one matching none is in the
     /// implicit lowest class "default". At most 8.
     pub classes: Vec<ClassConfig>,
+    /// `upgrades`, default ["websocket"]: the protocols a client may switch
+    /// to on this route (lower-cased `Upgrade` tokens, without version);
+    /// [] refuses every upgrade. "h2c" is never allowed.
+    pub upgrades: Vec<String>,
 }
 
 /// One part of a client key.
@@ -532,6 +538,8 @@ const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const DEFAULT_POOL_MAX_IDLE_PER_TARGET: usize = 128;
 const DEFAULT_PATH_PREFIX: &str = "/";
+/// The one upgrade a route allows unless told otherwise.
+pub const DEFAULT_UPGRADE: &str = "websocket";
 const DEFAULT_BURST: NonZeroU32 = NonZeroU32::MIN;
 const DEFAULT_QUEUE_CAPACITY: usize = 1000;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -696,6 +704,7 @@ struct RawRoute {
     key: Option<Spanned<RawKey>>,
     key_limit: Option<RawKeyLimit>,
     classes: Option<Spanned<Vec<Spanned<RawClass>>>>,
+    upgrades: Option<Vec<Spanned<String>>>,
 }
 
 /// `key = "client_ip"` or `key = ["client_ip", "header:x-api-key"]`. Written by
@@ -1385,6 +1394,10 @@ impl Ctx<'_> {
             classes: raw
                 .classes
                 .map_or(Ok(Vec::new()), |v| self.classes(&key("classes"), &v))?,
+            upgrades: raw.upgrades.map_or_else(
+                || Ok(vec![DEFAULT_UPGRADE.to_string()]),
+                |v| self.upgrades(&key("upgrades"), &v),
+            )?,
         })
     }
 
@@ -2135,7 +2148,56 @@ impl Ctx<'_> {
                 format!("must be a plain path, but {prefix:?} contains {c:?}"),
             ));
         }
-        Ok(prefix.clone())
+        // Requests are matched on their normalised path; a prefix spelled
+        // otherwise would never match.
+        match crate::path::normalise(prefix) {
+            Ok(normal) if normal == prefix.as_str() => Ok(prefix.clone()),
+            Ok(normal) => Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "{prefix:?} is not a normal path (requests are matched after normalisation); write {normal:?}"
+                ),
+            )),
+            Err(why) => Err(self.invalid(v.span(), key, format!("{prefix:?}: {why}"))),
+        }
+    }
+
+    /// `upgrades`: protocol names (RFC 9110 tokens), case-insensitive, each
+    /// once; never "h2c", which would take the connection out of sluice's
+    /// hands as HTTP/2 inside a tunnel.
+    fn upgrades(&self, key: &str, raw: &[Spanned<String>]) -> Checked<Vec<String>> {
+        let mut upgrades: Vec<String> = Vec::with_capacity(raw.len());
+        for (i, v) in raw.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            let name = v.get_ref().to_ascii_lowercase();
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(self.invalid(
+                    v.span(),
+                    &key,
+                    format!(
+                        "{:?} is not a protocol name (a token such as \"websocket\", without a version)",
+                        v.get_ref()
+                    ),
+                ));
+            }
+            if name == "h2c" {
+                return Err(self.invalid(
+                    v.span(),
+                    &key,
+                    "h2c is never tunnelled: HTTP/2 inside a tunnel would bypass shaping; clients can speak h2c to sluice directly (prior knowledge)",
+                ));
+            }
+            if upgrades.contains(&name) {
+                return Err(self.invalid(v.span(), &key, format!("duplicate protocol {name:?}")));
+            }
+            upgrades.push(name);
+        }
+        Ok(upgrades)
     }
 
     fn methods(&self, key: &str, raw: &[Spanned<String>]) -> Checked<Vec<http::Method>> {
@@ -2540,6 +2602,7 @@ struct RenderedRoute<'a> {
     reject: RenderedReject,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     classes: Vec<RenderedClass<'a>>,
+    upgrades: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -2726,6 +2789,7 @@ impl<'a> From<&'a RouteConfig> for RenderedRoute<'a> {
                 rate_limited_status: r.reject.rate_limited_status.as_u16(),
             },
             classes: r.classes.iter().map(RenderedClass::from).collect(),
+            upgrades: &r.upgrades,
         }
     }
 }

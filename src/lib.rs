@@ -14,7 +14,7 @@
 //!
 //! A request flows one way through these modules:
 //! `server` (accept, HTTP/1.1 + h2c) → `proxy` (the request's phases) →
-//! `router` (host / path / method to a route) → `classify` (client address,
+//! `path` (one spelling per path) → `router` (host / path / method to a route) → `classify` (client address,
 //! key and priority class) → `shaper` (GCRA limiters,
 //! bounded queue, in-flight cap; no HTTP, no wall clock) → `upstream`
 //! (pooled client, timeouts; `h1pool` for plain HTTP/1.1 targets). `config` is parsed and validated once at the
@@ -28,6 +28,7 @@ pub mod demo;
 pub mod h1pool;
 pub mod metrics;
 pub mod outcome;
+pub mod path;
 pub mod proxy;
 pub mod redis_store;
 pub mod reload;

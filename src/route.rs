@@ -30,6 +30,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub reject: RejectConfig,
     pub metrics: RouteMetrics,
+    /// The protocols a client may switch to (`upgrades`), lower case.
+    pub upgrades: Vec<String>,
     /// The Redis metrics of a global route.
     redis_metrics: Option<RedisRouteMetrics>,
     pub state: Arc<RouteState>,
@@ -173,6 +175,7 @@ impl Route {
             upstream,
             reject: r.reject,
             metrics: metrics.route(r),
+            upgrades: r.upgrades.clone(),
             redis_metrics,
             state,
         }

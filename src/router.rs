@@ -122,6 +122,7 @@ mod tests {
             key: vec![crate::config::KeyPart::ClientIp],
             key_limit: None,
             classes: vec![],
+            upgrades: vec![crate::config::DEFAULT_UPGRADE.into()],
         }
     }
 

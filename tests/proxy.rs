@@ -200,22 +200,6 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
     );
 }
 
-/// Sends raw bytes and returns the status line sluice answers with.
-async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut socket = TcpStream::connect(addr).await.unwrap();
-    socket.write_all(request).await.unwrap();
-    let mut buf = vec![0; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
-        .await
-        .expect("an answer")
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_heads_get_431_and_never_reach_the_backend() {
     let backend = Backend::start(Duration::ZERO).await;
@@ -342,16 +326,6 @@ async fn metrics_expose_configured_limits_and_build_info() {
     let text = scrape(&client, sluice.admin_addr()).await;
     assert!(text.contains("sluice_queue_wait_seconds_bucket"));
     assert!(text.contains("sluice_upstream_response_seconds_bucket"));
-}
-
-/// Sends raw bytes and reads everything sluice answers until it closes the
-/// connection (or 5 s pass).
-async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut socket = TcpStream::connect(addr).await.unwrap();
-    socket.write_all(request).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ use sluice::config::{
     PassiveHealth, QueueConfig, RejectConfig, RouteConfig, ServerConfig, TargetConfig,
     UpstreamConfig,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// One process-wide origin, so client and backend timestamps compare.
@@ -308,6 +309,32 @@ impl BackendState {
     }
 }
 
+/// Sends raw bytes and returns the status line sluice answers with.
+pub async fn raw_status(addr: SocketAddr, request: &[u8]) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends raw bytes and reads everything sluice answers until it closes the
+/// connection (or 5 s pass).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A free port on 127.0.0.1 with nothing listening on it.
 pub async fn dead_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -397,6 +424,7 @@ pub fn route(
         key: vec![KeyPart::ClientIp],
         key_limit: None,
         classes: vec![],
+        upgrades: vec!["websocket".into()],
     }
 }
 
