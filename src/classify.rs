@@ -19,7 +19,7 @@ use crate::shaper::Arrival;
 
 /// The client address: the peer itself unless the peer is a trusted proxy.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let peer_ip = canonical(peer.ip());
+    let peer_ip = canonical_ip(peer.ip());
     if !is_trusted(peer_ip, trusted) {
         return peer_ip;
     }
@@ -56,8 +56,14 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
+/// Whether the connection's peer is a trusted proxy (`server.trusted_proxies`),
+/// whose forwarding headers are believed and extended rather than replaced.
+pub fn peer_is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    !trusted.is_empty() && is_trusted(canonical_ip(peer), trusted)
+}
+
 /// IPv4-mapped IPv6 addresses compare as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -69,15 +75,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim().trim_matches('"');
     if let Ok(ip) = hop.parse::<IpAddr>() {
-        return Some(canonical(ip));
+        return Some(canonical_ip(ip));
     }
     if let Ok(addr) = hop.parse::<SocketAddr>() {
-        return Some(canonical(addr.ip()));
+        return Some(canonical_ip(addr.ip()));
     }
     hop.strip_prefix('[')
         .and_then(|rest| rest.split_once(']'))
         .and_then(|(ip, _)| ip.parse().ok())
-        .map(canonical)
+        .map(canonical_ip)
 }
 
 /// The `for=` parameter of one Forwarded element.

@@ -25,10 +25,11 @@ use tokio::time::Instant;
 
 use ipnet::IpNet;
 
-use crate::classify::client_ip;
+use crate::classify::{canonical_ip, client_ip, peer_is_trusted};
 use crate::config::Config;
 use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
 use crate::outcome::Outcome;
+use crate::path::PathError;
 use crate::redis_store::RedisLink;
 use crate::route::{RedisShared, Route};
 use crate::router::Router;
@@ -158,6 +159,9 @@ impl Gateway {
 
     /// Serves one request from `client`.
     pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        // One spelling of the path before anything reads it: routing, the
+        // key, the access log and the backend all see the same path.
+        let target = normalise_target(&mut req);
         let request_id = ensure_request_id(req.headers_mut());
         let mut record = Record::open(self, &req, client, request_id);
 
@@ -169,6 +173,13 @@ impl Gateway {
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
             return record.finish(Outcome::RejectedInvalid, response);
+        }
+
+        if let Err(why) = target {
+            return record.finish(
+                Outcome::RejectedInvalid,
+                local(StatusCode::BAD_REQUEST, why.body()),
+            );
         }
 
         if let Err(why) = check_host(&req) {
@@ -229,12 +240,14 @@ impl Gateway {
             Admission::Rejected(rejection) => return record.reject(route, rejection),
         };
 
-        // Forward. An Upgrade request (WebSocket) keeps its Upgrade header and
-        // becomes a tunnel if the backend agrees (101).
+        // Forward. An Upgrade to a protocol the route allows (WebSocket by
+        // default) keeps its Upgrade header and becomes a tunnel if the
+        // backend agrees (101); any other goes on as a plain request.
         let mut req = req;
-        let upgrade =
-            requested_upgrade(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-        let mut upstream_req = prepare_upstream_request(req, client, host);
+        let upgrade = requested_upgrade(&req, &route.upgrades)
+            .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let peer_trusted = peer_is_trusted(client.ip(), &self.trusted_proxies);
+        let mut upstream_req = prepare_upstream_request(req, client, host, peer_trusted);
         if let Some((protocol, _)) = &upgrade {
             let headers = upstream_req.headers_mut();
             headers.insert(header::UPGRADE, protocol.clone());
@@ -250,14 +263,33 @@ impl Gateway {
         match result {
             Ok((mut response, target)) => {
                 let status = response.status();
-                let tunnel = match upgrade {
-                    Some((_, client_side)) if status == StatusCode::SWITCHING_PROTOCOLS => {
-                        let protocol = response.headers().get(header::UPGRADE).cloned();
-                        let upstream_side = hyper::upgrade::on(&mut response);
-                        tokio::spawn(tunnel(client_side, upstream_side, route.name.clone()));
-                        protocol
-                    }
-                    _ => None,
+                let tunnel = if status == StatusCode::SWITCHING_PROTOCOLS {
+                    // Only to a protocol the route allows and the client asked for.
+                    let agreed = response
+                        .headers()
+                        .get(header::UPGRADE)
+                        .filter(|p| {
+                            upgrade.as_ref().is_some_and(|(offered, _)| {
+                                switch_is_allowed(p, offered, &route.upgrades)
+                            })
+                        })
+                        .cloned();
+                    let (Some(protocol), Some((_, client_side))) = (agreed, upgrade) else {
+                        tracing::warn!(
+                            route = %route.name,
+                            upstream = %route.upstream.name(),
+                            "backend switched to a protocol the client did not ask for or the route does not allow; 502"
+                        );
+                        return record.finish(
+                            Outcome::UpstreamError,
+                            local(StatusCode::BAD_GATEWAY, "upstream error\n"),
+                        );
+                    };
+                    let upstream_side = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_side, upstream_side, route.name.clone()));
+                    Some(protocol)
+                } else {
+                    None
                 };
                 let mut response = relay_response(response, grant, target);
                 if let Some(protocol) = tunnel {
@@ -421,9 +453,14 @@ impl Drop for Record<'_> {
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade`
-/// with an `Upgrade` header), if any.
-fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+/// The protocols an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` with an `Upgrade` header) that the route allows, as the
+/// `Upgrade` value to send on; None when there are none (the request then
+/// goes on as a plain one: the Upgrade header is hop-by-hop and dropped).
+fn requested_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || allowed.is_empty() {
+        return None;
+    }
     let wants = req
         .headers()
         .get_all(header::CONNECTION)
@@ -431,11 +468,54 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if wants && req.version() == Version::HTTP_11 {
-        req.headers().get(header::UPGRADE).cloned()
-    } else {
-        None
+    if !wants {
+        return None;
     }
+    let mut lines = req.headers().get_all(header::UPGRADE).iter();
+    let first = lines.next()?;
+    let offered = || {
+        req.headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    };
+    // The common case (one line, every protocol allowed) reuses the value.
+    if lines.next().is_none() && offered().all(|p| protocol_allowed(p, allowed)) {
+        return Some(first.clone());
+    }
+    let kept: Vec<&str> = offered().filter(|p| protocol_allowed(p, allowed)).collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
+/// Whether `protocol` (an Upgrade token, "name" or "name/version") is in
+/// the route's list. h2c never is: HTTP/2 inside a tunnel would carry any
+/// number of requests past the shaper.
+fn protocol_allowed(protocol: &str, allowed: &[String]) -> bool {
+    let name = protocol.split_once('/').map_or(protocol, |(name, _)| name).trim();
+    !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Whether a backend's 101 switches to a protocol the route allows and the
+/// client offered (`offered`, what was sent on).
+fn switch_is_allowed(chosen: &HeaderValue, offered: &HeaderValue, allowed: &[String]) -> bool {
+    let Ok(chosen) = chosen.to_str() else {
+        return false;
+    };
+    let chosen = chosen.trim();
+    let name = |p: &str| {
+        let p = p.trim();
+        p.split_once('/').map_or(p, |(name, _)| name).to_ascii_lowercase()
+    };
+    protocol_allowed(chosen, allowed)
+        && offered.to_str().is_ok_and(|offered| {
+            offered.split(',').any(|p| name(p) == name(chosen))
+        })
 }
 
 /// Copies bytes both ways between the client and the backend until either
@@ -489,10 +569,15 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Makes sure the request carries an `X-Request-Id` (kept if the client sent
-/// one, made here otherwise) and returns it, for the access log and the backend.
+/// Makes sure the request carries one `X-Request-Id` and returns it, for the
+/// access log and the backend. The client's is kept when it is one sane
+/// token (see [`is_sane_request_id`]); otherwise one is made here and
+/// replaces whatever was sent.
 fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID) {
+    let mut sent = headers.get_all(X_REQUEST_ID).iter();
+    if let (Some(id), None) = (sent.next(), sent.next())
+        && is_sane_request_id(id.as_bytes())
+    {
         return id.clone();
     }
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -515,50 +600,75 @@ fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
+/// The longest client request id kept; a UUID is 36 bytes.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// A request id worth keeping: 1 to 128 bytes of letters, digits and
+/// `-_.:+/=@`, which covers UUIDs, ULIDs, hex and base64 ids and cannot
+/// break a log line or smuggle anything to the backend.
+fn is_sane_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_BYTES).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=@".contains(&b))
+}
+
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and it must
-/// be a host with an optional port (no user info, path or spaces).
+/// be a host with an optional port (no user info, path or spaces). The URI's
+/// authority (HTTP/2's `:authority`, or an absolute-form target) follows the
+/// same rule, and in HTTP/2 a Host that names another entity makes the
+/// request malformed (RFC 9113 §8.3.1).
 fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err("more than one Host header\n");
     }
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    if let Some(authority) = authority {
+        if !is_host_text(authority) {
+            return Err("invalid authority\n");
+        }
+        if req.version() == Version::HTTP_2
+            && first.is_some_and(|host| !host.as_bytes().eq_ignore_ascii_case(authority))
+        {
+            return Err("Host disagrees with :authority\n");
+        }
+    }
     match first {
-        None if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+        None if authority.is_none()
+            && matches!(req.version(), Version::HTTP_11 | Version::HTTP_2) =>
+        {
             Err("missing Host header\n")
         }
         None => Ok(()),
-        // RFC 3986 host and port characters only: no user info (`@`), path,
-        // query, spaces or controls. Checked in place: this runs per request.
-        Some(host) => {
-            let valid = !host.is_empty()
-                && host
-                    .as_bytes()
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b));
-            if valid {
-                Ok(())
-            } else {
-                Err("invalid Host header\n")
-            }
-        }
+        Some(host) if is_host_text(host.as_bytes()) => Ok(()),
+        Some(_) => Err("invalid Host header\n"),
     }
 }
 
-/// The host the client asked for: the Host header, else the URI authority
-/// (HTTP/2). A header value clone shares the request's bytes.
+/// RFC 3986 host and port characters only: no user info (`@`), path,
+/// query, spaces or controls. Checked in place: this runs per request.
+fn is_host_text(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
+/// The host the client asked for: the URI's authority when it has one
+/// (HTTP/2, or an absolute-form target, whose Host RFC 9112 §3.2.2 says to
+/// ignore), else the Host header. A header value clone shares the request's
+/// bytes.
 fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    match req.headers().get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
     }
 }
 
@@ -566,13 +676,26 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// Every `Proxy-*` header is dropped too (credentials for this hop, and the
 /// `Proxy` header of the "httpoxy" attack), as is Transfer-Encoding: framing
 /// is each connection's own, and hyper re-frames the body.
-static HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRAILER,
     header::UPGRADE,
     header::TRANSFER_ENCODING,
+    // RFC 9113 §3.2.1 (h2c's upgrade): settings for this connection only.
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Headers sluice writes (or checks) itself: a Connection header naming one
+/// is not obeyed, so a client cannot strip them on the way to the backend.
+static OWNED: [HeaderName; 6] = [
+    header::HOST,
+    header::FORWARDED,
+    X_REQUEST_ID,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
 ];
 
 fn is_proxy_header(name: &HeaderName) -> bool {
@@ -594,7 +717,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     // Other headers named by Connection (rare): tokens that are not already
-    // hop-by-hop and not the `close` option.
+    // hop-by-hop, not the `close` option and not a header sluice owns.
     let mut named: Vec<HeaderName> = Vec::new();
     if present[0] {
         let tokens = headers
@@ -608,6 +731,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 || token.eq_ignore_ascii_case("close")
                 || HOP_BY_HOP
                     .iter()
+                    .chain(&OWNED)
                     .any(|h| h.as_str().eq_ignore_ascii_case(token));
             if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 named.push(name);
@@ -650,11 +774,13 @@ fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr, forwarded: bool) {
 }
 
 /// Rewrites the client's request for the upstream: HTTP/1.1, hop-by-hop
-/// headers gone, X-Forwarded-* and Forwarded added.
+/// headers gone, Host set to the host routed on, and the forwarding headers
+/// written (see [`write_forwarding_headers`]).
 fn prepare_upstream_request(
     mut req: Request<Incoming>,
     client: SocketAddr,
     host: Option<HeaderValue>,
+    peer_trusted: bool,
 ) -> Request<Incoming> {
     let proto: &'static str = if req.extensions().get::<crate::tls::Secure>().is_some() {
         "https"
@@ -663,41 +789,112 @@ fn prepare_upstream_request(
     };
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
+    // First, so that nothing the client's Connection names can touch what
+    // sluice adds below.
     strip_hop_by_hop(headers);
-    let ip = client.ip();
-    let mut text = Vec::with_capacity(64);
-    if let Some(prior) = headers.get(X_FORWARDED_FOR) {
-        text.extend_from_slice(prior.as_bytes());
-        text.extend_from_slice(b", ");
-    }
-    write_ip(&mut text, ip, false);
-    if let Ok(value) = HeaderValue::from_bytes(&text) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    text.clear();
-    text.extend_from_slice(b"for=");
-    write_ip(&mut text, ip, true);
-    text.extend_from_slice(b";proto=");
-    text.extend_from_slice(proto.as_bytes());
+    let peer = Peer {
+        ip: canonical_ip(client.ip()),
+        proto,
+        trusted: peer_trusted,
+    };
+    write_forwarding_headers(headers, &peer, host.as_ref());
     if let Some(host) = host {
-        if host
+        headers.insert(header::HOST, host);
+    }
+    req
+}
+
+/// The connection a request came in on, as the forwarding headers tell it.
+struct Peer {
+    ip: std::net::IpAddr,
+    proto: &'static str,
+    /// Whether the peer is in `server.trusted_proxies`.
+    trusted: bool,
+}
+
+/// X-Forwarded-For / -Proto / -Host and Forwarded. From a trusted proxy,
+/// its chain is kept (every header line, in order) and this hop appended;
+/// its -Proto and -Host, which describe the client's original request, are
+/// kept. From anyone else, whatever they sent is replaced: the chain starts
+/// here.
+fn write_forwarding_headers(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
+    let mut text = Vec::with_capacity(64);
+    if peer.trusted {
+        append_lines(&mut text, headers, &X_FORWARDED_FOR);
+    }
+    write_ip(&mut text, peer.ip, false);
+    insert_text(headers, X_FORWARDED_FOR, &text);
+    if !(peer.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
+    }
+    if !(peer.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    text.clear();
+    if peer.trusted {
+        append_lines(&mut text, headers, &header::FORWARDED);
+    }
+    text.extend_from_slice(b"for=");
+    write_ip(&mut text, peer.ip, true);
+    text.extend_from_slice(b";proto=");
+    text.extend_from_slice(peer.proto.as_bytes());
+    if let Some(host) = host
+        && host
             .as_bytes()
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(b))
-        {
-            text.extend_from_slice(b";host=");
-            text.extend_from_slice(host.as_bytes());
-        }
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
-        headers.insert(X_FORWARDED_HOST, host);
+    {
+        text.extend_from_slice(b";host=");
+        text.extend_from_slice(host.as_bytes());
     }
-    if let Ok(value) = HeaderValue::from_bytes(&text) {
-        headers.append(header::FORWARDED, value);
+    insert_text(headers, header::FORWARDED, &text);
+}
+
+/// Every line of a list header, in order, each followed by ", ".
+fn append_lines(text: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName) {
+    for line in headers.get_all(name) {
+        let line = line.as_bytes().trim_ascii();
+        if !line.is_empty() {
+            text.extend_from_slice(line);
+            text.extend_from_slice(b", ");
+        }
     }
-    req
+}
+
+/// Replaces every line of `name` with `text`; should `text` not be a valid
+/// value, the header is dropped rather than left as the client sent it.
+fn insert_text(headers: &mut HeaderMap, name: HeaderName, text: &[u8]) {
+    match HeaderValue::from_bytes(text) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The request's path in normal form (see [`crate::path`]), the query left
+/// as sent. The URI is rebuilt only when the path changes.
+fn normalise_target<B>(req: &mut Request<B>) -> Result<(), PathError> {
+    let uri = req.uri();
+    let normal = match crate::path::normalise(uri.path())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(normal) => normal,
+    };
+    let mut target = normal;
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(target).map_err(|_| PathError::Unrepresentable)?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::Unrepresentable)?;
+    Ok(())
 }
 
 /// The upstream's response, relayed as it streams, holding the in-flight
