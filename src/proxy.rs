@@ -497,7 +497,10 @@ fn requested_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Option<HeaderVa
 /// the route's list. h2c never is: HTTP/2 inside a tunnel would carry any
 /// number of requests past the shaper.
 fn protocol_allowed(protocol: &str, allowed: &[String]) -> bool {
-    let name = protocol.split_once('/').map_or(protocol, |(name, _)| name).trim();
+    let name = protocol
+        .split_once('/')
+        .map_or(protocol, |(name, _)| name)
+        .trim();
     !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
@@ -510,12 +513,14 @@ fn switch_is_allowed(chosen: &HeaderValue, offered: &HeaderValue, allowed: &[Str
     let chosen = chosen.trim();
     let name = |p: &str| {
         let p = p.trim();
-        p.split_once('/').map_or(p, |(name, _)| name).to_ascii_lowercase()
+        p.split_once('/')
+            .map_or(p, |(name, _)| name)
+            .to_ascii_lowercase()
     };
     protocol_allowed(chosen, allowed)
-        && offered.to_str().is_ok_and(|offered| {
-            offered.split(',').any(|p| name(p) == name(chosen))
-        })
+        && offered
+            .to_str()
+            .is_ok_and(|offered| offered.split(',').any(|p| name(p) == name(chosen)))
 }
 
 /// Copies bytes both ways between the client and the backend until either
@@ -998,6 +1003,7 @@ impl<B: HttpBody> HttpBody for InFlight<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_UPGRADE;
 
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
@@ -1021,6 +1027,115 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["proxyish", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_the_headers_sluice_owns() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Request-Id, host, forwarded, x-forwarded-for, x-other"),
+        );
+        for name in [
+            "x-request-id",
+            "host",
+            "forwarded",
+            "x-forwarded-for",
+            "x-other",
+        ] {
+            headers.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["forwarded", "host", "x-forwarded-for", "x-request-id"]
+        );
+    }
+
+    fn upgrade_request(connection: &str, upgrades: &[&str]) -> Request<()> {
+        let mut req = Request::get("/chat").header(header::CONNECTION, connection);
+        for upgrade in upgrades {
+            req = req.header(header::UPGRADE, *upgrade);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_the_upgrades_a_route_allows_are_offered_on() {
+        let websocket = [DEFAULT_UPGRADE.to_string()];
+        let offered = |connection, upgrades: &[&str], allowed: &[String]| {
+            requested_upgrade(&upgrade_request(connection, upgrades), allowed)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            offered("Upgrade", &["WebSocket"], &websocket).as_deref(),
+            Some("WebSocket")
+        );
+        assert_eq!(
+            offered(
+                "keep-alive, upgrade",
+                &["foo/2, websocket", "h2c"],
+                &websocket
+            )
+            .as_deref(),
+            Some("websocket")
+        );
+        assert_eq!(offered("upgrade", &["h2c"], &websocket), None);
+        assert_eq!(offered("upgrade", &["websocket"], &[]), None);
+        assert_eq!(offered("keep-alive", &["websocket"], &websocket), None);
+        // h2c is refused even if a list were to name it.
+        assert_eq!(offered("upgrade", &["h2c"], &["h2c".to_string()]), None);
+        let chosen = |c: &'static str, o: &'static str| {
+            switch_is_allowed(
+                &HeaderValue::from_static(c),
+                &HeaderValue::from_static(o),
+                &websocket,
+            )
+        };
+        assert!(chosen("websocket", "WebSocket"));
+        assert!(!chosen("h2c", "websocket"));
+        assert!(!chosen("websocket", "foo"));
+    }
+
+    #[test]
+    fn a_request_id_is_kept_only_when_sane() {
+        for sane in [
+            "abc-123",
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "a:b.c_d+e/f=@",
+        ] {
+            assert!(is_sane_request_id(sane.as_bytes()), "{sane}");
+        }
+        let long = "a".repeat(MAX_REQUEST_ID_BYTES + 1);
+        for insane in ["", "a b", "a\"b", "<script>", "a,b", long.as_str()] {
+            assert!(!is_sane_request_id(insane.as_bytes()), "{insane}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("one"));
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("two"));
+        let id = ensure_request_id(&mut headers);
+        assert_eq!(id.len(), 32);
+        assert_eq!(headers.get_all(X_REQUEST_ID).iter().count(), 1);
+    }
+
+    #[test]
+    fn http2_authority_and_host_must_agree() {
+        let h2 = |uri: &str, host: Option<&str>| {
+            let mut req = Request::get(uri).version(Version::HTTP_2);
+            if let Some(host) = host {
+                req = req.header(header::HOST, host);
+            }
+            check_host(&req.body(()).unwrap())
+        };
+        assert!(h2("http://a.example/x", None).is_ok());
+        assert!(h2("http://a.example/x", Some("A.EXAMPLE")).is_ok());
+        assert!(h2("http://a.example/x", Some("b.example")).is_err());
+        assert!(h2("http://a.example:8080/x", Some("a.example")).is_err());
+        assert!(h2("http://u:p@a.example/x", None).is_err());
+        assert!(h2("/x", None).is_err(), "neither :authority nor Host");
+        assert!(h2("/x", Some("a.example")).is_ok());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Route matching: host, path prefix and method to a route index.
 //!
 //! A route matches when its host matches (exact, `*.suffix` wildcard, or any),
-//! the path starts with its `path_prefix` (a plain string prefix, as NGINX
-//! prefix locations do) and its method list is empty or names the method.
-//! Among matches the longest prefix wins; then the more specific host
+//! the path starts with its `path_prefix` (a plain, case-sensitive string
+//! prefix, as NGINX prefix locations are: `/api` also matches `/apix`, and
+//! `/api/` does not match `/api`) and its method list is empty or names the
+//! method. Among matches the longest prefix wins; then the more specific host
 //! (exact, then wildcard, then any); then the earlier route in the file.
+//!
+//! The path given is already in normal form ([`crate::path`]), as are the
+//! configured prefixes, so no spelling of a path can reach another route.
 
 use http::Method;
 
@@ -146,6 +150,21 @@ mod tests {
         );
         assert_eq!(router.route(Some("m.example.com"), "/api/x", &get), Some(4));
         assert_eq!(router.route(Some("example.com"), "/api/x", &get), Some(1));
+    }
+
+    #[test]
+    fn prefixes_are_plain_case_sensitive_string_prefixes() {
+        let router = Router::new(&[
+            route("root", None, "/", &[]),
+            route("api", None, "/api", &[]),
+            route("v1", None, "/v1/", &[]),
+        ]);
+        let get = Method::GET;
+        assert_eq!(router.route(None, "/apix", &get), Some(1));
+        assert_eq!(router.route(None, "/API/x", &get), Some(0));
+        assert_eq!(router.route(None, "/v1", &get), Some(0));
+        assert_eq!(router.route(None, "/v1/x", &get), Some(2));
+        assert_eq!(router.route(None, "/v1%2Fx", &get), Some(0));
     }
 
     #[test]

@@ -789,6 +789,63 @@ fn class_path_prefix_without_slash() {
 }
 
 #[test]
+fn path_prefixes_must_be_normal_paths() {
+    // Requests are matched after normalisation, so these could never match.
+    for (prefix, normal) in [
+        ("/seckill//x", "/seckill/x"),
+        ("/./seckill", "/seckill"),
+        ("/%73eckill", "/seckill"),
+    ] {
+        let src = edit(
+            "path_prefix = \"/seckill\"",
+            &format!("path_prefix = \"{prefix}\""),
+        );
+        let shown = assert_error(&src, 9, "routes[0].path_prefix");
+        assert!(shown.contains(&format!("write {normal:?}")), "{shown}");
+    }
+    let src = edit("path_prefix = \"/seckill\"", "path_prefix = \"/../x\"");
+    let shown = assert_error(&src, 9, "routes[0].path_prefix");
+    assert!(shown.contains("above the root"), "{shown}");
+    let src = fair(
+        "path_prefix = \"/seckill/checkout\"",
+        "path_prefix = \"/seckill//checkout\"",
+    );
+    assert_error(&src, 43, "routes[0].classes[1].path_prefix");
+}
+
+#[test]
+fn upgrades_default_to_websocket_and_are_checked() {
+    let cfg = Config::parse(BASE, Path::new(FILE)).unwrap();
+    assert_eq!(cfg.routes[0].upgrades, ["websocket"]);
+    let src = edit(
+        "upstream = \"api\"\n\n[routes.limit]",
+        "upstream = \"api\"\nupgrades = [\"WebSocket\", \"foo\"]\n\n[routes.limit]",
+    );
+    let cfg = Config::parse(&src, Path::new(FILE)).unwrap();
+    assert_eq!(cfg.routes[0].upgrades, ["websocket", "foo"]);
+    let src = edit(
+        "upstream = \"api\"\n\n[routes.limit]",
+        "upstream = \"api\"\nupgrades = []\n\n[routes.limit]",
+    );
+    let cfg = Config::parse(&src, Path::new(FILE)).unwrap();
+    assert!(cfg.routes[0].upgrades.is_empty());
+    for (list, index, why) in [
+        ("[\"h2c\"]", 0, "never tunnelled"),
+        ("[\"websocket\", \"H2C\"]", 1, "never tunnelled"),
+        ("[\"websocket/13\"]", 0, "not a protocol name"),
+        ("[\"\"]", 0, "not a protocol name"),
+        ("[\"foo\", \"FOO\"]", 1, "duplicate"),
+    ] {
+        let src = edit(
+            "upstream = \"api\"\n\n[routes.limit]",
+            &format!("upstream = \"api\"\nupgrades = {list}\n\n[routes.limit]"),
+        );
+        let shown = assert_error(&src, 11, &format!("routes[0].upgrades[{index}]"));
+        assert!(shown.contains(why), "{shown}");
+    }
+}
+
+#[test]
 fn class_bad_method() {
     let src = fair(
         "methods = [\"POST\", \"PUT\"]",

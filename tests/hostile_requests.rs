@@ -104,7 +104,13 @@ async fn path_spellings_are_routed_keyed_and_forwarded_in_normal_form() {
 async fn paths_that_climb_above_the_root_or_misuse_percent_get_400() {
     let backend = Backend::start(Duration::ZERO).await;
     let sluice = TestSluice::start(&api_and_main(backend.addr)).await;
-    for bad in ["/../api/x", "/api/../../x", "/%2e%2e/api/x", "/api/%zz", "/api/x%4"] {
+    for bad in [
+        "/../api/x",
+        "/api/../../x",
+        "/%2e%2e/api/x",
+        "/api/%zz",
+        "/api/x%4",
+    ] {
         let answer = raw_exchange(sluice.proxy_addr(), &get_raw(bad, &[])).await;
         assert_eq!(status_of(&answer), 400, "{bad}: {answer}");
     }
@@ -205,7 +211,8 @@ fn upgrade_request(protocol: &str) -> Vec<u8> {
 }
 
 /// What a client would pipeline inside a tunnel to get past the shaper.
-const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n";
+const SMUGGLED: &[u8] =
+    b"GET /smuggled HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_the_route_does_not_allow_is_forwarded_as_a_plain_request() {
@@ -229,12 +236,22 @@ async fn an_upgrade_the_route_does_not_allow_is_forwarded_as_a_plain_request() {
     let upgrades: Vec<Option<&str>> = heads
         .iter()
         .filter(|h| h.starts_with("get /chat"))
-        .map(|h| h.lines().find_map(|l| l.strip_prefix("upgrade:")).map(str::trim))
+        .map(|h| {
+            h.lines()
+                .find_map(|l| l.strip_prefix("upgrade:"))
+                .map(str::trim)
+        })
         .collect();
     assert_eq!(upgrades, [None, None, Some("websocket")]);
     // h2c's settings header went with it; every request had its own head.
     assert!(heads.iter().all(|h| !h.contains("http2-settings")));
-    assert_eq!(heads.iter().filter(|h| h.starts_with("get /smuggled")).count(), 2);
+    assert_eq!(
+        heads
+            .iter()
+            .filter(|h| h.starts_with("get /smuggled"))
+            .count(),
+        2
+    );
     let client = client();
     let counted = outcomes(&client, sluice.admin_addr(), "main").await;
     assert_eq!(counted.get("forwarded"), Some(&5), "{counted:?}");
@@ -250,11 +267,11 @@ async fn upgrades_are_per_route_and_a_backend_cannot_switch_to_another_protocol(
     config.routes.push(custom);
     let sluice = TestSluice::start(&config).await;
     // `upgrades = []`: even WebSocket is a plain request.
-    let (answer, _) =
-        exchange_then(sluice.proxy_addr(), &upgrade_request("websocket"), b"").await;
+    let (answer, _) = exchange_then(sluice.proxy_addr(), &upgrade_request("websocket"), b"").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // A route that allows "foo" tunnels it, version and case aside.
-    let custom = b"GET /custom/x HTTP/1.1\r\nhost: s\r\nconnection: upgrade\r\nupgrade: FOO/2\r\n\r\n";
+    let custom =
+        b"GET /custom/x HTTP/1.1\r\nhost: s\r\nconnection: upgrade\r\nupgrade: FOO/2\r\n\r\n";
     let (answer, after) = exchange_then(sluice.proxy_addr(), custom, b"ping").await;
     assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
     assert_eq!(after, "ping");
@@ -294,7 +311,10 @@ async fn an_untrusted_clients_forwarding_headers_are_replaced() {
     assert_eq!(all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(all("x-forwarded-proto"), ["http"]);
     assert_eq!(all("x-forwarded-host"), ["shop.example"]);
-    assert_eq!(all("forwarded"), ["for=127.0.0.1;proto=http;host=shop.example"]);
+    assert_eq!(
+        all("forwarded"),
+        ["for=127.0.0.1;proto=http;host=shop.example"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,11 +387,19 @@ async fn a_request_id_is_kept_only_when_sane_and_connection_cannot_strip_it() {
     let first = &backend.arrivals()[0].headers;
     assert_eq!(first["x-forwarded-for"], "127.0.0.1");
     assert_eq!(first["host"], "shop.example");
-    assert!(first["forwarded"].to_str().unwrap().starts_with("for=127.0.0.1"));
+    assert!(
+        first["forwarded"]
+            .to_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1")
+    );
     for replaced in &ids[1..] {
         assert_eq!(replaced.len(), 1, "{ids:?}");
         assert_eq!(replaced[0].len(), 32, "a fresh id: {ids:?}");
-        assert!(replaced[0].bytes().all(|b| b.is_ascii_hexdigit()), "{ids:?}");
+        assert!(
+            replaced[0].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{ids:?}"
+        );
     }
 }
 
@@ -425,7 +453,10 @@ async fn http2_authority_with_user_info_or_a_disagreeing_host_gets_400() {
         h2_status(addr, "http://b.example/x", Some("B.example")).await,
         StatusCode::OK
     );
-    assert_eq!(h2_status(addr, "http://a.example/y", None).await, StatusCode::OK);
+    assert_eq!(
+        h2_status(addr, "http://a.example/y", None).await,
+        StatusCode::OK
+    );
     let hosts: Vec<String> = backend
         .arrivals()
         .iter()
