@@ -114,7 +114,7 @@ burst = 10
     let (proxy, admin) = (proxy.to_string(), admin.to_string());
     let client = client();
     assert_eq!(
-        get(&client, &format!("http://{proxy}/x")).await.status,
+        get(&client, &format!("http://{proxy}/a/..//x")).await.status,
         StatusCode::OK
     );
     let access = lines.next().unwrap().unwrap();
@@ -123,6 +123,8 @@ burst = 10
     assert_eq!(access["fields"]["outcome"], "forwarded");
     assert_eq!(access["fields"]["route"], "main");
     assert_eq!(access["fields"]["status"], 200);
+    // The path as routed and forwarded: normalised.
+    assert_eq!(access["fields"]["path"], "/x");
     assert_eq!(
         access["fields"]["request_id"].as_str().map(str::len),
         Some(32)
