@@ -114,7 +114,9 @@ burst = 10
     let (proxy, admin) = (proxy.to_string(), admin.to_string());
     let client = client();
     assert_eq!(
-        get(&client, &format!("http://{proxy}/a/..//x")).await.status,
+        get(&client, &format!("http://{proxy}/a/..//x"))
+            .await
+            .status,
         StatusCode::OK
     );
     let access = lines.next().unwrap().unwrap();

@@ -183,24 +183,56 @@ async fn switching_backend(reply: Option<&'static str>) -> (SocketAddr, Arc<Mute
     (addr, heads)
 }
 
-/// Sends `request` and reads the answer's head and whatever follows for a
-/// moment; then writes `then` and reads what comes back (the echo, if the
-/// connection became a tunnel).
-async fn exchange_then(addr: SocketAddr, request: &[u8], then: &[u8]) -> (String, String) {
+/// Sends `request` and reads the answer (its head, and its body as long as
+/// Content-Length says); then writes `then` and reads until `until` has come
+/// back or the connection closes (the echo, if the connection became a
+/// tunnel). Every read is bounded in time.
+async fn exchange_then(
+    addr: SocketAddr,
+    request: &[u8],
+    then: &[u8],
+    until: &str,
+) -> (String, String) {
     let mut socket = TcpStream::connect(addr).await.unwrap();
     socket.write_all(request).await.unwrap();
-    let mut buf = vec![0; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
-    if socket.write_all(then).await.is_err() {
-        return (first, String::new());
-    }
+    let mut buf = Vec::new();
+    let answered = |buf: &[u8]| {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        buf.len() >= end + 4 + length
+    };
+    read_while(&mut socket, &mut buf, |b| !answered(b)).await;
+    let first = String::from_utf8_lossy(&buf).into_owned();
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.read_to_end(&mut rest)).await;
+    if socket.write_all(then).await.is_ok() {
+        read_while(&mut socket, &mut rest, |b| {
+            !String::from_utf8_lossy(b).contains(until)
+        })
+        .await;
+    }
     (first, String::from_utf8_lossy(&rest).into_owned())
+}
+
+/// Reads into `buf` while `more` says so, until the peer closes or 5 s pass.
+async fn read_while(socket: &mut TcpStream, buf: &mut Vec<u8>, more: impl Fn(&[u8]) -> bool) {
+    let mut chunk = [0u8; 4096];
+    let reading = async {
+        while more(buf) {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), reading)
+        .await
+        .expect("an answer in time");
 }
 
 fn upgrade_request(protocol: &str) -> Vec<u8> {
@@ -219,8 +251,13 @@ async fn an_upgrade_the_route_does_not_allow_is_forwarded_as_a_plain_request() {
     let (backend, heads) = switching_backend(None).await;
     let sluice = TestSluice::start(&config(&[backend])).await;
     for protocol in ["foo/1", "h2c", "websocket, foo"] {
-        let (answer, after) =
-            exchange_then(sluice.proxy_addr(), &upgrade_request(protocol), SMUGGLED).await;
+        let (answer, after) = exchange_then(
+            sluice.proxy_addr(),
+            &upgrade_request(protocol),
+            SMUGGLED,
+            "/smuggled",
+        )
+        .await;
         if protocol.starts_with("websocket") {
             // The allowed part of the offer goes on; the rest is dropped.
             assert!(answer.starts_with("HTTP/1.1 101"), "{protocol}: {answer}");
@@ -267,12 +304,13 @@ async fn upgrades_are_per_route_and_a_backend_cannot_switch_to_another_protocol(
     config.routes.push(custom);
     let sluice = TestSluice::start(&config).await;
     // `upgrades = []`: even WebSocket is a plain request.
-    let (answer, _) = exchange_then(sluice.proxy_addr(), &upgrade_request("websocket"), b"").await;
+    let (answer, _) =
+        exchange_then(sluice.proxy_addr(), &upgrade_request("websocket"), b"", "").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // A route that allows "foo" tunnels it, version and case aside.
     let custom =
         b"GET /custom/x HTTP/1.1\r\nhost: s\r\nconnection: upgrade\r\nupgrade: FOO/2\r\n\r\n";
-    let (answer, after) = exchange_then(sluice.proxy_addr(), custom, b"ping").await;
+    let (answer, after) = exchange_then(sluice.proxy_addr(), custom, b"ping", "ping").await;
     assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
     assert_eq!(after, "ping");
     assert_eq!(heads.lock().unwrap().len(), 2);
@@ -280,8 +318,13 @@ async fn upgrades_are_per_route_and_a_backend_cannot_switch_to_another_protocol(
     // A backend that answers 101 with a protocol nobody allowed gets no tunnel.
     let (rogue, _) = switching_backend(Some("h2c")).await;
     let sluice = TestSluice::start(&common::config(&[rogue])).await;
-    let (answer, _) =
-        exchange_then(sluice.proxy_addr(), &upgrade_request("websocket"), SMUGGLED).await;
+    let (answer, _) = exchange_then(
+        sluice.proxy_addr(),
+        &upgrade_request("websocket"),
+        SMUGGLED,
+        "",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 }
 
