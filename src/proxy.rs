@@ -493,34 +493,32 @@ fn requested_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Option<HeaderVa
     HeaderValue::from_str(&kept.join(", ")).ok()
 }
 
-/// Whether `protocol` (an Upgrade token, "name" or "name/version") is in
-/// the route's list. h2c never is: HTTP/2 inside a tunnel would carry any
-/// number of requests past the shaper.
+/// The name of an Upgrade protocol, without its version: "websocket/13" is
+/// "websocket".
+fn protocol_name(protocol: &str) -> &str {
+    let protocol = protocol.trim();
+    protocol.split_once('/').map_or(protocol, |(name, _)| name)
+}
+
+/// Whether `protocol` (an Upgrade token) is in the route's list. h2c never
+/// is: HTTP/2 inside a tunnel would carry any number of requests past the
+/// shaper.
 fn protocol_allowed(protocol: &str, allowed: &[String]) -> bool {
-    let name = protocol
-        .split_once('/')
-        .map_or(protocol, |(name, _)| name)
-        .trim();
+    let name = protocol_name(protocol);
     !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 /// Whether a backend's 101 switches to a protocol the route allows and the
-/// client offered (`offered`, what was sent on).
+/// client offered (`offered`, the Upgrade value sent on).
 fn switch_is_allowed(chosen: &HeaderValue, offered: &HeaderValue, allowed: &[String]) -> bool {
-    let Ok(chosen) = chosen.to_str() else {
+    let (Ok(chosen), Ok(offered)) = (chosen.to_str(), offered.to_str()) else {
         return false;
     };
-    let chosen = chosen.trim();
-    let name = |p: &str| {
-        let p = p.trim();
-        p.split_once('/')
-            .map_or(p, |(name, _)| name)
-            .to_ascii_lowercase()
-    };
+    let name = protocol_name(chosen);
     protocol_allowed(chosen, allowed)
         && offered
-            .to_str()
-            .is_ok_and(|offered| offered.split(',').any(|p| name(p) == name(chosen)))
+            .split(',')
+            .any(|p| protocol_name(p).eq_ignore_ascii_case(name))
 }
 
 /// Copies bytes both ways between the client and the backend until either
