@@ -22,6 +22,9 @@
 //!   a current-thread tokio runtime. One thread only: one release task per
 //!   route hands out every place, so a second thread adds nothing to measure.
 //! - `clock/tokio_instant_now`: what the caller pays for the `now` it passes.
+//! - `path/normalise/{normal,messy}`: [`sluice::path::normalise`] on a
+//!   typical path already in normal form (checked in one pass, borrowed) and
+//!   on one that needs every rewrite (decoding, dot segments, slashes).
 //!
 //! With two threads, both call the same limiter (or shaper) at once and each
 //! makes the given number of calls; the time reported is the wall time per
@@ -327,14 +330,26 @@ fn clock(c: &mut Criterion) {
     c.bench_function("clock/tokio_instant_now", |b| b.iter(Instant::now));
 }
 
+fn path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("path/normalise");
+    let normal = "/api/v1/orders/8f14e45fceea167a5a36dedd4bea2543/items";
+    let messy = "//api/./v1/x/../orders/%38f14e45fceea167a5a36dedd4bea2543//items";
+    for (name, path) in [("normal", normal), ("messy", messy)] {
+        group.bench_function(name, |b| {
+            b.iter(|| sluice::path::normalise(black_box(path)).map(|p| p.len()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = micro;
-    // 16 benchmarks x (1 s warm-up + 4 s measuring + analysis), plus filling
+    // 18 benchmarks x (1 s warm-up + 4 s measuring + analysis), plus filling
     // the key tables: about 90 seconds.
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .sample_size(50);
-    targets = keyed_limiter, route_limiter, queue, shaper, clock
+    targets = keyed_limiter, route_limiter, queue, shaper, clock, path
 }
 criterion_main!(micro);
