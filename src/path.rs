@@ -241,6 +241,42 @@ mod tests {
         }
     }
 
+    /// Every path of up to five characters after the slash over an alphabet
+    /// that makes every case (dots, slashes, triplets good and bad, hex of
+    /// both cases): the result is normal, a fixed point, and borrowed when
+    /// given again.
+    #[test]
+    fn every_short_path_normalises_to_a_fixed_point() {
+        const ALPHABET: &[u8] = b"/.%2eEaF";
+        let mut checked = 0;
+        for len in 0..=5u32 {
+            for n in 0..ALPHABET.len().pow(len) {
+                let mut path = String::from("/");
+                let mut rest = n;
+                for _ in 0..len {
+                    path.push(char::from(ALPHABET[rest % ALPHABET.len()]));
+                    rest /= ALPHABET.len();
+                }
+                let Ok(once) = normal(&path) else {
+                    continue;
+                };
+                checked += 1;
+                assert!(once.starts_with('/'), "{path} -> {once}");
+                assert!(!once.contains("//"), "{path} -> {once}");
+                assert!(
+                    !once.split('/').any(|s| s == "." || s == ".."),
+                    "{path} -> {once}"
+                );
+                let again = normalise(&once).unwrap();
+                assert!(matches!(again, Cow::Borrowed(_)), "{path} -> {once}");
+                if matches!(normalise(&path).unwrap(), Cow::Borrowed(_)) {
+                    assert_eq!(once, path);
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
     #[test]
     fn normalising_twice_changes_nothing() {
         for path in ["//a/./b/../%63/%2f/", "/x/%2E./y", "/a//b///c/."] {
