@@ -398,6 +398,15 @@ impl Upstream {
             let mut req = Request::from_parts(parts, ());
             if target.h1.is_none() {
                 *req.uri_mut() = self.target_uri(req.uri(), &target.addr);
+                // Over HTTP/2 the URI's authority (the target) is sent as
+                // `:authority`, and a Host naming another host would make the
+                // request malformed (RFC 9113 §8.3.1). With `http2` the
+                // target's authority is the host on either protocol (hyper
+                // writes it as Host on HTTP/1.1); the client's host travels
+                // in X-Forwarded-Host and Forwarded.
+                if self.config.http2 {
+                    req.headers_mut().remove(http::header::HOST);
+                }
             }
             let req = req.map(|()| match body.take() {
                 Some(b) => Either::Left(b),
