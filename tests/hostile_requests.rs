@@ -489,6 +489,13 @@ async fn http2_authority_with_user_info_or_a_disagreeing_host_gets_400() {
         h2_status(addr, "http://a.example/x", Some("b.example")).await,
         StatusCode::BAD_REQUEST
     );
+    // The same user info in an HTTP/1.1 absolute-form target: 400 too.
+    let h1 = raw_exchange(
+        addr,
+        b"GET http://u:p@evil.example/x HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&h1), 400, "{h1}");
     assert_eq!(backend.count(), 0);
     // Agreeing (case aside), or the authority alone: served, and the
     // backend's Host is the authority.
