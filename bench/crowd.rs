@@ -325,7 +325,9 @@ fn main() -> anyhow::Result<()> {
             }));
         }
         let after = listen_counters();
-        let listen = before.zip(after).map(|((o0, d0), (o1, d1))| (o1 - o0, d1 - d0));
+        let listen = before
+            .zip(after)
+            .map(|((o0, d0), (o1, d1))| (o1 - o0, d1 - d0));
         anyhow::Ok((records, first_start, listen))
     })?;
 
@@ -346,7 +348,11 @@ fn main() -> anyhow::Result<()> {
     }
 
     let starts: Vec<u64> = records.iter().filter_map(|r| r.start).collect();
-    let issue_span = starts.iter().max().zip(starts.iter().min()).map(|(a, b)| a - b);
+    let issue_span = starts
+        .iter()
+        .max()
+        .zip(starts.iter().min())
+        .map(|(a, b)| a - b);
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     let mut by_error: BTreeMap<String, usize> = BTreeMap::new();
     let mut answer: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
@@ -362,7 +368,10 @@ fn main() -> anyhow::Result<()> {
             connect.push(c.saturating_sub(s));
         }
         if let (Some(s), Some(a)) = (r.start, r.answered) {
-            answer.entry(r.status).or_default().push(a.saturating_sub(s));
+            answer
+                .entry(r.status)
+                .or_default()
+                .push(a.saturating_sub(s));
         }
     }
     let slow_connects = connect.iter().filter(|us| **us > 900_000).count();
