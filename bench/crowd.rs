@@ -327,7 +327,7 @@ fn main() -> anyhow::Result<()> {
         let after = listen_counters();
         let listen = before
             .zip(after)
-            .map(|((o0, d0), (o1, d1))| (o1 - o0, d1 - d0));
+            .map(|((o0, d0), (o1, d1))| (o1.saturating_sub(o0), d1.saturating_sub(d0)));
         anyhow::Ok((records, first_start, listen))
     })?;
 
