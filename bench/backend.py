@@ -7,10 +7,12 @@ HTTP/1.1 with keep-alive on 127.0.0.1:PORT. Every request is answered
 paths under /hold/, which are never answered (the connection stays open until
 the client closes it): the memory scenario uses them to keep HAProxy's server
 busy so that its queue fills. The arrival of every request outside /hold/ is
-logged as `<arrival, unix time with microseconds> 200 <uri> <service ms>`
-(the NGINX backend's `$msec $status $request_uri` plus the time from arrival
-to the response being written), one line each, flushed as written, so the
-report can compare backend arrival with client send times.
+logged as `<arrival, unix time with microseconds> 200 <uri> <service ms>
+<X-Sent-At>` (the NGINX backend's `$msec $status $request_uri`, the time from
+arrival to the response being written, and the request's `X-Sent-At` header —
+the client's send time in unix microseconds, put there by the flash-crowd
+client — or `-`), one line each, flushed as written, so the report can
+compare backend arrival with client send times.
 """
 import asyncio, sys, time
 
@@ -36,6 +38,7 @@ async def serve(reader, writer):
             uri = parts[1] if len(parts) > 2 else "/"
             close = False
             length = 0
+            sent_at = "-"
             for h in lines[1:]:
                 name, _, value = h.partition(":")
                 name = name.strip().lower()
@@ -43,6 +46,8 @@ async def serve(reader, writer):
                     close = True
                 elif name == "content-length":
                     length = int(value.strip() or 0)
+                elif name == "x-sent-at" and value.strip().isdigit():
+                    sent_at = value.strip()
             if length:
                 await reader.readexactly(length)
             if uri.startswith("/hold/"):
@@ -52,7 +57,7 @@ async def serve(reader, writer):
             if delay > 0:
                 await asyncio.sleep(delay)
             writer.write(OK_CLOSE if close else OK)
-            LOG.write(f"{arrival:.6f} 200 {uri} {(time.time() - arrival) * 1000:.2f}\n")
+            LOG.write(f"{arrival:.6f} 200 {uri} {(time.time() - arrival) * 1000:.2f} {sent_at}\n")
             await writer.drain()
             if close:
                 return
