@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::config::{MAX_TOKEN_BYTES, check_burst, check_rate};
 use crate::proxy::{Body, local, text_body};
 use crate::route::Route;
 use crate::server::Live;
@@ -48,7 +49,7 @@ type Answer = Result<Response<Body>, Failure>;
 #[serde(deny_unknown_fields)]
 struct RateRequest {
     rate: f64,
-    burst: Option<u32>,
+    burst: Option<i64>,
     /// A human duration, e.g. "10m".
     ttl: String,
 }
@@ -81,16 +82,15 @@ impl Admin {
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), Failure> {
         let config = self.live.config.load();
-        let Some(token) = config.admin.token.as_deref() else {
+        let Some(token) = config.admin.token.as_ref() else {
             return Ok(());
         };
         let offered = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(offered.as_bytes(), token.as_bytes()) {
+            .and_then(|v| bearer_credentials(v.as_bytes()))
+            .unwrap_or_default();
+        if token_matches(offered, token.expose().as_bytes()) {
             Ok(())
         } else {
             Err(Failure(
@@ -153,14 +153,11 @@ fn validate_override(
     body: &RateRequest,
 ) -> Result<(f64, NonZeroU32, Duration), Failure> {
     let bad = |message: String| Failure(StatusCode::BAD_REQUEST, message);
-    if !body.rate.is_finite() || body.rate <= 0.0 {
-        return Err(bad(format!(
-            "rate must be a finite number above 0, got {}",
-            body.rate
-        )));
-    }
+    // The config file's own checks: an override is bounded as a configured
+    // rate is, so whatever is accepted here the shaper can run.
+    let rate = check_rate(body.rate).map_err(|why| bad(format!("rate {why}")))?;
     let burst = match body.burst {
-        Some(b) => NonZeroU32::new(b).ok_or_else(|| bad("burst must be at least 1".into()))?,
+        Some(b) => check_burst(b).map_err(|why| bad(format!("burst {why}")))?,
         None => route
             .state
             .configured()
@@ -175,7 +172,7 @@ fn validate_override(
             humantime::format_duration(MAX_OVERRIDE_TTL)
         )));
     }
-    Ok((body.rate, burst, ttl))
+    Ok((rate, burst, ttl))
 }
 
 /// A route's live state as JSON.
@@ -263,7 +260,83 @@ impl Failure {
     }
 }
 
-/// Compares secrets without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme
+/// is case-insensitive (RFC 9110, 11.1) and followed by one or more spaces.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let scheme = value.get(..SCHEME.len())?;
+    let rest = value.get(SCHEME.len()..)?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    rest.get(start..)
+}
+
+/// Whether `offered` is the configured `token`, in a time that depends on
+/// neither's content nor on the token's length: both are copied into
+/// zero-padded buffers of `MAX_TOKEN_BYTES` (the longest token the config
+/// accepts), every byte of which is compared, and the lengths are compared
+/// in the same fold. An offered token longer than any configured one can be
+/// is refused at once: that tells the caller only about its own input.
+fn token_matches(offered: &[u8], token: &[u8]) -> bool {
+    let (mut a, mut b) = ([0u8; MAX_TOKEN_BYTES], [0u8; MAX_TOKEN_BYTES]);
+    let (Some(a_part), Some(b_part)) = (a.get_mut(..offered.len()), b.get_mut(..token.len()))
+    else {
+        return false;
+    };
+    a_part.copy_from_slice(offered);
+    b_part.copy_from_slice(token);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(offered.len() ^ token.len(), |acc, (x, y)| {
+            acc | usize::from(x ^ y)
+        });
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(
+                bearer_credentials(header.as_bytes()),
+                Some(&b"t0k"[..]),
+                "{header}"
+            );
+        }
+        for header in [
+            "Bearert0k",
+            "Basic t0k",
+            "Bearer",
+            "Bearer ",
+            "Bear t0k",
+            "",
+        ] {
+            assert_eq!(bearer_credentials(header.as_bytes()), None, "{header}");
+        }
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal_in_content_and_length() {
+        let token = b"s3cret-token";
+        assert!(token_matches(token, token));
+        assert!(!token_matches(b"s3cret-toke", token));
+        assert!(!token_matches(b"s3cret-token-", token));
+        // Zero padding does not make a shorter token with trailing NULs match.
+        assert!(!token_matches(b"s3cret-token\0", token));
+        assert!(!token_matches(b"", token));
+        assert!(!token_matches(
+            &[b'a'; MAX_TOKEN_BYTES + 1],
+            &[b'a'; MAX_TOKEN_BYTES]
+        ));
+        assert!(token_matches(
+            &[b'a'; MAX_TOKEN_BYTES],
+            &[b'a'; MAX_TOKEN_BYTES]
+        ));
+    }
 }

@@ -1403,6 +1403,7 @@ fn global_limit_reads_and_round_trips() {
         cfg.redis,
         Some(RedisConfig {
             url: "redis://redis.internal:6379/1".into(),
+            password: None,
             key_prefix: "flash".into(),
             timeout: Duration::from_millis(80),
         })
@@ -1569,6 +1570,7 @@ fn example_global_route_loads_when_uncommented() {
         cfg.redis,
         Some(RedisConfig {
             url: "redis://127.0.0.1:6379/0".into(),
+            password: None,
             key_prefix: "sluice".into(),
             timeout: Duration::from_millis(50),
         })
