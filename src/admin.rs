@@ -69,24 +69,31 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => local(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-                if let Err(failure) = self.authorize(&req) {
+                let (parts, body) = req.into_parts();
+                // The body is read (bounded) before any answer, a refusal
+                // included: answering and closing with request bytes still
+                // unread makes the kernel reset the connection, and the
+                // client loses the answer.
+                let body = match read_body(body).await {
+                    Ok(body) => body,
+                    Err(failure) => return failure.into_response(),
+                };
+                if let Err(failure) = self.authorize(&parts.headers) {
                     return failure.into_response();
                 }
-                self.api(req, &path)
-                    .await
+                self.api(&parts.method, &path, &body)
                     .unwrap_or_else(Failure::into_response)
             }
             _ => local(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 
-    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Failure> {
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), Failure> {
         let config = self.live.config.load();
         let Some(token) = config.admin.token.as_ref() else {
             return Ok(());
         };
-        let offered = req
-            .headers()
+        let offered = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| bearer_credentials(v.as_bytes()))
             .unwrap_or_default();
@@ -100,7 +107,7 @@ impl Admin {
         }
     }
 
-    async fn api(&self, req: Request<Incoming>, path: &str) -> Answer {
+    fn api(&self, method: &Method, path: &str, body: &[u8]) -> Answer {
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let gateway = self.live.gateway.load_full();
         let find = |name: &str| {
@@ -110,7 +117,7 @@ impl Admin {
                 .find(|r| r.name == name)
                 .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no route named {name:?}")))
         };
-        match (req.method().clone(), parts.as_slice()) {
+        match (method.clone(), parts.as_slice()) {
             (Method::GET, ["admin", "routes"]) => Ok(json_response(json!({
                 "routes": gateway.routes().iter().map(route_json).collect::<Vec<_>>()
             }))),
@@ -124,7 +131,7 @@ impl Admin {
             }
             (Method::PUT, ["admin", "routes", name, "rate"]) => {
                 let route = find(name)?;
-                let body = read_json::<RateRequest>(req).await?;
+                let body = parse_json::<RateRequest>(body)?;
                 let (rate, burst, ttl) = validate_override(route, &body)?;
                 route.state.set_rate_override(rate, burst, ttl);
                 tracing::info!(route = %route.name, rate, burst = burst.get(), ?ttl, "rate overridden through the admin API");
@@ -212,18 +219,23 @@ fn route_json(route: &Route) -> Value {
     })
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Failure> {
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|err| {
-            Failure(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {err}"),
-            )
-        })?
-        .to_bytes();
-    serde_json::from_slice(&body)
+/// The request body, at most `MAX_BODY_BYTES` (else 413).
+async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )),
+        Err(err) => Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {err}"),
+        )),
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(body)
         .map_err(|err| Failure(StatusCode::BAD_REQUEST, format!("invalid JSON body: {err}")))
 }
 

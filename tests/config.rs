@@ -963,7 +963,10 @@ fn tls_paths_resolve_against_the_config_directory() {
 fn target_weight_zero() {
     let src = pool("weight=3", "weight=0");
     let shown = assert_error(&src, 9, "upstreams.api.targets[0]");
-    assert!(shown.contains("weight must be at least 1"), "{shown}");
+    assert!(
+        shown.contains("weight must be from 1 to 10000, got 0"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -977,7 +980,10 @@ fn target_weight_not_a_number() {
 fn target_max_inflight_zero() {
     let src = pool("\"127.0.0.1:9001\"", "\"127.0.0.1:9001 max_inflight=0\"");
     let shown = assert_error(&src, 9, "upstreams.api.targets[1]");
-    assert!(shown.contains("max_inflight must be at least 1"), "{shown}");
+    assert!(
+        shown.contains("max_inflight must be from 1 to 1048576, got 0"),
+        "{shown}"
+    );
 }
 
 #[test]
