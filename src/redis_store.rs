@@ -460,6 +460,51 @@ mod tests {
     }
 
     #[test]
+    fn a_password_from_a_file_or_variable_is_what_the_client_sends() {
+        use crate::secret::SecretSource;
+        let password = Secret::new("from-file", SecretSource::File("/run/secrets/r".into()));
+        let link = RedisLink::with_password(
+            "redis://sluice@127.0.0.1:6390/2",
+            Some(&password),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let settings = link.client.get_connection_info().redis_settings();
+        assert_eq!(settings.password(), Some("from-file"));
+        // The rest of the URL is kept.
+        assert_eq!(settings.username(), Some("sluice"));
+        assert_eq!(settings.db(), 2);
+        assert!(!format!("{link:?}").contains("from-file"));
+        let plain = RedisLink::new("redis://127.0.0.1:6390", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            plain
+                .client
+                .get_connection_info()
+                .redis_settings()
+                .password(),
+            None
+        );
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://user:hunter2@cache:6379/1",
+                "redis://user:%3Credacted%3E@cache:6379/1",
+            ),
+            ("redis://:hunter2@cache", "redis://:%3Credacted%3E@cache"),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+            ("not a url hunter2@x", REDACTED),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(url_password("redis://u:p%40ss@h").as_deref(), Some("p@ss"));
+        assert_eq!(url_password("redis://h"), None);
+    }
+
+    #[test]
     fn script_args_are_exact_microseconds() {
         let args = ScriptArgs::new(GcraParams {
             interval: Duration::from_nanos(333_333_333),
