@@ -2452,12 +2452,17 @@ impl Ctx<'_> {
 fn read_secret_file(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let mut text = String::new();
+    let cannot = |err: std::io::Error| format!("cannot read {}: {err}", path.display());
+    // A FIFO or a device (`/dev/stdin`) could block the load forever.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
     std::fs::File::open(path)
         .and_then(|file| {
             file.take(MAX_SECRET_FILE_BYTES + 1)
                 .read_to_string(&mut text)
         })
-        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        .map_err(cannot)?;
     if text.len() as u64 > MAX_SECRET_FILE_BYTES {
         return Err(format!(
             "{} is larger than {MAX_SECRET_FILE_BYTES} bytes; it should hold only the secret",

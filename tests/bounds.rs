@@ -24,12 +24,12 @@ use sluice::Config;
 
 const FILE: &str = "bounds.toml";
 
-/// The config's sections, each a label (what the cases name), its TOML
-/// header and its keys. A case overrides or adds one key of one section.
-fn sections(
-    backend: SocketAddr,
-    dead: SocketAddr,
-) -> Vec<(&'static str, String, Vec<(String, String)>)> {
+/// A section of the config: its label (what the cases name), its TOML
+/// header and its keys.
+type Section = (&'static str, String, Vec<(String, String)>);
+
+/// The config's sections. A case overrides or adds one key of one section.
+fn sections(backend: SocketAddr, dead: SocketAddr) -> Vec<Section> {
     let kv = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
         pairs
             .iter()
@@ -718,16 +718,16 @@ fn admin_body(rng: &mut Rng) -> Vec<u8> {
         1 => b"{\"rate\": ".repeat((rng.next() % 5000) as usize),
         _ => {
             let mut fields = Vec::new();
-            if rng.next() % 8 != 0 {
+            if !rng.next().is_multiple_of(8) {
                 fields.push(format!("\"rate\":{}", rng.pick(RATES)));
             }
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 fields.push(format!("\"burst\":{}", rng.pick(BURSTS)));
             }
-            if rng.next() % 8 != 0 {
+            if !rng.next().is_multiple_of(8) {
                 fields.push(format!("\"ttl\":{}", rng.pick(TTLS)));
             }
-            if rng.next() % 10 == 0 {
+            if rng.next().is_multiple_of(10) {
                 fields.push("\"extra\":1".into());
             }
             format!("{{{}}}", fields.join(",")).into_bytes()

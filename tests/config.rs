@@ -1664,6 +1664,13 @@ fn secret_errors_name_file_line_key_and_never_the_secret() {
             format!("cannot read {}", missing.display()),
         ),
         (
+            "token_file = \"/dev/null\"".into(),
+            url.into(),
+            2,
+            "admin.token_file",
+            "/dev/null is not a regular file".into(),
+        ),
+        (
             format!("token_file = \"{}\"", empty.display()),
             url.into(),
             2,

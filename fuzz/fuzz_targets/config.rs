@@ -34,7 +34,17 @@ fn check(text: &str) {
             }
         }
         Ok(cfg) => {
+            // Secrets are rendered as a placeholder that the loader refuses
+            // (and files or variables are read again): such a config does
+            // not round-trip by design.
+            let inline_secret = cfg.admin.token.is_some()
+                || cfg.redis.as_ref().is_some_and(|r| {
+                    r.password.is_some() || r.url.contains('@')
+                });
             let rendered = cfg.to_toml();
+            if inline_secret {
+                return;
+            }
             let again = Config::parse(&rendered, path).unwrap_or_else(|e| {
                 panic!("rendered config does not parse: {e}\n--- input\n{text}\n--- rendered\n{rendered}")
             });
