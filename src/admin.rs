@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::config::{MAX_TOKEN_BYTES, check_burst, check_rate};
+use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, check_burst, check_rate};
 use crate::proxy::{Body, local, text_body};
 use crate::route::Route;
 use crate::server::Live;
@@ -33,8 +33,9 @@ use crate::server::Live;
 /// Largest admin request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Longest rate override accepted; an override is meant to be temporary.
-const MAX_OVERRIDE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest rate override accepted (the longest duration a config takes);
+/// an override is meant to be temporary.
+const MAX_OVERRIDE_TTL: Duration = MAX_DURATION;
 
 pub(crate) struct Admin {
     live: Arc<Live>,
