@@ -19,6 +19,9 @@ use tokio::time::Instant;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
+    /// Raw values, or (`within`) values spread over the accepted ranges, so
+    /// the limiters are reached without the fuzzer first finding them.
+    within: bool,
     rate: f64,
     burst: i64,
     instances: u16,
@@ -29,8 +32,16 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let rate = check_rate(input.rate);
-    let burst = check_burst(input.burst);
+    let (rate, burst) = if input.within {
+        // Log-uniform over 0.001..=1e6, and 1..=1e6.
+        let fraction = (input.rate.to_bits() as f64) / (u64::MAX as f64);
+        let rate = 10f64.powf(-3.0 + 9.0 * fraction).clamp(0.001, 1_000_000.0);
+        (rate, 1 + input.burst.rem_euclid(1_000_000))
+    } else {
+        (input.rate, input.burst)
+    };
+    let rate = check_rate(rate);
+    let burst = check_burst(burst);
     if let Err(why) = &rate {
         assert!(why.contains("from 0.001 to 1000000"), "{why}");
     }
