@@ -1,6 +1,6 @@
-//! Secrets read from files: the Redis password from `[redis] password_file`
-//! reaches Redis, and the admin token from `admin.token_file` opens the
-//! admin API.
+//! Secrets: the Redis password from `[redis] password_file` reaches Redis,
+//! the admin token from `admin.token_file` opens the admin API, and the
+//! bearer scheme is matched case-insensitively, the token exactly.
 
 mod common;
 
@@ -147,4 +147,41 @@ async fn the_redis_password_from_a_file_reaches_redis() {
     }
     assert!(denied, "the new password was not used after the reload");
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.admin.token = Some("Exact-T0ken".into());
+    let sluice = TestSluice::start(&config).await;
+    let client = client();
+    let status = |authorization: Option<&'static str>| {
+        let client = client.clone();
+        let url = format!("http://{}/admin/routes", sluice.admin_addr());
+        async move {
+            let mut req = Request::get(url);
+            if let Some(value) = authorization {
+                req = req.header("authorization", value);
+            }
+            send(&client, req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .status
+        }
+    };
+    // RFC 9110 11.1: the scheme is case-insensitive; the token is not.
+    for ok in ["Bearer Exact-T0ken", "bearer Exact-T0ken", "BEARER Exact-T0ken"] {
+        assert_eq!(status(Some(ok)).await, StatusCode::OK, "{ok}");
+    }
+    for wrong in [
+        None,
+        Some("Bearer exact-t0ken"),
+        Some("Bearer Exact-T0ke"),
+        Some("Bearer Exact-T0kenn"),
+        Some("Basic Exact-T0ken"),
+        Some("BearerExact-T0ken"),
+        Some("Exact-T0ken"),
+    ] {
+        assert_eq!(status(wrong).await, StatusCode::UNAUTHORIZED, "{wrong:?}");
+    }
 }
