@@ -10,7 +10,10 @@
 //! | `PUT /admin/routes/{name}/rate` | `{"rate": 50, "burst": 5, "ttl": "10m"}`: a temporary rate |
 //! | `DELETE /admin/routes/{name}/rate` | back to the configured rate now |
 //!
-//! When `admin.token` is set, `/admin/` needs `Authorization: Bearer <token>`.
+//! When `admin.token` (or `token_file`, `token_env`) is set, `/admin/` needs
+//! `Authorization: Bearer <token>`: the scheme in any case (RFC 9110), the
+//! token compared in constant time. A body is read (at most 64 KiB) before
+//! any answer.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

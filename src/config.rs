@@ -514,8 +514,10 @@ impl Config {
     }
 
     /// Validates config text. `path` names the file in messages, and relative
-    /// file paths in it (TLS certificates, keys and CAs) are taken from its
-    /// directory. The files themselves are not opened here.
+    /// file paths in it (TLS certificates, keys and CAs, secret files) are
+    /// taken from its directory. TLS files are not opened here; secrets
+    /// (`admin.token_file` / `token_env`, `[redis] password_file` /
+    /// `password_env`) are read here, so a reload reads them again.
     pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
         let ctx = Ctx { src, path };
         let raw: RawConfig = toml::from_str(src).map_err(|err| ctx.toml_error(&err))?;

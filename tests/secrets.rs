@@ -170,7 +170,11 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
         }
     };
     // RFC 9110 11.1: the scheme is case-insensitive; the token is not.
-    for ok in ["Bearer Exact-T0ken", "bearer Exact-T0ken", "BEARER Exact-T0ken"] {
+    for ok in [
+        "Bearer Exact-T0ken",
+        "bearer Exact-T0ken",
+        "BEARER Exact-T0ken",
+    ] {
         assert_eq!(status(Some(ok)).await, StatusCode::OK, "{ok}");
     }
     for wrong in [
