@@ -598,8 +598,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// arithmetic of the limiters (u64, 584 years), the "local" fallback of a
 /// shared rate (rate / expected_instances) included.
 pub const MIN_RATE: f64 = 0.001;
-/// The fastest rate: the route limiter counts in 1/1024 of a request on a
-/// nanosecond clock.
+/// The fastest rate. The route limiter counts in 1/1024 of a request on a
+/// nanosecond clock, so near this it releases at most ~976,000 per second.
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// The largest burst (route, key or admin override).
 pub const MAX_BURST: u32 = 1_000_000;
