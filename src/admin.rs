@@ -10,7 +10,10 @@
 //! | `PUT /admin/routes/{name}/rate` | `{"rate": 50, "burst": 5, "ttl": "10m"}`: a temporary rate |
 //! | `DELETE /admin/routes/{name}/rate` | back to the configured rate now |
 //!
-//! When `admin.token` is set, `/admin/` needs `Authorization: Bearer <token>`.
+//! When `admin.token` (or `token_file`, `token_env`) is set, `/admin/` needs
+//! `Authorization: Bearer <token>`: the scheme in any case (RFC 9110), the
+//! token compared in constant time. A body is read (at most 64 KiB) before
+//! any answer.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, check_burst, check_rate};
 use crate::proxy::{Body, local, text_body};
 use crate::route::Route;
 use crate::server::Live;
@@ -32,8 +36,9 @@ use crate::server::Live;
 /// Largest admin request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Longest rate override accepted; an override is meant to be temporary.
-const MAX_OVERRIDE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest rate override accepted (the longest duration a config takes);
+/// an override is meant to be temporary.
+const MAX_OVERRIDE_TTL: Duration = MAX_DURATION;
 
 pub(crate) struct Admin {
     live: Arc<Live>,
@@ -48,7 +53,7 @@ type Answer = Result<Response<Body>, Failure>;
 #[serde(deny_unknown_fields)]
 struct RateRequest {
     rate: f64,
-    burst: Option<u32>,
+    burst: Option<i64>,
     /// A human duration, e.g. "10m".
     ttl: String,
 }
@@ -68,29 +73,35 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => local(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-                if let Err(failure) = self.authorize(&req) {
+                let (parts, body) = req.into_parts();
+                // The body is read (bounded) before any answer, a refusal
+                // included: answering and closing with request bytes still
+                // unread makes the kernel reset the connection, and the
+                // client loses the answer.
+                let body = match read_body(body).await {
+                    Ok(body) => body,
+                    Err(failure) => return failure.into_response(),
+                };
+                if let Err(failure) = self.authorize(&parts.headers) {
                     return failure.into_response();
                 }
-                self.api(req, &path)
-                    .await
+                self.api(&parts.method, &path, &body)
                     .unwrap_or_else(Failure::into_response)
             }
             _ => local(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 
-    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Failure> {
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), Failure> {
         let config = self.live.config.load();
-        let Some(token) = config.admin.token.as_deref() else {
+        let Some(token) = config.admin.token.as_ref() else {
             return Ok(());
         };
-        let offered = req
-            .headers()
+        let offered = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(offered.as_bytes(), token.as_bytes()) {
+            .and_then(|v| bearer_credentials(v.as_bytes()))
+            .unwrap_or_default();
+        if token_matches(offered, token.expose().as_bytes()) {
             Ok(())
         } else {
             Err(Failure(
@@ -100,7 +111,7 @@ impl Admin {
         }
     }
 
-    async fn api(&self, req: Request<Incoming>, path: &str) -> Answer {
+    fn api(&self, method: &Method, path: &str, body: &[u8]) -> Answer {
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let gateway = self.live.gateway.load_full();
         let find = |name: &str| {
@@ -110,7 +121,7 @@ impl Admin {
                 .find(|r| r.name == name)
                 .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no route named {name:?}")))
         };
-        match (req.method().clone(), parts.as_slice()) {
+        match (method.clone(), parts.as_slice()) {
             (Method::GET, ["admin", "routes"]) => Ok(json_response(json!({
                 "routes": gateway.routes().iter().map(route_json).collect::<Vec<_>>()
             }))),
@@ -124,7 +135,7 @@ impl Admin {
             }
             (Method::PUT, ["admin", "routes", name, "rate"]) => {
                 let route = find(name)?;
-                let body = read_json::<RateRequest>(req).await?;
+                let body = parse_json::<RateRequest>(body)?;
                 let (rate, burst, ttl) = validate_override(route, &body)?;
                 route.state.set_rate_override(rate, burst, ttl);
                 tracing::info!(route = %route.name, rate, burst = burst.get(), ?ttl, "rate overridden through the admin API");
@@ -153,14 +164,11 @@ fn validate_override(
     body: &RateRequest,
 ) -> Result<(f64, NonZeroU32, Duration), Failure> {
     let bad = |message: String| Failure(StatusCode::BAD_REQUEST, message);
-    if !body.rate.is_finite() || body.rate <= 0.0 {
-        return Err(bad(format!(
-            "rate must be a finite number above 0, got {}",
-            body.rate
-        )));
-    }
+    // The config file's own checks: an override is bounded as a configured
+    // rate is, so whatever is accepted here the shaper can run.
+    let rate = check_rate(body.rate).map_err(|why| bad(format!("rate {why}")))?;
     let burst = match body.burst {
-        Some(b) => NonZeroU32::new(b).ok_or_else(|| bad("burst must be at least 1".into()))?,
+        Some(b) => check_burst(b).map_err(|why| bad(format!("burst {why}")))?,
         None => route
             .state
             .configured()
@@ -175,7 +183,7 @@ fn validate_override(
             humantime::format_duration(MAX_OVERRIDE_TTL)
         )));
     }
-    Ok((body.rate, burst, ttl))
+    Ok((rate, burst, ttl))
 }
 
 /// A route's live state as JSON.
@@ -215,18 +223,23 @@ fn route_json(route: &Route) -> Value {
     })
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Failure> {
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|err| {
-            Failure(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {err}"),
-            )
-        })?
-        .to_bytes();
-    serde_json::from_slice(&body)
+/// The request body, at most `MAX_BODY_BYTES` (else 413).
+async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )),
+        Err(err) => Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {err}"),
+        )),
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(body)
         .map_err(|err| Failure(StatusCode::BAD_REQUEST, format!("invalid JSON body: {err}")))
 }
 
@@ -263,7 +276,83 @@ impl Failure {
     }
 }
 
-/// Compares secrets without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme
+/// is case-insensitive (RFC 9110, 11.1) and followed by one or more spaces.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let scheme = value.get(..SCHEME.len())?;
+    let rest = value.get(SCHEME.len()..)?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    rest.get(start..)
+}
+
+/// Whether `offered` is the configured `token`, in a time that depends on
+/// neither's content nor on the token's length: both are copied into
+/// zero-padded buffers of `MAX_TOKEN_BYTES` (the longest token the config
+/// accepts), every byte of which is compared, and the lengths are compared
+/// in the same fold. An offered token longer than any configured one can be
+/// is refused at once: that tells the caller only about its own input.
+fn token_matches(offered: &[u8], token: &[u8]) -> bool {
+    let (mut a, mut b) = ([0u8; MAX_TOKEN_BYTES], [0u8; MAX_TOKEN_BYTES]);
+    let (Some(a_part), Some(b_part)) = (a.get_mut(..offered.len()), b.get_mut(..token.len()))
+    else {
+        return false;
+    };
+    a_part.copy_from_slice(offered);
+    b_part.copy_from_slice(token);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(offered.len() ^ token.len(), |acc, (x, y)| {
+            acc | usize::from(x ^ y)
+        });
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(
+                bearer_credentials(header.as_bytes()),
+                Some(&b"t0k"[..]),
+                "{header}"
+            );
+        }
+        for header in [
+            "Bearert0k",
+            "Basic t0k",
+            "Bearer",
+            "Bearer ",
+            "Bear t0k",
+            "",
+        ] {
+            assert_eq!(bearer_credentials(header.as_bytes()), None, "{header}");
+        }
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal_in_content_and_length() {
+        let token = b"s3cret-token";
+        assert!(token_matches(token, token));
+        assert!(!token_matches(b"s3cret-toke", token));
+        assert!(!token_matches(b"s3cret-token-", token));
+        // Zero padding does not make a shorter token with trailing NULs match.
+        assert!(!token_matches(b"s3cret-token\0", token));
+        assert!(!token_matches(b"", token));
+        assert!(!token_matches(
+            &[b'a'; MAX_TOKEN_BYTES + 1],
+            &[b'a'; MAX_TOKEN_BYTES]
+        ));
+        assert!(token_matches(
+            &[b'a'; MAX_TOKEN_BYTES],
+            &[b'a'; MAX_TOKEN_BYTES]
+        ));
+    }
 }

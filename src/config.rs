@@ -17,6 +17,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::secret::{REDACTED, Secret, SecretSource};
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -35,15 +37,32 @@ pub struct Config {
 }
 
 /// `[redis]`, optional; required when any route's limit has backend = "redis".
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` shows the URL without its password.
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     /// `url`, required: "redis://[user[:password]@]host[:port][/db]" or "redis+unix:///path" / "unix:///path".
     pub url: String,
+    /// `password_file` (a file holding the password, trailing newline
+    /// trimmed) or `password_env` (an environment variable), optional: the
+    /// password sent to Redis, read at load and on every reload. At most one
+    /// of a password in `url`, `password_file` and `password_env`.
+    pub password: Option<Secret>,
     /// `key_prefix`, default "sluice": each global route's key is "{key_prefix}:route:{route name}".
     /// Non-empty, no whitespace or control characters, at most 128 bytes.
     pub key_prefix: String,
     /// `timeout`, default "50ms", > 0 and <= 10s: the longest a call to Redis (connecting included) may take before it counts as a failure.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &crate::redis_store::redact_url(&self.url))
+            .field("password", &self.password)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,9 +105,11 @@ pub struct AdminConfig {
     /// `listen`, default "127.0.0.1:9090". Serves /metrics, /healthz, /readyz
     /// and the admin API under /admin/.
     pub listen: SocketAddr,
-    /// `token`, optional: when set, /admin/ requests need
-    /// `Authorization: Bearer <token>`. Visible ASCII, no spaces.
-    pub token: Option<String>,
+    /// `token`, `token_file` or `token_env`, at most one: when set, /admin/
+    /// requests need `Authorization: Bearer <token>`. Visible ASCII, no
+    /// spaces, 1 to 256 bytes. A file's trailing newline is trimmed; the file
+    /// or variable is read at load and on every reload.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,8 +520,10 @@ impl Config {
     }
 
     /// Validates config text. `path` names the file in messages, and relative
-    /// file paths in it (TLS certificates, keys and CAs) are taken from its
-    /// directory. The files themselves are not opened here.
+    /// file paths in it (TLS certificates, keys and CAs, secret files) are
+    /// taken from its directory. TLS files are not opened here; secrets
+    /// (`admin.token_file` / `token_env`, `[redis] password_file` /
+    /// `password_env`) are read here, so a reload reads them again.
     pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
         let ctx = Ctx { src, path };
         let raw: RawConfig = toml::from_str(src).map_err(|err| ctx.toml_error(&err))?;
@@ -570,6 +593,75 @@ const MAX_LEASE: u32 = 1000;
 const MAX_EXPECTED_INSTANCES: u32 = 10_000;
 
 // ---------------------------------------------------------------------------
+// Bounds: every number a config may hold is one the code can honour without
+// overflowing, panicking or allocating without limit. docs/configuration.md
+// ("Bounds") lists them.
+
+/// The longest duration any key takes: timers and deadlines are `Instant +
+/// Duration`, and a day is longer than any wait a proxy should hold.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The slowest rate (requests per second) of a route or key limit, and of an
+/// admin override: one request per 1000 s. With `MAX_BURST` the GCRA
+/// tolerance (burst / rate) stays within 10^9 s, far inside the nanosecond
+/// arithmetic of the limiters (u64, 584 years), the "local" fallback of a
+/// shared rate (rate / expected_instances) included.
+pub const MIN_RATE: f64 = 0.001;
+/// The fastest rate. The route limiter counts in 1/1024 of a request on a
+/// nanosecond clock, so near this it releases at most ~976,000 per second.
+pub const MAX_RATE: f64 = 1_000_000.0;
+/// The largest burst (route, key or admin override).
+pub const MAX_BURST: u32 = 1_000_000;
+/// hyper's read buffer for a request head is allocated up to this per connection.
+const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
+/// hyper reserves room for `max_headers` headers on every request, so a huge
+/// value costs memory and time per request (HAProxy and Apache default to ~100).
+const MAX_MAX_HEADERS: usize = 1000;
+/// Linux's default `fs.nr_open`: a process cannot hold more descriptors.
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// In-flight caps (upstream and target) are semaphores; tokio's allows
+/// `usize::MAX >> 3` permits, and no backend takes a million requests at once.
+const MAX_INFLIGHT: usize = 1 << 20;
+/// Idle connections kept per target.
+const MAX_POOL_IDLE_PER_TARGET: usize = 1 << 20;
+/// Smooth weighted round robin unrolls one cycle of `sum(weights)` entries,
+/// built in `targets x sum` steps: a target's weight, and the sum of an
+/// upstream's weights, are at most this.
+const MAX_TOTAL_WEIGHT: u32 = 10_000;
+/// Failures or successes in a row that a health check counts to.
+const MAX_HEALTH_COUNT: u32 = 10_000;
+/// Keys a per-key limit tracks; each costs about 35 bytes in its table (bench/README.md).
+const MAX_KEYS: usize = 10_000_000;
+/// Requests a route's queue holds.
+const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+/// Bearer tokens are compared in constant time over this many bytes.
+pub const MAX_TOKEN_BYTES: usize = 256;
+/// A secret file is read up to this size (a token or a password, not a dump).
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+/// Why a secret equal to the placeholder `sluice check` prints is refused.
+const PLACEHOLDER_REFUSED: &str = "is the placeholder `sluice check` prints in place of a secret; put the real value back (or use the _file / _env key)";
+
+/// Checks a rate in requests per second: the one check for the config file
+/// and the admin API. NaN and infinities fail.
+pub fn check_rate(rate: f64) -> Result<f64, String> {
+    if rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "must be a number of requests per second from {MIN_RATE} to {MAX_RATE}, got {rate}"
+        ))
+    }
+}
+
+/// Checks a burst: the one check for the config file and the admin API.
+pub fn check_burst(burst: i64) -> Result<NonZeroU32, String> {
+    u32::try_from(burst)
+        .ok()
+        .filter(|b| *b <= MAX_BURST)
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| format!("must be from 1 to {MAX_BURST}, got {burst}"))
+}
+
+// ---------------------------------------------------------------------------
 // The file as written. Values that need checking beyond their TOML type are
 // `Spanned` so a failed check can point at them; optional keys are `Option` so
 // defaults are applied in exactly one place (the conversion below).
@@ -592,6 +684,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawRedis {
     url: Spanned<String>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
     key_prefix: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
 }
@@ -624,6 +718,8 @@ struct RawServerTls {
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     token: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -869,15 +965,20 @@ impl Ctx<'_> {
             max_header_bytes: raw
                 .max_header_bytes
                 .map_or(Ok(DEFAULT_MAX_HEADER_BYTES), |v| {
-                    self.at_least("server.max_header_bytes", &v, MIN_MAX_HEADER_BYTES)
+                    self.between(
+                        "server.max_header_bytes",
+                        &v,
+                        MIN_MAX_HEADER_BYTES,
+                        MAX_MAX_HEADER_BYTES,
+                    )
                 })?,
             max_headers: raw.max_headers.map_or(Ok(DEFAULT_MAX_HEADERS), |v| {
-                self.at_least("server.max_headers", &v, 1)
+                self.between("server.max_headers", &v, 1, MAX_MAX_HEADERS)
             })?,
             max_connections: raw
                 .max_connections
                 .map_or(Ok(DEFAULT_MAX_CONNECTIONS), |v| {
-                    self.at_least("server.max_connections", &v, 1)
+                    self.between("server.max_connections", &v, 1, MAX_CONNECTIONS)
                 })?,
             max_body_bytes: raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| {
                 self.at_least("server.max_body_bytes", &v, 0)
@@ -904,13 +1005,10 @@ impl Ctx<'_> {
 
     fn admin(&self, raw: RawAdmin) -> Checked<AdminConfig> {
         Ok(AdminConfig {
-            listen: raw.listen.map_or(Ok(DEFAULT_ADMIN_LISTEN), |v| {
-                self.socket_addr("admin.listen", &v)
+            listen: raw.listen.as_ref().map_or(Ok(DEFAULT_ADMIN_LISTEN), |v| {
+                self.socket_addr("admin.listen", v)
             })?,
-            token: raw
-                .token
-                .map(|v| self.token("admin.token", &v))
-                .transpose()?,
+            token: self.admin_token(&raw)?,
         })
     }
 
@@ -985,7 +1083,7 @@ impl Ctx<'_> {
             self.u32_in(&key("retries"), &v, 0, MAX_RETRIES)
         })?;
         let max_inflight = raw.max_inflight.map_or(Ok(DEFAULT_MAX_INFLIGHT), |v| {
-            self.positive_usize(&key("max_inflight"), &v)
+            self.usize_from_1(&key("max_inflight"), &v, MAX_INFLIGHT)
         })?;
         Ok(UpstreamConfig {
             targets,
@@ -1023,11 +1121,17 @@ impl Ctx<'_> {
                 .map_or(Ok(DEFAULT_POOL_IDLE_TIMEOUT), |v| {
                     self.duration(&key("pool_idle_timeout"), &v)
                 })?,
-            pool_max_idle_per_target: raw
-                .pool_max_idle_per_target
-                .map_or(Ok(DEFAULT_POOL_MAX_IDLE_PER_TARGET), |v| {
-                    self.at_least(&key("pool_max_idle_per_target"), &v, 0)
-                })?,
+            pool_max_idle_per_target: raw.pool_max_idle_per_target.map_or(
+                Ok(DEFAULT_POOL_MAX_IDLE_PER_TARGET),
+                |v| {
+                    self.between(
+                        &key("pool_max_idle_per_target"),
+                        &v,
+                        0,
+                        MAX_POOL_IDLE_PER_TARGET,
+                    )
+                },
+            )?,
             name,
         })
     }
@@ -1044,11 +1148,24 @@ impl Ctx<'_> {
                 "at least one target (\"host:port\") is required",
             ));
         }
-        raw.get_ref()
-            .iter()
-            .enumerate()
-            .map(|(i, target)| self.target(&format!("{key}[{i}]"), target))
-            .collect()
+        let mut targets = Vec::with_capacity(raw.get_ref().len());
+        let mut total_weight: u64 = 0;
+        for (i, v) in raw.get_ref().iter().enumerate() {
+            let target_key = format!("{key}[{i}]");
+            let target = self.target(&target_key, v)?;
+            total_weight += u64::from(target.weight.get());
+            if total_weight > u64::from(MAX_TOTAL_WEIGHT) {
+                return Err(self.invalid(
+                    v.span(),
+                    &target_key,
+                    format!(
+                        "the weights of an upstream's targets may add up to at most {MAX_TOTAL_WEIGHT} (each target counts 1 unless it has weight=N); this one brings them to {total_weight}"
+                    ),
+                ));
+            }
+            targets.push(target);
+        }
+        Ok(targets)
     }
 
     fn balance(&self, key: &str, v: &Spanned<String>) -> Checked<Balance> {
@@ -1072,8 +1189,12 @@ impl Ctx<'_> {
     fn passive_health(&self, key: &str, raw: &RawPassiveHealth) -> Checked<PassiveHealth> {
         let mut health = PassiveHealth::default();
         if let Some(v) = &raw.consecutive_failures {
-            health.consecutive_failures =
-                self.u32_in(&format!("{key}.consecutive_failures"), v, 0, u32::MAX)?;
+            health.consecutive_failures = self.u32_in(
+                &format!("{key}.consecutive_failures"),
+                v,
+                0,
+                MAX_HEALTH_COUNT,
+            )?;
         }
         if let Some(v) = &raw.base_ejection {
             health.base_ejection = self.positive_duration(&format!("{key}.base_ejection"), v)?;
@@ -1161,13 +1282,13 @@ impl Ctx<'_> {
                 .healthy_threshold
                 .as_ref()
                 .map_or(Ok(DEFAULT_HEALTHY_THRESHOLD), |v| {
-                    self.positive_u32(&k("healthy_threshold"), v)
+                    self.u32_from_1(&k("healthy_threshold"), v, MAX_HEALTH_COUNT)
                 })?,
             unhealthy_threshold: raw
                 .unhealthy_threshold
                 .as_ref()
                 .map_or(Ok(DEFAULT_UNHEALTHY_THRESHOLD), |v| {
-                    self.positive_u32(&k("unhealthy_threshold"), v)
+                    self.u32_from_1(&k("unhealthy_threshold"), v, MAX_HEALTH_COUNT)
                 })?,
         })
     }
@@ -1508,8 +1629,32 @@ impl Ctx<'_> {
     /// connection is made), so what loads here is what it can dial.
     fn redis(&self, key: &str, raw: &RawRedis) -> Checked<RedisConfig> {
         let k = |field: &str| format!("{key}.{field}");
+        let url = self.redis_url(&k("url"), &raw.url)?;
+        let password = self.secret_from(
+            key,
+            "password",
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+        )?;
+        let password = match password {
+            None => None,
+            Some((_, key, span)) if crate::redis_store::url_password(&url).is_some() => {
+                return Err(self.invalid(
+                    span,
+                    &key,
+                    "the url already holds a password; give the password one way only",
+                ));
+            }
+            Some((password, key, span)) => {
+                if password.expose() == REDACTED {
+                    return Err(self.invalid(span, &key, PLACEHOLDER_REFUSED));
+                }
+                Some(password)
+            }
+        };
         Ok(RedisConfig {
-            url: self.redis_url(&k("url"), &raw.url)?,
+            url,
+            password,
             key_prefix: raw
                 .key_prefix
                 .as_ref()
@@ -1532,6 +1677,9 @@ impl Ctx<'_> {
         // what it can dial.
         crate::redis_store::validate_url(v.get_ref())
             .map_err(|why| self.invalid(v.span(), key, why))?;
+        if crate::redis_store::url_password(v.get_ref()).as_deref() == Some(REDACTED) {
+            return Err(self.invalid(v.span(), key, PLACEHOLDER_REFUSED));
+        }
         Ok(v.get_ref().clone())
     }
 
@@ -1583,31 +1731,21 @@ impl Ctx<'_> {
             rate: self.rate(&format!("{key}.rate"), &raw.rate)?,
             burst: self.burst(&format!("{key}.burst"), raw.burst.as_ref())?,
             max_keys: raw.max_keys.as_ref().map_or(Ok(DEFAULT_MAX_KEYS), |v| {
-                let key = format!("{key}.max_keys");
-                let n = self.at_least(&key, v, 1)?;
-                NonZeroUsize::new(n)
-                    .ok_or_else(|| self.invalid(v.span(), &key, "must be at least 1, got 0"))
+                self.usize_from_1(&format!("{key}.max_keys"), v, MAX_KEYS)
             })?,
             dry_run: raw.dry_run.unwrap_or(false),
         })
     }
 
-    /// Requests per second: checked as "finite and positive" rather than
-    /// "not <= 0" so NaN fails too.
+    /// Requests per second, within [`check_rate`]'s bounds (NaN fails too).
     fn rate(&self, key: &str, v: &Spanned<f64>) -> Checked<f64> {
-        let rate = *v.get_ref();
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(self.invalid(
-                v.span(),
-                key,
-                format!("must be a finite number of requests per second above 0, got {rate}"),
-            ));
-        }
-        Ok(rate)
+        check_rate(*v.get_ref()).map_err(|why| self.invalid(v.span(), key, why))
     }
 
     fn burst(&self, key: &str, v: Option<&Spanned<i64>>) -> Checked<NonZeroU32> {
-        v.map_or(Ok(DEFAULT_BURST), |v| self.positive_u32(key, v))
+        v.map_or(Ok(DEFAULT_BURST), |v| {
+            check_burst(*v.get_ref()).map_err(|why| self.invalid(v.span(), key, why))
+        })
     }
 
     fn queue(&self, key: &str, raw: &RawQueue) -> Checked<QueueConfig> {
@@ -1615,7 +1753,7 @@ impl Ctx<'_> {
             .capacity
             .as_ref()
             .map_or(Ok(DEFAULT_QUEUE_CAPACITY), |v| {
-                self.at_least(&format!("{key}.capacity"), v, 0)
+                self.between(&format!("{key}.capacity"), v, 0, MAX_QUEUE_CAPACITY)
             })?;
         let timeout = raw
             .timeout
@@ -1949,8 +2087,9 @@ impl Ctx<'_> {
 
     // --- single values ------------------------------------------------------
 
+    /// A duration from 0 to [`MAX_DURATION`].
     fn duration(&self, key: &str, v: &Spanned<String>) -> Checked<Duration> {
-        humantime::parse_duration(v.get_ref()).map_err(|err| {
+        let d = humantime::parse_duration(v.get_ref()).map_err(|err| {
             self.invalid(
                 v.span(),
                 key,
@@ -1959,14 +2098,30 @@ impl Ctx<'_> {
                     v.get_ref()
                 ),
             )
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!("must be at most {}, got {}", human(MAX_DURATION), human(d)),
+            ));
+        }
+        Ok(d)
     }
 
-    /// A duration where zero would make every request fail.
+    /// A duration where zero would make every request fail: above 0, at most
+    /// [`MAX_DURATION`].
     fn positive_duration(&self, key: &str, v: &Spanned<String>) -> Checked<Duration> {
         let d = self.duration(key, v)?;
         if d.is_zero() {
-            return Err(self.invalid(v.span(), key, "must be greater than 0"));
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "must be greater than 0 (and at most {})",
+                    human(MAX_DURATION)
+                ),
+            ));
         }
         Ok(d)
     }
@@ -1990,22 +2145,16 @@ impl Ctx<'_> {
             .ok_or_else(|| self.invalid(v.span(), key, format!("must be from 1 to {max}, got 0")))
     }
 
-    fn positive_u32(&self, key: &str, v: &Spanned<i64>) -> Checked<NonZeroU32> {
-        u32::try_from(*v.get_ref())
-            .ok()
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| {
-                self.invalid(
-                    v.span(),
-                    key,
-                    format!("must be from 1 to {}, got {}", u32::MAX, v.get_ref()),
-                )
-            })
-    }
-
     fn positive_usize(&self, key: &str, v: &Spanned<i64>) -> Checked<NonZeroUsize> {
         let n = self.at_least(key, v, 1)?;
         NonZeroUsize::new(n).ok_or_else(|| self.invalid(v.span(), key, "must be at least 1, got 0"))
+    }
+
+    /// A count from 1 to `max`.
+    fn usize_from_1(&self, key: &str, v: &Spanned<i64>, max: usize) -> Checked<NonZeroUsize> {
+        let n = self.between(key, v, 1, max)?;
+        NonZeroUsize::new(n)
+            .ok_or_else(|| self.invalid(v.span(), key, format!("must be from 1 to {max}, got 0")))
     }
 
     /// A file path, as written when absolute, else taken from the config
@@ -2098,17 +2247,128 @@ impl Ctx<'_> {
         Ok(level.clone())
     }
 
-    /// A bearer token: non-empty visible ASCII without spaces (RFC 6750 b64token, loosely).
-    fn token(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
-        let token = v.get_ref();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(self.invalid(
+    /// `admin.token`, `admin.token_file` or `admin.token_env`, at most one.
+    fn admin_token(&self, raw: &RawAdmin) -> Checked<Option<Secret>> {
+        let read = self.secret_from(
+            "admin",
+            "token",
+            raw.token_file.as_ref(),
+            raw.token_env.as_ref(),
+        )?;
+        let (token, key, span) = match (&raw.token, read) {
+            (None, None) => return Ok(None),
+            (Some(v), None) => (
+                Secret::new(v.get_ref().clone(), SecretSource::Inline),
+                "admin.token".to_string(),
                 v.span(),
+            ),
+            (None, Some(read)) => read,
+            (Some(inline), Some((_, key, span))) => {
+                let (line, _) = line_column(self.src, inline.span().start);
+                return Err(self.invalid(
+                    span,
+                    &key,
+                    format!(
+                        "admin.token is already set (line {line}); give the token one way only"
+                    ),
+                ));
+            }
+        };
+        self.token(&key, span, token.expose())?;
+        Ok(Some(token))
+    }
+
+    /// A bearer token: visible ASCII without spaces (RFC 6750 b64token,
+    /// loosely), 1 to `MAX_TOKEN_BYTES` bytes. The messages never show it.
+    fn token(&self, key: &str, span: Range<usize>, token: &str) -> Checked<()> {
+        if token.is_empty()
+            || token.len() > MAX_TOKEN_BYTES
+            || !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(self.invalid(
+                span,
                 key,
-                "must be non-empty visible ASCII without spaces",
+                format!("must be 1 to {MAX_TOKEN_BYTES} bytes of visible ASCII without spaces"),
             ));
         }
-        Ok(token.clone())
+        if token == REDACTED {
+            return Err(self.invalid(span, key, PLACEHOLDER_REFUSED));
+        }
+        Ok(())
+    }
+
+    /// A secret from `{table}.{name}_file` or `{table}.{name}_env` (at most
+    /// one): its value, the key it came from and that key's span.
+    fn secret_from(
+        &self,
+        table: &str,
+        name: &str,
+        file: Option<&Spanned<String>>,
+        env: Option<&Spanned<String>>,
+    ) -> Checked<Option<(Secret, String, Range<usize>)>> {
+        let file_key = format!("{table}.{name}_file");
+        let env_key = format!("{table}.{name}_env");
+        match (file, env) {
+            (None, None) => Ok(None),
+            (Some(f), Some(e)) => {
+                let ((first, first_span), (second, second_span)) =
+                    if f.span().start < e.span().start {
+                        ((&file_key, f.span()), (&env_key, e.span()))
+                    } else {
+                        ((&env_key, e.span()), (&file_key, f.span()))
+                    };
+                let (line, _) = line_column(self.src, first_span.start);
+                Err(self.invalid(
+                    second_span,
+                    second,
+                    format!("{first} is already set (line {line}); give the {name} one way only"),
+                ))
+            }
+            (Some(v), None) => {
+                let path = resolve_path(self.path, Path::new(v.get_ref()));
+                if v.get_ref().trim().is_empty() || v.get_ref().contains('\0') {
+                    return Err(self.invalid(v.span(), &file_key, "must be the path of a file"));
+                }
+                let value = read_secret_file(&path)
+                    .map_err(|why| self.invalid(v.span(), &file_key, why))?;
+                Ok(Some((
+                    Secret::new(value, SecretSource::File(path)),
+                    file_key,
+                    v.span(),
+                )))
+            }
+            (None, Some(v)) => {
+                let var = v.get_ref();
+                if var.is_empty() || var.contains(['=', '\0']) {
+                    return Err(self.invalid(
+                        v.span(),
+                        &env_key,
+                        "must be the name of an environment variable",
+                    ));
+                }
+                let value = match std::env::var(var) {
+                    Ok(value) if !value.is_empty() => value,
+                    Ok(_) => {
+                        return Err(self.invalid(v.span(), &env_key, format!("${var} is empty")));
+                    }
+                    Err(std::env::VarError::NotPresent) => {
+                        return Err(self.invalid(v.span(), &env_key, format!("${var} is not set")));
+                    }
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        return Err(self.invalid(
+                            v.span(),
+                            &env_key,
+                            format!("${var} is not valid UTF-8"),
+                        ));
+                    }
+                };
+                Ok(Some((
+                    Secret::new(value, SecretSource::Env(var.clone())),
+                    env_key,
+                    v.span(),
+                )))
+            }
+        }
     }
 
     fn route_name(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
@@ -2251,6 +2511,38 @@ impl Ctx<'_> {
     }
 }
 
+/// A secret file's content, its trailing newline (`\n` or `\r\n`) trimmed.
+/// The messages name the file, never its content.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let cannot = |err: std::io::Error| format!("cannot read {}: {err}", path.display());
+    // A FIFO or a device (`/dev/stdin`) could block the load forever.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    std::fs::File::open(path)
+        .and_then(|file| {
+            file.take(MAX_SECRET_FILE_BYTES + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_SECRET_FILE_BYTES} bytes; it should hold only the secret",
+            path.display()
+        ));
+    }
+    let value = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if value.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(value.to_string())
+}
+
 /// A relative `file` is taken from the directory of `config`, and made
 /// absolute (against the working directory, without touching the file system)
 /// so the path stays the same when the rendered config is read from elsewhere.
@@ -2280,8 +2572,12 @@ fn parse_target_spec(s: &str) -> Result<TargetConfig, String> {
             ));
         }
         match name {
-            "weight" => target.weight = target_option(name, value, u32::MAX)?,
-            "max_inflight" => target.max_inflight = Some(target_option(name, value, usize::MAX)?),
+            "weight" => {
+                target.weight = target_option(name, value, u64::from(MAX_TOTAL_WEIGHT))?;
+            }
+            "max_inflight" => {
+                target.max_inflight = Some(target_option(name, value, MAX_INFLIGHT as u64)?);
+            }
             _ => {
                 return Err(format!(
                     "unknown option {name:?}: expected weight=N or max_inflight=N"
@@ -2294,22 +2590,23 @@ fn parse_target_spec(s: &str) -> Result<TargetConfig, String> {
 }
 
 /// The N of a target's `name=N`: a plain decimal number from 1 to `max`.
-fn target_option<T: std::str::FromStr>(
+fn target_option<T: TryFrom<std::num::NonZeroU64>>(
     name: &str,
     value: &str,
-    max: impl std::fmt::Display,
+    max: u64,
 ) -> Result<T, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
-            "{name}={value}: expected a whole number of at least 1"
+            "{name}={value}: expected a whole number from 1 to {max}"
         ));
     }
-    if value.bytes().all(|b| b == b'0') {
-        return Err(format!("{name} must be at least 1, got {value}"));
-    }
     value
-        .parse()
-        .map_err(|_| format!("{name} must be at most {max}, got {value}"))
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= max)
+        .and_then(std::num::NonZeroU64::new)
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("{name} must be from 1 to {max}, got {value}"))
 }
 
 /// What TLS verifies the targets' certificate against and sends as SNI: a
@@ -2513,8 +2810,24 @@ struct RenderedServerTls {
 #[derive(Serialize)]
 struct RenderedAdmin {
     listen: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
+    #[serde(flatten)]
+    token: Option<RenderedSecret>,
+}
+
+/// A secret as `sluice check` prints it: the file or variable it is read
+/// from, or the placeholder when it is written inline.
+#[derive(Serialize)]
+enum RenderedSecret {
+    #[serde(rename = "token")]
+    Token(&'static str),
+    #[serde(rename = "token_file")]
+    TokenFile(String),
+    #[serde(rename = "token_env")]
+    TokenEnv(String),
+    #[serde(rename = "password_file")]
+    PasswordFile(String),
+    #[serde(rename = "password_env")]
+    PasswordEnv(String),
 }
 
 #[derive(Serialize)]
@@ -2526,7 +2839,9 @@ struct RenderedLog<'a> {
 
 #[derive(Serialize)]
 struct RenderedRedis<'a> {
-    url: &'a str,
+    url: String,
+    #[serde(flatten)]
+    password: Option<RenderedSecret>,
     key_prefix: &'a str,
     timeout: String,
 }
@@ -2702,7 +3017,11 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
             },
             admin: RenderedAdmin {
                 listen: c.admin.listen.to_string(),
-                token: c.admin.token.clone(),
+                token: c.admin.token.as_ref().map(|t| match t.source() {
+                    SecretSource::Inline => RenderedSecret::Token(REDACTED),
+                    SecretSource::File(path) => RenderedSecret::TokenFile(path_str(path)),
+                    SecretSource::Env(var) => RenderedSecret::TokenEnv(var.clone()),
+                }),
             },
             log: RenderedLog {
                 format: match c.log.format {
@@ -2713,7 +3032,14 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 access_log: c.log.access_log,
             },
             redis: c.redis.as_ref().map(|r| RenderedRedis {
-                url: &r.url,
+                url: crate::redis_store::redact_url(&r.url),
+                password: r.password.as_ref().and_then(|p| match p.source() {
+                    // Only a password from a file or a variable is kept
+                    // outside the URL.
+                    SecretSource::Inline => None,
+                    SecretSource::File(path) => Some(RenderedSecret::PasswordFile(path_str(path))),
+                    SecretSource::Env(var) => Some(RenderedSecret::PasswordEnv(var.clone())),
+                }),
                 key_prefix: &r.key_prefix,
                 timeout: human(r.timeout),
             }),
@@ -4036,7 +4362,10 @@ key_limit = { rate = 2 }",
         }
         let message = |body: &str| fail(&format!("[upstreams.b]\n{body}\n{MINIMAL}")).3;
         for (body, expected) in [
-            ("targets = [\"a:1 weight=0\"]", "weight must be at least 1"),
+            (
+                "targets = [\"a:1 weight=0\"]",
+                "weight must be from 1 to 10000, got 0",
+            ),
             (
                 "targets = [\"a:1 weight=x\"]",
                 "weight=x: expected a whole number",
@@ -4106,9 +4435,14 @@ key_limit = { rate = 2 }",
             Ok("a:1 weight=3 max_inflight=5")
         );
         assert_eq!(spec(" a:1\tweight=07 ").as_deref(), Ok("a:1 weight=7"));
-        let target = parse_target_spec("[::1]:80 weight=4294967295 max_inflight=1").expect("ok");
-        assert_eq!(target.weight, NonZeroU32::MAX);
+        let target = parse_target_spec("[::1]:80 weight=10000 max_inflight=1").expect("ok");
+        assert_eq!(target.weight.get(), MAX_TOTAL_WEIGHT);
         assert_eq!(target.max_inflight, Some(NonZeroUsize::MIN));
+        let target = parse_target_spec("a:1 max_inflight=1048576").expect("ok");
+        assert_eq!(
+            target.max_inflight.map(NonZeroUsize::get),
+            Some(MAX_INFLIGHT)
+        );
         for bad in [
             "",
             "weight=1",
@@ -4557,6 +4891,7 @@ key_limit = { rate = 2 }",
             cfg.redis,
             Some(RedisConfig {
                 url: "redis://sluice:s3cret@redis.internal:6380/2".into(),
+                password: None,
                 key_prefix: "shop-eu".into(),
                 timeout: Duration::from_millis(250),
             })
@@ -4600,6 +4935,7 @@ key_limit = { rate = 2 }",
             cfg.redis,
             Some(RedisConfig {
                 url: "redis://127.0.0.1".into(),
+                password: None,
                 key_prefix: "sluice".into(),
                 timeout: Duration::from_millis(50),
             })
@@ -4921,7 +5257,7 @@ key_limit = { rate = 2 }",
     fn to_toml_renders_redis_and_backends_in_file_shape() {
         let rendered = parse(FULL).expect("parses").to_toml();
         for expected in [
-            "[redis]\nurl = \"redis://sluice:s3cret@redis.internal:6380/2\"\nkey_prefix = \"shop-eu\"\ntimeout = \"250ms\"\n",
+            "[redis]\nurl = \"redis://sluice:%3Credacted%3E@redis.internal:6380/2\"\nkey_prefix = \"shop-eu\"\ntimeout = \"250ms\"\n",
             "rate = 500.0\nburst = 50\ndry_run = false\nbackend = \"redis\"\nlease = 5\non_redis_error = \"deny\"\nexpected_instances = 3\n",
             "rate = 0.25\nburst = 1\ndry_run = false\nbackend = \"redis\"\nlease = 1\non_redis_error = \"local\"\nexpected_instances = 1\n",
             "rate = 0.1\nburst = 20\ndry_run = true\nbackend = \"local\"\n\n",
@@ -4946,12 +5282,14 @@ key_limit = { rate = 2 }",
     fn to_toml_round_trips() {
         for src in [MINIMAL, FULL, include_str!("../config/sluice.toml")] {
             let cfg = parse(src).expect("parses");
-            let rendered = cfg.to_toml();
+            // The password in FULL's Redis URL is printed redacted, and the
+            // placeholder is refused; put the secret back to read it again.
+            let rendered = cfg.to_toml().replace("%3Credacted%3E", "s3cret");
             let again = Config::parse(&rendered, Path::new("test.toml"))
                 .unwrap_or_else(|e| panic!("rendered config does not parse: {e}\n{rendered}"));
             assert_eq!(again, cfg, "round trip changed the config:\n{rendered}");
             // Rendering is a fixed point: the output renders to itself.
-            assert_eq!(again.to_toml(), rendered);
+            assert_eq!(again.to_toml(), cfg.to_toml());
         }
     }
 

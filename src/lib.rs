@@ -34,6 +34,7 @@ pub mod redis_store;
 pub mod reload;
 pub mod route;
 pub mod router;
+pub mod secret;
 pub mod server;
 pub mod shaper;
 pub mod simulate;

@@ -98,6 +98,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_logging(&config);
+    abort_on_panic();
     // This thread accepts connections, runs the shapers' release tasks, the
     // admin listener and reloads; the worker threads `start` makes serve the
     // connections.
@@ -117,6 +118,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
         };
         let signals = Signals::new()?;
         let running = sluice::start(&config).await?;
+        #[cfg(debug_assertions)]
+        debug_panic_trigger();
         serve_until_stopped(&running, path, watch, signals).await;
         tracing::info!("shutdown requested");
         running.shutdown();
@@ -186,6 +189,38 @@ async fn serve_until_stopped(
                 let _logged = running.reload_file(path);
             }
         }
+    }
+}
+
+/// A panic anywhere — the main thread, a worker, any task — ends the process
+/// after it is logged: a task that died would otherwise leave a half-alive
+/// process (a listener gone, `/readyz` still 200) that no supervisor
+/// restarts. The hook runs before any unwinding, so tokio never catches the
+/// panic; `abort` ends the process with SIGABRT (exit 134 in a shell), and
+/// the supervisor (systemd `Restart=on-failure`, Kubernetes) starts a fresh
+/// one, as Envoy does.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(%thread, panic = %info, %backtrace, "panic: aborting the process so a supervisor restarts it");
+        // Also straight to stderr, in case the log filter or writer drops it.
+        eprintln!("sluice: panic in thread {thread}: {info}; aborting");
+        std::process::abort();
+    }));
+}
+
+/// Debug builds only (tests run them; release builds do not contain this):
+/// `SLUICE_DEBUG_PANIC_IN_TASK=1` panics in a spawned task once sluice
+/// serves, so tests/cli.rs can check that a panic in a task ends the process.
+#[cfg(debug_assertions)]
+#[allow(clippy::panic)]
+fn debug_panic_trigger() {
+    if std::env::var_os("SLUICE_DEBUG_PANIC_IN_TASK").is_some() {
+        tokio::spawn(async {
+            panic!("SLUICE_DEBUG_PANIC_IN_TASK is set");
+        });
     }
 }
 

@@ -111,7 +111,7 @@ impl Gateway {
                 Some(kept) => Some(kept.clone()),
                 // The loader checked the URL; should the client still refuse
                 // it, global routes run on their fallback.
-                None => match RedisLink::new(&c.url, c.timeout) {
+                None => match RedisLink::with_password(&c.url, c.password.as_ref(), c.timeout) {
                     Ok(link) => Some(RedisShared {
                         config: c.clone(),
                         link: Arc::new(link),

@@ -22,6 +22,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
 
 use crate::metrics::{RedisCallResult, RedisRouteMetrics};
+use crate::secret::{REDACTED, Secret};
 use crate::shaper::{GcraParams, StoreError, StoreFuture, Taken, TokenStore};
 
 /// The GCRA script; its SHA1 is what `EVALSHA` names, and the full text is
@@ -37,6 +38,33 @@ const URL_SHAPE: &str =
 /// repeats the URL, which may hold a password.
 pub fn validate_url(url: &str) -> Result<(), String> {
     parse_url(url).map(|_| ())
+}
+
+/// The password a `[redis] url` holds, percent-decoded as the client sends it.
+pub fn url_password(url: &str) -> Option<String> {
+    let client = Client::open(url).ok()?;
+    client
+        .get_connection_info()
+        .redis_settings()
+        .password()
+        .map(str::to_string)
+}
+
+/// The URL with its password (if any) replaced by [`REDACTED`], for
+/// `sluice check` and `Debug`. A URL the client cannot read is shown only
+/// by its scheme.
+pub fn redact_url(url: &str) -> String {
+    match redis::parse_redis_url(url) {
+        Some(mut parsed) => {
+            if parsed.password().is_some() && parsed.set_password(Some(REDACTED)).is_err() {
+                return format!("{}://{REDACTED}", parsed.scheme());
+            }
+            parsed.to_string()
+        }
+        // Unparsable text may hold anything.
+        None if url.contains('@') => REDACTED.to_string(),
+        None => url.to_string(),
+    }
 }
 
 fn parse_url(url: &str) -> Result<Client, String> {
@@ -98,7 +126,27 @@ impl RedisLink {
     /// Parses `url` (see [`validate_url`]); connects only on the first call,
     /// so sluice starts, on its fallbacks, while Redis is down.
     pub fn new(url: &str, timeout: Duration) -> Result<RedisLink, StoreError> {
-        let client = parse_url(url).map_err(StoreError)?;
+        RedisLink::with_password(url, None, timeout)
+    }
+
+    /// As [`RedisLink::new`], sending `password` (from `[redis]
+    /// password_file` or `password_env`) in place of any in the URL (the
+    /// config allows only one of them).
+    pub fn with_password(
+        url: &str,
+        password: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<RedisLink, StoreError> {
+        let mut client = parse_url(url).map_err(StoreError)?;
+        if let Some(password) = password {
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
+            client = Client::open(info.set_redis_settings(settings))
+                .map_err(|err| StoreError(format!("invalid Redis settings: {err}")))?;
+        }
         let target = client.get_connection_info().addr().to_string();
         Ok(RedisLink {
             client,
@@ -409,6 +457,51 @@ mod tests {
         let shown = format!("{link:?}");
         assert!(shown.contains("127.0.0.1:6390"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_password_from_a_file_or_variable_is_what_the_client_sends() {
+        use crate::secret::SecretSource;
+        let password = Secret::new("from-file", SecretSource::File("/run/secrets/r".into()));
+        let link = RedisLink::with_password(
+            "redis://sluice@127.0.0.1:6390/2",
+            Some(&password),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let settings = link.client.get_connection_info().redis_settings();
+        assert_eq!(settings.password(), Some("from-file"));
+        // The rest of the URL is kept.
+        assert_eq!(settings.username(), Some("sluice"));
+        assert_eq!(settings.db(), 2);
+        assert!(!format!("{link:?}").contains("from-file"));
+        let plain = RedisLink::new("redis://127.0.0.1:6390", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            plain
+                .client
+                .get_connection_info()
+                .redis_settings()
+                .password(),
+            None
+        );
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://user:hunter2@cache:6379/1",
+                "redis://user:%3Credacted%3E@cache:6379/1",
+            ),
+            ("redis://:hunter2@cache", "redis://:%3Credacted%3E@cache"),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+            ("not a url hunter2@x", REDACTED),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(url_password("redis://u:p%40ss@h").as_deref(), Some("p@ss"));
+        assert_eq!(url_password("redis://h"), None);
     }
 
     #[test]

@@ -383,3 +383,300 @@ async fn out_of_file_descriptors_it_backs_off_and_keeps_serving() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_task_is_logged_and_ends_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let backend = Backend::start(Duration::ZERO).await;
+    let path = write_config("panic.toml", &run_config(backend.addr, 100));
+    let mut command = sluice();
+    // Compiled into debug builds only (see `debug_panic_trigger` in main.rs).
+    command
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("SLUICE_DEBUG_PANIC_IN_TASK", "1");
+    let (mut child, lines, _proxy, _admin) = spawn_command(command);
+    let _reap = KillOnDrop(child.id());
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // A panicked task would otherwise leave the process up, half alive.
+    let mut status = None;
+    for _ in 0..200 {
+        if let Some(exited) = child.try_wait().unwrap() {
+            status = Some(exited);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = status.expect("sluice is still running 10 s after a task panicked");
+    assert_eq!(status.signal(), Some(6), "not SIGABRT: {status:?}");
+    let logged = rest.join().unwrap();
+    let record = logged
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|r| r["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no error record in {logged:#?}"));
+    let fields = &record["fields"];
+    assert!(
+        fields["message"].as_str().unwrap().contains("aborting"),
+        "{record}"
+    );
+    assert!(
+        fields["panic"]
+            .as_str()
+            .unwrap()
+            .contains("SLUICE_DEBUG_PANIC_IN_TASK is set"),
+        "{record}"
+    );
+}
+
+const SECRET_TOKEN: &str = "tok-SECRET-4711";
+const SECRET_PASSWORD: &str = "pw-SECRET-0815";
+
+fn secret_config(admin: &str, redis: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+{admin}
+[redis]
+{redis}
+[upstreams.api]
+targets = ["127.0.0.1:9000"]
+[[routes]]
+name = "main"
+upstream = "api"
+[routes.limit]
+rate = 10
+backend = "redis"
+"#
+    )
+}
+
+#[test]
+fn check_never_prints_the_admin_token_or_the_redis_password() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, format!("{SECRET_TOKEN}\n")).unwrap();
+    let password_file = dir.join("redis-password");
+    std::fs::write(&password_file, SECRET_PASSWORD).unwrap();
+    let inline = secret_config(
+        &format!("token = \"{SECRET_TOKEN}\""),
+        &format!("url = \"redis://sluice:{SECRET_PASSWORD}@127.0.0.1:6379/0\""),
+    );
+    let from_files = secret_config(
+        &format!("token_file = \"{}\"", token_file.display()),
+        &format!(
+            "url = \"redis://127.0.0.1:6379\"\npassword_file = \"{}\"",
+            password_file.display()
+        ),
+    );
+    // A config that fails (a token with a space; the other half of it must
+    // not be shown either).
+    let broken = secret_config(
+        &format!("token = \"x {SECRET_TOKEN}\""),
+        "url = \"redis://127.0.0.1:6379\"",
+    );
+    for (name, text, ok) in [
+        ("secrets-inline.toml", &inline, true),
+        ("secrets-files.toml", &from_files, true),
+        ("secrets-broken.toml", &broken, false),
+    ] {
+        let path = write_config(name, text);
+        let output = sluice()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.success(), ok, "{name}: {stdout}{stderr}");
+        for secret in [SECRET_TOKEN, SECRET_PASSWORD, "SECRET"] {
+            assert!(!stdout.contains(secret), "{name}: {stdout}");
+            assert!(!stderr.contains(secret), "{name}: {stderr}");
+        }
+        if name == "secrets-inline.toml" {
+            assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
+            assert!(
+                stdout.contains("url = \"redis://sluice:%3Credacted%3E@127.0.0.1:6379/0\""),
+                "{stdout}"
+            );
+            // Fed back, the placeholder is refused at its key.
+            let again = write_config("secrets-again.toml", &stdout);
+            let output = sluice()
+                .args(["check", "--config"])
+                .arg(&again)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success());
+            assert!(
+                stderr.contains("key `admin.token`: is the placeholder"),
+                "{stderr}"
+            );
+        }
+        if name == "secrets-files.toml" {
+            assert!(
+                stdout.contains(&format!("token_file = \"{}\"", token_file.display())),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains(&format!("password_file = \"{}\"", password_file.display())),
+                "{stdout}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_read_from_its_file_again_on_reload() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("reload-admin-token");
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let text = run_config(backend.addr, 100).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"",
+            token_file.display()
+        ),
+    );
+    assert!(text.contains("token_file"));
+    let path = write_config("token-file.toml", &text);
+    let (mut child, lines, _proxy, admin) = spawn_run(&path);
+    let _reap = KillOnDrop(child.id());
+    std::thread::spawn(move || for _ in lines {});
+    let client = client();
+    let call = |authorization: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::get(format!("http://{admin}/admin/routes"))
+                .header("authorization", authorization)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            send(&client, req).await.status
+        }
+    };
+    assert_eq!(call("Bearer first-token").await, StatusCode::OK);
+    // The scheme is case-insensitive (RFC 9110).
+    assert_eq!(call("bearer first-token").await, StatusCode::OK);
+    assert_eq!(call("BEARER  first-token").await, StatusCode::OK);
+    assert_eq!(call("Bearer first-toke").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call("Bearer first-token\n".trim_end()).await,
+        StatusCode::OK
+    );
+
+    // A new token in the file is taken on SIGHUP.
+    std::fs::write(&token_file, "second-token\n").unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut switched = false;
+    for _ in 0..200 {
+        if call("Bearer second-token").await == StatusCode::OK {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(switched, "the new token was never accepted");
+    assert_eq!(call("Bearer first-token").await, StatusCode::UNAUTHORIZED);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_an_out_of_range_rate_keeps_the_running_config() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let path = write_config("tiny-rate.toml", &run_config(backend.addr, 100));
+    let (mut child, lines, proxy, admin) = spawn_run(&path);
+    let _reap = KillOnDrop(child.id());
+    std::thread::spawn(move || for _ in lines {});
+    let client = client();
+    // Once a panic on reload killed the process here.
+    std::fs::write(
+        &path,
+        run_config(backend.addr, 100).replace("rate = 100", "rate = 1e-14"),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    until_metrics(&client, admin, |t| {
+        metric(t, "sluice_config_reloads_total", "result=\"failure\"") >= 1.0
+    })
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "sluice exited");
+    let text = scrape(&client, admin).await;
+    assert_eq!(
+        metric(&text, "sluice_route_rate_limit", "route=\"main\""),
+        100.0
+    );
+    assert_eq!(
+        get(&client, &format!("http://{proxy}/x")).await.status,
+        StatusCode::OK
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn secrets_may_come_from_environment_variables() {
+    let text = secret_config(
+        "token_env = \"SLUICE_TEST_ADMIN_TOKEN\"",
+        "url = \"redis://127.0.0.1:6379\"\npassword_env = \"SLUICE_TEST_REDIS_PASSWORD\"",
+    );
+    let path = write_config("secrets-env.toml", &text);
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SLUICE_TEST_ADMIN_TOKEN", SECRET_TOKEN)
+        .env("SLUICE_TEST_REDIS_PASSWORD", SECRET_PASSWORD)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("token_env = \"SLUICE_TEST_ADMIN_TOKEN\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("password_env = \"SLUICE_TEST_REDIS_PASSWORD\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SECRET-"), "{stdout}");
+    // Unset: the error names the file, line, key and variable.
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("SLUICE_TEST_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(
+            "secrets-env.toml:4:13: key `admin.token_env`: $SLUICE_TEST_ADMIN_TOKEN is not set"
+        ),
+        "{stderr}"
+    );
+}

@@ -1020,7 +1020,10 @@ fn tls_paths_resolve_against_the_config_directory() {
 fn target_weight_zero() {
     let src = pool("weight=3", "weight=0");
     let shown = assert_error(&src, 9, "upstreams.api.targets[0]");
-    assert!(shown.contains("weight must be at least 1"), "{shown}");
+    assert!(
+        shown.contains("weight must be from 1 to 10000, got 0"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -1034,7 +1037,10 @@ fn target_weight_not_a_number() {
 fn target_max_inflight_zero() {
     let src = pool("\"127.0.0.1:9001\"", "\"127.0.0.1:9001 max_inflight=0\"");
     let shown = assert_error(&src, 9, "upstreams.api.targets[1]");
-    assert!(shown.contains("max_inflight must be at least 1"), "{shown}");
+    assert!(
+        shown.contains("max_inflight must be from 1 to 1048576, got 0"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -1460,6 +1466,7 @@ fn global_limit_reads_and_round_trips() {
         cfg.redis,
         Some(RedisConfig {
             url: "redis://redis.internal:6379/1".into(),
+            password: None,
             key_prefix: "flash".into(),
             timeout: Duration::from_millis(80),
         })
@@ -1626,8 +1633,169 @@ fn example_global_route_loads_when_uncommented() {
         cfg.redis,
         Some(RedisConfig {
             url: "redis://127.0.0.1:6379/0".into(),
+            password: None,
             key_prefix: "sluice".into(),
             timeout: Duration::from_millis(50),
         })
     );
+}
+
+// --- secrets: the admin token and the Redis password -------------------------
+
+/// BASE with `admin` lines after `[admin]` (line 2 on) and a `[redis]`
+/// section (after BASE) with `redis` lines.
+fn with_secrets(admin: &str, redis: &str) -> String {
+    format!("[admin]\n{admin}\n{BASE}\n[redis]\n{redis}\n")
+}
+
+fn secret_file(name: &str, content: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-secrets");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+fn secrets_are_read_from_files_trimmed_and_never_shown() {
+    let token = secret_file("token", "t0ken-from-file\r\n");
+    let password = secret_file("password", "pass word\n");
+    let src = with_secrets(
+        &format!("token_file = \"{}\"", token.display()),
+        &format!(
+            "url = \"redis://127.0.0.1:6379\"\npassword_file = \"{}\"",
+            password.display()
+        ),
+    );
+    let cfg = Config::parse(&src, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.admin.token.as_ref().unwrap().expose(),
+        "t0ken-from-file"
+    );
+    let redis = cfg.redis.as_ref().unwrap();
+    assert_eq!(redis.password.as_ref().unwrap().expose(), "pass word");
+    let shown = format!("{cfg:?}\n{}", cfg.to_toml());
+    assert!(!shown.contains("t0ken-from-file"), "{shown}");
+    assert!(!shown.contains("pass word"), "{shown}");
+
+    // Inline secrets are redacted in Debug too (the URL's password as well).
+    let src = with_secrets(
+        "token = \"inline-t0ken\"",
+        "url = \"redis://u:inline-pw@127.0.0.1:6379\"",
+    );
+    let cfg = Config::parse(&src, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let shown = format!("{cfg:?}\n{:#?}\n{}", cfg, cfg.to_toml());
+    assert!(!shown.contains("inline-t0ken"), "{shown}");
+    assert!(!shown.contains("inline-pw"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+}
+
+#[test]
+fn secret_errors_name_file_line_key_and_never_the_secret() {
+    let token = secret_file("token-ok", "t0ken\n");
+    let empty = secret_file("empty", "\n");
+    let spaced = secret_file("spaced", "two words\n");
+    let missing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-secrets/missing");
+    let url = "url = \"redis://127.0.0.1:6379\"";
+    let long = "x".repeat(257);
+    let cases: Vec<(String, String, usize, &str, String)> = vec![
+        (
+            format!("token = \"a\"\ntoken_file = \"{}\"", token.display()),
+            url.into(),
+            3,
+            "admin.token_file",
+            "admin.token is already set (line 2)".into(),
+        ),
+        (
+            format!("token_env = \"HOME\"\ntoken_file = \"{}\"", token.display()),
+            url.into(),
+            3,
+            "admin.token_file",
+            "admin.token_env is already set (line 2)".into(),
+        ),
+        (
+            format!("token_file = \"{}\"", missing.display()),
+            url.into(),
+            2,
+            "admin.token_file",
+            format!("cannot read {}", missing.display()),
+        ),
+        (
+            "token_file = \"/dev/null\"".into(),
+            url.into(),
+            2,
+            "admin.token_file",
+            "/dev/null is not a regular file".into(),
+        ),
+        (
+            format!("token_file = \"{}\"", empty.display()),
+            url.into(),
+            2,
+            "admin.token_file",
+            "is empty".into(),
+        ),
+        (
+            format!("token_file = \"{}\"", spaced.display()),
+            url.into(),
+            2,
+            "admin.token_file",
+            "must be 1 to 256 bytes of visible ASCII without spaces".into(),
+        ),
+        (
+            format!("token = \"{long}\""),
+            url.into(),
+            2,
+            "admin.token",
+            "must be 1 to 256 bytes".into(),
+        ),
+        (
+            "token = \"<redacted>\"".into(),
+            url.into(),
+            2,
+            "admin.token",
+            "is the placeholder `sluice check` prints".into(),
+        ),
+        (
+            "token_env = \"SLUICE_TEST_SURELY_UNSET_VARIABLE\"".into(),
+            url.into(),
+            2,
+            "admin.token_env",
+            "$SLUICE_TEST_SURELY_UNSET_VARIABLE is not set".into(),
+        ),
+        (
+            "listen = \"127.0.0.1:9090\"".into(),
+            format!(
+                "url = \"redis://:in-url@127.0.0.1:6379\"\npassword_file = \"{}\"",
+                token.display()
+            ),
+            28,
+            "redis.password_file",
+            "the url already holds a password".into(),
+        ),
+        (
+            "listen = \"127.0.0.1:9090\"".into(),
+            format!(
+                "{url}\npassword_file = \"{}\"\npassword_env = \"HOME\"",
+                token.display()
+            ),
+            29,
+            "redis.password_env",
+            "redis.password_file is already set (line 28)".into(),
+        ),
+        (
+            "listen = \"127.0.0.1:9090\"".into(),
+            "url = \"redis://:%3Credacted%3E@127.0.0.1:6379\"".into(),
+            27,
+            "redis.url",
+            "is the placeholder".into(),
+        ),
+    ];
+    for (admin, redis, line, key, message) in cases {
+        let src = with_secrets(&admin, &redis);
+        let shown = assert_error(&src, line, key);
+        assert!(shown.contains(&message), "{shown}");
+        for secret in ["t0ken", "two words", "in-url", &long] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
 }

@@ -306,6 +306,7 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
     global.limit.as_mut().unwrap().backend = LimitBackend::Redis(RedisLimitConfig::default());
     config.redis = Some(RedisConfig {
         url: common::redis::shared_url(),
+        password: None,
         key_prefix: common::redis::unique_prefix("dashboards"),
         timeout: Duration::from_millis(100),
     });

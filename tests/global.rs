@@ -44,6 +44,7 @@ fn global_config(
     ];
     config.redis = Some(RedisConfig {
         url: url.to_string(),
+        password: None,
         key_prefix: prefix.to_string(),
         timeout: Duration::from_millis(50),
     });

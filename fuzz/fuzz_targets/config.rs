@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sluice::config::ConfigError;
 use sluice::Config;
+use sluice::config::ConfigError;
 
 fuzz_target!(|data: &[u8]| {
     // Lossy rather than rejecting invalid UTF-8: every input exercises the parser.
@@ -27,14 +27,28 @@ fn check(text: &str) {
                     let prefix = format!("fuzz.toml:{line}:{column}: key `");
                     assert!(shown.starts_with(&prefix), "{shown:?} lacks {prefix:?}");
                     let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
-                    assert!((1..=lines).contains(&line), "line {line} of {lines}: {shown}");
+                    assert!(
+                        (1..=lines).contains(&line),
+                        "line {line} of {lines}: {shown}"
+                    );
                     assert!(column >= 1, "column {column}: {shown}");
                 }
                 ConfigError::Io { .. } => panic!("parse never reads a file, yet: {shown}"),
             }
         }
         Ok(cfg) => {
+            // Secrets are rendered as a placeholder that the loader refuses
+            // (and files or variables are read again): such a config does
+            // not round-trip by design.
+            let inline_secret = cfg.admin.token.is_some()
+                || cfg
+                    .redis
+                    .as_ref()
+                    .is_some_and(|r| r.password.is_some() || r.url.contains('@'));
             let rendered = cfg.to_toml();
+            if inline_secret {
+                return;
+            }
             let again = Config::parse(&rendered, path).unwrap_or_else(|e| {
                 panic!("rendered config does not parse: {e}\n--- input\n{text}\n--- rendered\n{rendered}")
             });
