@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
@@ -164,7 +164,33 @@ pub fn accept_queue(socket: &impl AsRawFd) -> Option<AcceptQueue> {
     })
 }
 
-/// The kernel's listen drop counters of this network namespace (all of its
+/// SYNs and connections the kernel dropped at one listening socket (its
+/// `sk_drops`, which Linux raises wherever it counts a listen drop: a full
+/// accept or SYN queue among them), read with SO_MEMINFO. Unlike
+/// [`ListenDrops`] this is the socket's own count.
+pub fn socket_drops(socket: &impl AsRawFd) -> Option<u32> {
+    let mut meminfo = [0u32; SK_MEMINFO_VARS];
+    let mut len = libc::socklen_t::try_from(std::mem::size_of_val(&meminfo)).ok()?;
+    // SAFETY: the pointer and length describe `meminfo`, which outlives the
+    // call; the kernel writes at most `len` bytes and reports how many.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            meminfo.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    let drops = usize::try_from(libc::SK_MEMINFO_DROPS).ok()?;
+    let written = usize::try_from(len).ok()? / std::mem::size_of::<u32>();
+    (rc == 0 && drops < written).then(|| meminfo[drops])
+}
+
+/// The entries of SO_MEMINFO (`SK_MEMINFO_VARS`, stable since Linux 4.x).
+const SK_MEMINFO_VARS: usize = 9;
+
+/// The kernel's listen drop counter of this network namespace (all of its
 /// listeners, not only sluice's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ListenDrops {
@@ -203,12 +229,16 @@ fn parse_netstat(text: &str) -> Option<ListenDrops> {
 }
 
 /// The listeners' metrics, sampled when /metrics is scraped: each
-/// listener's accept queue (depth and limit) and the namespace's overflow
-/// counters. Holds the listeners weakly: a closed one is no longer reported.
+/// listener's accept queue (depth and limit) and drops, and the namespace's
+/// overflow counters. Holds the listeners weakly: a closed one is no longer
+/// sampled.
 pub(crate) struct ListenerProbe {
     listeners: Vec<(&'static str, Weak<Listener>)>,
     depth: IntGaugeVec,
     limit: IntGaugeVec,
+    dropped: IntCounterVec,
+    /// Per listener, its drop count when last sampled.
+    dropped_last: Vec<AtomicU64>,
     overflows: IntCounter,
     drops: IntCounter,
     last: [AtomicU64; 2],
@@ -219,8 +249,18 @@ impl ListenerProbe {
     pub(crate) fn new(
         listeners: Vec<(&'static str, Weak<Listener>)>,
     ) -> Result<ListenerProbe, prometheus::Error> {
+        let dropped_last = listeners.iter().map(|_| AtomicU64::new(0)).collect();
         Ok(ListenerProbe {
             listeners,
+            dropped_last,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "sluice_listen_dropped_total",
+                    "SYNs and connections the kernel dropped at this listener (its own count: \
+                     a full accept queue among the causes); should stay 0.",
+                ),
+                &["listener"],
+            )?,
             depth: IntGaugeVec::new(
                 Opts::new(
                     "sluice_listen_queue_depth",
@@ -236,12 +276,12 @@ impl ListenerProbe {
                 &["listener"],
             )?,
             overflows: IntCounter::with_opts(Opts::new(
-                "sluice_listen_overflows_total",
+                "sluice_netns_listen_overflows_total",
                 "Connections the kernel dropped because an accept queue was full (TcpExtListenOverflows), \
                  for every listener of sluice's network namespace, not only sluice's.",
             ))?,
             drops: IntCounter::with_opts(Opts::new(
-                "sluice_listen_drops_total",
+                "sluice_netns_listen_drops_total",
                 "SYNs and connections the kernel's listeners dropped, overflows included (TcpExtListenDrops), \
                  for every listener of sluice's network namespace.",
             ))?,
@@ -250,11 +290,19 @@ impl ListenerProbe {
     }
 
     fn sample(&self) {
-        for (name, listener) in &self.listeners {
-            let queue = listener.upgrade().and_then(|l| accept_queue(l.get_ref()));
+        for ((name, listener), last) in self.listeners.iter().zip(&self.dropped_last) {
+            let Some(listener) = listener.upgrade() else {
+                continue;
+            };
+            let queue = accept_queue(listener.get_ref());
             let (depth, limit) = queue.map_or((0, 0), |q| (q.depth, q.limit));
             self.depth.with_label_values(&[name]).set(i64::from(depth));
             self.limit.with_label_values(&[name]).set(i64::from(limit));
+            let dropped = self.dropped.with_label_values(&[name]);
+            if let Some(now) = socket_drops(listener.get_ref()) {
+                let before = last.swap(u64::from(now), Ordering::Relaxed);
+                dropped.inc_by(u64::from(now).saturating_sub(before));
+            }
         }
         if let Some(now) = ListenDrops::read() {
             // The kernel's counters only grow: follow them by their increase.
@@ -273,6 +321,7 @@ impl Collector for ListenerProbe {
     fn desc(&self) -> Vec<&Desc> {
         let mut descs = self.depth.desc();
         descs.extend(self.limit.desc());
+        descs.extend(self.dropped.desc());
         descs.extend(self.overflows.desc());
         descs.extend(self.drops.desc());
         descs
@@ -282,6 +331,7 @@ impl Collector for ListenerProbe {
         self.sample();
         let mut families = self.depth.collect();
         families.extend(self.limit.collect());
+        families.extend(self.dropped.collect());
         families.extend(self.overflows.collect());
         families.extend(self.drops.collect());
         families
@@ -332,6 +382,27 @@ mod tests {
             .collect();
         let queue = accept_queue(listener.get_ref()).expect("TCP_INFO on a listener");
         assert_eq!(queue, AcceptQueue { depth: 3, limit: 7 });
+        assert_eq!(socket_drops(listener.get_ref()), Some(0));
+        drop(clients);
+    }
+
+    #[tokio::test]
+    async fn a_full_accept_queue_counts_as_drops_of_that_listener() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), 1).expect("bind");
+        let addr: socket2::SockAddr = local_addr(&listener).expect("addr").into();
+        // Non-blocking connects: those beyond the queue are dropped (SYN or
+        // final ACK) and would otherwise block here.
+        let clients: Vec<_> = (0..6)
+            .map(|_| {
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+                socket.set_nonblocking(true).expect("non-blocking");
+                let _in_progress = socket.connect(&addr);
+                socket
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let dropped = socket_drops(listener.get_ref()).expect("SO_MEMINFO");
+        assert!(dropped > 0, "a full queue drops at the listener");
         drop(clients);
     }
 }
