@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::activity::{Activity, Expiry, Tracked};
+use crate::activity::{Activity, Expiry, Tracked, WaitingSince};
 use crate::admin::Admin;
 use crate::door::{Door, Slot};
 use crate::listener::{self, Backlog, Listener, ListenerProbe};
@@ -639,9 +639,13 @@ impl ProxyConnection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let live = self.live;
+        let first = AtomicBool::new(true);
         let service = service_fn(move |mut req: Request<Incoming>| {
             if secure {
                 req.extensions_mut().insert(Secure);
+            }
+            if first.swap(false, Ordering::Relaxed) {
+                req.extensions_mut().insert(WaitingSince(accepted));
             }
             // The request keeps the generation it started with.
             let gateway = live.gateway.load_full();

@@ -31,7 +31,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Slack for a forwarded request's age at the backend beyond the queue
 /// timeout: sluice's deadline runs from the parsed request head, and the
 /// head, the forward and the backend's own read take a little longer.
-const AGE_EPSILON: Duration = Duration::from_millis(5000);
+const AGE_EPSILON: Duration = Duration::from_millis(250);
 
 /// What one client saw: its status line and when, after its connect.
 struct Answer {
