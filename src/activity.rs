@@ -67,10 +67,7 @@ impl Activity {
     /// request is in progress, look again then).
     fn deadline(&self, now: Instant) -> (Option<Expiry>, Instant) {
         if !self.started.load(Ordering::Acquire) {
-            return (
-                Some(Expiry::NoRequest),
-                self.accepted + self.header_timeout,
-            );
+            return (Some(Expiry::NoRequest), self.accepted + self.header_timeout);
         }
         if self.active.load(Ordering::Acquire) > 0 {
             return (None, now + self.idle_timeout);

@@ -523,7 +523,10 @@ impl Config {
         // exists so that this function has no panic path.
         let rendered = toml::to_string(&RenderedConfig::from(self))
             .unwrap_or_else(|err| format!("# sluice: cannot render the configuration: {err}\n"));
-        annotate_backlog(rendered, crate::listener::Backlog::probe(self.server.backlog))
+        annotate_backlog(
+            rendered,
+            crate::listener::Backlog::probe(self.server.backlog),
+        )
     }
 }
 

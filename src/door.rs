@@ -105,8 +105,7 @@ impl Door {
         }
         // A fresh socket's send buffer takes these few bytes whole; if it
         // does not, the client is gone or broken and is simply closed.
-        if stream.write_all(REFUSAL).is_err()
-            || stream.shutdown(std::net::Shutdown::Write).is_err()
+        if stream.write_all(REFUSAL).is_err() || stream.shutdown(std::net::Shutdown::Write).is_err()
         {
             return;
         }

@@ -216,7 +216,11 @@ fn parse_netstat(text: &str) -> Option<ListenDrops> {
     let values = lines.next()?;
     let mut found = ListenDrops::default();
     let mut seen = 0;
-    for (name, value) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+    for (name, value) in names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+    {
         let slot = match name {
             "ListenOverflows" => &mut found.overflows,
             "ListenDrops" => &mut found.drops,

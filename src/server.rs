@@ -31,9 +31,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::activity::{Activity, Expiry, Tracked, WaitingSince};
 use crate::admin::Admin;
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::door::{Door, Slot};
 use crate::listener::{self, Backlog, Listener, ListenerProbe};
-use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::tls::{self, Secure, TlsError};
@@ -289,7 +289,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         workers.clone(),
         stopped.clone(),
     ));
-    let admin = tokio::spawn(serve_admin(admin_listener, admin_door, live.clone(), stopped));
+    let admin = tokio::spawn(serve_admin(
+        admin_listener,
+        admin_door,
+        live.clone(),
+        stopped,
+    ));
     backlog.log();
     tracing::info!(%proxy_addr, %admin_addr, backlog = backlog.in_force(), routes = config.routes.len(), "sluice is serving");
     Ok(Running {
@@ -400,7 +405,6 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
-
 
 /// The admin listener's connection cap: a scraper, a health checker and an
 /// operator or two need far fewer; a flood of idle sockets gets 503s.
@@ -654,10 +658,13 @@ impl ProxyConnection {
         let (header_timeout, idle_timeout) = self.timeouts;
         let activity = Activity::new(accepted, header_timeout, idle_timeout);
         // With upgrades: WebSocket and other Upgrade requests are tunneled.
-        let conn = self.builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            Tracked::new(service, activity.clone()),
-        ).into_owned();
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                Tracked::new(service, activity.clone()),
+            )
+            .into_owned();
         drive_connection!(
             conn,
             ConnectionWatch {
@@ -704,10 +711,12 @@ async fn serve_admin(
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(req).await) }
                 });
-                let conn = builder.serve_connection(
-                    TokioIo::new(stream),
-                    Tracked::new(service, activity.clone()),
-                ).into_owned();
+                let conn = builder
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        Tracked::new(service, activity.clone()),
+                    )
+                    .into_owned();
                 drive_connection!(
                     conn,
                     ConnectionWatch {

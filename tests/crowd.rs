@@ -20,8 +20,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The crowd, if the descriptor limit allows (two per client: both ends
-/// live in this process).
+/// live in this process). `SLUICE_CROWD=N` sets another size (for
+/// measuring, e.g. 10000 on a release build), `SLUICE_CROWD_WORKERS=N`
+/// another worker count.
 const CROWD: usize = 3000;
+
+fn from_env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 const RATE: f64 = 100.0;
 const BURST: u32 = 10;
@@ -115,11 +124,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_is_answered_by_the_route_and_nothing_waits_in_the_kernel() {
-    let crowd = CROWD.min(usize::try_from(raise_nofile() / 2).unwrap().saturating_sub(200));
+    let crowd = from_env("SLUICE_CROWD", CROWD).min(
+        usize::try_from(raise_nofile() / 2)
+            .unwrap()
+            .saturating_sub(200),
+    );
     assert!(crowd >= 1000, "too few descriptors for a crowd: {crowd}");
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
-    config.server.workers = Some(1);
+    config.server.workers = Some(from_env("SLUICE_CROWD_WORKERS", 1));
     config.routes = vec![route(
         "crowd",
         "/",
@@ -152,15 +165,25 @@ async fn a_flash_crowd_is_answered_by_the_route_and_nothing_waits_in_the_kernel(
     let after = scrape(&admin, sluice.admin_addr()).await;
 
     // The kernel dropped nothing at sluice's listener.
-    assert_eq!(dropped(&after), dropped(&before), "the listener dropped connections");
+    assert_eq!(
+        dropped(&after),
+        dropped(&before),
+        "the listener dropped connections"
+    );
     // Every client got the route's answer: 200, or 503 + Retry-After.
     let ok = answers.iter().filter(|a| a.status == 200).count();
     let refused: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
     assert_eq!(ok + refused.len(), crowd, "every client gets 200 or 503");
-    assert!(refused.iter().all(|a| a.retry_after), "503s carry Retry-After");
+    assert!(
+        refused.iter().all(|a| a.retry_after),
+        "503s carry Retry-After"
+    );
     // No more forwarded than the route allows over the run.
     let allowed = f64::from(BURST) + RATE * (elapsed + QUEUE_TIMEOUT).as_secs_f64();
-    assert!(ok as f64 <= allowed + 1.0, "{ok} forwarded, {allowed} allowed");
+    assert!(
+        ok as f64 <= allowed + 1.0,
+        "{ok} forwarded, {allowed} allowed"
+    );
     // None forwarded later than the queue timeout after its client connected.
     let oldest = backend
         .arrivals()

@@ -107,7 +107,12 @@ async fn admin_connections_are_timed_and_capped() {
     let mut sockets = silent(sluice.admin_addr(), cap).await;
     // The cap is full of silent sockets: one more is answered 503 at once.
     let mut extra = TcpStream::connect(sluice.admin_addr()).await.unwrap();
-    let head = exchange(&mut extra, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n", CLOSED_BOUND).await;
+    let head = exchange(
+        &mut extra,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n",
+        CLOSED_BOUND,
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     for socket in &mut sockets {
         assert!(
@@ -117,8 +122,7 @@ async fn admin_connections_are_timed_and_capped() {
     }
     let text = scrape(&client(), sluice.admin_addr()).await;
     assert_eq!(
-        samples(&text, "sluice_connections_refused_total")
-            ["listener=\"admin\",reason=\"max_connections\""],
+        samples(&text, "sluice_connections_refused_total")["listener=\"admin\",reason=\"max_connections\""],
         1.0
     );
 }
@@ -140,19 +144,25 @@ async fn past_max_connections_a_new_connection_gets_503_at_once() {
     let started = std::time::Instant::now();
     let mut third = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
     let head = exchange(&mut third, GET, CLOSED_BOUND).await;
-    assert!(started.elapsed() < Duration::from_secs(1), "answered at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered at once"
+    );
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     let head = head.to_ascii_lowercase();
     assert!(head.contains("retry-after: 1"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
     assert!(closed_within(&mut third, CLOSED_BOUND).await.is_some());
-    assert_eq!(backend.count(), 2, "the refused request never reaches the backend");
+    assert_eq!(
+        backend.count(),
+        2,
+        "the refused request never reaches the backend"
+    );
     let text = scrape(&client(), sluice.admin_addr()).await;
     assert_eq!(samples(&text, "sluice_connections_open")[""], 2.0);
     assert_eq!(samples(&text, "sluice_connections_max")[""], 2.0);
     assert_eq!(
-        samples(&text, "sluice_connections_refused_total")
-            ["listener=\"proxy\",reason=\"max_connections\""],
+        samples(&text, "sluice_connections_refused_total")["listener=\"proxy\",reason=\"max_connections\""],
         1.0
     );
     // A slot freed is a slot for the next connection.
