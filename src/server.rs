@@ -167,6 +167,20 @@ impl Running {
                 "the number of workers changes only on restart"
             );
         }
+        for (key, changed) in [
+            (
+                "server.backlog",
+                old.server.backlog != config.server.backlog,
+            ),
+            (
+                "server.max_connections",
+                old.server.max_connections != config.server.max_connections,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(key, "changes only on restart; keeping the old value");
+            }
+        }
         let gateway = self.live.gateway.load().reload(config).map_err(|source| {
             failed(ReloadError::UpstreamTls {
                 config: config.source.clone(),

@@ -203,3 +203,40 @@ async fn connections_open_counts_only_open_connections() {
     }
     assert_eq!(now, 0.0, "no connection open reads 0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_tls_connection_is_closed_at_once() {
+    let pki = common::pki::Pki::generate("front-door");
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.server.tls = Some(pki.server_tls());
+    config.server.max_connections = 1;
+    let sluice = TestSluice::start(&config).await;
+    let admin = client();
+    // One silent connection holds the only slot (header_timeout is 10 s).
+    let _holder = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    let mut open = 0.0;
+    for _ in 0..100 {
+        open = samples(
+            &scrape(&admin, sluice.admin_addr()).await,
+            "sluice_connections_open",
+        )[""];
+        if open == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open, 1.0);
+    // No answer can be written before a handshake: the next is closed.
+    let mut extra = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    let closed = closed_within(&mut extra, CLOSED_BOUND).await;
+    assert!(
+        closed.is_some_and(|after| after < Duration::from_secs(1)),
+        "{closed:?}"
+    );
+    let text = scrape(&admin, sluice.admin_addr()).await;
+    assert_eq!(
+        samples(&text, "sluice_connections_refused_total")["listener=\"proxy\",reason=\"max_connections\""],
+        1.0
+    );
+}
