@@ -843,6 +843,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_wait_that_began_before_admission_counts_against_the_timeout() {
+        // The in-flight cap (1) is held, so nobody can be released.
+        let shaper = shaper(limits(1000.0, 10, 100, 250), 1);
+        let held = match shaper.admit(Arrival::default()) {
+            Admission::Go(g) => g,
+            other => panic!("{other:?}"),
+        };
+        let accepted = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // Waiting since 100 ms ago: 150 ms left.
+        let ticket = queued(shaper.admit_since(Arrival::default(), accepted));
+        let result = ticket.wait().await;
+        assert_eq!(result.unwrap_err().reason, RejectReason::Timeout);
+        assert_eq!(ms_since(accepted), 250);
+        // Already past its deadline when admitted: timed out at once, even
+        // though the fast path is open again.
+        drop(held);
+        let late = Instant::now() - Duration::from_millis(300);
+        match shaper.admit_since(Arrival::default(), late) {
+            Admission::Rejected(r) => assert_eq!(r.reason, RejectReason::Timeout),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn waiter_is_dropped_exactly_at_its_deadline_and_never_granted() {
         // The in-flight cap (1) is held, so nobody can be released.
         let shaper = shaper(limits(1000.0, 10, 100, 250), 1);
