@@ -41,11 +41,13 @@ const QUEUE_TIMEOUT: Duration = Duration::from_millis(500);
 /// timeout. sluice's deadline runs from the connection's accept (a moment
 /// after the client's connect) and is checked last before forwarding; the
 /// forward itself (a fresh upstream connection, the backend's read) comes
-/// after, and on a loaded 2-core box with the crowd, sluice and the backend
-/// in one process it has been seen to take 300 ms in a debug build. A
-/// client that had waited in the kernel would be late by a SYN
-/// retransmission, at least 1 s.
-const AGE_EPSILON: Duration = Duration::from_millis(500);
+/// after. Under a crowd the worker's run queue holds thousands of ready
+/// connections and each step of the forward waits its turn behind them: on
+/// a loaded 2-core box with the crowd, sluice and the backend in one
+/// process it has been seen to take 250 ms (debug, 3,000 clients) to 500 ms
+/// (release under `perf`, 9,800 clients). The kernel-side wait this test is
+/// about is checked directly by the listener's drop count.
+const AGE_EPSILON: Duration = Duration::from_millis(750);
 
 /// The bound on the refused clients' p99 answer time after connect: far
 /// above sluice's own time (0.1–0.6 s here, debug and release), below the
