@@ -69,15 +69,30 @@ impl std::fmt::Debug for RedisConfig {
 pub struct ServerConfig {
     /// `listen`, default "127.0.0.1:8080".
     pub listen: SocketAddr,
-    /// `header_timeout`, default "10s": time a client may take to send a request head.
+    /// `header_timeout`, default "10s": time a client may take to send a
+    /// request head, counted from accept for a connection's first request
+    /// (whatever the protocol: TLS handshake, HTTP/2 preface and first
+    /// HEADERS included) and from the previous response for the next
+    /// HTTP/1.1 keep-alive request. Applies to the admin listener too.
     pub header_timeout: Duration,
+    /// `idle_timeout`, default "75s" (NGINX's `keepalive_timeout`): a
+    /// connection with no request in progress for this long is closed
+    /// (HTTP/2 with GOAWAY). Applies to the admin listener too.
+    pub idle_timeout: Duration,
+    /// `backlog`, default 65535, 1..=65535: the listen backlog of the proxy
+    /// and admin listeners (connections the kernel holds before sluice
+    /// accepts them). Linux caps it at `net.core.somaxconn`; the value in
+    /// force is logged at start. Changes on restart.
+    pub backlog: u32,
     /// `max_header_bytes`, default 32768, minimum 8192: larger heads get 431.
     pub max_header_bytes: usize,
     /// `max_headers`, default 100.
     pub max_headers: usize,
-    /// `max_connections`, default 10000: client connections open at once;
-    /// beyond it sluice stops accepting (new ones wait in the kernel's listen
-    /// backlog) until one closes. Changes on restart.
+    /// `max_connections`, default 10000: client connections served at once.
+    /// Beyond it sluice still accepts, up to a reserve of 1/16 of the cap
+    /// (at least 16) more, and answers each at once with a canned `503` +
+    /// `Retry-After` + `Connection: close` (a TLS connection is closed);
+    /// nothing waits unseen in the kernel's backlog. Changes on restart.
     pub max_connections: usize,
     /// `max_body_bytes`, default 1048576 (1 MiB, NGINX's
     /// `client_max_body_size`): a larger request body is answered 413.
@@ -535,9 +550,33 @@ impl Config {
         // Every value here is a string, integer, float, bool, array or table, all of
         // which TOML can represent, so serialization cannot fail; the fallback only
         // exists so that this function has no panic path.
-        toml::to_string(&RenderedConfig::from(self))
-            .unwrap_or_else(|err| format!("# sluice: cannot render the configuration: {err}\n"))
+        let rendered = toml::to_string(&RenderedConfig::from(self))
+            .unwrap_or_else(|err| format!("# sluice: cannot render the configuration: {err}\n"));
+        annotate_backlog(
+            rendered,
+            crate::listener::Backlog::probe(self.server.backlog),
+        )
     }
+}
+
+/// Adds the backlog the kernel really gives to the rendered `backlog` line,
+/// as a TOML comment (the file stays loadable): `net.core.somaxconn` caps it.
+fn annotate_backlog(rendered: String, backlog: crate::listener::Backlog) -> String {
+    let line = format!("\nbacklog = {}\n", backlog.asked);
+    let note = match backlog.somaxconn {
+        Some(cap) if backlog.capped() => format!(
+            "\nbacklog = {} # in force: {} (capped by net.core.somaxconn = {cap})\n",
+            backlog.asked,
+            backlog.in_force()
+        ),
+        Some(cap) => format!(
+            "\nbacklog = {} # in force: {} (net.core.somaxconn = {cap})\n",
+            backlog.asked,
+            backlog.in_force()
+        ),
+        None => return rendered,
+    };
+    rendered.replacen(&line, &note, 1)
 }
 
 // ---------------------------------------------------------------------------
@@ -545,6 +584,11 @@ impl Config {
 
 const DEFAULT_SERVER_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// The default and largest `server.backlog`: the kernel caps what `listen`
+/// is given at `net.core.somaxconn` anyway, so asking for more than this
+/// (the largest somaxconn of older kernels) buys nothing.
+const MAX_BACKLOG: usize = 65_535;
 const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// hyper refuses (panics on) a read buffer smaller than this.
 const MIN_MAX_HEADER_BYTES: usize = 8192;
@@ -695,6 +739,8 @@ struct RawRedis {
 struct RawServer {
     listen: Option<Spanned<String>>,
     header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    backlog: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
     max_body_bytes: Option<Spanned<i64>>,
@@ -962,6 +1008,12 @@ impl Ctx<'_> {
             header_timeout: raw.header_timeout.map_or(Ok(DEFAULT_HEADER_TIMEOUT), |v| {
                 self.positive_duration("server.header_timeout", &v)
             })?,
+            idle_timeout: raw.idle_timeout.map_or(Ok(DEFAULT_IDLE_TIMEOUT), |v| {
+                self.positive_duration("server.idle_timeout", &v)
+            })?,
+            backlog: raw.backlog.map_or(Ok(MAX_BACKLOG), |v| {
+                self.between("server.backlog", &v, 1, MAX_BACKLOG)
+            })? as u32,
             max_header_bytes: raw
                 .max_header_bytes
                 .map_or(Ok(DEFAULT_MAX_HEADER_BYTES), |v| {
@@ -2788,6 +2840,8 @@ struct RenderedConfig<'a> {
 struct RenderedServer {
     listen: String,
     header_timeout: String,
+    idle_timeout: String,
+    backlog: u32,
     max_header_bytes: usize,
     max_headers: usize,
     max_body_bytes: u64,
@@ -2997,6 +3051,8 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
             server: RenderedServer {
                 listen: c.server.listen.to_string(),
                 header_timeout: human(c.server.header_timeout),
+                idle_timeout: human(c.server.idle_timeout),
+                backlog: c.server.backlog,
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
                 max_body_bytes: c.server.max_body_bytes,
@@ -5393,6 +5449,9 @@ key_limit = { rate = 2 }",
                 2,
                 "server.header_timeout",
             ),
+            ("[server]\nidle_timeout = \"0s\"", 2, "server.idle_timeout"),
+            ("[server]\nbacklog = 0", 2, "server.backlog"),
+            ("[server]\nbacklog = 65536", 2, "server.backlog"),
             (
                 "[server]\nmax_header_bytes = 8191",
                 2,

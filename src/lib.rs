@@ -20,12 +20,15 @@
 //! (pooled client, timeouts; `h1pool` for plain HTTP/1.1 targets). `config` is parsed and validated once at the
 //! edge; `metrics` and `outcome` sit beside the flow.
 
+pub(crate) mod activity;
 pub mod adaptive;
 pub mod admin;
 pub mod classify;
 pub mod config;
 pub mod demo;
+pub(crate) mod door;
 pub mod h1pool;
+pub mod listener;
 pub mod metrics;
 pub mod outcome;
 pub mod path;

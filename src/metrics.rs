@@ -61,6 +61,7 @@ pub struct Metrics {
     last_reload: Gauge,
     connections_open: IntGauge,
     connections_max: IntGauge,
+    connections_refused: IntCounterVec,
     target_requests: IntCounterVec,
     target_errors: IntCounterVec,
     target_latency: HistogramVec,
@@ -321,8 +322,19 @@ impl Metrics {
         ))?;
         let connections_max = IntGauge::with_opts(Opts::new(
             "sluice_connections_max",
-            "server.max_connections: beyond it, new connections wait in the listen backlog.",
+            "server.max_connections: beyond it, new connections are answered 503 and closed.",
         ))?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "sluice_connections_refused_total",
+                "Connections accepted and closed at once because the listener was at its cap \
+                 (answered 503 + Retry-After, or closed unanswered on TLS), by listener and reason.",
+            ),
+            &["listener", "reason"],
+        )?;
+        for listener in ["proxy", "admin"] {
+            connections_refused.with_label_values(&[listener, "max_connections"]);
+        }
         let last_reload = Gauge::with_opts(Opts::new(
             "sluice_config_last_reload_success_timestamp_seconds",
             "When the running config was loaded (Unix time): at start, then at each successful reload.",
@@ -440,6 +452,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_max.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(target_requests.clone()),
             Box::new(target_errors.clone()),
             Box::new(target_latency.clone()),
@@ -480,6 +493,7 @@ impl Metrics {
             last_reload,
             connections_open,
             connections_max,
+            connections_refused,
             target_requests,
             target_errors,
             target_latency,
@@ -515,12 +529,31 @@ impl Metrics {
         }
     }
 
-    /// Client connections open now, and the cap on them.
-    pub fn connections(&self, open: usize, max: usize) {
-        self.connections_open
-            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    /// Publishes the cap on client connections.
+    pub fn connections_max(&self, max: usize) {
         self.connections_max
             .set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
+    /// The open-connections gauge itself: raised when a connection is
+    /// admitted under the cap and lowered when it closes, so it counts
+    /// connections and nothing else.
+    pub fn connections_open(&self) -> IntGauge {
+        self.connections_open.clone()
+    }
+
+    /// The counter of connections `listener` refused at its cap.
+    pub fn connections_refused(&self, listener: &str) -> IntCounter {
+        self.connections_refused
+            .with_label_values(&[listener, "max_connections"])
+    }
+
+    /// Adds a collector sampled at scrape time (the listeners' probe).
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
     }
 
     /// Stamps the time the first config was loaded (not counted as a reload).

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use ipnet::IpNet;
 
+use crate::activity::WaitingSince;
 use crate::classify::{canonical_ip, client_ip, peer_is_trusted};
 use crate::config::Config;
 use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
@@ -222,7 +223,12 @@ impl Gateway {
         route.check_dry_route_limit(now);
 
         // Admit: go now, wait in the queue, or be turned away.
-        let grant = match route.state.shaper.admit(arrival) {
+        // A connection's first request has waited since its accept.
+        let since = req
+            .extensions()
+            .get::<WaitingSince>()
+            .map_or(now, |since| since.0);
+        let grant = match route.state.shaper.admit_since(arrival, since) {
             Admission::Go(grant) => {
                 route.metrics.queue_wait(0.0);
                 grant
@@ -233,7 +239,18 @@ impl Gateway {
                 route.metrics.queue_wait(waited_for.as_secs_f64());
                 record.queue_wait = waited_for;
                 match waited {
-                    Ok(grant) => grant,
+                    // A grant can reach a busy worker late: one past the
+                    // deadline is dropped, never forwarded.
+                    Ok(grant) if Instant::now() < since + route.state.shaper.limits().timeout => {
+                        grant
+                    }
+                    Ok(_late) => {
+                        let rejection = Rejection {
+                            reason: RejectReason::Timeout,
+                            retry_after: Duration::from_secs(1),
+                        };
+                        return record.reject(route, rejection);
+                    }
                     Err(rejection) => return record.reject(route, rejection),
                 }
             }

@@ -22,15 +22,18 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::activity::{Activity, Expiry, Tracked, WaitingSince};
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
+use crate::door::{Door, Slot};
+use crate::listener::{self, Backlog, Listener, ListenerProbe};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::tls::{self, Secure, TlsError};
@@ -164,6 +167,20 @@ impl Running {
                 "the number of workers changes only on restart"
             );
         }
+        for (key, changed) in [
+            (
+                "server.backlog",
+                old.server.backlog != config.server.backlog,
+            ),
+            (
+                "server.max_connections",
+                old.server.max_connections != config.server.max_connections,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(key, "changes only on restart; keeping the old value");
+            }
+        }
         let gateway = self.live.gateway.load().reload(config).map_err(|source| {
             failed(ReloadError::UpstreamTls {
                 config: config.source.clone(),
@@ -230,16 +247,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         config: config.source.clone(),
         source: Box::new(source),
     })?;
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
+    let backlog = Backlog::probe(config.server.backlog);
+    let bind = |addr: SocketAddr| {
+        listener::bind(addr, backlog.in_force())
+            .map(Arc::new)
             .map_err(|source| StartError::Bind { addr, source })
     };
-    let proxy_listener = bind(config.server.listen).await?;
-    let admin_listener = bind(config.admin.listen).await?;
-    let local_addr = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
-    let proxy_addr = local_addr(&proxy_listener, config.server.listen);
-    let admin_addr = local_addr(&admin_listener, config.admin.listen);
+    let proxy_listener = bind(config.server.listen)?;
+    let admin_listener = bind(config.admin.listen)?;
+    let proxy_addr = listener::local_addr(&proxy_listener).unwrap_or(config.server.listen);
+    let admin_addr = listener::local_addr(&admin_listener).unwrap_or(config.admin.listen);
 
     // Before the gateway: its upstream pools keep one stack per worker.
     let workers = Arc::new(
@@ -247,7 +264,25 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .map_err(|source| StartError::Workers { source })?,
     );
     let metrics = Metrics::new().map_err(|source| StartError::Metrics { source })?;
+    ListenerProbe::new(vec![
+        ("proxy", Arc::downgrade(&proxy_listener)),
+        ("admin", Arc::downgrade(&admin_listener)),
+    ])
+    .and_then(|probe| metrics.register(Box::new(probe)))
+    .map_err(|source| StartError::Metrics { source })?;
     metrics.config_started();
+    let max = config.server.max_connections;
+    metrics.connections_max(max);
+    let proxy_door = Door::new(
+        max,
+        Some(metrics.connections_open()),
+        metrics.connections_refused("proxy"),
+    );
+    let admin_door = Door::new(
+        ADMIN_MAX_CONNECTIONS,
+        None,
+        metrics.connections_refused("admin"),
+    );
     let live = Arc::new(Live {
         gateway: ArcSwap::from_pointee(Gateway::new(config, metrics.clone()).map_err(
             |source| StartError::UpstreamTls {
@@ -263,12 +298,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (stop, stopped) = watch::channel(false);
     let proxy = tokio::spawn(serve_proxy(
         proxy_listener,
+        proxy_door,
         live.clone(),
         workers.clone(),
         stopped.clone(),
     ));
-    let admin = tokio::spawn(serve_admin(admin_listener, live.clone(), stopped));
-    tracing::info!(%proxy_addr, %admin_addr, routes = config.routes.len(), "sluice is serving");
+    let admin = tokio::spawn(serve_admin(
+        admin_listener,
+        admin_door,
+        live.clone(),
+        stopped,
+    ));
+    backlog.log();
+    tracing::info!(%proxy_addr, %admin_addr, backlog = backlog.in_force(), routes = config.routes.len(), "sluice is serving");
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -308,7 +350,6 @@ fn default_workers() -> usize {
 /// (their remaining tasks are dropped).
 struct Workers {
     handles: Vec<tokio::runtime::Handle>,
-    next: std::sync::atomic::AtomicUsize,
     _stop: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -335,15 +376,13 @@ impl Workers {
         }
         Ok(Workers {
             handles,
-            next: std::sync::atomic::AtomicUsize::new(0),
             _stop: stops,
         })
     }
 
-    /// The runtime of the next worker in turn.
-    fn next(&self) -> &tokio::runtime::Handle {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.handles[turn % self.handles.len()]
+    /// How many workers there are (at least one).
+    fn len(&self) -> usize {
+        self.handles.len()
     }
 }
 
@@ -381,54 +420,191 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_proxy(
-    listener: TcpListener,
-    live: Arc<Live>,
-    workers: Arc<Workers>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    let max = live.config.load().server.max_connections;
-    let slots = Arc::new(Semaphore::new(max));
-    live.metrics.connections(0, max);
-    let mut at_cap = false;
-    loop {
-        // A free connection slot first: at the cap, new connections wait in
-        // the listen backlog instead of being accepted and starved.
-        let full = slots.available_permits() == 0;
-        if full && !at_cap {
-            tracing::warn!(
-                max_connections = max,
-                "connection limit reached; not accepting until one closes"
-            );
+/// The admin listener's connection cap: a scraper, a health checker and an
+/// operator or two need far fewer; a flood of idle sockets gets 503s.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// At most this many connections are accepted before they are dealt to the
+/// workers, so the workers start on a crowd while it is still being accepted.
+const DEAL_BATCH: usize = 64;
+
+/// At most this many connections are accepted in a row before the accept
+/// loop yields to the rest of its runtime (the shapers' release tasks).
+const ACCEPT_BURST: usize = 1024;
+
+/// What to do with a connection, as its watch decides.
+enum Watched {
+    /// It started no request within `header_timeout` of accept: close now.
+    Close,
+    /// Idle for `idle_timeout`, or shutdown asked for: shut down gracefully.
+    ShutDown,
+}
+
+/// The watch over one connection: its activity and the shutdown signal.
+/// After it has said [`Watched::ShutDown`] once it stays pending, while
+/// the graceful shutdown runs its course.
+struct ConnectionWatch<'a> {
+    activity: &'a Activity,
+    stopped: Option<watch::Receiver<bool>>,
+    done: bool,
+    peer: SocketAddr,
+}
+
+impl ConnectionWatch<'_> {
+    async fn next(&mut self) -> Watched {
+        if self.done {
+            return std::future::pending().await;
         }
-        at_cap = full;
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(permit) => ConnectionSlot { permit, max, live: live.clone() },
-                Err(_) => break,
+        let watched = tokio::select! {
+            () = until_stopped_opt(self.stopped.as_mut()) => Watched::ShutDown,
+            expiry = self.activity.expired() => match expiry {
+                Expiry::NoRequest => {
+                    tracing::debug!(peer = %self.peer, "no request within header_timeout of accept; closing");
+                    Watched::Close
+                }
+                Expiry::Idle => {
+                    tracing::debug!(peer = %self.peer, "idle for idle_timeout; closing");
+                    Watched::ShutDown
+                }
             },
-            () = until_stopped(&mut stopped) => break,
         };
-        let Some((stream, peer)) = accept(&listener, &mut stopped).await else {
-            break;
-        };
-        slot.report(0);
-        let _ = stream.set_nodelay(true);
-        // Handed to a worker's event loop: out of this one first.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(%peer, %err, "cannot hand the connection to a worker");
-                continue;
+        self.done = true;
+        watched
+    }
+}
+
+/// Drives a connection (`$conn`, a hyper-util connection) to its end under
+/// its watch: closed when it starts no request within `header_timeout` of
+/// accept, shut down gracefully when idle for `idle_timeout` or when
+/// shutdown is asked for. A macro, not a generic function: the connection
+/// types' trait bounds defeat the compiler's `Send` proof for a spawned
+/// generic future.
+macro_rules! drive_connection {
+    ($conn:expr, $watch:expr) => {{
+        let conn = $conn;
+        let mut watch = $watch;
+        tokio::pin!(conn);
+        let result = loop {
+            tokio::select! {
+                result = conn.as_mut() => break Some(result),
+                watched = watch.next() => match watched {
+                    Watched::Close => break None,
+                    Watched::ShutDown => conn.as_mut().graceful_shutdown(),
+                },
             }
         };
-        // Taken now, so a shutdown waits for a connection still in its handshake.
-        let watcher = graceful.watcher();
-        let live = live.clone();
-        // The acceptor of the generation in force when the connection arrived.
+        if let Some(Err(err)) = result {
+            tracing::debug!(peer = %watch.peer, %err, "connection ended with an error");
+        }
+    }};
+}
+
+/// One accepted connection on its way to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    at: Instant,
+}
+
+/// Accepts proxy connections until shutdown, deals them to the workers in
+/// batches, then drains.
+async fn serve_proxy(
+    listener: Arc<Listener>,
+    door: Arc<Door>,
+    live: Arc<Live>,
+    workers: Arc<Workers>,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut batches: Vec<Vec<Accepted>> = (0..workers.len()).map(|_| Vec::new()).collect();
+    let mut turn = 0usize;
+    let mut at_cap = false;
+    let deal = |conns: &mut Vec<(std::net::TcpStream, SocketAddr)>| {
         let tls = live.tls.load_full();
-        workers.next().spawn(async move {
+        let at = Instant::now();
+        for (stream, peer) in conns.drain(..) {
+            let Some(slot) = door.enter() else {
+                if !at_cap {
+                    tracing::warn!(
+                        max_connections = door_max(&live),
+                        "connection limit reached; answering new connections 503 until one closes"
+                    );
+                }
+                at_cap = true;
+                door.refuse(stream, tls.is_some());
+                continue;
+            };
+            at_cap = false;
+            let worker = turn % batches.len();
+            batches[worker].push(Accepted {
+                stream,
+                peer,
+                slot,
+                at,
+            });
+            turn = turn.wrapping_add(1);
+        }
+        for (index, batch) in batches.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(batch);
+            workers.handles[index].spawn(serve_batch(
+                batch,
+                live.clone(),
+                tls.clone(),
+                stopped.clone(),
+            ));
+        }
+    };
+    accept_until_stopped(&listener, stopped.clone(), deal).await;
+    // Drain: no new connections, queued requests answered now, in-flight
+    // ones given the drain timeout.
+    live.ready.store(false, Ordering::SeqCst);
+    drop(listener);
+    live.gateway.load().close();
+    let drain_timeout = live.config.load().server.drain_timeout;
+    tracing::info!(?drain_timeout, "draining");
+    if tokio::time::timeout(drain_timeout, door.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = door.open(),
+            "drain timeout passed with requests still in flight; closing them"
+        );
+    }
+}
+
+fn door_max(live: &Live) -> usize {
+    live.config.load().server.max_connections
+}
+
+/// Starts serving a batch of connections on the worker this runs on.
+async fn serve_batch(
+    batch: Vec<Accepted>,
+    live: Arc<Live>,
+    tls: Option<Arc<TlsAcceptor>>,
+    stopped: watch::Receiver<bool>,
+) {
+    let server = &live.config.load().server;
+    let builder = Arc::new(connection_builder(server));
+    let timeouts = (server.header_timeout, server.idle_timeout);
+    for accepted in batch {
+        let conn = ProxyConnection {
+            live: live.clone(),
+            builder: builder.clone(),
+            stopped: stopped.clone(),
+            timeouts,
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let Accepted {
+                stream,
+                peer,
+                slot,
+                at,
+            } = accepted;
             let _slot = slot;
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
@@ -438,144 +614,201 @@ async fn serve_proxy(
                 }
             };
             match tls {
-                None => serve_connection(stream, peer, live, false, watcher).await,
+                None => conn.serve(stream, peer, at, false).await,
                 // Boxed: a TLS session is large, and a plain connection's
                 // task should not reserve room for one.
-                Some(acceptor) => Box::pin(serve_tls(acceptor, stream, peer, live, watcher)).await,
+                Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, peer, at)).await,
             }
         });
     }
-    // Drain: no new connections, queued requests answered now, in-flight
-    // ones given the drain timeout.
-    live.ready.store(false, Ordering::SeqCst);
-    drop(listener);
-    live.gateway.load().close();
-    let drain_timeout = live.config.load().server.drain_timeout;
-    tracing::info!(?drain_timeout, "draining");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timeout passed with requests still in flight; closing them");
-    }
 }
 
-/// A connection's place under `server.max_connections`, given back (and
-/// the gauge updated) when the connection ends.
-struct ConnectionSlot {
-    permit: tokio::sync::OwnedSemaphorePermit,
-    max: usize,
+/// What serving one proxy connection needs.
+struct ProxyConnection {
     live: Arc<Live>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stopped: watch::Receiver<bool>,
+    /// `header_timeout` and `idle_timeout`.
+    timeouts: (Duration, Duration),
 }
 
-impl ConnectionSlot {
-    /// Sets the open-connections gauge, `leaving` of them about to close.
-    fn report(&self, leaving: usize) {
-        let free = self.permit.semaphore().available_permits() + leaving;
-        self.live
-            .metrics
-            .connections(self.max.saturating_sub(free), self.max);
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        // The permit is released after this body: count it as gone already.
-        self.report(1);
-    }
-}
-
-/// Completes the TLS handshake (within `header_timeout`), then serves.
-async fn serve_tls(
-    acceptor: Arc<TlsAcceptor>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    live: Arc<Live>,
-    watcher: Watcher,
-) {
-    let timeout = live.config.load().server.header_timeout;
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_connection(stream, peer, live, true, watcher).await,
-        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
-    }
-}
-
-/// Serves one accepted (and, with TLS, handshaken) connection until it closes
-/// or the graceful shutdown closes it. `secure` marks its requests with
-/// [`Secure`].
-async fn serve_connection<S>(
-    stream: S,
-    peer: SocketAddr,
-    live: Arc<Live>,
-    secure: bool,
-    watcher: Watcher,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let builder = connection_builder(&live.config.load().server);
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        if secure {
-            req.extensions_mut().insert(Secure);
+impl ProxyConnection {
+    /// Completes the TLS handshake (within `header_timeout` of accept), then
+    /// serves.
+    async fn serve_tls(
+        self,
+        acceptor: Arc<TlsAcceptor>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        accepted: Instant,
+    ) {
+        let deadline = accepted + self.timeouts.0;
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.serve(stream, peer, accepted, true).await,
+            Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
-        // The request keeps the generation it started with.
-        let gateway = live.gateway.load_full();
-        async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-    });
-    // With upgrades: WebSocket and other Upgrade requests are tunneled.
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    if let Err(err) = watcher.watch(conn).await {
-        tracing::debug!(%peer, %err, "connection ended with an error");
     }
-}
 
-async fn serve_admin(listener: TcpListener, live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let admin = Arc::new(Admin::new(live));
-    while let Some((stream, _)) = accept(&listener, &mut stopped).await {
-        let admin = admin.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, "admin connection ended with an error");
+    /// Serves one accepted (and, with TLS, handshaken) connection. `secure`
+    /// marks its requests with [`Secure`].
+    async fn serve<S>(self, stream: S, peer: SocketAddr, accepted: Instant, secure: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let live = self.live;
+        let first = AtomicBool::new(true);
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            if secure {
+                req.extensions_mut().insert(Secure);
             }
+            if first.swap(false, Ordering::Relaxed) {
+                req.extensions_mut().insert(WaitingSince(accepted));
+            }
+            // The request keeps the generation it started with.
+            let gateway = live.gateway.load_full();
+            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
         });
+        let (header_timeout, idle_timeout) = self.timeouts;
+        let activity = Activity::new(accepted, header_timeout, idle_timeout);
+        // With upgrades: WebSocket and other Upgrade requests are tunneled.
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                Tracked::new(service, activity.clone()),
+            )
+            .into_owned();
+        drive_connection!(
+            conn,
+            ConnectionWatch {
+                activity: &activity,
+                stopped: Some(self.stopped),
+                done: false,
+                peer,
+            }
+        );
     }
 }
 
-/// The next connection, or `None` once shutdown has been asked for. A failed
-/// accept (e.g. out of file descriptors) is logged and retried after a pause.
-async fn accept(
-    listener: &TcpListener,
-    stopped: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, SocketAddr)> {
-    // Failures in a row (e.g. out of file descriptors for as long as the
-    // connections already open last) are logged once a second, not each time.
+/// Serves the admin listener on this runtime, under [`ADMIN_MAX_CONNECTIONS`]
+/// and the same header and idle timeouts as the proxy.
+async fn serve_admin(
+    listener: Arc<Listener>,
+    door: Arc<Door>,
+    live: Arc<Live>,
+    stopped: watch::Receiver<bool>,
+) {
+    let admin = Arc::new(Admin::new(live.clone()));
+    let deal = |conns: &mut Vec<(std::net::TcpStream, SocketAddr)>| {
+        let server = &live.config.load().server;
+        let builder = Arc::new(connection_builder(server));
+        let at = Instant::now();
+        for (stream, peer) in conns.drain(..) {
+            let Some(slot) = door.enter() else {
+                door.refuse(stream, false);
+                continue;
+            };
+            let admin = admin.clone();
+            let builder = builder.clone();
+            let activity = Activity::new(at, server.header_timeout, server.idle_timeout);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(%peer, %err, "cannot serve the admin connection");
+                        return;
+                    }
+                };
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let conn = builder
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        Tracked::new(service, activity.clone()),
+                    )
+                    .into_owned();
+                drive_connection!(
+                    conn,
+                    ConnectionWatch {
+                        activity: &activity,
+                        stopped: None,
+                        done: false,
+                        peer,
+                    }
+                );
+            });
+        }
+    };
+    accept_until_stopped(&listener, stopped, deal).await;
+}
+
+/// Accepts until shutdown is asked for. Each time the listener is readable
+/// it is drained until the kernel's accept queue is empty — every waiting
+/// connection taken at once, so none waits unseen — handing connections to
+/// `deal` [`DEAL_BATCH`] at a time and yielding to the runtime every
+/// [`ACCEPT_BURST`]. A failed accept for want of descriptors or memory is
+/// logged (at most once a second) and retried after a pause, while the
+/// connections already open are served.
+async fn accept_until_stopped(
+    listener: &Listener,
+    mut stopped: watch::Receiver<bool>,
+    mut deal: impl FnMut(&mut Vec<(std::net::TcpStream, SocketAddr)>),
+) {
+    let mut conns = Vec::with_capacity(DEAL_BATCH);
     let mut failed: u64 = 0;
-    let mut logged: Option<tokio::time::Instant> = None;
+    let mut logged: Option<Instant> = None;
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => return Some(conn),
+        let mut ready = tokio::select! {
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                Err(err) => {
+                    tracing::error!(%err, "the listener cannot be polled; no longer accepting");
+                    return;
+                }
+            },
+            () = until_stopped(&mut stopped) => return,
+        };
+        let mut pause = false;
+        for _ in 0..ACCEPT_BURST {
+            match listener::accept_one(listener) {
+                Ok(conn) => {
+                    conns.push(conn);
+                    if conns.len() == DEAL_BATCH {
+                        deal(&mut conns);
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(err) if listener::is_per_connection(&err) => {}
                 Err(err) => {
                     failed += 1;
                     if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        let addr = listener.local_addr().ok();
+                        let addr = listener::local_addr(listener);
                         tracing::warn!(%err, ?addr, failures = failed, "accept failed; backing off");
-                        logged = Some(tokio::time::Instant::now());
+                        logged = Some(Instant::now());
                     }
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    pause = true;
+                    break;
                 }
-            },
-            () = until_stopped(stopped) => return None,
+            }
+        }
+        if !conns.is_empty() {
+            deal(&mut conns);
+        }
+        drop(ready);
+        if pause {
+            tokio::select! {
+                () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                () = until_stopped(&mut stopped) => return,
+            }
+        } else {
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -584,4 +817,12 @@ async fn accept(
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     // An error means the sender is gone, which also means stop.
     let _stop = stopped.wait_for(|stop| *stop).await.is_ok();
+}
+
+/// [`until_stopped`], or never without a receiver.
+async fn until_stopped_opt(stopped: Option<&mut watch::Receiver<bool>>) {
+    match stopped {
+        Some(stopped) => until_stopped(stopped).await,
+        None => std::future::pending().await,
+    }
 }

@@ -200,6 +200,8 @@ fn keys() -> Vec<(&'static str, &'static str, &'static [&'static str])> {
         ("server", "max_headers", INTEGERS),
         ("server", "max_body_bytes", INTEGERS),
         ("server", "max_connections", INTEGERS),
+        ("server", "backlog", INTEGERS),
+        ("server", "idle_timeout", DURATIONS),
         ("server", "workers", &["0", "1", "2", "1024", "1025", "-1"]),
         ("server", "drain_timeout", DURATIONS),
         ("server", "shutdown_delay", DURATIONS),

@@ -513,53 +513,6 @@ async fn a_misbehaving_backend_gets_502_or_504_and_sluice_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_max_connections_new_clients_wait_until_one_closes() {
-    let backend = Backend::start(Duration::ZERO).await;
-    let mut config = config(&[backend.addr]);
-    config.server.max_connections = 2;
-    let sluice = TestSluice::start(&config).await;
-    let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
-    let answered = |mut socket: TcpStream| async move {
-        socket.write_all(request).await.unwrap();
-        let mut buf = vec![0; 1024];
-        let n = tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0);
-        (String::from_utf8_lossy(&buf[..n]).into_owned(), socket)
-    };
-    let (first, first_socket) =
-        answered(TcpStream::connect(sluice.proxy_addr()).await.unwrap()).await;
-    let (second, _second_socket) =
-        answered(TcpStream::connect(sluice.proxy_addr()).await.unwrap()).await;
-    assert!(first.starts_with("HTTP/1.1 200") && second.starts_with("HTTP/1.1 200"));
-    let client = client();
-    let text = scrape(&client, sluice.admin_addr()).await;
-    assert_eq!(samples(&text, "sluice_connections_open")[""], 2.0);
-    assert_eq!(samples(&text, "sluice_connections_max")[""], 2.0);
-
-    // A third connects (the kernel's backlog) but is not served...
-    let mut third = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
-    third.write_all(request).await.unwrap();
-    let mut buf = vec![0; 1024];
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf))
-            .await
-            .is_err(),
-        "served past the connection limit"
-    );
-    // ... until one of the first two closes.
-    drop(first_socket);
-    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
-        .await
-        .expect("served once a slot is free")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    assert_eq!(backend.count(), 3);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_doubled_or_malformed_host_gets_400() {
     let backend = Backend::start(Duration::ZERO).await;
     let config = config(&[backend.addr]);

@@ -344,14 +344,32 @@ impl Shaper {
 
     /// Decides at once what happens to a request arriving now.
     pub fn admit(&self, arrival: Arrival) -> Admission {
+        self.admit_since(arrival, Instant::now())
+    }
+
+    /// Decides at once what happens to a request whose client has been
+    /// waiting since `since` (a connection's accept, for its first request):
+    /// its queue timeout runs from then, so time spent before admission —
+    /// in the kernel's accept queue, or before sluice read the head — is
+    /// counted. One already past it is answered as timed out, never forwarded.
+    pub fn admit_since(&self, arrival: Arrival, since: Instant) -> Admission {
         let shared = &self.shared;
         let now = Instant::now();
+        let since = since.min(now);
         let mut state = shared.state.lock();
         let limits = state.limits;
         let class = arrival.class.min(limits.classes.saturating_sub(1));
         if state.closed {
             return Admission::Rejected(shared.closed());
         }
+        let deadline = since + limits.timeout;
+        if deadline <= now {
+            return Admission::Rejected(Rejection {
+                reason: RejectReason::Timeout,
+                retry_after: state.drain_estimate(state.queue.len()),
+            });
+        }
+        let budget = deadline - now;
         let mut first_wait = Duration::ZERO;
         if state.queue.is_empty() && !state.paused && shared.gate.is_open() {
             if let Ok(permit) = shared.inflight.clone().try_acquire_owned() {
@@ -378,7 +396,7 @@ impl Shaper {
         // request that would be turned away anyway.
         let ahead = state.queue.ahead(class, arrival.key, lifo);
         let expected = first_wait + state.drain_estimate_exact(ahead);
-        if expected > limits.timeout && !state.paused {
+        if expected > budget && !state.paused {
             return Admission::Rejected(Rejection {
                 reason: RejectReason::WaitTooLong,
                 retry_after: state.drain_estimate(state.queue.len()),
@@ -400,12 +418,14 @@ impl Shaper {
             }));
         }
         let (tx, rx) = oneshot::channel();
-        let slot = state.queue.push(class, arrival.key, now, tx);
+        // Its wait counts from `since`: the release loop drops it at
+        // `since + timeout`, as its own timer does.
+        let slot = state.queue.push(class, arrival.key, since, tx);
         drop(state);
         shared.joined.notify_one();
         Admission::Queued(Ticket {
             slot,
-            deadline: now + limits.timeout,
+            deadline,
             rx,
             shared: shared.clone(),
             done: false,
@@ -820,6 +840,31 @@ mod tests {
             );
         }
         assert_eq!(times, vec![80, 180, 280]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_began_before_admission_counts_against_the_timeout() {
+        // The in-flight cap (1) is held, so nobody can be released.
+        let shaper = shaper(limits(1000.0, 10, 100, 250), 1);
+        let held = match shaper.admit(Arrival::default()) {
+            Admission::Go(g) => g,
+            other => panic!("{other:?}"),
+        };
+        let accepted = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // Waiting since 100 ms ago: 150 ms left.
+        let ticket = queued(shaper.admit_since(Arrival::default(), accepted));
+        let result = ticket.wait().await;
+        assert_eq!(result.unwrap_err().reason, RejectReason::Timeout);
+        assert_eq!(ms_since(accepted), 250);
+        // Already past its deadline when admitted: timed out at once, even
+        // though the fast path is open again.
+        drop(held);
+        let late = Instant::now() - Duration::from_millis(300);
+        match shaper.admit_since(Arrival::default(), late) {
+            Admission::Rejected(r) => assert_eq!(r.reason, RejectReason::Timeout),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,6 +4,7 @@
 
 pub mod pki;
 pub mod redis;
+pub mod sockets;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -368,6 +369,8 @@ pub fn config(targets: &[SocketAddr]) -> Config {
         server: ServerConfig {
             listen: loopback,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            backlog: 65_535,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body_bytes: 1 << 20,
