@@ -644,6 +644,11 @@ const MAX_EXPECTED_INSTANCES: u32 = 10_000;
 /// The longest duration any key takes: timers and deadlines are `Instant +
 /// Duration`, and a day is longer than any wait a proxy should hold.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The least a client-facing timeout (`header_timeout`, `idle_timeout`) may
+/// be: below it no client, however prompt, could send a request before the
+/// connection is closed, so every request would fail.
+pub const MIN_CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
 /// The slowest rate (requests per second) of a route or key limit, and of an
 /// admin override: one request per 1000 s. With `MAX_BURST` the GCRA
 /// tolerance (burst / rate) stays within 10^9 s, far inside the nanosecond
@@ -1006,10 +1011,10 @@ impl Ctx<'_> {
                 self.socket_addr("server.listen", &v)
             })?,
             header_timeout: raw.header_timeout.map_or(Ok(DEFAULT_HEADER_TIMEOUT), |v| {
-                self.positive_duration("server.header_timeout", &v)
+                self.duration_at_least("server.header_timeout", &v, MIN_CLIENT_TIMEOUT)
             })?,
             idle_timeout: raw.idle_timeout.map_or(Ok(DEFAULT_IDLE_TIMEOUT), |v| {
-                self.positive_duration("server.idle_timeout", &v)
+                self.duration_at_least("server.idle_timeout", &v, MIN_CLIENT_TIMEOUT)
             })?,
             backlog: raw.backlog.map_or(Ok(MAX_BACKLOG), |v| {
                 self.between("server.backlog", &v, 1, MAX_BACKLOG)
@@ -2172,6 +2177,29 @@ impl Ctx<'_> {
                 format!(
                     "must be greater than 0 (and at most {})",
                     human(MAX_DURATION)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A duration from `min` to [`MAX_DURATION`].
+    fn duration_at_least(
+        &self,
+        key: &str,
+        v: &Spanned<String>,
+        min: Duration,
+    ) -> Checked<Duration> {
+        let d = self.duration(key, v)?;
+        if d < min {
+            return Err(self.invalid(
+                v.span(),
+                key,
+                format!(
+                    "must be from {} to {}, got {}",
+                    human(min),
+                    human(MAX_DURATION),
+                    human(d)
                 ),
             ));
         }

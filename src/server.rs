@@ -399,24 +399,51 @@ fn acceptor(server: &ServerConfig) -> Result<Option<Arc<TlsAcceptor>>, TlsError>
 /// hyper's default header count limit for HTTP/1.
 const HYPER_MAX_HEADERS: usize = 100;
 
-/// The connection builder with the configured limits on request heads.
+/// The most a request head to the admin listener may hold: its limits are
+/// fixed, so a proxy tuned for tiny heads still answers a scraper.
+const ADMIN_MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The connection builder for the proxy, with the configured limits on
+/// request heads.
 fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    builder_with_limits(
+        server.header_timeout,
+        server.max_header_bytes,
+        server.max_headers,
+    )
+}
+
+/// The connection builder for the admin listener: the proxy's header
+/// timeout, hyper's own header limits.
+fn admin_connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    builder_with_limits(
+        server.header_timeout,
+        ADMIN_MAX_HEADER_BYTES,
+        HYPER_MAX_HEADERS,
+    )
+}
+
+fn builder_with_limits(
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout)
-        .max_buf_size(server.max_header_bytes)
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_header_bytes)
         .keep_alive(true);
     // hyper's own limit is 100 headers, parsed into a fixed array; an
     // explicit limit makes it fill a fresh vector of that size per request.
-    if server.max_headers != HYPER_MAX_HEADERS {
-        http1.max_headers(server.max_headers);
+    if max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(max_headers);
     }
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
@@ -702,7 +729,7 @@ async fn serve_admin(
     let admin = Arc::new(Admin::new(live.clone()));
     let deal = |conns: &mut Vec<(std::net::TcpStream, SocketAddr)>| {
         let server = &live.config.load().server;
-        let builder = Arc::new(connection_builder(server));
+        let builder = Arc::new(admin_connection_builder(server));
         let at = Instant::now();
         for (stream, peer) in conns.drain(..) {
             let Some(slot) = door.enter() else {
