@@ -63,6 +63,19 @@ pub struct ServerConfig {
     /// `max_body_bytes`, default 1048576 (1 MiB, NGINX's
     /// `client_max_body_size`): a larger request body is answered 413.
     pub max_body_bytes: u64,
+    /// `request_buffer_bytes`, default 16384 (16 KiB), from 0 to 16 MiB: a
+    /// request body up to this size is read in full before the request is
+    /// admitted, so a slow sender never holds an in-flight slot; a larger
+    /// one streams. 0 streams every body.
+    pub request_buffer_bytes: usize,
+    /// `client_body_timeout`, default "10s", > 0: the longest a client may
+    /// leave sluice waiting for the next piece of its request body (each
+    /// read, not the whole body, as NGINX's); then `408`.
+    pub client_body_timeout: Duration,
+    /// `send_timeout`, default "30s", > 0: the longest a client may leave a
+    /// response unread (no piece of it taken) before sluice abandons it,
+    /// closes the upstream connection and frees the in-flight slot.
+    pub send_timeout: Duration,
     /// `workers`, default one per CPU: threads serving the proxy listener,
     /// each with its own event loop and its own listening socket
     /// (SO_REUSEPORT), as NGINX's `worker_processes`. Changes on restart.
@@ -522,6 +535,12 @@ const MIN_MAX_HEADER_BYTES: usize = 8192;
 const DEFAULT_MAX_HEADERS: usize = 100;
 const MAX_WORKERS: usize = 1024;
 const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Typical API bodies (JSON, forms) fit; at the default `max_connections`
+/// the worst case is 160 MiB of bodies being read.
+const DEFAULT_REQUEST_BUFFER_BYTES: usize = 16 * 1024;
+const MAX_REQUEST_BUFFER_BYTES: usize = 16 << 20;
+const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -596,6 +615,9 @@ struct RawServer {
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
     max_body_bytes: Option<Spanned<i64>>,
+    request_buffer_bytes: Option<Spanned<i64>>,
+    client_body_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
@@ -873,6 +895,19 @@ impl Ctx<'_> {
             max_body_bytes: raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| {
                 self.at_least("server.max_body_bytes", &v, 0)
             })? as u64,
+            request_buffer_bytes: raw
+                .request_buffer_bytes
+                .map_or(Ok(DEFAULT_REQUEST_BUFFER_BYTES), |v| {
+                    self.between("server.request_buffer_bytes", &v, 0, MAX_REQUEST_BUFFER_BYTES)
+                })?,
+            client_body_timeout: raw
+                .client_body_timeout
+                .map_or(Ok(DEFAULT_CLIENT_BODY_TIMEOUT), |v| {
+                    self.positive_duration("server.client_body_timeout", &v)
+                })?,
+            send_timeout: raw.send_timeout.map_or(Ok(DEFAULT_SEND_TIMEOUT), |v| {
+                self.positive_duration("server.send_timeout", &v)
+            })?,
             workers: raw
                 .workers
                 .map(|v| self.between("server.workers", &v, 1, MAX_WORKERS))
@@ -2432,6 +2467,9 @@ struct RenderedServer {
     max_header_bytes: usize,
     max_headers: usize,
     max_body_bytes: u64,
+    request_buffer_bytes: usize,
+    client_body_timeout: String,
+    send_timeout: String,
     max_connections: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<usize>,
@@ -2622,6 +2660,9 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
                 max_body_bytes: c.server.max_body_bytes,
+                request_buffer_bytes: c.server.request_buffer_bytes,
+                client_body_timeout: human(c.server.client_body_timeout),
+                send_timeout: human(c.server.send_timeout),
                 max_connections: c.server.max_connections,
                 workers: c.server.workers,
                 drain_timeout: human(c.server.drain_timeout),

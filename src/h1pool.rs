@@ -16,6 +16,7 @@
 //! method: not a byte of it reached the backend.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -120,9 +121,11 @@ impl H1Pool {
     }
 
     /// Sends `req` (origin-form URI) and waits for the response head.
+    /// `reached` turns true when the request is handed to a connection.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
+        reached: &AtomicBool,
     ) -> Result<(Response<Incoming>, Lease), H1Error> {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
@@ -141,6 +144,7 @@ impl H1Pool {
             Some(sender) => (sender, true),
             None => (self.connect().await?, false),
         };
+        reached.store(true, Ordering::Release);
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             Err(mut err) => match err.take_message() {

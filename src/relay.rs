@@ -1,0 +1,334 @@
+//! Relaying a backend's response to the client, and letting go of the
+//! backend when the client will not take it.
+//!
+//! A response holds its in-flight slot and its upstream connection until the
+//! backend's body has been read to its end. A client that stops reading
+//! must not hold them for as long as it likes, so, as NGINX's proxy buffers
+//! and `send_timeout` do:
+//!
+//! - a body of at most [`SMALL_RESPONSE_BYTES`] (known from its length) is
+//!   read in full first; the slot and the connection (back to the pool) are
+//!   free before the client has read a byte, and no task is spawned;
+//! - a larger or unknown-length body is pumped by a task through a
+//!   one-frame channel: every frame must be taken within `send_timeout`.
+//!   When one is not, the response is abandoned: the upstream connection is
+//!   closed (never pooled mid-body), the slot freed, the client's response
+//!   ends with an error (hyper closes its connection or resets its stream),
+//!   and the access log says 499. The slot is freed as soon as the
+//!   backend's body ends, whatever the client still has to read.
+//!
+//! The request's outcome (forwarded) was counted when the head arrived; the
+//! access log line is written when the body ends, with 499 if the client
+//! left or stalled first.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::proxy::{AccessLine, Body, BoxError, STATUS_CLIENT_CLOSED};
+use crate::shaper::Grant;
+use crate::upstream::TargetGuard;
+
+/// Responses up to this size are read whole before relaying. hyper's write
+/// buffer (at least 8 KiB) and the kernel's send buffer (16 KiB by default)
+/// take all of it at once, so even a client that reads nothing cannot stall
+/// such a response while it holds a slot; typical API answers fit.
+pub const SMALL_RESPONSE_BYTES: u64 = 16 * 1024;
+
+/// What a relayed response holds until its body is done.
+pub(crate) struct Relay {
+    pub grant: Grant,
+    pub target: TargetGuard,
+    /// The access log line, if the access log is on.
+    pub line: Option<AccessLine>,
+    /// `server.send_timeout`.
+    pub send_timeout: Duration,
+}
+
+impl Relay {
+    /// The backend's response as the client will get it. Hop-by-hop headers
+    /// must already be gone.
+    pub(crate) async fn response(self, response: Response<Incoming>) -> Response<Body> {
+        let (parts, body) = response.into_parts();
+        let mut log = LogOnEnd(self.line);
+        let mut target = self.target;
+        if body.is_end_stream() {
+            target.finish();
+            log.done();
+            let body = Empty::new().map_err(|never| match never {}).boxed();
+            return Response::from_parts(parts, body);
+        }
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len <= SMALL_RESPONSE_BYTES)
+        {
+            let body = match read_whole(body).await {
+                Ok((data, trailers)) => {
+                    target.finish();
+                    Whole {
+                        data: Some(data),
+                        trailers,
+                        log,
+                    }
+                    .boxed()
+                }
+                // The backend broke off mid-body: the client's response
+                // breaks off too (not a complete message, whatever it says).
+                Err(err) => {
+                    log.done();
+                    Broken(Some(BoxError::from(err))).boxed()
+                }
+            };
+            // Slot and connection go now (dropping them here), before the
+            // client has read anything.
+            drop(target);
+            drop(self.grant);
+            return Response::from_parts(parts, body);
+        }
+        let hint = body.size_hint();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(pump(
+            body,
+            tx,
+            Held {
+                _permit: self.grant.into_permit(),
+                target,
+            },
+            log,
+            self.send_timeout,
+        ));
+        Response::from_parts(
+            parts,
+            Relayed {
+                rx,
+                hint,
+                done: false,
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// The slot and the target, held while the backend's body is being read.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    target: TargetGuard,
+}
+
+/// The access log line of one response, written once: by [`LogOnEnd::done`]
+/// with the backend's status, or when dropped first with 499 (the client
+/// left or stopped reading).
+struct LogOnEnd(Option<AccessLine>);
+
+impl LogOnEnd {
+    fn done(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.write(None);
+        }
+    }
+}
+
+impl Drop for LogOnEnd {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.write(Some(STATUS_CLIENT_CLOSED));
+        }
+    }
+}
+
+/// Reads a small body to its end.
+async fn read_whole(mut body: Incoming) -> Result<(Bytes, Option<HeaderMap>), hyper::Error> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(data) => match (&first, &mut joined) {
+                (None, _) => first = Some(data),
+                (Some(head), None) => {
+                    let mut all = BytesMut::with_capacity(head.len() + data.len());
+                    all.extend_from_slice(head);
+                    all.extend_from_slice(&data);
+                    joined = Some(all);
+                }
+                (Some(_), Some(all)) => all.extend_from_slice(&data),
+            },
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    let data = joined.map(BytesMut::freeze).or(first).unwrap_or_default();
+    Ok((data, trailers))
+}
+
+/// One piece of a relayed body.
+enum Piece {
+    Frame(Frame<Bytes>),
+    /// The backend's body ended here.
+    End,
+    /// The backend's body broke off.
+    Failed(BoxError),
+}
+
+/// Reads the backend's body and hands it over frame by frame, each within
+/// `send_timeout`; gives up (closing the upstream connection, freeing the
+/// slot) when the client does not take one in time or has gone.
+async fn pump(
+    mut body: Incoming,
+    tx: mpsc::Sender<Piece>,
+    held: Held,
+    mut log: LogOnEnd,
+    send_timeout: Duration,
+) {
+    let mut held = Some(held);
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // The client left (its response body was dropped): the slot,
+            // the connection and the log line (499) go with this task.
+            () = tx.closed() => return,
+        };
+        let piece = match frame {
+            Some(Ok(frame)) => Piece::Frame(frame),
+            Some(Err(err)) => Piece::Failed(err.into()),
+            None => Piece::End,
+        };
+        let last = !matches!(piece, Piece::Frame(_));
+        if matches!(piece, Piece::End) {
+            // The backend is done: its connection goes back to the pool and
+            // the slot is free, whatever the client has left to read.
+            if let Some(mut held) = held.take() {
+                held.target.finish();
+            }
+        } else if body.is_end_stream()
+            && let Some(held) = &mut held
+        {
+            held.target.finish();
+        }
+        match tokio::time::timeout(send_timeout, tx.send(piece)).await {
+            Ok(Ok(())) if last => {
+                log.done();
+                return;
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(
+                    ?send_timeout,
+                    "client did not read the response; abandoned, upstream connection closed"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// The client's side of a pumped body.
+struct Relayed {
+    rx: mpsc::Receiver<Piece>,
+    hint: SizeHint,
+    done: bool,
+}
+
+/// Why a relayed response ended early on the client's side.
+#[derive(Debug, thiserror::Error)]
+#[error("response abandoned: the client did not read it within send_timeout")]
+pub struct Abandoned;
+
+impl HttpBody for Relayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Piece::Frame(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Piece::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Piece::Failed(err))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(err)))
+            }
+            // The pump gave up without an end: never a clean (truncated) end.
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Box::new(Abandoned))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+/// A small body read whole; its log line is written once it is handed over.
+struct Whole {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    log: LogOnEnd,
+}
+
+impl HttpBody for Whole {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(Frame::data(data)),
+            None => self.trailers.take().map(Frame::trailers),
+        };
+        if self.data.is_none() && self.trailers.is_none() {
+            self.log.done();
+        }
+        Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// A body that fails at once: the backend broke off its response.
+struct Broken(Option<BoxError>);
+
+impl HttpBody for Broken {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.take().map(Err))
+    }
+}
