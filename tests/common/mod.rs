@@ -550,3 +550,59 @@ pub fn by_status(seen: &[Seen]) -> BTreeMap<u16, usize> {
     }
     counts
 }
+
+/// Reads a raw HTTP/1.1 response head from `socket` and returns its status
+/// (`None` if the connection closed first, or nothing came within 10 s).
+pub async fn read_status(socket: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.ok()?;
+    let line = std::str::from_utf8(&head).ok()?.lines().next()?;
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// Sends raw bytes to sluice on a new connection and returns the status of
+/// the answer (`None` if the connection closed without one).
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(bytes).await.unwrap();
+    read_status(&mut socket).await
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`
+/// (e.g. `upstream="api"`).
+pub fn sum_of(text: &str, name: &str, labels: &[&str]) -> f64 {
+    samples(text, name)
+        .into_iter()
+        .filter(|(l, _)| labels.iter().all(|want| l.split(',').any(|have| have == *want)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits (at most 10 s, polling every 20 ms) until `done` holds for a fresh
+/// scrape of /metrics; returns the last scrape.
+pub async fn until_metrics(
+    client: &TestClient,
+    admin: SocketAddr,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = scrape(client, admin).await;
+    for _ in 0..500 {
+        if done(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape(client, admin).await;
+    }
+    text
+}
