@@ -84,7 +84,11 @@ impl Relay {
                 // breaks off too (not a complete message, whatever it says).
                 Err(err) => {
                     log.done();
-                    Broken(Some(BoxError::from(err))).boxed()
+                    Broken {
+                        error: Some(BoxError::from(err)),
+                        head_sent: false,
+                    }
+                    .boxed()
                 }
             };
             // Slot and connection go now (dropping them here), before the
@@ -318,8 +322,13 @@ impl HttpBody for Whole {
     }
 }
 
-/// A body that fails at once: the backend broke off its response.
-struct Broken(Option<BoxError>);
+/// The body of a response the backend broke off: it fails, but only after
+/// one pending poll, in which hyper writes out the head — the client sees
+/// the backend's status and then the broken body, as when streaming.
+struct Broken {
+    error: Option<BoxError>,
+    head_sent: bool,
+}
 
 impl HttpBody for Broken {
     type Data = Bytes;
@@ -327,8 +336,13 @@ impl HttpBody for Broken {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.take().map(Err))
+        if !self.head_sent {
+            self.head_sent = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.error.take().map(Err))
     }
 }
