@@ -895,11 +895,17 @@ impl Ctx<'_> {
             max_body_bytes: raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| {
                 self.at_least("server.max_body_bytes", &v, 0)
             })? as u64,
-            request_buffer_bytes: raw
-                .request_buffer_bytes
-                .map_or(Ok(DEFAULT_REQUEST_BUFFER_BYTES), |v| {
-                    self.between("server.request_buffer_bytes", &v, 0, MAX_REQUEST_BUFFER_BYTES)
-                })?,
+            request_buffer_bytes: raw.request_buffer_bytes.map_or(
+                Ok(DEFAULT_REQUEST_BUFFER_BYTES),
+                |v| {
+                    self.between(
+                        "server.request_buffer_bytes",
+                        &v,
+                        0,
+                        MAX_REQUEST_BUFFER_BYTES,
+                    )
+                },
+            )?,
             client_body_timeout: raw
                 .client_body_timeout
                 .map_or(Ok(DEFAULT_CLIENT_BODY_TIMEOUT), |v| {

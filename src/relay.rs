@@ -284,7 +284,7 @@ impl HttpBody for Relayed {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 

@@ -173,7 +173,10 @@ impl RequestBody {
                     }
                 }
             }
-            let data = more.as_ref().map(|m| m.len()).or(first.as_ref().map(Bytes::len));
+            let data = more
+                .as_ref()
+                .map(|m| m.len())
+                .or(first.as_ref().map(Bytes::len));
             if trailers.is_some() || incoming.is_end_stream() {
                 break;
             }
@@ -255,7 +258,10 @@ impl Body for RequestBody {
 }
 
 impl Streaming {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
@@ -286,9 +292,9 @@ impl Streaming {
             }
             Poll::Pending => {
                 let idle = self.limits.idle;
-                let timer = self
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + idle)));
+                let timer = self.idle.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + idle))
+                });
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         self.idle = None;

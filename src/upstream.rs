@@ -146,9 +146,7 @@ impl UpstreamError {
                 UpstreamErrorKind::Connect
             }
             UpstreamError::Timeout { .. } => UpstreamErrorKind::Timeout,
-            UpstreamError::Other { .. } | UpstreamError::ClientBody(_) => {
-                UpstreamErrorKind::Other
-            }
+            UpstreamError::Other { .. } | UpstreamError::ClientBody(_) => UpstreamErrorKind::Other,
         }
     }
 
@@ -488,31 +486,30 @@ impl Upstream {
         mut req: Request<ProxyBody>,
         reached: &AtomicBool,
     ) -> Result<(Response<Incoming>, Option<Lease>), (BoxError, bool)> {
-        match &target.h1 {
-            Some(pool) => match pool.send(req, reached).await {
-                Ok((response, lease)) => Ok((response, Some(lease))),
-                Err(H1Error::Connect(err)) => Err((err, true)),
-                Err(H1Error::Request(err)) => Err((Box::new(err), false)),
-            },
-            None => match {
-                // The client says which connection it chose once it has one.
-                let chosen = capture_connection(&mut req);
-                let mut sending = std::pin::pin!(self.client.request(req));
-                std::future::poll_fn(|cx| {
-                    let polled = sending.as_mut().poll(cx);
-                    if chosen.connection_metadata().is_some() {
-                        reached.store(true, Ordering::Release);
-                    }
-                    polled
-                })
-                .await
-            } {
+        let Some(pool) = &target.h1 else {
+            // The client says which connection it chose once it has one.
+            let chosen = capture_connection(&mut req);
+            let mut sending = std::pin::pin!(self.client.request(req));
+            let sent = std::future::poll_fn(|cx| {
+                let polled = sending.as_mut().poll(cx);
+                if chosen.connection_metadata().is_some() {
+                    reached.store(true, Ordering::Release);
+                }
+                polled
+            })
+            .await;
+            return match sent {
                 Ok(response) => Ok((response, None)),
                 Err(err) => {
                     let connect = err.is_connect();
                     Err((Box::new(err), connect))
                 }
-            },
+            };
+        };
+        match pool.send(req, reached).await {
+            Ok((response, lease)) => Ok((response, Some(lease))),
+            Err(H1Error::Connect(err)) => Err((err, true)),
+            Err(H1Error::Request(err)) => Err((Box::new(err), false)),
         }
     }
 

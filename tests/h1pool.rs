@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
-use sluice::request_body::RequestBody;
 use sluice::h1pool::H1Pool;
+use sluice::request_body::RequestBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -117,14 +117,15 @@ fn pool(backend: &RawBackend, max_idle: usize, idle_timeout: Duration) -> Arc<H1
 }
 
 fn get() -> Request<sluice::upstream::ProxyBody> {
-    Request::get("/x")
-        .body(RequestBody::Empty)
-        .unwrap()
+    Request::get("/x").body(RequestBody::Empty).unwrap()
 }
 
 /// Sends one GET and reads its body to the end, as the proxy does.
 async fn fetch(pool: &Arc<H1Pool>) -> Bytes {
-    let (response, mut lease) = pool.send(get(), &AtomicBool::new(false)).await.expect("response");
+    let (response, mut lease) = pool
+        .send(get(), &AtomicBool::new(false))
+        .await
+        .expect("response");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     lease.finish();
     body
@@ -162,7 +163,10 @@ async fn a_half_read_response_never_lends_its_connection_again() {
     let backend = RawBackend::start(Manner::Stall).await;
     let pool = pool(&backend, 8, Duration::from_secs(60));
     for expected in 1..=3 {
-        let (response, lease) = pool.send(get(), &AtomicBool::new(false)).await.expect("response head");
+        let (response, lease) = pool
+            .send(get(), &AtomicBool::new(false))
+            .await
+            .expect("response head");
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "ok");

@@ -74,31 +74,50 @@ async fn broken_bodies_are_the_clients_outcome_and_never_eject_the_target() {
 
         for _ in 0..5 {
             // A chunk size line that is not hex: 400.
-            assert_eq!(raw_request(addr, BAD_CHUNK).await, Some(400), "buffer {buffer}");
+            assert_eq!(
+                raw_request(addr, BAD_CHUNK).await,
+                Some(400),
+                "buffer {buffer}"
+            );
 
             // Content-Length 100, 10 bytes, then the client is gone.
             let mut socket = TcpStream::connect(addr).await.unwrap();
             socket
-                .write_all(b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+                .write_all(
+                    b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+                )
                 .await
                 .unwrap();
             drop(socket);
 
             // A chunked body growing past max_body_bytes (1000): 413.
             let chunk = format!("400\r\n{}\r\n", "a".repeat(0x400));
-            let mut req = b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            let mut req =
+                b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
             req.extend_from_slice(chunk.as_bytes());
             req.extend_from_slice(chunk.as_bytes());
             assert_eq!(raw_request(addr, &req).await, Some(413), "buffer {buffer}");
         }
 
         let seen = outcomes_at(&client, sluice.admin_addr(), 15).await;
-        assert_eq!(seen.get("rejected_invalid"), Some(&10), "buffer {buffer}: {seen:?}");
-        assert_eq!(seen.get("upstream_error"), None, "buffer {buffer}: {seen:?}");
+        assert_eq!(
+            seen.get("rejected_invalid"),
+            Some(&10),
+            "buffer {buffer}: {seen:?}"
+        );
+        assert_eq!(
+            seen.get("upstream_error"),
+            None,
+            "buffer {buffer}: {seen:?}"
+        );
         assert_eq!(total(&seen), 15, "buffer {buffer}: {seen:?}");
         let text = scrape(&client, sluice.admin_addr()).await;
         assert_eq!(blamed(&text), 0.0, "buffer {buffer}: the target was blamed");
-        assert_eq!(healthy(&text), 1.0, "buffer {buffer}: the target was ejected");
+        assert_eq!(
+            healthy(&text),
+            1.0,
+            "buffer {buffer}: the target was ejected"
+        );
         let seen = get(&client, &format!("http://{addr}/after")).await;
         assert_eq!(seen.status, StatusCode::OK, "buffer {buffer}");
     }
@@ -146,7 +165,11 @@ async fn slow_senders_hold_no_inflight_slot() {
         .body(Full::new(Bytes::from_static(b"hello")))
         .unwrap();
     let seen = send(&client, req).await;
-    assert_eq!(seen.status, StatusCode::OK, "a slot was free for the fast client");
+    assert_eq!(
+        seen.status,
+        StatusCode::OK,
+        "a slot was free for the fast client"
+    );
     assert!(
         slow.iter().all(|task| !task.is_finished()),
         "the slow clients were still sending"
@@ -191,7 +214,10 @@ async fn a_stalled_body_gets_408_and_the_target_is_not_blamed() {
     let text = scrape(&client, sluice.admin_addr()).await;
     assert_eq!(blamed(&text), 0.0, "the target was blamed");
     assert_eq!(healthy(&text), 1.0);
-    assert_eq!(get(&client, &format!("http://{addr}/after")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&client, &format!("http://{addr}/after")).await.status,
+        StatusCode::OK
+    );
 }
 
 /// A large body still being sent (steadily, but slowly) when the upstream
@@ -310,7 +336,10 @@ async fn clients_that_never_read_release_their_slots() {
         sum_of(text, "sluice_upstream_inflight", &["upstream=\"api\""]) == 0.0
     })
     .await;
-    assert_eq!(sum_of(&text, "sluice_upstream_inflight", &["upstream=\"api\""]), 0.0);
+    assert_eq!(
+        sum_of(&text, "sluice_upstream_inflight", &["upstream=\"api\""]),
+        0.0
+    );
     assert_eq!(blamed(&text), 0.0);
     let seen = outcomes(&client, sluice.admin_addr(), "main").await;
     assert_eq!(seen.get("forwarded"), Some(&4), "{seen:?}");
@@ -320,9 +349,10 @@ async fn clients_that_never_read_release_their_slots() {
 /// An HTTP/2 connection to sluice (prior knowledge).
 async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }

@@ -565,7 +565,9 @@ pub async fn read_status(socket: &mut tokio::net::TcpStream) -> Option<u16> {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()?;
     let line = std::str::from_utf8(&head).ok()?.lines().next()?;
     line.split(' ').nth(1)?.parse().ok()
 }
@@ -584,7 +586,11 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
 pub fn sum_of(text: &str, name: &str, labels: &[&str]) -> f64 {
     samples(text, name)
         .into_iter()
-        .filter(|(l, _)| labels.iter().all(|want| l.split(',').any(|have| have == *want)))
+        .filter(|(l, _)| {
+            labels
+                .iter()
+                .all(|want| l.split(',').any(|have| have == *want))
+        })
         .map(|(_, v)| v)
         .sum()
 }
