@@ -150,7 +150,9 @@ impl H1Pool {
             Err(mut err) => match err.take_message() {
                 // Never sent: the idle connection was closed under us.
                 Some(req) if reused => {
+                    reached.store(false, Ordering::Release);
                     sender = self.connect().await?;
+                    reached.store(true, Ordering::Release);
                     sender.send_request(req).await.map_err(H1Error::Request)?
                 }
                 _ => return Err(H1Error::Request(err.into_error())),

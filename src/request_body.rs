@@ -82,12 +82,16 @@ pub struct Streaming {
     watch: BodyWatch,
 }
 
-/// Shared between a streaming body and whoever sends it: whether the client
-/// has sent all of it, or how it failed.
+/// Shared between a streaming body and whoever sends it: whose turn it is
+/// (the client's to send more, or the backend's to take what was sent),
+/// whether the client has sent it all, or how it failed.
 #[derive(Clone, Debug, Default)]
 pub struct BodyWatch(Arc<AtomicU8>);
 
-const STREAMING: u8 = 0;
+/// All sent so far has been handed on; the sender has not asked for more.
+const BACKEND_TURN: u8 = 0;
+/// The sender asked for more and the client has not sent it yet.
+const CLIENT_TURN: u8 = 6;
 const ENDED: u8 = 1;
 
 impl BodyWatch {
@@ -102,16 +106,24 @@ impl BodyWatch {
         }
     }
 
-    /// Whether the client has sent the whole body.
-    pub fn ended(&self) -> bool {
-        self.0.load(Ordering::Acquire) == ENDED
+    /// Whether the body is waiting for the client to send more: a timeout
+    /// now is the client's delay, not the backend's.
+    pub fn waiting_for_client(&self) -> bool {
+        self.0.load(Ordering::Acquire) == CLIENT_TURN
     }
 
+    /// Moves on from a streaming state; the first end or failure stands.
     fn set(&self, state: u8) {
-        // The first verdict stands.
-        let _first = self
-            .0
-            .compare_exchange(STREAMING, state, Ordering::AcqRel, Ordering::Acquire);
+        let mut current = self.0.load(Ordering::Acquire);
+        while current == BACKEND_TURN || current == CLIENT_TURN {
+            match self
+                .0
+                .compare_exchange(current, state, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(now) => current = now,
+            }
+        }
     }
 
     fn fail(&self, err: ClientBodyError) -> ClientBodyError {
@@ -268,6 +280,7 @@ impl Streaming {
         match Pin::new(&mut self.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.idle = None;
+                self.watch.set(BACKEND_TURN);
                 if let Some(data) = frame.data_ref() {
                     self.read += data.len() as u64;
                     if self.read > self.limits.max {
@@ -291,6 +304,7 @@ impl Streaming {
                 Poll::Ready(Some(Err(self.watch.fail(failure))))
             }
             Poll::Pending => {
+                self.watch.set(CLIENT_TURN);
                 let idle = self.limits.idle;
                 let timer = self.idle.get_or_insert_with(|| {
                     Box::pin(tokio::time::sleep_until(Instant::now() + idle))

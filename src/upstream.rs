@@ -420,11 +420,12 @@ impl Upstream {
             // request is not retried.
             let fault = match &result {
                 Ok(Err((source, _))) => client_fault(source.as_ref(), watch.as_ref()),
-                // Still sending its body when the time ran out: the client
-                // was too slow, whatever the backend would have done.
+                // Waiting for more of the client's body when the time ran
+                // out: the client was too slow. (A backend that stopped
+                // taking the body is the backend's timeout.)
                 Err(_) => watch.as_ref().and_then(|w| {
                     w.failure()
-                        .or((!w.ended()).then_some(ClientBodyError::Timeout))
+                        .or(w.waiting_for_client().then_some(ClientBodyError::Timeout))
                 }),
                 Ok(Ok(_)) => None,
             };

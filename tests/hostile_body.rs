@@ -431,3 +431,114 @@ async fn an_h2_stream_reset_after_reaching_the_backend_is_forwarded() {
     let text = scrape(&client, sluice.admin_addr()).await;
     assert_eq!(blamed(&text), 0.0);
 }
+
+/// An HTTP/2 (h2c) backend that reads each request's body and answers "ok".
+async fn h2_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let _body = http_body_util::BodyExt::collect(req.into_body()).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// To an HTTP/2 upstream a failed body surfaces only as a stream reset, not
+/// as the body's own error: it is still told apart (by the body's watch),
+/// and still the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_bodies_to_an_http2_upstream_are_still_the_clients() {
+    let backend = h2_backend().await;
+    let mut config = config(&[backend]);
+    config.upstreams.get_mut("api").unwrap().http2 = true;
+    config.server.request_buffer_bytes = 0;
+    config.server.client_body_timeout = Duration::from_millis(200);
+    let sluice = TestSluice::start(&config).await;
+    let addr = sluice.proxy_addr();
+    let client = client();
+    assert_eq!(
+        get(&client, &format!("http://{addr}/up")).await.status,
+        StatusCode::OK
+    );
+
+    for _ in 0..5 {
+        assert_eq!(raw_request(addr, BAD_CHUNK).await, Some(400));
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(b"POST /stall HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        assert_eq!(read_status(&mut socket).await, Some(408));
+    }
+    let seen = outcomes_at(&client, sluice.admin_addr(), 11).await;
+    assert_eq!(seen.get("rejected_invalid"), Some(&10), "{seen:?}");
+    let text = scrape(&client, sluice.admin_addr()).await;
+    assert_eq!(blamed(&text), 0.0, "the target was blamed");
+    assert_eq!(healthy(&text), 1.0);
+    assert_eq!(
+        get(&client, &format!("http://{addr}/after")).await.status,
+        StatusCode::OK
+    );
+}
+
+/// A backend that accepts connections and never reads from them or answers.
+async fn deaf_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// The converse: a backend that stops taking a body the client sends
+/// briskly is the backend's timeout (504, counted against it), not the
+/// client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_taking_the_body_is_the_backends_timeout() {
+    let backend = deaf_backend().await;
+    let mut config = config(&[backend]);
+    config.upstreams.get_mut("api").unwrap().timeout = Duration::from_millis(300);
+    let sluice = TestSluice::start(&config).await;
+    let addr = sluice.proxy_addr();
+    let client = client();
+
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let size = 1_000_000;
+    socket
+        .write_all(
+            format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (mut read, mut write) = socket.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&vec![b'x'; size]).await;
+        write
+    });
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    writer.abort();
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    let seen = outcomes_at(&client, sluice.admin_addr(), 1).await;
+    assert_eq!(seen.get("upstream_error"), Some(&1), "{seen:?}");
+}
