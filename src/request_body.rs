@@ -353,3 +353,50 @@ pub fn client_fault(
         .find_map(|e| e.downcast_ref::<ClientBodyError>().copied())
         .or_else(|| watch.and_then(BodyWatch::failure))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error wrapping another, as hyper's client wraps a body's error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("user body failed")]
+    struct Wrapped(#[source] ClientBodyError);
+
+    #[test]
+    fn a_client_failure_is_found_among_the_causes() {
+        let wrapped = Wrapped(ClientBodyError::Malformed);
+        assert_eq!(
+            client_fault(&wrapped, None),
+            Some(ClientBodyError::Malformed)
+        );
+        let unrelated = std::io::Error::other("connection reset by backend");
+        assert_eq!(client_fault(&unrelated, None), None);
+    }
+
+    #[test]
+    fn the_watch_says_whose_turn_it_is_and_the_first_verdict_stands() {
+        let watch = BodyWatch::default();
+        assert!(!watch.waiting_for_client());
+        watch.set(CLIENT_TURN);
+        assert!(watch.waiting_for_client());
+        watch.set(BACKEND_TURN);
+        assert!(!watch.waiting_for_client());
+        let unrelated = std::io::Error::other("stream reset");
+        watch.fail(ClientBodyError::Gone);
+        // An HTTP/2 upstream reports only a reset: the watch tells.
+        assert_eq!(
+            client_fault(&unrelated, Some(&watch)),
+            Some(ClientBodyError::Gone)
+        );
+        watch.fail(ClientBodyError::TooLarge);
+        watch.set(CLIENT_TURN);
+        assert_eq!(watch.failure(), Some(ClientBodyError::Gone));
+        assert!(!watch.waiting_for_client());
+
+        let ended = BodyWatch::default();
+        ended.set(ENDED);
+        ended.fail(ClientBodyError::Timeout);
+        assert_eq!(ended.failure(), None);
+    }
+}
