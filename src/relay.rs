@@ -219,23 +219,46 @@ async fn pump(
         {
             held.target.finish();
         }
-        match tokio::time::timeout(send_timeout, tx.send(piece)).await {
-            Ok(Ok(())) if last => {
-                log.done();
-                return;
+        // A large frame goes in pieces: the client must take one piece per
+        // `send_timeout`, so a slow reader that keeps reading is not cut off.
+        let mut piece = piece;
+        loop {
+            let rest = match &mut piece {
+                Piece::Frame(frame) => match frame.data_mut() {
+                    Some(data) if data.len() > PIECE_BYTES => {
+                        let rest = data.split_off(PIECE_BYTES);
+                        Some(Piece::Frame(Frame::data(rest)))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            match tokio::time::timeout(send_timeout, tx.send(piece)).await {
+                Ok(Ok(())) => {}
+                // The client left.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(
+                        ?send_timeout,
+                        "client did not read the response; abandoned, upstream connection closed"
+                    );
+                    return;
+                }
             }
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::debug!(
-                    ?send_timeout,
-                    "client did not read the response; abandoned, upstream connection closed"
-                );
-                return;
+            match rest {
+                Some(rest) => piece = rest,
+                None => break,
             }
+        }
+        if last {
+            log.done();
+            return;
         }
     }
 }
+
+/// The most handed to the client at once by the pump.
+const PIECE_BYTES: usize = 16 * 1024;
 
 /// The client's side of a pumped body.
 struct Relayed {

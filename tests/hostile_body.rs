@@ -542,3 +542,40 @@ async fn a_backend_that_stops_taking_the_body_is_the_backends_timeout() {
     let seen = outcomes_at(&client, sluice.admin_addr(), 1).await;
     assert_eq!(seen.get("upstream_error"), Some(&1), "{seen:?}");
 }
+
+/// A client that reads a large response slowly but steadily (here at most
+/// 16 KiB every 10 ms through a small receive buffer) is not taken for one that
+/// stopped reading: the response is handed over in pieces, each within
+/// `send_timeout`, and it gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_gets_the_whole_response() {
+    const SIZE: usize = 512 << 10;
+    let (backend, _) = big_backend(SIZE).await;
+    let mut config = config(&[backend]);
+    config.server.send_timeout = Duration::from_millis(300);
+    let sluice = TestSluice::start(&config).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut socket = socket.connect(sluice.proxy_addr()).await.unwrap();
+    socket
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::with_capacity(SIZE + 1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..10_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let head_end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(received.len() - head_end, SIZE, "every byte arrived");
+}
