@@ -3405,6 +3405,9 @@ backend = "redis"
         assert_eq!(cfg.server.max_header_bytes, 32768);
         assert_eq!(cfg.server.max_headers, 100);
         assert_eq!(cfg.server.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.server.request_buffer_bytes, 16 * 1024);
+        assert_eq!(cfg.server.client_body_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.server.send_timeout, Duration::from_secs(30));
         assert_eq!(cfg.admin.listen, "127.0.0.1:9090".parse().expect("addr"));
         assert_eq!(cfg.log.format, LogFormat::Text);
         assert_eq!(cfg.log.level, "info");
@@ -5037,6 +5040,26 @@ key_limit = { rate = 2 }",
                 "[server]\nheader_timeout = \"0ms\"",
                 2,
                 "server.header_timeout",
+            ),
+            (
+                "[server]\nrequest_buffer_bytes = -1",
+                2,
+                "server.request_buffer_bytes",
+            ),
+            (
+                "[server]\nrequest_buffer_bytes = 16777217",
+                2,
+                "server.request_buffer_bytes",
+            ),
+            (
+                "[server]\nclient_body_timeout = \"0s\"",
+                2,
+                "server.client_body_timeout",
+            ),
+            (
+                "[server]\nsend_timeout = \"soon\"",
+                2,
+                "server.send_timeout",
             ),
             (
                 "[server]\nmax_header_bytes = 8191",
