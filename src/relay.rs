@@ -178,15 +178,19 @@ async fn read_whole(mut body: Incoming) -> Result<(Bytes, Option<HeaderMap>), hy
 /// One piece of a relayed body.
 enum Piece {
     Frame(Frame<Bytes>),
-    /// The backend's body ended here.
+    /// The backend's last frame: the body ends with it. (A server that knows
+    /// the length stops polling after it, so this must say so.)
+    Last(Frame<Bytes>),
+    /// The backend's body ended after the last frame handed over.
     End,
     /// The backend's body broke off.
     Failed(BoxError),
 }
 
-/// Reads the backend's body and hands it over frame by frame, each within
-/// `send_timeout`; gives up (closing the upstream connection, freeing the
-/// slot) when the client does not take one in time or has gone.
+/// Reads the backend's body and hands it over in pieces of at most
+/// [`PIECE_BYTES`], each within `send_timeout`; gives up (closing the
+/// upstream connection, freeing the slot) when the client does not make room
+/// for one in time, or has gone.
 async fn pump(
     mut body: Incoming,
     tx: mpsc::Sender<Piece>,
@@ -202,57 +206,76 @@ async fn pump(
             // the connection and the log line (499) go with this task.
             () = tx.closed() => return,
         };
-        let piece = match frame {
-            Some(Ok(frame)) => Piece::Frame(frame),
-            Some(Err(err)) => Piece::Failed(err.into()),
-            None => Piece::End,
+        let (mut frame, last) = match frame {
+            Some(Ok(frame)) => {
+                let last = body.is_end_stream();
+                (Some(frame), last)
+            }
+            Some(Err(err)) => {
+                if hand_over(&tx, Piece::Failed(err.into()), send_timeout).await {
+                    log.done();
+                }
+                return;
+            }
+            None => (None, true),
         };
-        let last = !matches!(piece, Piece::Frame(_));
-        if matches!(piece, Piece::End) {
+        if last && let Some(mut held) = held.take() {
             // The backend is done: its connection goes back to the pool and
             // the slot is free, whatever the client has left to read.
-            if let Some(mut held) = held.take() {
-                held.target.finish();
-            }
-        } else if body.is_end_stream()
-            && let Some(held) = &mut held
-        {
             held.target.finish();
         }
-        // A large frame goes in pieces: the client must take one piece per
-        // `send_timeout`, so a slow reader that keeps reading is not cut off.
-        let mut piece = piece;
+        // A large frame goes in pieces: the client must make room for one
+        // piece per `send_timeout`, so a slow reader that keeps reading is
+        // not cut off.
         loop {
-            let rest = match &mut piece {
-                Piece::Frame(frame) => match frame.data_mut() {
-                    Some(data) if data.len() > PIECE_BYTES => {
-                        let rest = data.split_off(PIECE_BYTES);
-                        Some(Piece::Frame(Frame::data(rest)))
+            let piece = match frame.take() {
+                None => Piece::End,
+                Some(mut whole) => {
+                    let rest = match whole.data_mut() {
+                        Some(data) if data.len() > PIECE_BYTES => {
+                            Some(Frame::data(data.split_off(PIECE_BYTES)))
+                        }
+                        _ => None,
+                    };
+                    match rest {
+                        Some(rest) => {
+                            frame = Some(rest);
+                            Piece::Frame(whole)
+                        }
+                        None if last => Piece::Last(whole),
+                        None => Piece::Frame(whole),
                     }
-                    _ => None,
-                },
-                _ => None,
-            };
-            match tokio::time::timeout(send_timeout, tx.send(piece)).await {
-                Ok(Ok(())) => {}
-                // The client left.
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::debug!(
-                        ?send_timeout,
-                        "client did not read the response; abandoned, upstream connection closed"
-                    );
-                    return;
                 }
+            };
+            let more = matches!(piece, Piece::Frame(_));
+            if !hand_over(&tx, piece, send_timeout).await {
+                return;
             }
-            match rest {
-                Some(rest) => piece = rest,
-                None => break,
+            if !more || frame.is_none() {
+                break;
             }
         }
         if last {
             log.done();
             return;
+        }
+    }
+}
+
+/// Hands one piece to the client's side within `send_timeout`; false if the
+/// client left or did not make room for it in time (the response is then
+/// abandoned).
+async fn hand_over(tx: &mpsc::Sender<Piece>, piece: Piece, send_timeout: Duration) -> bool {
+    match tokio::time::timeout(send_timeout, tx.send(piece)).await {
+        Ok(Ok(())) => true,
+        // The client left.
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::debug!(
+                ?send_timeout,
+                "client did not read the response; abandoned, upstream connection closed"
+            );
+            false
         }
     }
 }
@@ -286,6 +309,10 @@ impl HttpBody for Relayed {
         match self.rx.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Piece::Frame(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Piece::Last(frame))) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(Some(Piece::End)) => {
                 self.done = true;
                 Poll::Ready(None)

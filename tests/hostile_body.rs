@@ -261,8 +261,8 @@ async fn an_upstream_timeout_during_a_slow_upload_is_the_clients() {
     assert_eq!(blamed(&text), 0.0, "the target was blamed");
 }
 
-/// A backend that answers `/big` with `size` bytes and anything else with
-/// "ok"; counts the requests for `/big` it has started answering.
+/// A backend that answers `/big...` with `size` bytes and anything else with
+/// "ok"; counts the requests for `/big...` it has started answering.
 async fn big_backend(size: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -274,7 +274,7 @@ async fn big_backend(size: usize) -> (SocketAddr, Arc<AtomicUsize>) {
             let (big, counted) = (big.clone(), counted.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let body = if req.uri().path() == "/big" {
+                    let body = if req.uri().path().starts_with("/big") {
                         counted.fetch_add(1, Ordering::SeqCst);
                         big.clone()
                     } else {
@@ -302,6 +302,8 @@ async fn clients_that_never_read_release_their_slots() {
     let (backend, big_started) = big_backend(SIZE).await;
     let mut config = config(&[backend]);
     config.server.send_timeout = Duration::from_millis(200);
+    config.log.access_log = true;
+    let log = access_log();
     config.upstreams.get_mut("api").unwrap().max_inflight = NonZeroUsize::new(2).unwrap();
     config.routes = vec![route("main", "/", None, 100, Duration::from_secs(3))];
     let sluice = TestSluice::start(&config).await;
@@ -317,7 +319,7 @@ async fn clients_that_never_read_release_their_slots() {
     for _ in 0..2 {
         let mut socket = TcpStream::connect(addr).await.unwrap();
         socket
-            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /big-unread HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
         idle.push(socket); // never read
@@ -343,6 +345,14 @@ async fn clients_that_never_read_release_their_slots() {
     assert_eq!(blamed(&text), 0.0);
     let seen = outcomes(&client, sluice.admin_addr(), "main").await;
     assert_eq!(seen.get("forwarded"), Some(&4), "{seen:?}");
+    // Forwarded, and logged as the client's: 499.
+    let lines = log.wait_for("/big-unread", 2).await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["outcome"], "forwarded", "{line}");
+        assert_eq!(line["status"], 499, "{line}");
+    }
+    assert_eq!(log.for_path("/big")[0]["status"], 200);
     drop(idle);
 }
 
@@ -371,6 +381,8 @@ async fn an_h2_stream_reset_before_reaching_the_backend_is_cancelled() {
     let backend = Backend::start(Duration::from_millis(1500)).await;
     let mut config = config(&[backend.addr]);
     config.upstreams.get_mut("api").unwrap().targets[0].max_inflight = NonZeroUsize::new(1);
+    config.log.access_log = true;
+    let log = access_log();
     let sluice = TestSluice::start(&config).await;
     let addr = sluice.proxy_addr();
     let client = client();
@@ -380,10 +392,21 @@ async fn an_h2_stream_reset_before_reaching_the_backend_is_cancelled() {
         let client = client.clone();
         tokio::spawn(async move { get(&client, &format!("http://{addr}/first")).await })
     };
+    for _ in 0..500 {
+        if backend.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(backend.count(), 1, "the first holds the target");
     // The second is admitted (its queue wait observed) and waits for the target.
-    let mut h2 = h2_client(addr).await;
+    // The connection stays open (this handle outlives the request): only
+    // the stream is reset. (Were the last handle dropped, the client would
+    // close the connection gracefully, waiting for the response.)
+    let h2 = h2_client(addr).await;
+    let mut sender = h2.clone();
     let second = tokio::spawn(async move {
-        let response = h2.send_request(h2_get(addr, "/second")).await;
+        let response = sender.send_request(h2_get(addr, "/h2-reset-early")).await;
         response.map(|r| r.status())
     });
     until_metrics(&client, sluice.admin_addr(), |text| {
@@ -400,6 +423,11 @@ async fn an_h2_stream_reset_before_reaching_the_backend_is_cancelled() {
     assert_eq!(seen.get("forwarded"), Some(&1), "{seen:?}");
     assert_eq!(total(&seen), 2, "{seen:?}");
     assert_eq!(backend.count(), 1, "the reset request was never sent");
+    let lines = log.wait_for("/h2-reset-early", 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "cancelled");
+    assert_eq!(lines[0]["status"], 499);
+    drop(h2);
 }
 
 /// The other side of it: reset once the backend has the request, it was
@@ -407,14 +435,20 @@ async fn an_h2_stream_reset_before_reaching_the_backend_is_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_stream_reset_after_reaching_the_backend_is_forwarded() {
     let backend = Backend::start(Duration::from_millis(1500)).await;
-    let config = config(&[backend.addr]);
+    let mut config = config(&[backend.addr]);
+    config.log.access_log = true;
+    let log = access_log();
     let sluice = TestSluice::start(&config).await;
     let addr = sluice.proxy_addr();
     let client = client();
 
-    let mut h2 = h2_client(addr).await;
+    // The connection stays open (this handle outlives the request): only
+    // the stream is reset. (Were the last handle dropped, the client would
+    // close the connection gracefully, waiting for the response.)
+    let h2 = h2_client(addr).await;
+    let mut sender = h2.clone();
     let request = tokio::spawn(async move {
-        let response = h2.send_request(h2_get(addr, "/slow")).await;
+        let response = sender.send_request(h2_get(addr, "/h2-reset-late")).await;
         response.map(|r| r.status())
     });
     for _ in 0..500 {
@@ -430,6 +464,11 @@ async fn an_h2_stream_reset_after_reaching_the_backend_is_forwarded() {
     assert_eq!(total(&seen), 1, "{seen:?}");
     let text = scrape(&client, sluice.admin_addr()).await;
     assert_eq!(blamed(&text), 0.0);
+    let lines = log.wait_for("/h2-reset-late", 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "forwarded");
+    assert_eq!(lines[0]["status"], 499);
+    drop(h2);
 }
 
 /// An HTTP/2 (h2c) backend that reads each request's body and answers "ok".

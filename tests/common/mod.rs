@@ -612,3 +612,59 @@ pub async fn until_metrics(
     }
     text
 }
+
+/// The access log lines (`sluice::access`, as JSON) written in this test
+/// process, captured by a subscriber installed on first use. Tests share
+/// it: pick your lines by a path no other test uses.
+pub fn access_log() -> &'static AccessLog {
+    static LOG: LazyLock<AccessLog> = LazyLock::new(|| {
+        let log = AccessLog(Arc::new(Mutex::new(Vec::new())));
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("sluice::access=info"))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        log
+    });
+    &LOG
+}
+
+/// Captured JSON log lines.
+#[derive(Clone)]
+pub struct AccessLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for AccessLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AccessLog {
+    /// The `fields` of every access log line for `path`, in order.
+    pub fn for_path(&self, path: &str) -> Vec<serde_json::Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|line| line["fields"].clone())
+            .filter(|fields| fields["path"] == path)
+            .collect()
+    }
+
+    /// Waits (at most 10 s) until `path` has `n` lines; returns them.
+    pub async fn wait_for(&self, path: &str, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..500 {
+            if self.for_path(path).len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.for_path(path)
+    }
+}
