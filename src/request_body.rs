@@ -185,14 +185,11 @@ impl RequestBody {
                     }
                 }
             }
-            let data = more
-                .as_ref()
-                .map(|m| m.len())
-                .or(first.as_ref().map(Bytes::len));
             if trailers.is_some() || incoming.is_end_stream() {
                 break;
             }
-            if data.unwrap_or(0) > limits.buffer {
+            // Larger than is read before admission: the rest streams.
+            if read > limits.buffer as u64 {
                 let prefix = more.map(BytesMut::freeze).or(first);
                 return Ok(RequestBody::streaming(incoming, prefix, limits));
             }

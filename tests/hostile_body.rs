@@ -618,3 +618,49 @@ async fn a_slow_but_steady_reader_gets_the_whole_response() {
     assert!(received.starts_with(b"HTTP/1.1 200"));
     assert_eq!(received.len() - head_end, SIZE, "every byte arrived");
 }
+
+/// Whatever path a body takes — read whole before admission, streamed after
+/// a prefix was read, or streamed from the start — the backend gets every
+/// byte, in order (the test backend echoes the body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_reach_the_backend_intact() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = config(&[backend.addr]);
+    let sluice = TestSluice::start(&config).await;
+    let addr = sluice.proxy_addr();
+    let client = client();
+
+    let pattern = |n: usize| -> Bytes { (0..n).map(|i| (i % 251) as u8).collect() };
+    // By Content-Length: under, at and over the 16 KiB read before admission.
+    for size in [10, 16 * 1024, 16 * 1024 + 1, 300_000] {
+        let body = pattern(size);
+        let req = Request::post(format!("http://{addr}/echo"))
+            .body(Full::new(body.clone()))
+            .unwrap();
+        let seen = send(&client, req).await;
+        assert_eq!(seen.status, StatusCode::OK, "{size}");
+        assert!(seen.body == body, "{size} bytes came back changed");
+    }
+    // Chunked, growing past 16 KiB after the first pieces were read.
+    let body = pattern(48 * 1024);
+    let mut req =
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for piece in body.chunks(12 * 1024) {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(&req).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"));
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(response.len() - head_end, body.len());
+    assert!(response[head_end..] == body[..]);
+}
