@@ -10,7 +10,8 @@
 //!   read in full first; the slot and the connection (back to the pool) are
 //!   free before the client has read a byte, and no task is spawned;
 //! - a larger or unknown-length body is pumped by a task through a
-//!   one-frame channel: every frame must be taken within `send_timeout`.
+//!   one-piece channel, in pieces of at most 16 KiB: the client must make
+//!   room for each within `send_timeout`.
 //!   When one is not, the response is abandoned: the upstream connection is
 //!   closed (never pooled mid-body), the slot freed, the client's response
 //!   ends with an error (hyper closes its connection or resets its stream),
