@@ -97,6 +97,19 @@ pub struct ServerConfig {
     /// `max_body_bytes`, default 1048576 (1 MiB, NGINX's
     /// `client_max_body_size`): a larger request body is answered 413.
     pub max_body_bytes: u64,
+    /// `request_buffer_bytes`, default 16384 (16 KiB), from 0 to 16 MiB: a
+    /// request body up to this size is read in full before the request is
+    /// admitted, so a slow sender never holds an in-flight slot; a larger
+    /// one streams. 0 streams every body.
+    pub request_buffer_bytes: usize,
+    /// `client_body_timeout`, default "10s", 100ms to 1 day: the longest a client may
+    /// leave sluice waiting for the next piece of its request body (each
+    /// read, not the whole body, as NGINX's); then `408`.
+    pub client_body_timeout: Duration,
+    /// `send_timeout`, default "30s", 100ms to 1 day: the longest a client may leave a
+    /// response unread (no piece of it taken) before sluice abandons it,
+    /// closes the upstream connection and frees the in-flight slot.
+    pub send_timeout: Duration,
     /// `workers`, default one per CPU: threads serving the proxy listener,
     /// each with its own event loop and its own listening socket
     /// (SO_REUSEPORT), as NGINX's `worker_processes`. Changes on restart.
@@ -595,6 +608,12 @@ const MIN_MAX_HEADER_BYTES: usize = 8192;
 const DEFAULT_MAX_HEADERS: usize = 100;
 const MAX_WORKERS: usize = 1024;
 const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Typical API bodies (JSON, forms) fit; at the default `max_connections`
+/// the worst case is 160 MiB of bodies being read.
+const DEFAULT_REQUEST_BUFFER_BYTES: usize = 16 * 1024;
+const MAX_REQUEST_BUFFER_BYTES: usize = 16 << 20;
+const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -645,8 +664,8 @@ const MAX_EXPECTED_INSTANCES: u32 = 10_000;
 /// Duration`, and a day is longer than any wait a proxy should hold.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-/// The least a client-facing timeout (`header_timeout`, `idle_timeout`) may
-/// be: below it no client, however prompt, could send a request before the
+/// The least a client-facing timeout (`header_timeout`, `idle_timeout`,
+/// `client_body_timeout`, `send_timeout`) may be: below it no client, however prompt, could send a request before the
 /// connection is closed, so every request would fail.
 pub const MIN_CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
 /// The slowest rate (requests per second) of a route or key limit, and of an
@@ -749,6 +768,9 @@ struct RawServer {
     max_header_bytes: Option<Spanned<i64>>,
     max_headers: Option<Spanned<i64>>,
     max_body_bytes: Option<Spanned<i64>>,
+    request_buffer_bytes: Option<Spanned<i64>>,
+    client_body_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
@@ -1040,6 +1062,25 @@ impl Ctx<'_> {
             max_body_bytes: raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| {
                 self.at_least("server.max_body_bytes", &v, 0)
             })? as u64,
+            request_buffer_bytes: raw.request_buffer_bytes.map_or(
+                Ok(DEFAULT_REQUEST_BUFFER_BYTES),
+                |v| {
+                    self.between(
+                        "server.request_buffer_bytes",
+                        &v,
+                        0,
+                        MAX_REQUEST_BUFFER_BYTES,
+                    )
+                },
+            )?,
+            client_body_timeout: raw
+                .client_body_timeout
+                .map_or(Ok(DEFAULT_CLIENT_BODY_TIMEOUT), |v| {
+                    self.duration_at_least("server.client_body_timeout", &v, MIN_CLIENT_TIMEOUT)
+                })?,
+            send_timeout: raw.send_timeout.map_or(Ok(DEFAULT_SEND_TIMEOUT), |v| {
+                self.duration_at_least("server.send_timeout", &v, MIN_CLIENT_TIMEOUT)
+            })?,
             workers: raw
                 .workers
                 .map(|v| self.between("server.workers", &v, 1, MAX_WORKERS))
@@ -2873,6 +2914,9 @@ struct RenderedServer {
     max_header_bytes: usize,
     max_headers: usize,
     max_body_bytes: u64,
+    request_buffer_bytes: usize,
+    client_body_timeout: String,
+    send_timeout: String,
     max_connections: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<usize>,
@@ -3084,6 +3128,9 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 max_header_bytes: c.server.max_header_bytes,
                 max_headers: c.server.max_headers,
                 max_body_bytes: c.server.max_body_bytes,
+                request_buffer_bytes: c.server.request_buffer_bytes,
+                client_body_timeout: human(c.server.client_body_timeout),
+                send_timeout: human(c.server.send_timeout),
                 max_connections: c.server.max_connections,
                 workers: c.server.workers,
                 drain_timeout: human(c.server.drain_timeout),
@@ -3832,6 +3879,9 @@ backend = "redis"
         assert_eq!(cfg.server.max_header_bytes, 32768);
         assert_eq!(cfg.server.max_headers, 100);
         assert_eq!(cfg.server.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.server.request_buffer_bytes, 16 * 1024);
+        assert_eq!(cfg.server.client_body_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.server.send_timeout, Duration::from_secs(30));
         assert_eq!(cfg.admin.listen, "127.0.0.1:9090".parse().expect("addr"));
         assert_eq!(cfg.log.format, LogFormat::Text);
         assert_eq!(cfg.log.level, "info");
@@ -5480,6 +5530,26 @@ key_limit = { rate = 2 }",
             ("[server]\nidle_timeout = \"0s\"", 2, "server.idle_timeout"),
             ("[server]\nbacklog = 0", 2, "server.backlog"),
             ("[server]\nbacklog = 65536", 2, "server.backlog"),
+            (
+                "[server]\nrequest_buffer_bytes = -1",
+                2,
+                "server.request_buffer_bytes",
+            ),
+            (
+                "[server]\nrequest_buffer_bytes = 16777217",
+                2,
+                "server.request_buffer_bytes",
+            ),
+            (
+                "[server]\nclient_body_timeout = \"0s\"",
+                2,
+                "server.client_body_timeout",
+            ),
+            (
+                "[server]\nsend_timeout = \"soon\"",
+                2,
+                "server.send_timeout",
+            ),
             (
                 "[server]\nmax_header_bytes = 8191",
                 2,

@@ -16,6 +16,7 @@
 //! method: not a byte of it reached the backend.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -120,9 +121,11 @@ impl H1Pool {
     }
 
     /// Sends `req` (origin-form URI) and waits for the response head.
+    /// `reached` turns true when the request is handed to a connection.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
+        reached: &AtomicBool,
     ) -> Result<(Response<Incoming>, Lease), H1Error> {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
@@ -141,12 +144,15 @@ impl H1Pool {
             Some(sender) => (sender, true),
             None => (self.connect().await?, false),
         };
+        reached.store(true, Ordering::Release);
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             Err(mut err) => match err.take_message() {
                 // Never sent: the idle connection was closed under us.
                 Some(req) if reused => {
+                    reached.store(false, Ordering::Release);
                     sender = self.connect().await?;
+                    reached.store(true, Ordering::Release);
                     sender.send_request(req).await.map_err(H1Error::Request)?
                 }
                 _ => return Err(H1Error::Request(err.into_error())),

@@ -3,7 +3,8 @@
 /// How a request ended. Each request gets exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// Sent to a backend; its response (or the client's departure) ended it.
+    /// Sent to a backend; its response (or the client's departure once the
+    /// backend had it: 499 in the access log) ended it.
     Forwarded = 0,
     /// No room in the queue, or the expected wait exceeded the timeout: 503.
     RejectedQueueFull = 1,
@@ -11,14 +12,17 @@ pub enum Outcome {
     RejectedRateLimited = 2,
     /// Waited in the queue until its deadline, or was still queued at shutdown: 503.
     DroppedTimeout = 3,
-    /// The client disconnected while queued; nothing was sent anywhere.
+    /// The client left (disconnected, reset its HTTP/2 stream, broke off its
+    /// body) before the request reached a backend connection; nothing was
+    /// sent anywhere.
     Cancelled = 4,
-    /// Connect failure, timeout or reset at the backend: 502 or 504.
+    /// Connect failure, timeout or reset at the backend: 502 or 504. Never a
+    /// failure the client caused.
     UpstreamError = 5,
     /// Nothing matched: 404.
     NoRoute = 6,
-    /// Refused for what it is, before reaching any queue: a body over
-    /// `max_body_bytes` (413) or a CONNECT (405).
+    /// Refused for what it is: a CONNECT (405), a bad Host (400), a body over
+    /// `max_body_bytes` (413), malformed (400) or not sent in time (408).
     RejectedInvalid = 7,
 }
 

@@ -3,24 +3,29 @@
 //! [`Gateway::handle`] reads top to bottom in that order. Every request ends
 //! with exactly one [`Outcome`]: a [`Record`] is opened when the request
 //! arrives and is finished once; if the request future is dropped first (the
-//! client left), the record's fallback outcome is written instead — cancelled
-//! while queued, forwarded once the request has been sent.
+//! client left, or reset its HTTP/2 stream), it ends as cancelled if the
+//! request never reached a backend connection, else as forwarded with 499.
+//!
+//! Failures are mapped to an outcome and status in one place
+//! ([`failure`]): a failure of the client's request body (malformed, too
+//! large, too slow, cut off) is the client's outcome, never the target's. A
+//! relayed response's access log line is written when its body ends, so a
+//! client that leaves mid-response, or stops reading it for
+//! `server.send_timeout`, is logged 499.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Body as HttpBody;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use ipnet::IpNet;
@@ -32,12 +37,13 @@ use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
 use crate::outcome::Outcome;
 use crate::path::PathError;
 use crate::redis_store::RedisLink;
+use crate::relay::Relay;
+use crate::request_body::{BodyLimits, ClientBodyError, RequestBody};
 use crate::route::{RedisShared, Route};
 use crate::router::Router;
-use crate::shaper::{Admission, Grant, RejectReason, Rejection};
+use crate::shaper::{Admission, RejectReason, Rejection};
 use crate::tls::TlsError;
-use crate::upstream::TargetGuard;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,6 +59,10 @@ pub struct Gateway {
     unrouted: RouteMetrics,
     trusted_proxies: Vec<IpNet>,
     max_body_bytes: u64,
+    /// How request bodies are read (buffer size, idle timeout, maximum).
+    body_limits: BodyLimits,
+    /// `server.send_timeout`: how long a client may leave a response unread.
+    send_timeout: Duration,
     access_log: bool,
     metrics: Metrics,
     /// The `[redis]` link global routes share.
@@ -147,6 +157,12 @@ impl Gateway {
             unrouted: metrics.unrouted_for(NO_ROUTE_LABEL),
             trusted_proxies: config.server.trusted_proxies.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            body_limits: BodyLimits {
+                buffer: config.server.request_buffer_bytes,
+                max: config.server.max_body_bytes,
+                idle: config.server.client_body_timeout,
+            },
+            send_timeout: config.server.send_timeout,
             access_log: config.log.access_log,
             metrics,
             redis,
@@ -222,6 +238,15 @@ impl Gateway {
         }
         route.check_dry_route_limit(now);
 
+        // Read a small body in full before taking a place or a slot: a slow
+        // sender then holds its own connection, not the backend's capacity.
+        let (parts, incoming) = req.into_parts();
+        let body = match RequestBody::read(incoming, self.body_limits).await {
+            Ok(body) => body,
+            Err(err) => return record.body_failed(err),
+        };
+        let req = Request::from_parts(parts, body);
+
         // Admit: go now, wait in the queue, or be turned away.
         // A connection's first request has waited since its accept.
         let since = req
@@ -270,12 +295,12 @@ impl Gateway {
             headers.insert(header::UPGRADE, protocol.clone());
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        record.fallback = (Outcome::Forwarded, STATUS_CLIENT_CLOSED);
         let sent = Instant::now();
         let deadline = record.started + route.state.shaper.limits().timeout;
-        let max_body = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        let upstream_req = upstream_req.map(|body| Limited::new(body, max_body));
-        let result = route.upstream.send(upstream_req, deadline).await;
+        let result = route
+            .upstream
+            .send(upstream_req, deadline, &record.reached)
+            .await;
         record.upstream_time = Some(sent.elapsed());
         match result {
             Ok((mut response, target)) => {
@@ -308,28 +333,33 @@ impl Gateway {
                 } else {
                     None
                 };
-                let mut response = relay_response(response, grant, target);
+                strip_hop_by_hop(response.headers_mut());
+                let line = record.finish_relayed(status);
+                let relay = Relay {
+                    grant,
+                    target,
+                    line,
+                    send_timeout: self.send_timeout,
+                };
+                let mut response = relay.response(response).await;
                 if let Some(protocol) = tunnel {
                     let headers = response.headers_mut();
                     headers.insert(header::UPGRADE, protocol);
                     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 }
-                record.finish_status(Outcome::Forwarded, status);
                 response
             }
-            Err(err) if body_too_large(&err) => record.finish(
-                Outcome::RejectedInvalid,
-                local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-            ),
             Err(err) => {
-                tracing::warn!(
-                    route = %route.name,
-                    upstream = %route.upstream.name(),
-                    error = %error_chain(&err),
-                    "upstream request failed"
-                );
-                let status = err.status();
-                record.finish(Outcome::UpstreamError, local(status, "upstream error\n"))
+                if !matches!(err, UpstreamError::ClientBody(_)) {
+                    tracing::warn!(
+                        route = %route.name,
+                        upstream = %route.upstream.name(),
+                        error = %error_chain(&err),
+                        "upstream request failed"
+                    );
+                }
+                let (outcome, response) = failure(&err, record.reached());
+                record.finish(outcome, response)
             }
         }
     }
@@ -353,8 +383,61 @@ impl Gateway {
     }
 }
 
+/// The one place a failed request gets its outcome and answer. A failure of
+/// the client's body is the client's: `400` malformed, `413` too large,
+/// `408` too slow, and a client gone mid-body is cancelled (or forwarded, if
+/// the backend may have seen part of it) with 499 in the log. Anything else
+/// is the backend's: `upstream_error`, `502` or `504`.
+fn failure(err: &UpstreamError, reached: bool) -> (Outcome, Response<Body>) {
+    match err {
+        UpstreamError::ClientBody(fault) => body_failure(*fault, reached),
+        _ => (
+            Outcome::UpstreamError,
+            local(err.status(), "upstream error\n"),
+        ),
+    }
+}
+
+/// The outcome and answer for a request whose body failed on the client's
+/// side; `reached`: the request had been handed to a backend connection.
+fn body_failure(fault: ClientBodyError, reached: bool) -> (Outcome, Response<Body>) {
+    let (outcome, status, text) = match fault {
+        ClientBodyError::TooLarge => (
+            Outcome::RejectedInvalid,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        ),
+        ClientBodyError::Malformed => (
+            Outcome::RejectedInvalid,
+            StatusCode::BAD_REQUEST,
+            "malformed request body\n",
+        ),
+        ClientBodyError::Timeout => (
+            Outcome::RejectedInvalid,
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n",
+        ),
+        // Nobody is left to read an answer; the status is for the log.
+        ClientBodyError::Gone => (
+            if reached {
+                Outcome::Forwarded
+            } else {
+                Outcome::Cancelled
+            },
+            STATUS_CLIENT_CLOSED,
+            "request body incomplete\n",
+        ),
+    };
+    let mut response = local(status, text);
+    // The rest of the body is not worth reading: the connection ends.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    (outcome, response)
+}
+
 /// NGINX's status for a client that closed the connection before the response.
-const STATUS_CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+pub(crate) const STATUS_CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
     Ok(status) => status,
     Err(_) => StatusCode::BAD_REQUEST,
 };
@@ -373,8 +456,10 @@ struct Record<'g> {
     started: Instant,
     queue_wait: Duration,
     upstream_time: Option<Duration>,
-    /// Written if the request future is dropped before `finish`.
-    fallback: (Outcome, StatusCode),
+    /// The request has been handed to a backend connection: if the request
+    /// future is dropped before `finish` (the client left), it was forwarded
+    /// (499); before that, cancelled.
+    reached: AtomicBool,
     finished: bool,
 }
 
@@ -396,7 +481,7 @@ impl<'g> Record<'g> {
             started: Instant::now(),
             queue_wait: Duration::ZERO,
             upstream_time: None,
-            fallback: (Outcome::Cancelled, STATUS_CLIENT_CLOSED),
+            reached: AtomicBool::new(false),
             finished: false,
         }
     }
@@ -426,37 +511,58 @@ impl<'g> Record<'g> {
         self.finish(Outcome::RejectedRateLimited, response)
     }
 
+    /// The request's body failed on the client's side before it was sent.
+    fn body_failed(&mut self, fault: ClientBodyError) -> Response<Body> {
+        let (outcome, response) = body_failure(fault, false);
+        self.finish(outcome, response)
+    }
+
     fn finish(&mut self, outcome: Outcome, response: Response<Body>) -> Response<Body> {
-        self.finish_status(outcome, response.status());
+        self.finished = true;
+        self.count(outcome);
+        if self.gateway.access_log {
+            self.line(outcome, response.status()).write(None);
+        }
         response
     }
 
-    fn finish_status(&mut self, outcome: Outcome, status: StatusCode) {
+    /// Forwarded, and its response is being relayed: counted now, logged
+    /// (if the access log is on) when the response body ends.
+    fn finish_relayed(&mut self, status: StatusCode) -> Option<AccessLine> {
         self.finished = true;
-        self.write(outcome, status);
+        self.count(Outcome::Forwarded);
+        self.gateway
+            .access_log
+            .then(|| self.line(Outcome::Forwarded, status))
     }
 
-    fn write(&self, outcome: Outcome, status: StatusCode) {
-        let route = self.route.map(|i| &self.gateway.routes[i]);
-        match route {
-            Some(route) => route.metrics.outcome(self.class, outcome),
+    fn reached(&self) -> bool {
+        self.reached.load(Ordering::Acquire)
+    }
+
+    fn count(&self, outcome: Outcome) {
+        match self.route {
+            Some(i) => self.gateway.routes[i].metrics.outcome(self.class, outcome),
             None => self.gateway.unrouted.outcome(0, outcome),
         }
-        if self.gateway.access_log {
-            tracing::info!(
-                target: "sluice::access",
-                route = route.map_or(NO_ROUTE_LABEL, |r| r.name.as_str()),
-                method = %self.method,
-                path = %self.uri.path(),
-                request_id = self.request_id.to_str().unwrap_or("-"),
-                client = %self.client_ip,
-                class = self.class,
-                outcome = outcome.as_str(),
-                status = status.as_u16(),
-                queue_wait_ms = self.queue_wait.as_secs_f64() * 1e3,
-                upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1e3),
-                total_ms = self.started.elapsed().as_secs_f64() * 1e3,
-            );
+    }
+
+    fn line(&self, outcome: Outcome, status: StatusCode) -> AccessLine {
+        AccessLine {
+            route: self
+                .route
+                .map_or(NO_ROUTE_LABEL, |i| self.gateway.routes[i].name.as_str())
+                .to_owned(),
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            request_id: self.request_id.clone(),
+            client_ip: self.client_ip,
+            class: self.class,
+            outcome,
+            status,
+            queue_wait: self.queue_wait,
+            upstream_time: self.upstream_time,
+            started: self.started,
         }
     }
 }
@@ -464,9 +570,53 @@ impl<'g> Record<'g> {
 impl Drop for Record<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            let (outcome, status) = self.fallback;
-            self.write(outcome, status);
+            let outcome = if self.reached() {
+                Outcome::Forwarded
+            } else {
+                Outcome::Cancelled
+            };
+            self.count(outcome);
+            if self.gateway.access_log {
+                self.line(outcome, STATUS_CLIENT_CLOSED).write(None);
+            }
         }
+    }
+}
+
+/// One request's access log line, owned, so a relayed response can write it
+/// when its body ends.
+pub(crate) struct AccessLine {
+    route: String,
+    method: http::Method,
+    uri: http::Uri,
+    request_id: HeaderValue,
+    client_ip: std::net::IpAddr,
+    class: usize,
+    outcome: Outcome,
+    status: StatusCode,
+    queue_wait: Duration,
+    upstream_time: Option<Duration>,
+    started: Instant,
+}
+
+impl AccessLine {
+    /// Writes the line; `status` overrides the one recorded (499 when the
+    /// client left before the response's end).
+    pub(crate) fn write(&self, status: Option<StatusCode>) {
+        tracing::info!(
+            target: "sluice::access",
+            route = self.route.as_str(),
+            method = %self.method,
+            path = %self.uri.path(),
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            client = %self.client_ip,
+            class = self.class,
+            outcome = self.outcome.as_str(),
+            status = status.unwrap_or(self.status).as_u16(),
+            queue_wait_ms = self.queue_wait.as_secs_f64() * 1e3,
+            upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            total_ms = self.started.elapsed().as_secs_f64() * 1e3,
+        );
     }
 }
 
@@ -559,12 +709,6 @@ async fn tunnel(
         Ok((sent, received)) => tracing::debug!(%route, sent, received, "tunnel closed"),
         Err(err) => tracing::debug!(%route, %err, "tunnel ended with an error"),
     }
-}
-
-/// Whether the request failed because its body went over `max_body_bytes`
-/// on the way to the backend.
-fn body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
-    causes(err).any(|e| e.is::<LengthLimitError>())
 }
 
 /// An error and its sources, outermost first.
@@ -796,12 +940,12 @@ fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr, forwarded: bool) {
 /// Rewrites the client's request for the upstream: HTTP/1.1, hop-by-hop
 /// headers gone, Host set to the host routed on, and the forwarding headers
 /// written (see [`write_forwarding_headers`]).
-fn prepare_upstream_request(
-    mut req: Request<Incoming>,
+fn prepare_upstream_request<B>(
+    mut req: Request<B>,
     client: SocketAddr,
     host: Option<HeaderValue>,
     peer_trusted: bool,
-) -> Request<Incoming> {
+) -> Request<B> {
     let proto: &'static str = if req.extensions().get::<crate::tls::Secure>().is_some() {
         "https"
     } else {
@@ -917,26 +1061,6 @@ fn normalise_target<B>(req: &mut Request<B>) -> Result<(), PathError> {
     Ok(())
 }
 
-/// The upstream's response, relayed as it streams, holding the in-flight
-/// slot until its body is done.
-fn relay_response(
-    response: Response<Incoming>,
-    grant: Grant,
-    target: TargetGuard,
-) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let mut target = target;
-    if body.is_end_stream() {
-        target.finish();
-    }
-    let body = InFlight {
-        inner: body,
-        permit: Some((grant.into_permit(), target)),
-    };
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
-}
-
 /// A refusal with an optional Retry-After (whole seconds, rounded up, at least 1).
 fn refusal(
     status: StatusCode,
@@ -969,50 +1093,6 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-pin_project_lite::pin_project! {
-    /// A body that holds an in-flight permit until it ends or is dropped.
-    struct InFlight<B> {
-        #[pin]
-        inner: B,
-        permit: Option<(OwnedSemaphorePermit, TargetGuard)>,
-    }
-}
-
-impl<B: HttpBody> HttpBody for InFlight<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        // Read to its end: the upstream connection may serve another request.
-        // (A server may stop polling once the body says it has ended.)
-        let ended = match &frame {
-            None => true,
-            Some(Ok(_)) => this.inner.is_end_stream(),
-            Some(Err(_)) => false,
-        };
-        if ended && let Some((_, target)) = this.permit.as_mut() {
-            target.finish();
-        }
-        if !matches!(frame, Some(Ok(_))) || ended {
-            this.permit.take();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

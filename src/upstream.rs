@@ -15,21 +15,22 @@
 //! here: connect failures and resets are 502, no response head within
 //! `timeout` is 504. An idempotent request without a body that could not
 //! connect is retried on another target, up to `retries` times, never past
-//! its deadline.
+//! its deadline. A failure the client caused (its body malformed, too large,
+//! too slow or cut off) is told apart here too, and never counts against the
+//! target: not in passive health, error metrics or the adaptive limit.
 
+use std::future::Future as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
-use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
@@ -40,11 +41,12 @@ use crate::config::{ActiveHealth, Balance, PassiveHealth, UpstreamConfig};
 use crate::h1pool::{H1Error, H1Pool, Lease};
 use crate::metrics::{Metrics, TargetMetrics, UpstreamErrorKind, UpstreamMetrics};
 use crate::proxy::BoxError;
+use crate::request_body::{ClientBodyError, RequestBody, client_fault};
 use crate::shaper::Gate;
 
-/// The request body sent upstream: the client's (held to `max_body_bytes`),
-/// or empty on a retry.
-pub type ProxyBody = Either<Limited<Incoming>, Empty<Bytes>>;
+/// The request body sent upstream: the client's (held to `max_body_bytes`
+/// and `client_body_timeout`), or empty on a retry.
+pub type ProxyBody = RequestBody;
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -131,6 +133,10 @@ pub enum UpstreamError {
     },
     #[error("no healthy target with room in upstream {upstream}")]
     NoTarget { upstream: String },
+    /// The client's doing, not the target's: its request body failed (or
+    /// was still being sent when the timeout passed).
+    #[error("client request body: {0}")]
+    ClientBody(#[from] ClientBodyError),
 }
 
 impl UpstreamError {
@@ -140,7 +146,7 @@ impl UpstreamError {
                 UpstreamErrorKind::Connect
             }
             UpstreamError::Timeout { .. } => UpstreamErrorKind::Timeout,
-            UpstreamError::Other { .. } => UpstreamErrorKind::Other,
+            UpstreamError::Other { .. } | UpstreamError::ClientBody(_) => UpstreamErrorKind::Other,
         }
     }
 
@@ -367,13 +373,16 @@ impl Upstream {
     /// Sends `req` (whose URI holds only path and query) to a target and
     /// waits for the response head, at most `timeout`. Retries idempotent,
     /// bodiless requests that could not connect, on other targets, until
-    /// `deadline`.
+    /// `deadline`. `reached` turns true once the request has been handed to
+    /// a connection to a target (from then on the backend may have it).
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<Limited<Incoming>>,
+        req: Request<RequestBody>,
         deadline: Instant,
+        reached: &AtomicBool,
     ) -> Result<(Response<Incoming>, TargetGuard), UpstreamError> {
         let (parts, body) = req.into_parts();
+        let watch = body.watch();
         // A copy of the head is kept only when a retry could use it: the
         // first attempt consumes the original.
         let retryable = is_idempotent(&parts.method)
@@ -408,15 +417,31 @@ impl Upstream {
                     req.headers_mut().remove(http::header::HOST);
                 }
             }
-            let req = req.map(|()| match body.take() {
-                Some(b) => Either::Left(b),
-                None => Either::Right(Empty::new()),
-            });
+            let req = req.map(|()| body.take().unwrap_or(RequestBody::Empty));
             let concurrency = self.inflight();
             let started = Instant::now();
             target.metrics.request();
-            let result = tokio::time::timeout(self.timeout, self.request(target, req)).await;
+            let result =
+                tokio::time::timeout(self.timeout, self.request(target, req, reached)).await;
             let elapsed = started.elapsed();
+            // The client's failure is its own outcome: the target is not
+            // blamed (no health, error metric or adaptive sample), and the
+            // request is not retried.
+            let fault = match &result {
+                Ok(Err((source, _))) => client_fault(source.as_ref(), watch.as_ref()),
+                // Waiting for more of the client's body when the time ran
+                // out: the client was too slow. (A backend that stopped
+                // taking the body is the backend's timeout.)
+                Err(_) => watch.as_ref().and_then(|w| {
+                    w.failure()
+                        .or(w.waiting_for_client().then_some(ClientBodyError::Timeout))
+                }),
+                Ok(Ok(_)) => None,
+            };
+            if let Some(fault) = fault {
+                tracing::debug!(upstream = %self.name, target = %target.addr, %fault, "request body failed on the client's side");
+                return Err(UpstreamError::ClientBody(fault));
+            }
             let error = match result {
                 Ok(Ok((response, lease))) => {
                     let failed = response.status().is_server_error();
@@ -468,21 +493,33 @@ impl Upstream {
     async fn request(
         &self,
         target: &Target,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
+        reached: &AtomicBool,
     ) -> Result<(Response<Incoming>, Option<Lease>), (BoxError, bool)> {
-        match &target.h1 {
-            Some(pool) => match pool.send(req).await {
-                Ok((response, lease)) => Ok((response, Some(lease))),
-                Err(H1Error::Connect(err)) => Err((err, true)),
-                Err(H1Error::Request(err)) => Err((Box::new(err), false)),
-            },
-            None => match self.client.request(req).await {
+        let Some(pool) = &target.h1 else {
+            // The client says which connection it chose once it has one.
+            let chosen = capture_connection(&mut req);
+            let mut sending = std::pin::pin!(self.client.request(req));
+            let sent = std::future::poll_fn(|cx| {
+                let polled = sending.as_mut().poll(cx);
+                if chosen.connection_metadata().is_some() {
+                    reached.store(true, Ordering::Release);
+                }
+                polled
+            })
+            .await;
+            return match sent {
                 Ok(response) => Ok((response, None)),
                 Err(err) => {
                     let connect = err.is_connect();
                     Err((Box::new(err), connect))
                 }
-            },
+            };
+        };
+        match pool.send(req, reached).await {
+            Ok((response, lease)) => Ok((response, Some(lease))),
+            Err(H1Error::Connect(err)) => Err((err, true)),
+            Err(H1Error::Request(err)) => Err((Box::new(err), false)),
         }
     }
 
@@ -758,7 +795,7 @@ async fn probe(upstream: std::sync::Weak<Upstream>, active: ActiveHealth) {
                     .unwrap_or_else(|_| Uri::from_static("/")),
                 &target,
             );
-            let mut req = Request::new(Either::Right(Empty::new()));
+            let mut req = Request::new(RequestBody::Empty);
             *req.uri_mut() = uri;
             let ok = matches!(
                 tokio::time::timeout(active.timeout, pool.client.request(req)).await,

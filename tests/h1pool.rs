@@ -6,13 +6,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::BodyExt;
 use sluice::h1pool::H1Pool;
+use sluice::request_body::RequestBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -116,14 +117,15 @@ fn pool(backend: &RawBackend, max_idle: usize, idle_timeout: Duration) -> Arc<H1
 }
 
 fn get() -> Request<sluice::upstream::ProxyBody> {
-    Request::get("/x")
-        .body(Either::Right(Empty::new()))
-        .unwrap()
+    Request::get("/x").body(RequestBody::Empty).unwrap()
 }
 
 /// Sends one GET and reads its body to the end, as the proxy does.
 async fn fetch(pool: &Arc<H1Pool>) -> Bytes {
-    let (response, mut lease) = pool.send(get()).await.expect("response");
+    let (response, mut lease) = pool
+        .send(get(), &AtomicBool::new(false))
+        .await
+        .expect("response");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     lease.finish();
     body
@@ -161,7 +163,10 @@ async fn a_half_read_response_never_lends_its_connection_again() {
     let backend = RawBackend::start(Manner::Stall).await;
     let pool = pool(&backend, 8, Duration::from_secs(60));
     for expected in 1..=3 {
-        let (response, lease) = pool.send(get()).await.expect("response head");
+        let (response, lease) = pool
+            .send(get(), &AtomicBool::new(false))
+            .await
+            .expect("response head");
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "ok");
@@ -179,7 +184,7 @@ async fn the_idle_stack_is_bounded_in_count_and_age() {
     // Five at once: five connections, of which two may wait idle.
     let mut leases = Vec::new();
     for _ in 0..5 {
-        let (response, mut lease) = pool.send(get()).await.unwrap();
+        let (response, mut lease) = pool.send(get(), &AtomicBool::new(false)).await.unwrap();
         response.into_body().collect().await.unwrap();
         lease.finish();
         leases.push(lease);
@@ -208,7 +213,7 @@ async fn an_unreachable_target_is_a_connect_error() {
         Duration::from_secs(60),
         Duration::from_secs(1),
     );
-    match pool.send(get()).await {
+    match pool.send(get(), &AtomicBool::new(false)).await {
         Err(sluice::h1pool::H1Error::Connect(_)) => {}
         Err(other) => panic!("expected a connect error, got {other:?}"),
         Ok(_) => panic!("expected a connect error, got a response"),
@@ -224,8 +229,8 @@ async fn the_backend_sees_origin_form_whatever_the_client_sent() {
         ("http://elsewhere.example", "GET / HTTP/1.1"),
         ("/plain", "GET /plain HTTP/1.1"),
     ] {
-        let req = Request::get(uri).body(Either::Right(Empty::new())).unwrap();
-        let (response, mut lease) = pool.send(req).await.unwrap();
+        let req = Request::get(uri).body(RequestBody::Empty).unwrap();
+        let (response, mut lease) = pool.send(req, &AtomicBool::new(false)).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         lease.finish();
         assert_eq!(body, line, "{uri}");

@@ -374,6 +374,9 @@ pub fn config(targets: &[SocketAddr]) -> Config {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body_bytes: 1 << 20,
+            request_buffer_bytes: 16 * 1024,
+            client_body_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             workers: None,
             drain_timeout: Duration::from_secs(5),
@@ -577,4 +580,122 @@ pub fn by_status(seen: &[Seen]) -> BTreeMap<u16, usize> {
         *counts.entry(s.status.as_u16()).or_default() += 1;
     }
     counts
+}
+
+/// Reads a raw HTTP/1.1 response head from `socket` and returns its status
+/// (`None` if the connection closed first, or nothing came within 10 s).
+pub async fn read_status(socket: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()?;
+    let line = std::str::from_utf8(&head).ok()?.lines().next()?;
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// Sends raw bytes to sluice on a new connection and returns the status of
+/// the answer (`None` if the connection closed without one).
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(bytes).await.unwrap();
+    read_status(&mut socket).await
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`
+/// (e.g. `upstream="api"`).
+pub fn sum_of(text: &str, name: &str, labels: &[&str]) -> f64 {
+    samples(text, name)
+        .into_iter()
+        .filter(|(l, _)| {
+            labels
+                .iter()
+                .all(|want| l.split(',').any(|have| have == *want))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits (at most 10 s, polling every 20 ms) until `done` holds for a fresh
+/// scrape of /metrics; returns the last scrape.
+pub async fn until_metrics(
+    client: &TestClient,
+    admin: SocketAddr,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = scrape(client, admin).await;
+    for _ in 0..500 {
+        if done(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape(client, admin).await;
+    }
+    text
+}
+
+/// The access log lines (`sluice::access`, as JSON) written in this test
+/// process, captured by a subscriber installed on first use. Tests share
+/// it: pick your lines by a path no other test uses.
+pub fn access_log() -> &'static AccessLog {
+    static LOG: LazyLock<AccessLog> = LazyLock::new(|| {
+        let log = AccessLog(Arc::new(Mutex::new(Vec::new())));
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("sluice::access=info"))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        log
+    });
+    &LOG
+}
+
+/// Captured JSON log lines.
+#[derive(Clone)]
+pub struct AccessLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for AccessLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AccessLog {
+    /// The `fields` of every access log line for `path`, in order.
+    pub fn for_path(&self, path: &str) -> Vec<serde_json::Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|line| line["fields"].clone())
+            .filter(|fields| fields["path"] == path)
+            .collect()
+    }
+
+    /// Waits (at most 10 s) until `path` has `n` lines; returns them.
+    pub async fn wait_for(&self, path: &str, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..500 {
+            if self.for_path(path).len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.for_path(path)
+    }
 }
