@@ -241,18 +241,22 @@ impl Gateway {
         // Read a small body in full before taking a place or a slot: a slow
         // sender then holds its own connection, not the backend's capacity.
         let (parts, incoming) = req.into_parts();
+        let reading = Instant::now();
         let body = match RequestBody::read(incoming, self.body_limits).await {
             Ok(body) => body,
             Err(err) => return record.body_failed(err),
         };
+        let sending = reading.elapsed();
         let req = Request::from_parts(parts, body);
 
         // Admit: go now, wait in the queue, or be turned away.
-        // A connection's first request has waited since its accept.
+        // A connection's first request has waited since its accept; the time
+        // its client took to send the body is the client's, not a wait.
         let since = req
             .extensions()
             .get::<WaitingSince>()
-            .map_or(now, |since| since.0);
+            .map_or(now, |since| since.0)
+            + sending;
         let grant = match route.state.shaper.admit_since(arrival, since) {
             Admission::Go(grant) => {
                 route.metrics.queue_wait(0.0);
