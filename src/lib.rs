@@ -52,8 +52,9 @@ pub use server::{Running, start};
 pub mod adaptive;
 pub mod h1pool;
 pub mod metrics;
-pub mod redis_store;
+pub mod store;
 pub mod upstream;
+pub use self::store as redis_store;
 
 // -- shaper
 pub mod shaper;
