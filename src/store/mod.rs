@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use self::link::RedisLink;
+pub use self::script::GCRA_LUA;
 pub use self::url::{redact_url, url_password, validate_url};
 use crate::metrics::{RedisCallResult, RedisRouteMetrics};
 use crate::shaper::{GcraParams, StoreError, StoreFuture, TokenStore};
