@@ -125,3 +125,80 @@ fn histogram_vec(
 fn gauge_value(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Every family sluice exports, by name; dashboards and alert rules
+    /// (tests/dashboards.rs) depend on these.
+    const FAMILIES: [&str; 35] = [
+        "sluice_build_info",
+        "sluice_class_queue_depth",
+        "sluice_class_requests_total",
+        "sluice_config_last_reload_success_timestamp_seconds",
+        "sluice_config_reloads_total",
+        "sluice_connections_max",
+        "sluice_connections_open",
+        "sluice_connections_refused_total",
+        "sluice_dry_run_limited_total",
+        "sluice_key_evictions_total",
+        "sluice_keys_tracked",
+        "sluice_queue_depth",
+        "sluice_queue_oldest_wait_seconds",
+        "sluice_queue_wait_seconds",
+        "sluice_redis_call_seconds",
+        "sluice_redis_calls_total",
+        "sluice_redis_fallback",
+        "sluice_redis_tokens_total",
+        "sluice_requests_total",
+        "sluice_route_burst",
+        "sluice_route_max_keys",
+        "sluice_route_queue_capacity",
+        "sluice_route_queue_timeout_seconds",
+        "sluice_route_rate_limit",
+        "sluice_target_healthy",
+        "sluice_target_inflight",
+        "sluice_target_requests_total",
+        "sluice_target_response_seconds",
+        "sluice_target_errors_total",
+        "sluice_upstream_concurrency_limit",
+        "sluice_upstream_errors_total",
+        "sluice_upstream_inflight",
+        "sluice_upstream_max_inflight",
+        "sluice_upstream_response_seconds",
+        "sluice_upstream_retries_total",
+    ];
+
+    #[test]
+    fn every_family_is_registered_once_and_rendered_with_its_help() {
+        let src = "[upstreams.api]\ntargets = [\"127.0.0.1:9000\"]\n\n\
+                   [[routes]]\nname = \"default\"\nupstream = \"api\"\n";
+        let config = Config::parse(src, Path::new("test.toml")).unwrap();
+        let metrics = Metrics::new().unwrap();
+        // Families show once they have a series: resolve one of each.
+        let route = metrics.route(&config.routes[0]);
+        route.queue_wait(0.1);
+        metrics.unrouted_for(NO_ROUTE_LABEL);
+        let upstream = metrics.upstream("api", 10);
+        upstream.latency(0.1);
+        metrics.target("api", "127.0.0.1:9000").latency(0.1);
+        metrics
+            .redis_route("default")
+            .call(RedisCallResult::Ok, 0.001);
+        metrics.connections_max(1024);
+        let rendered = metrics.render();
+        let helped: Vec<&str> = rendered
+            .lines()
+            .filter_map(|line| line.strip_prefix("# HELP "))
+            .filter_map(|line| line.split_once(' ').map(|(name, _)| name))
+            .collect();
+        let unique: BTreeSet<&str> = helped.iter().copied().collect();
+        assert_eq!(unique.len(), helped.len(), "a family rendered twice");
+        assert_eq!(unique, BTreeSet::from(FAMILIES));
+    }
+}

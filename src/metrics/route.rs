@@ -32,11 +32,7 @@ pub(super) struct RouteFamilies {
     queue_depth: IntGaugeVec,
     queue_oldest_wait: GaugeVec,
     queue_wait: HistogramVec,
-    route_rate: GaugeVec,
-    route_burst: IntGaugeVec,
-    route_capacity: IntGaugeVec,
-    route_timeout: GaugeVec,
-    route_max_keys: IntGaugeVec,
+    limits: LimitFamilies,
     class_requests: IntCounterVec,
     class_depth: IntGaugeVec,
     keys_tracked: IntGaugeVec,
@@ -73,36 +69,7 @@ impl RouteFamilies {
                 WAIT_BUCKETS,
                 route,
             )?,
-            route_rate: gauge_vec(
-                r,
-                "sluice_route_rate_limit",
-                "Configured release rate of the route, requests per second (0: no rate limit).",
-                route,
-            )?,
-            route_burst: int_gauge_vec(
-                r,
-                "sluice_route_burst",
-                "Configured burst of the route.",
-                route,
-            )?,
-            route_capacity: int_gauge_vec(
-                r,
-                "sluice_route_queue_capacity",
-                "Configured queue capacity of the route.",
-                route,
-            )?,
-            route_timeout: gauge_vec(
-                r,
-                "sluice_route_queue_timeout_seconds",
-                "Configured maximum queue wait of the route.",
-                route,
-            )?,
-            route_max_keys: int_gauge_vec(
-                r,
-                "sluice_route_max_keys",
-                "Configured max_keys of the route's per-key limit (0: no per-key limit).",
-                route,
-            )?,
+            limits: LimitFamilies::register(r)?,
             class_requests: counter_vec(
                 r,
                 "sluice_class_requests_total",
@@ -137,6 +104,71 @@ impl RouteFamilies {
     }
 }
 
+/// The configured limits of each route, published when the route is built.
+#[derive(Clone)]
+struct LimitFamilies {
+    rate: GaugeVec,
+    burst: IntGaugeVec,
+    capacity: IntGaugeVec,
+    timeout: GaugeVec,
+    max_keys: IntGaugeVec,
+}
+
+impl LimitFamilies {
+    fn register(r: &Registry) -> Result<LimitFamilies, prometheus::Error> {
+        let route = &["route"];
+        Ok(LimitFamilies {
+            rate: gauge_vec(
+                r,
+                "sluice_route_rate_limit",
+                "Configured release rate of the route, requests per second (0: no rate limit).",
+                route,
+            )?,
+            burst: int_gauge_vec(
+                r,
+                "sluice_route_burst",
+                "Configured burst of the route.",
+                route,
+            )?,
+            capacity: int_gauge_vec(
+                r,
+                "sluice_route_queue_capacity",
+                "Configured queue capacity of the route.",
+                route,
+            )?,
+            timeout: gauge_vec(
+                r,
+                "sluice_route_queue_timeout_seconds",
+                "Configured maximum queue wait of the route.",
+                route,
+            )?,
+            max_keys: int_gauge_vec(
+                r,
+                "sluice_route_max_keys",
+                "Configured max_keys of the route's per-key limit (0: no per-key limit).",
+                route,
+            )?,
+        })
+    }
+
+    /// Publishes `route`'s configured limits.
+    fn publish(&self, route: &RouteConfig) {
+        let name = route.name.as_str();
+        let (rate, burst) = route.limit.map_or((0.0, 0), |l| (l.rate, l.burst.get()));
+        self.rate.with_label_values(&[name]).set(rate);
+        self.burst.with_label_values(&[name]).set(i64::from(burst));
+        self.capacity
+            .with_label_values(&[name])
+            .set(gauge_value(route.queue.capacity));
+        self.timeout
+            .with_label_values(&[name])
+            .set(route.queue.timeout.as_secs_f64());
+        self.max_keys
+            .with_label_values(&[name])
+            .set(route.key_limit.map_or(0, |k| gauge_value(k.max_keys.get())));
+    }
+}
+
 /// One route's handles.
 #[derive(Clone)]
 pub struct RouteMetrics {
@@ -165,26 +197,8 @@ pub enum DryRunLimit {
 impl Metrics {
     /// Handles for one route, with its configured limits published.
     pub fn route(&self, route: &RouteConfig) -> RouteMetrics {
-        let families = &self.route;
+        self.route.limits.publish(route);
         let name = route.name.as_str();
-        let (rate, burst) = route.limit.map_or((0.0, 0), |l| (l.rate, l.burst.get()));
-        families.route_rate.with_label_values(&[name]).set(rate);
-        families
-            .route_burst
-            .with_label_values(&[name])
-            .set(i64::from(burst));
-        families
-            .route_capacity
-            .with_label_values(&[name])
-            .set(gauge_value(route.queue.capacity));
-        families
-            .route_timeout
-            .with_label_values(&[name])
-            .set(route.queue.timeout.as_secs_f64());
-        families
-            .route_max_keys
-            .with_label_values(&[name])
-            .set(route.key_limit.map_or(0, |k| gauge_value(k.max_keys.get())));
         let classes: Vec<&str> = route
             .classes
             .iter()
