@@ -2,8 +2,8 @@
 //! the upstream (the shaper hands out its permits), sized to the adaptive
 //! limit or `max_inflight`.
 //!
-//! Invariant: the permits in circulation plus those owed equal the cap in
-//! force. A cap grows at once; it shrinks by taking permits out now, or,
+//! Invariant: the permits in circulation (free or held) less those owed
+//! equal the cap in force. A cap grows at once; it shrinks by taking permits out now, or,
 //! for those held by requests in flight, as they come back — never by
 //! failing a request already admitted. A reload carries the semaphore over
 //! to the new generation, resized.
