@@ -84,3 +84,74 @@ fn load(target: &Target, by_latency: bool) -> f64 {
         queue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::upstream::health::Health;
+
+    /// Targets with these weights, in-flight counts and latency EWMAs.
+    fn targets(spec: &[(u32, usize, u64)]) -> Vec<Target> {
+        let metrics = Metrics::new().unwrap();
+        spec.iter()
+            .enumerate()
+            .map(|(i, &(weight, inflight, ewma))| Target {
+                addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                h1: None,
+                weight,
+                max_inflight: None,
+                inflight: AtomicUsize::new(inflight),
+                ewma_nanos: AtomicU64::new(ewma),
+                health: Mutex::new(Health::default()),
+                metrics: metrics.target("api", &format!("t{i}")),
+            })
+            .collect()
+    }
+
+    fn picks(
+        balancer: &Balancer,
+        targets: &[Target],
+        eligible: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        (0..6)
+            .map(|_| balancer.choose(targets, &eligible).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_walks_the_weighted_cycle_past_ineligible_targets() {
+        let targets = targets(&[(2, 0, 0), (1, 0, 0)]);
+        let rr = Balancer::new(Balance::RoundRobin, &targets);
+        assert_eq!(picks(&rr, &targets, |_| true), [0, 1, 0, 0, 1, 0]);
+        assert_eq!(picks(&rr, &targets, |i| i == 1), [1; 6]);
+        assert_eq!(rr.choose(&targets, |_| false), None);
+    }
+
+    #[test]
+    fn least_inflight_takes_the_emptiest_per_weight_and_shares_ties() {
+        // Per weight: 2/1, 1/1 and 1/2 in flight (plus the one to come).
+        let uneven = targets(&[(1, 2, 0), (1, 1, 0), (2, 1, 0)]);
+        let least = Balancer::new(Balance::LeastInflight, &uneven);
+        assert_eq!(picks(&least, &uneven, |_| true), [2; 6]);
+        let tied = targets(&[(1, 3, 0), (1, 0, 0), (1, 0, 0)]);
+        let least = Balancer::new(Balance::LeastInflight, &tied);
+        let chosen = picks(&least, &tied, |_| true);
+        assert!(chosen.contains(&1) && chosen.contains(&2), "{chosen:?}");
+        assert!(!chosen.contains(&0), "{chosen:?}");
+    }
+
+    #[test]
+    fn p2c_ewma_takes_the_faster_of_two_distinct_targets() {
+        // Same load, but the second answers a thousand times slower.
+        let targets = targets(&[(1, 0, 1_000), (1, 0, 1_000_000)]);
+        let p2c = Balancer::new(Balance::P2cEwma, &targets);
+        assert_eq!(picks(&p2c, &targets, |_| true), [0; 6]);
+        assert_eq!(picks(&p2c, &targets, |i| i == 1), [1; 6]);
+        assert_eq!(p2c.choose(&targets, |_| false), None);
+    }
+}
