@@ -49,11 +49,11 @@ pub mod server;
 pub use server::{Running, start};
 
 // -- upstream, store, metrics
-pub mod adaptive;
-pub mod h1pool;
 pub mod metrics;
-pub mod redis_store;
+pub mod store;
 pub mod upstream;
+pub use self::store as redis_store;
+pub use self::upstream::h1pool;
 
 // -- shaper
 pub mod shaper;

@@ -28,8 +28,8 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::ProxyBody;
 use crate::proxy::BoxError;
-use crate::upstream::ProxyBody;
 
 /// Why a request could not be relayed on this path.
 #[derive(Debug)]

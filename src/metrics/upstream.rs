@@ -1,0 +1,223 @@
+//! The upstream families: latency, errors, retries and in-flight requests
+//! of each upstream, and the same per target.
+//!
+//! Invariant: label values are upstream and target names from the config
+//! and the three error kinds, so the series are bounded by the config.
+
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
+
+use super::{Metrics, counter_vec, gauge_value, histogram_vec, int_gauge_vec};
+
+/// Buckets for upstream latency: 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The upstream and target families.
+#[derive(Clone)]
+pub(super) struct UpstreamFamilies {
+    upstream_latency: HistogramVec,
+    upstream_errors: IntCounterVec,
+    upstream_inflight: IntGaugeVec,
+    upstream_max_inflight: IntGaugeVec,
+    upstream_retries: IntCounterVec,
+    upstream_limit: IntGaugeVec,
+    target_requests: IntCounterVec,
+    target_errors: IntCounterVec,
+    target_latency: HistogramVec,
+    target_healthy: IntGaugeVec,
+    target_inflight: IntGaugeVec,
+}
+
+impl UpstreamFamilies {
+    pub(super) fn register(r: &Registry) -> Result<UpstreamFamilies, prometheus::Error> {
+        let upstream = &["upstream"];
+        let target = &["upstream", "target"];
+        Ok(UpstreamFamilies {
+            upstream_latency: histogram_vec(
+                r,
+                "sluice_upstream_response_seconds",
+                "Time from sending a request upstream to receiving its response head.",
+                LATENCY_BUCKETS,
+                upstream,
+            )?,
+            upstream_errors: counter_vec(
+                r,
+                "sluice_upstream_errors_total",
+                "Failed upstream requests by kind (connect, timeout, other).",
+                &["upstream", "kind"],
+            )?,
+            upstream_inflight: int_gauge_vec(
+                r,
+                "sluice_upstream_inflight",
+                "Requests in flight to the upstream.",
+                upstream,
+            )?,
+            upstream_max_inflight: int_gauge_vec(
+                r,
+                "sluice_upstream_max_inflight",
+                "Configured cap on requests in flight to the upstream.",
+                upstream,
+            )?,
+            upstream_retries: counter_vec(
+                r,
+                "sluice_upstream_retries_total",
+                "Idempotent requests retried on another target after a connect failure.",
+                upstream,
+            )?,
+            upstream_limit: int_gauge_vec(
+                r,
+                "sluice_upstream_concurrency_limit",
+                "The in-flight cap in force: the adaptive limit, or max_inflight.",
+                upstream,
+            )?,
+            target_requests: counter_vec(
+                r,
+                "sluice_target_requests_total",
+                "Requests sent to each target (attempts, retries included).",
+                target,
+            )?,
+            target_errors: counter_vec(
+                r,
+                "sluice_target_errors_total",
+                "Attempts to each target that failed (connect, timeout, reset).",
+                target,
+            )?,
+            target_latency: histogram_vec(
+                r,
+                "sluice_target_response_seconds",
+                "Time from sending to a target to its response head.",
+                LATENCY_BUCKETS,
+                target,
+            )?,
+            target_healthy: int_gauge_vec(
+                r,
+                "sluice_target_healthy",
+                "1 while the target takes traffic, 0 while ejected or failing its active check.",
+                target,
+            )?,
+            target_inflight: int_gauge_vec(
+                r,
+                "sluice_target_inflight",
+                "Requests in flight to the target.",
+                target,
+            )?,
+        })
+    }
+}
+
+/// One upstream's handles.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    retries: IntCounter,
+    adaptive_limit: IntGauge,
+    latency: Histogram,
+    errors_connect: IntCounter,
+    errors_timeout: IntCounter,
+    errors_other: IntCounter,
+    inflight: IntGauge,
+}
+
+/// One target's handles.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    requests: IntCounter,
+    errors: IntCounter,
+    latency: Histogram,
+    healthy: IntGauge,
+    inflight: IntGauge,
+}
+
+/// Kinds of upstream failure, as counted in `sluice_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Other,
+}
+
+impl Metrics {
+    /// Handles for one upstream.
+    pub fn upstream(&self, name: &str, max_inflight: usize) -> UpstreamMetrics {
+        let families = &self.upstream;
+        families
+            .upstream_max_inflight
+            .with_label_values(&[name])
+            .set(gauge_value(max_inflight));
+        let errors = |kind: &str| families.upstream_errors.with_label_values(&[name, kind]);
+        UpstreamMetrics {
+            retries: families.upstream_retries.with_label_values(&[name]),
+            adaptive_limit: families.upstream_limit.with_label_values(&[name]),
+            latency: families.upstream_latency.with_label_values(&[name]),
+            errors_connect: errors("connect"),
+            errors_timeout: errors("timeout"),
+            errors_other: errors("other"),
+            inflight: families.upstream_inflight.with_label_values(&[name]),
+        }
+    }
+
+    /// Handles for one target of an upstream.
+    pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        let families = &self.upstream;
+        let labels = [upstream, target];
+        TargetMetrics {
+            requests: families.target_requests.with_label_values(&labels),
+            errors: families.target_errors.with_label_values(&labels),
+            latency: families.target_latency.with_label_values(&labels),
+            healthy: families.target_healthy.with_label_values(&labels),
+            inflight: families.target_inflight.with_label_values(&labels),
+        }
+    }
+}
+
+impl UpstreamMetrics {
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// The in-flight cap now in force.
+    pub fn adaptive_limit(&self, limit: usize) {
+        self.adaptive_limit.set(gauge_value(limit));
+    }
+
+    pub fn latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    pub fn error(&self, kind: UpstreamErrorKind) {
+        match kind {
+            UpstreamErrorKind::Connect => self.errors_connect.inc(),
+            UpstreamErrorKind::Timeout => self.errors_timeout.inc(),
+            UpstreamErrorKind::Other => self.errors_other.inc(),
+        }
+    }
+
+    /// Sets the sampled in-flight gauge (called at scrape time).
+    pub fn sample_inflight(&self, inflight: usize) {
+        self.inflight.set(gauge_value(inflight));
+    }
+}
+
+impl TargetMetrics {
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn error(&self) {
+        self.errors.inc();
+    }
+
+    pub fn latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    pub fn healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
+    }
+
+    pub fn sample_inflight(&self, inflight: usize) {
+        self.inflight.set(gauge_value(inflight));
+    }
+}

@@ -1,0 +1,142 @@
+//! Target health: passive (a target failing `consecutive_failures` times in
+//! a row is ejected, for longer each time it fails again after coming
+//! back) and optionally active (a background probe of `path`).
+//!
+//! Invariant: the upstream's [`Gate`](crate::shaper::Gate) is open exactly
+//! while some target is available, re-checked at every verdict and when an
+//! ejection ends, so the shaper holds requests in the queue while none is,
+//! rather than failing each at once.
+
+use std::sync::{Arc, Weak};
+
+use http::{Request, Uri};
+use tokio::time::Instant;
+
+use super::Upstream;
+use crate::config::{ActiveHealth, PassiveHealth};
+use crate::request_body::RequestBody;
+
+/// One target's health record.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+    /// Ejections since the last success: each doubles the next one.
+    ejections: u32,
+    /// Active probe verdict (true until probes say otherwise).
+    probe_down: bool,
+    probe_successes: u32,
+    probe_failures: u32,
+}
+
+impl Health {
+    pub(super) fn available(&self, now: Instant) -> bool {
+        !self.probe_down && self.ejected_until.is_none_or(|until| until <= now)
+    }
+}
+
+impl Upstream {
+    /// Passive health: counts one attempt's verdict on a target, and ejects
+    /// it after `consecutive_failures` failures in a row.
+    pub(super) fn passive(self: &Arc<Self>, index: usize, failed: bool) {
+        let target = &self.targets[index];
+        let passive: PassiveHealth = self.config.passive_health;
+        let mut health = target.health.lock();
+        if !failed {
+            if health.ejections > 0 && health.consecutive_failures == 0 {
+                tracing::info!(upstream = %self.name, target = %target.addr, "target recovered");
+            }
+            health.consecutive_failures = 0;
+            health.ejections = 0;
+            return;
+        }
+        health.consecutive_failures += 1;
+        if passive.consecutive_failures == 0
+            || health.consecutive_failures < passive.consecutive_failures
+        {
+            return;
+        }
+        let factor = 2u32.saturating_pow(health.ejections.min(16));
+        let ejection = passive
+            .base_ejection
+            .saturating_mul(factor)
+            .min(passive.max_ejection);
+        let until = Instant::now() + ejection;
+        health.ejected_until = Some(until);
+        health.ejections += 1;
+        health.consecutive_failures = 0;
+        drop(health);
+        tracing::warn!(upstream = %self.name, target = %target.addr, ?ejection, "target ejected after consecutive failures");
+        target.metrics.healthy(false);
+        self.update_gate();
+        // Re-open the gate when the ejection ends, if it closed it.
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            if let Some(upstream) = weak.upgrade() {
+                upstream.update_gate();
+            }
+        });
+    }
+
+    /// Records an active probe's verdict on one target.
+    fn probed(&self, index: usize, ok: bool, active: &ActiveHealth) {
+        let target = &self.targets[index];
+        let mut health = target.health.lock();
+        if ok {
+            health.probe_failures = 0;
+            health.probe_successes += 1;
+            if health.probe_down && health.probe_successes >= active.healthy_threshold.get() {
+                health.probe_down = false;
+                health.ejected_until = None;
+                health.ejections = 0;
+                tracing::info!(upstream = %self.name, target = %target.addr, "active check: target healthy");
+            }
+        } else {
+            health.probe_successes = 0;
+            health.probe_failures += 1;
+            if !health.probe_down && health.probe_failures >= active.unhealthy_threshold.get() {
+                health.probe_down = true;
+                tracing::warn!(upstream = %self.name, target = %target.addr, "active check: target unhealthy");
+            }
+        }
+        drop(health);
+        self.update_gate();
+    }
+
+    pub(super) fn any_available(&self, now: Instant) -> bool {
+        self.targets.iter().any(|t| t.health.lock().available(now))
+    }
+
+    /// Opens the gate while some target is available, shuts it otherwise.
+    pub(super) fn update_gate(&self) {
+        self.gate.set(self.any_available(Instant::now()));
+    }
+}
+
+/// The active health check loop of one upstream; ends once the upstream
+/// is gone.
+pub(super) async fn probe(upstream: Weak<Upstream>, active: ActiveHealth) {
+    let mut tick = tokio::time::interval(active.interval);
+    loop {
+        tick.tick().await;
+        let Some(pool) = upstream.upgrade() else {
+            return;
+        };
+        for index in 0..pool.targets.len() {
+            let target = pool.targets[index].addr.clone();
+            let uri = pool.target_uri(
+                &Uri::from_maybe_shared(active.path.clone())
+                    .unwrap_or_else(|_| Uri::from_static("/")),
+                &target,
+            );
+            let mut req = Request::new(RequestBody::Empty);
+            *req.uri_mut() = uri;
+            let ok = matches!(
+                tokio::time::timeout(active.timeout, pool.client.request(req)).await,
+                Ok(Ok(response)) if response.status().is_success()
+            );
+            pool.probed(index, ok, &active);
+        }
+    }
+}

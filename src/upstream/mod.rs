@@ -1,0 +1,186 @@
+//! Upstreams: a pool of backend targets behind one keep-alive HTTP client.
+//!
+//! A request picks a target by the pool's `balance` among the targets that
+//! are healthy and under their own in-flight cap. While no target is
+//! healthy the pool's [`Gate`] is shut, so the shaper holds requests in the
+//! queue rather than failing each at once. The pool's in-flight cap is a
+//! semaphore shared by every route naming the upstream; the shaper hands
+//! out its permits. With `[adaptive]` the cap follows measured latency.
+//!
+//! Invariant: a request is counted on exactly one target at a time, from
+//! its pick until its [`TargetGuard`] drops, and a failure the client
+//! caused never counts against the target.
+//!
+//! Contents:
+//! - `send`: the attempt loop, one attempt, retries, what each teaches;
+//! - `balance`: choosing a target (one file per algorithm);
+//! - `target`: a target and the claim a request holds on it;
+//! - `health`: passive ejection, the active probe, the gate;
+//! - `capacity`: the in-flight cap and its resizing;
+//! - [`adaptive`]: the latency-driven limit;
+//! - `client`: the general client; [`h1pool`]: plain HTTP/1.1 connections;
+//! - `error`: [`UpstreamError`], one status per failure.
+
+pub mod adaptive;
+mod balance;
+mod capacity;
+mod client;
+mod error;
+pub mod h1pool;
+mod health;
+mod send;
+mod target;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::uri::Scheme;
+use hyper_util::client::legacy::Client;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use self::adaptive::GradientLimit;
+use self::balance::Balancer;
+use self::capacity::Capacity;
+use self::client::Connector;
+pub use self::error::UpstreamError;
+use self::target::Target;
+pub use self::target::TargetGuard;
+use crate::config::UpstreamConfig;
+use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::request_body::RequestBody;
+use crate::shaper::Gate;
+
+/// The request body sent upstream: the client's (held to `max_body_bytes`
+/// and `client_body_timeout`), or empty on a retry.
+pub type ProxyBody = RequestBody;
+
+/// One upstream pool.
+pub struct Upstream {
+    config: UpstreamConfig,
+    name: String,
+    targets: Vec<Target>,
+    balancer: Balancer,
+    client: Client<Connector, ProxyBody>,
+    scheme: Scheme,
+    timeout: Duration,
+    max_inflight: usize,
+    inflight: Arc<Semaphore>,
+    /// The cap in force (the adaptive limit, or `max_inflight`), and permits
+    /// still owed to a lowered cap.
+    capacity: Mutex<Capacity>,
+    adaptive: Option<Mutex<GradientLimit>>,
+    gate: Arc<Gate>,
+    /// Signalled when a target's in-flight count drops.
+    target_freed: Notify,
+    metrics: UpstreamMetrics,
+    checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Upstream {
+    /// A pool for `config`. Given the `previous` generation of the same
+    /// upstream, its in-flight accounting carries over (resized to the new
+    /// cap), and so does its gate.
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: &Metrics,
+        previous: Option<&Upstream>,
+    ) -> Result<Arc<Upstream>, crate::tls::TlsError> {
+        let (client, scheme) = client::build(config)?;
+        let max_inflight = config.max_inflight.get();
+        let adaptive = config.adaptive.map(|a| GradientLimit::new(&a));
+        let limit = adaptive
+            .as_ref()
+            .map_or(max_inflight, |a| a.limit().min(max_inflight));
+        let upstream_metrics = metrics.upstream(&config.name, max_inflight);
+        upstream_metrics.adaptive_limit(limit);
+        let (inflight, capacity) = Capacity::carry_over(previous, limit);
+        let targets = Target::all(config, metrics);
+        let upstream = Arc::new(Upstream {
+            config: config.clone(),
+            name: config.name.clone(),
+            balancer: Balancer::new(config.balance, &targets),
+            targets,
+            client,
+            scheme,
+            timeout: config.timeout,
+            max_inflight,
+            inflight,
+            capacity: Mutex::new(capacity),
+            adaptive: adaptive.map(Mutex::new),
+            gate: previous.map_or_else(|| Arc::new(Gate::new(true)), |old| old.gate.clone()),
+            target_freed: Notify::new(),
+            metrics: upstream_metrics,
+            checker: Mutex::new(None),
+        });
+        upstream.update_gate();
+        if let Some(active) = &config.active_health {
+            let task = tokio::spawn(health::probe(Arc::downgrade(&upstream), active.clone()));
+            *upstream.checker.lock() = Some(task);
+        }
+        Ok(upstream)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The config this pool was built from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// The configured hard cap on requests in flight.
+    pub fn max_inflight(&self) -> usize {
+        self.max_inflight
+    }
+
+    /// The cap in force now (the adaptive limit when adaptive).
+    pub fn current_limit(&self) -> usize {
+        self.capacity.lock().limit
+    }
+
+    /// The in-flight cap, for the shapers of the routes using this upstream.
+    pub fn inflight_cap(&self) -> Arc<Semaphore> {
+        self.inflight.clone()
+    }
+
+    /// Open while some target is healthy.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// Requests in flight now.
+    pub fn inflight(&self) -> usize {
+        self.targets
+            .iter()
+            .map(|t| t.inflight.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    /// Updates the sampled per-target gauges (called at scrape time).
+    pub fn sample_metrics(&self) {
+        self.metrics.sample_inflight(self.inflight());
+        let now = Instant::now();
+        for target in &self.targets {
+            target
+                .metrics
+                .sample_inflight(target.inflight.load(Ordering::Relaxed));
+            target.metrics.healthy(target.health.lock().available(now));
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.checker.lock().take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Sending one request upstream: a loop of attempts, each on one target,
+//! until one gets a response head or no retry is allowed.
+//!
+//! An idempotent request without a body that could not connect is retried
+//! on another target, up to `retries` times, never past its deadline. Each
+//! attempt teaches the upstream something (latency, passive health, the
+//! adaptive limit), except when the client caused the failure (its body
+//! malformed, too large, too slow or cut off): that never counts against
+//! the target, and is never retried.
+//!
+//! Invariant: the request's body is sent at most once; a retry, which
+//! happens only for a bodiless request, sends a copy of the head and an
+//! empty body.
+
+use std::future::Future as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::capture_connection;
+use tokio::time::Instant;
+use tokio::time::error::Elapsed;
+
+use super::error::is_local_shortage;
+use super::h1pool::{H1Error, Lease};
+use super::target::{Target, TargetGuard};
+use super::{ProxyBody, Upstream, UpstreamError};
+use crate::proxy::BoxError;
+use crate::request_body::{BodyWatch, ClientBodyError, RequestBody, client_fault};
+
+/// What one try on a target gave: a response head (and, on the HTTP/1.1
+/// path, its connection), or an error and whether it was a failure to
+/// connect; `Err(Elapsed)` if no head came within the timeout.
+type Tried = Result<Result<(Response<Incoming>, Option<Lease>), (BoxError, bool)>, Elapsed>;
+
+impl Upstream {
+    /// Sends `req` (whose URI holds only path and query) to a target and
+    /// waits for the response head, at most `timeout`. Retries idempotent,
+    /// bodiless requests that could not connect, on other targets, until
+    /// `deadline`. `reached` turns true once the request has been handed to
+    /// a connection to a target (from then on the backend may have it).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        deadline: Instant,
+        reached: &AtomicBool,
+    ) -> Result<(Response<Incoming>, TargetGuard), UpstreamError> {
+        let (parts, body) = req.into_parts();
+        let watch = body.watch();
+        // A copy of the head is kept only when a retry could use it: the
+        // first attempt consumes the original.
+        let retryable = is_idempotent(&parts.method)
+            && body.is_end_stream()
+            && self.config.retries > 0
+            && self.targets.len() > 1;
+        let spare = retryable.then(|| parts.clone());
+        let mut first = Some(parts);
+        let mut body = Some(body);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            let guard = self.claim_target(&tried).await?;
+            tried.push(guard.target);
+            // (A retry happens only when `retryable`, so a spare head exists.)
+            let Some(parts) = first.take().or_else(|| spare.clone()) else {
+                return Err(UpstreamError::NoTarget {
+                    upstream: self.name.clone(),
+                });
+            };
+            let body = body.take().unwrap_or(RequestBody::Empty);
+            let error = match self
+                .attempt(guard, parts, body, watch.as_ref(), reached)
+                .await
+            {
+                Ok(sent) => return Ok(sent),
+                Err(error) => error,
+            };
+            attempt += 1;
+            if matches!(error, UpstreamError::Connect { .. })
+                && retryable
+                && attempt <= self.config.retries
+                && tried.len() < self.targets.len()
+                && Instant::now() < deadline
+            {
+                self.metrics.retry();
+                tracing::debug!(upstream = %self.name, error = %error, attempt, "retrying on another target");
+                continue;
+            }
+            return Err(error);
+        }
+    }
+
+    /// One attempt on the claimed target, and what the upstream learns from
+    /// it.
+    async fn attempt(
+        self: &Arc<Self>,
+        mut guard: TargetGuard,
+        parts: Parts,
+        body: RequestBody,
+        watch: Option<&BodyWatch>,
+        reached: &AtomicBool,
+    ) -> Result<(Response<Incoming>, TargetGuard), UpstreamError> {
+        let target = &self.targets[guard.target];
+        let req = self.for_target(target, parts).map(|()| body);
+        let concurrency = self.inflight();
+        let started = Instant::now();
+        target.metrics.request();
+        let result = tokio::time::timeout(self.timeout, self.request(target, req, reached)).await;
+        let elapsed = started.elapsed();
+        // The client's failure is its own outcome: the target is not
+        // blamed (no health, error metric or adaptive sample), and the
+        // request is not retried.
+        if let Some(fault) = client_failure(&result, watch) {
+            tracing::debug!(upstream = %self.name, target = %target.addr, %fault, "request body failed on the client's side");
+            return Err(UpstreamError::ClientBody(fault));
+        }
+        let error = match result {
+            Ok(Ok((response, lease))) => {
+                let failed = response.status().is_server_error();
+                self.observe(guard.target, Some(elapsed), failed, concurrency);
+                self.metrics.latency(elapsed.as_secs_f64());
+                target.metrics.latency(elapsed.as_secs_f64());
+                guard.lease = lease;
+                return Ok((response, guard));
+            }
+            Ok(Err((source, true))) => UpstreamError::Connect {
+                target: target.addr.clone(),
+                source,
+            },
+            Ok(Err((source, false))) => UpstreamError::Other {
+                target: target.addr.clone(),
+                source,
+            },
+            Err(_elapsed) => UpstreamError::Timeout {
+                target: target.addr.clone(),
+                timeout: self.timeout,
+            },
+        };
+        // Out of descriptors or memory here says nothing about the
+        // target: it must not be ejected for sluice's own shortage.
+        if !is_local_shortage(&error) {
+            self.observe(guard.target, None, true, concurrency);
+        }
+        target.metrics.error();
+        self.metrics.error(error.kind());
+        Err(error)
+    }
+
+    /// The head as `target` gets it: through the general client, with the
+    /// target's URI (and, over HTTP/2, no Host).
+    fn for_target(&self, target: &Target, parts: Parts) -> Request<()> {
+        let mut req = Request::from_parts(parts, ());
+        if target.h1.is_none() {
+            *req.uri_mut() = self.target_uri(req.uri(), &target.addr);
+            // Over HTTP/2 the URI's authority (the target) is sent as
+            // `:authority`, and a Host naming another host would make the
+            // request malformed (RFC 9113 §8.3.1). With `http2` the
+            // target's authority is the host on either protocol (hyper
+            // writes it as Host on HTTP/1.1); the client's host travels
+            // in X-Forwarded-Host and Forwarded.
+            if self.config.http2 {
+                req.headers_mut().remove(http::header::HOST);
+            }
+        }
+        req
+    }
+
+    /// One attempt on `target`: by its HTTP/1.1 pool, or by the general
+    /// client. An error says whether it was a failure to connect.
+    async fn request(
+        &self,
+        target: &Target,
+        mut req: Request<ProxyBody>,
+        reached: &AtomicBool,
+    ) -> Result<(Response<Incoming>, Option<Lease>), (BoxError, bool)> {
+        let Some(pool) = &target.h1 else {
+            // The client says which connection it chose once it has one.
+            let chosen = capture_connection(&mut req);
+            let mut sending = std::pin::pin!(self.client.request(req));
+            let sent = std::future::poll_fn(|cx| {
+                let polled = sending.as_mut().poll(cx);
+                if chosen.connection_metadata().is_some() {
+                    reached.store(true, Ordering::Release);
+                }
+                polled
+            })
+            .await;
+            return match sent {
+                Ok(response) => Ok((response, None)),
+                Err(err) => {
+                    let connect = err.is_connect();
+                    Err((Box::new(err), connect))
+                }
+            };
+        };
+        match pool.send(req, reached).await {
+            Ok((response, lease)) => Ok((response, Some(lease))),
+            Err(H1Error::Connect(err)) => Err((err, true)),
+            Err(H1Error::Request(err)) => Err((Box::new(err), false)),
+        }
+    }
+
+    /// The target URI: the pool's scheme, the target's authority, the
+    /// request's path and query.
+    pub(super) fn target_uri(&self, uri: &Uri, target: &Authority) -> Uri {
+        let mut parts = uri.clone().into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(target.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
+    /// Learns from one attempt: latency, passive health, adaptive limit.
+    fn observe(
+        self: &Arc<Self>,
+        index: usize,
+        latency: Option<Duration>,
+        failed: bool,
+        concurrency: usize,
+    ) {
+        let target = &self.targets[index];
+        if let Some(latency) = latency {
+            let sample = latency.as_nanos().min(u128::from(u64::MAX)) as u64;
+            let old = target.ewma_nanos.load(Ordering::Relaxed);
+            let new = if old == 0 {
+                sample
+            } else {
+                (old * 4 + sample) / 5
+            };
+            target.ewma_nanos.store(new, Ordering::Relaxed);
+        }
+        if let Some(adaptive) = &self.adaptive {
+            let rtt = latency.unwrap_or(self.timeout);
+            let limit = adaptive.lock().on_sample(rtt, concurrency, failed);
+            self.set_limit(limit.min(self.max_inflight));
+        }
+        self.passive(index, failed);
+    }
+}
+
+/// The client's body failure behind an attempt's failure, if it was the
+/// client's doing.
+fn client_failure(result: &Tried, watch: Option<&BodyWatch>) -> Option<ClientBodyError> {
+    match result {
+        Ok(Err((source, _))) => client_fault(source.as_ref(), watch),
+        // Waiting for more of the client's body when the time ran out: the
+        // client was too slow. (A backend that stopped taking the body is
+        // the backend's timeout.)
+        Err(_) => watch.and_then(|w| {
+            w.failure()
+                .or(w.waiting_for_client().then_some(ClientBodyError::Timeout))
+        }),
+        Ok(Ok(_)) => None,
+    }
+}
+
+/// Whether a request may be sent again after a failure to connect.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_idempotent_methods_are_retried() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}
