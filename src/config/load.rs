@@ -4,6 +4,9 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+use toml::de::DeTable;
+
 use crate::config::locate::*;
 use crate::config::model::*;
 use crate::config::raw::*;
@@ -44,18 +47,30 @@ impl Config {
     /// (`admin.token_file` / `token_env`, `[redis] password_file` /
     /// `password_env`) are read here, so a reload reads them again.
     pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
-        let ctx = Ctx { src, path };
-        let raw: RawConfig = toml::from_str(src).map_err(|err| ctx.toml_error(&err))?;
+        let (root, errors) = DeTable::parse_recoverable(src);
+        let ctx = Ctx {
+            src,
+            path,
+            root: root.get_ref(),
+        };
+        // The first syntax error is the one `toml::from_str` would report.
+        if let Some(err) = errors.first() {
+            return Err(ctx.toml_error(err));
+        }
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(root.clone()))
+            .map_err(|err| ctx.toml_error(&err))?;
         ctx.config(raw)
     }
 }
 
 pub(crate) type Checked<T> = Result<T, ConfigError>;
 
-/// What every error needs: the text (to turn byte offsets into lines) and the path.
+/// What every error needs: the text (to turn byte offsets into lines), the
+/// path, and the document as parsed (to turn byte offsets into keys).
 pub(crate) struct Ctx<'a> {
     pub(crate) src: &'a str,
     pub(crate) path: &'a Path,
+    pub(crate) root: &'a DeTable<'a>,
 }
 
 impl Ctx<'_> {
@@ -76,11 +91,11 @@ impl Ctx<'_> {
     }
 
     /// A syntax, type, unknown-key or missing-key error from the TOML layer. It only
-    /// knows a byte span, so the key is recovered from the text at that span.
+    /// knows a byte span, so the key is found in the parsed document at that span.
     pub(crate) fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message();
         let offset = err.span().map_or(0, |span| span.start);
-        let mut key = key_path_at(self.src, offset);
+        let mut key = key_path_at(self.src, self.root, offset);
         // For a missing key toml points at the table that lacks it, so the key is
         // appended; for an unknown key it points at the key itself, which the path
         // then already ends with (unless the span was less precise than usual).

@@ -1,6 +1,7 @@
 //! Locating errors: byte offset -> line, column and dotted key.
 
-use std::collections::HashMap;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// 1-based line and column (in characters) of a byte offset; offsets past the
 /// end or inside a character are clamped rather than trusted.
@@ -47,344 +48,188 @@ pub(crate) fn quoted_field<'m>(message: &'m str, prefix: &str) -> Option<&'m str
         .next()
 }
 
-/// The dotted key in force at `offset`, with array-of-tables and array indexes,
-/// e.g. `["routes[1]", "limit", "rate"]`.
-///
-/// The TOML parser only reports byte spans, and for a syntax error there is no
-/// document tree to ask, so this reads the text itself. It follows just enough
-/// of the grammar (headers, dotted and quoted keys, strings of all four kinds,
-/// comments, arrays and inline tables) to know which key each token belongs to,
-/// and it is total: any input, however broken, yields some path.
-pub(crate) fn key_path_at(src: &str, offset: usize) -> Vec<String> {
-    let mut scanner = KeyScanner {
-        src: src.as_bytes(),
-        pos: 0,
-        target: offset,
-        table: Vec::new(),
-        tables_in_arrays: HashMap::new(),
-        found: Vec::new(),
-        depth: 0,
-    };
-    scanner.run();
-    scanner.found
+/// Walks deeper than any real config nests; hostile nesting stops here
+/// instead of overflowing the stack.
+const MAX_WALK_DEPTH: usize = 128;
+
+/// Where a key or value starts, the dotted path it stands for, and where its
+/// reach ends: a value inside an array or inline table reaches no further
+/// than its container (so a comment after `"x",` belongs to the array); a
+/// key or value in a `[table]` reaches to the next token.
+struct Mark {
+    start: usize,
+    end: usize,
+    path: Vec<String>,
 }
 
-pub(crate) struct KeyScanner<'a> {
-    src: &'a [u8],
-    pos: usize,
-    /// The byte offset whose key we want.
-    target: usize,
-    /// The header in force, indexes resolved (`["routes[1]", "limit"]`).
-    table: Vec<String>,
-    /// How many `[[x]]` headers each resolved path has had so far.
-    tables_in_arrays: HashMap<String, usize>,
-    /// The path of the last token that starts at or before `target`.
-    found: Vec<String>,
-    /// Arrays and inline tables currently open, bounded so hostile nesting
-    /// cannot overflow the stack.
+/// The dotted key in force at `offset` in the parsed document (as far as
+/// the parser got), with array-of-tables and array indexes, e.g.
+/// `["routes[1]", "limit", "rate"]`: the path of the last key, value or
+/// header that starts at or before `offset` and still reaches it.
+pub(crate) fn key_path_at(src: &str, root: &DeTable<'_>, offset: usize) -> Vec<String> {
+    if let Some(path) = unclosed_header(src, root, offset) {
+        return path;
+    }
+    let mut marks = Vec::new();
+    walk_table(src, root, &[], usize::MAX, None, 0, &mut marks);
+    marks
+        .into_iter()
+        .filter(|m| m.start <= offset && offset < m.end)
+        .max_by_key(|m| (m.start, m.path.len()))
+        .map(|m| m.path)
+        .unwrap_or_default()
+}
+
+fn walk_table(
+    src: &str,
+    table: &DeTable<'_>,
+    path: &[String],
+    reach: usize,
+    lead: Option<usize>,
     depth: usize,
+    marks: &mut Vec<Mark>,
+) {
+    for (key, value) in table.iter() {
+        let mut here = path.to_vec();
+        here.push(key_segment(key.get_ref()));
+        let (key_span, value_span) = (key.span(), value.span());
+        // A dotted key's leading parts (`a` in `a.b = 1`) are tables whose
+        // span is the key itself: the whole key stands for its last part.
+        let dotted = value_span == key_span;
+        // A header's key (`routes` in `[[routes]]`) is inside the header,
+        // whose own mark (with the index) covers it.
+        let in_header = value_span.start < key_span.start;
+        if !dotted && !in_header {
+            marks.push(Mark {
+                start: lead.map_or(key_span.start, |lead| lead.min(key_span.start)),
+                end: reach,
+                path: here.clone(),
+            });
+        }
+        let lead = dotted.then(|| lead.unwrap_or(key_span.start));
+        walk_value(src, value, here, reach, lead, depth, marks);
+    }
 }
 
-/// Deeper than the TOML parser itself accepts, so every real error is reached.
-pub(crate) const MAX_SCAN_DEPTH: usize = 128;
-
-impl KeyScanner<'_> {
-    fn run(&mut self) {
-        if self.src.starts_with("\u{feff}".as_bytes()) {
-            self.pos = 3;
+fn walk_value(
+    src: &str,
+    value: &Spanned<DeValue<'_>>,
+    path: Vec<String>,
+    reach: usize,
+    lead: Option<usize>,
+    depth: usize,
+    marks: &mut Vec<Mark>,
+) {
+    if depth >= MAX_WALK_DEPTH {
+        return;
+    }
+    let span = value.span();
+    // Inline tables start with `{`; a `[header]` table's span is its header.
+    // An array of tables (`[[x]]`) spans its first header, as its first item
+    // does; an inline array spans its items.
+    let inline = match value.get_ref() {
+        DeValue::Table(_) => src.as_bytes().get(span.start) == Some(&b'{'),
+        DeValue::Array(items) => items.first().is_none_or(|first| first.span() != span),
+        _ => false,
+    };
+    // An inline array or table holds its contents; a `[header]` table's keys
+    // follow its header up to the next one.
+    let inner_reach = if inline { reach.min(span.end) } else { reach };
+    if lead.is_none() {
+        marks.push(Mark {
+            start: span.start,
+            end: reach,
+            path: path.clone(),
+        });
+    }
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            walk_table(src, table, &path, inner_reach, lead, depth + 1, marks);
         }
-        while self.pos < self.src.len() && self.pos <= self.target {
-            self.line();
-        }
-    }
-
-    /// Records that the token starting at `start` belongs to `path`.
-    fn note(&mut self, start: usize, path: &[String]) {
-        if start <= self.target {
-            self.found = path.to_vec();
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.src.get(self.pos).copied()
-    }
-
-    fn peek_at(&self, ahead: usize) -> Option<u8> {
-        self.src.get(self.pos + ahead).copied()
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        let hit = self.peek() == Some(b);
-        if hit {
-            self.pos += 1;
-        }
-        hit
-    }
-
-    fn skip_spaces(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t')) {
-            self.pos += 1;
-        }
-    }
-
-    /// Spaces, newlines and comments: what may sit between array elements.
-    fn skip_blank(&mut self) {
-        loop {
-            match self.peek() {
-                Some(b' ' | b'\t' | b'\r' | b'\n') => self.pos += 1,
-                Some(b'#') => self.skip_line(),
-                _ => return,
-            }
-        }
-    }
-
-    fn skip_line(&mut self) {
-        while let Some(b) = self.peek() {
-            self.pos += 1;
-            if b == b'\n' {
-                return;
-            }
-        }
-    }
-
-    /// One line at statement level: blank, comment, header or key/value. Whatever
-    /// is left on the line afterwards (a comment, trailing junk) keeps the path of
-    /// the key before it, which is what an error there is about.
-    fn line(&mut self) {
-        let table = self.table.clone();
-        self.note(self.pos, &table);
-        self.skip_spaces();
-        match self.peek() {
-            Some(b'[') => self.header(),
-            Some(b'#' | b'\r' | b'\n') | None => {}
-            Some(_) => self.key_value(&table),
-        }
-        self.skip_line();
-    }
-
-    fn header(&mut self) {
-        let start = self.pos;
-        self.pos += 1;
-        let is_array = self.eat(b'[');
-        let segments = self.dotted_key();
-        self.table = self.resolve_header(&segments, is_array);
-        let table = self.table.clone();
-        self.note(start, &table);
-    }
-
-    /// `[routes.limit]` after the second `[[routes]]` is `routes[1].limit`;
-    /// `[[routes]]` itself opens the next index.
-    fn resolve_header(&mut self, segments: &[String], is_array: bool) -> Vec<String> {
-        let mut path: Vec<String> = Vec::with_capacity(segments.len());
-        // The resolved path so far as one string: the key of `tables_in_arrays`.
-        let mut id = String::new();
-        for (i, segment) in segments.iter().enumerate() {
-            let mut name = key_segment(segment);
-            // Past any sane nesting, skip the lookups, which would make a hostile
-            // header of thousands of segments quadratic.
-            if i < MAX_SCAN_DEPTH {
-                if !id.is_empty() {
-                    id.push('.');
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut here = path.clone();
+                if let Some(last) = here.last_mut() {
+                    last.push_str(&format!("[{i}]"));
                 }
-                id.push_str(&name);
-                let index = if is_array && i + 1 == segments.len() {
-                    let count = self.tables_in_arrays.entry(id.clone()).or_insert(0);
-                    *count += 1;
-                    Some(*count - 1)
+                let item_span = item.span();
+                // `[[x]]` items are header tables; inline items end where they
+                // end, and the first one starts at the array's `[`.
+                let item_reach = if inline {
+                    item_span.end.min(inner_reach)
                 } else {
-                    self.tables_in_arrays
-                        .get(&id)
-                        .map(|count| count.saturating_sub(1))
+                    reach
                 };
-                if let Some(index) = index {
-                    let suffix = format!("[{index}]");
-                    id.push_str(&suffix);
-                    name.push_str(&suffix);
+                if inline && i == 0 {
+                    marks.push(Mark {
+                        start: span.start,
+                        end: item_reach,
+                        path: here.clone(),
+                    });
                 }
+                walk_value(src, item, here, item_reach, None, depth + 1, marks);
             }
-            path.push(name);
         }
-        path
+        _ => {}
     }
+}
 
-    fn key_value(&mut self, table: &[String]) {
-        let start = self.pos;
-        let segments = self.dotted_key();
-        if segments.is_empty() {
-            return;
-        }
-        let mut path = table.to_vec();
-        path.extend(segments.iter().map(|s| key_segment(s)));
-        self.note(start, &path);
-        self.skip_spaces();
-        if self.eat(b'=') {
-            self.value(&path);
-        }
+/// A header the parser could not close (`[routes.limit` with no `]`) is
+/// not in the recovered tree. Closed and parsed on its own it gives its
+/// keys; the tree gives the index of each array of tables on the way.
+fn unclosed_header(src: &str, root: &DeTable<'_>, offset: usize) -> Option<Vec<String>> {
+    let line_start = src.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let text = src.get(line_start..offset)?.trim();
+    if !text.starts_with('[') {
+        return None;
     }
-
-    /// `a . "b c" . 'd'` -> ["a", "b c", "d"]; empty if no key starts here.
-    fn dotted_key(&mut self) -> Vec<String> {
-        let mut segments = Vec::new();
-        loop {
-            self.skip_spaces();
-            match self.simple_key() {
-                Some(segment) => segments.push(segment),
-                None => break,
+    let array = text.starts_with("[[");
+    let closed = [format!("{text}]"), format!("{text}]]")];
+    let header = closed.iter().find_map(|c| DeTable::parse(c).ok())?;
+    let mut path = Vec::new();
+    let (mut alone, mut tree) = (header.into_inner(), Some(root));
+    loop {
+        let (key, value) = alone.into_iter().next()?;
+        let name = key.get_ref().to_string();
+        let found = tree
+            .and_then(|t| t.get(name.as_str()))
+            .map(Spanned::get_ref);
+        let mut segment = key_segment(&name);
+        let next = match value.into_inner() {
+            DeValue::Table(inner) => {
+                tree = match found {
+                    Some(DeValue::Table(t)) => Some(t),
+                    Some(DeValue::Array(items)) => {
+                        // Items whose header comes before this line; the
+                        // last of them is the one this header belongs to.
+                        let before = items.iter().filter(|i| i.span().start < line_start).count();
+                        segment.push_str(&format!("[{}]", before.saturating_sub(1)));
+                        match items.get(before.saturating_sub(1)).map(Spanned::get_ref) {
+                            Some(DeValue::Table(t)) => Some(t),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                Some(inner)
             }
-            self.skip_spaces();
-            if !self.eat(b'.') {
-                break;
-            }
-        }
-        segments
-    }
-
-    fn simple_key(&mut self) -> Option<String> {
-        let start = self.pos;
-        match self.peek()? {
-            q @ (b'"' | b'\'') => {
-                self.single_line_string(q);
-                // Escapes are left as written: the key is only shown, never looked up.
-                let end = self.pos.saturating_sub(1).max(start + 1);
-                let inner = self.src.get(start + 1..end).unwrap_or_default();
-                Some(String::from_utf8_lossy(inner).into_owned())
-            }
-            b if is_bare_key_byte(b) => {
-                while self.peek().is_some_and(is_bare_key_byte) {
-                    self.pos += 1;
-                }
-                Some(String::from_utf8_lossy(&self.src[start..self.pos]).into_owned())
+            DeValue::Array(_) if array => {
+                // The last key of a `[[header]]`: a new item after the ones before it.
+                let before = match found {
+                    Some(DeValue::Array(items)) => {
+                        items.iter().filter(|i| i.span().start < line_start).count()
+                    }
+                    _ => 0,
+                };
+                segment.push_str(&format!("[{before}]"));
+                None
             }
             _ => None,
-        }
-    }
-
-    fn value(&mut self, path: &[String]) {
-        self.skip_spaces();
-        self.note(self.pos, path);
-        match self.peek() {
-            Some(b'[' | b'{') if self.depth >= MAX_SCAN_DEPTH => self.pos += 1,
-            Some(b'[') => self.nested(|s| s.array(path)),
-            Some(b'{') => self.nested(|s| s.inline_table(path)),
-            Some(q @ (b'"' | b'\'')) => self.string(q),
-            Some(b'#' | b'\r' | b'\n') | None => {}
-            Some(_) => self.scalar(),
-        }
-    }
-
-    fn nested(&mut self, read: impl FnOnce(&mut Self)) {
-        self.depth += 1;
-        read(self);
-        self.depth -= 1;
-    }
-
-    /// Numbers, booleans, dates: everything up to the next delimiter.
-    fn scalar(&mut self) {
-        while let Some(b) = self.peek() {
-            if matches!(b, b',' | b']' | b'}' | b'#' | b' ' | b'\t' | b'\r' | b'\n') {
-                return;
-            }
-            self.pos += 1;
-        }
-    }
-
-    fn array(&mut self, path: &[String]) {
-        self.pos += 1;
-        let mut index = 0;
-        loop {
-            self.skip_blank();
-            match self.peek() {
-                None => return,
-                Some(b']') => {
-                    self.pos += 1;
-                    return;
-                }
-                Some(b',') => {
-                    self.note(self.pos, path);
-                    self.pos += 1;
-                    index += 1;
-                }
-                Some(_) => {
-                    let mut element = path.to_vec();
-                    if let Some(last) = element.last_mut() {
-                        last.push_str(&format!("[{index}]"));
-                    }
-                    let before = self.pos;
-                    self.value(&element);
-                    // Something that is not a value: step over it so we always advance.
-                    if self.pos == before {
-                        self.pos += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    fn inline_table(&mut self, path: &[String]) {
-        self.pos += 1;
-        loop {
-            self.skip_blank();
-            match self.peek() {
-                None => return,
-                Some(b'}') => {
-                    self.pos += 1;
-                    return;
-                }
-                Some(b',') => {
-                    self.note(self.pos, path);
-                    self.pos += 1;
-                }
-                Some(_) => {
-                    let before = self.pos;
-                    self.key_value(path);
-                    if self.pos == before {
-                        self.pos += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    fn string(&mut self, quote: u8) {
-        if self.peek_at(1) == Some(quote) && self.peek_at(2) == Some(quote) {
-            self.multi_line_string(quote);
-        } else {
-            self.single_line_string(quote);
-        }
-    }
-
-    /// Stops after the closing quote, or before the newline if there is none.
-    fn single_line_string(&mut self, quote: u8) {
-        self.pos += 1;
-        while let Some(b) = self.peek() {
-            match b {
-                b'\n' => return,
-                b'\\' if quote == b'"' => self.pos += 2,
-                _ if b == quote => {
-                    self.pos += 1;
-                    return;
-                }
-                _ => self.pos += 1,
-            }
-        }
-    }
-
-    fn multi_line_string(&mut self, quote: u8) {
-        self.pos += 3;
-        while let Some(b) = self.peek() {
-            if b == b'\\' && quote == b'"' {
-                self.pos += 2;
-            } else if b == quote && self.peek_at(1) == Some(quote) && self.peek_at(2) == Some(quote)
-            {
-                self.pos += 3;
-                // Up to two more quotes may end the content itself (`""""x"""""`).
-                for _ in 0..2 {
-                    self.eat(quote);
-                }
-                return;
-            } else {
-                self.pos += 1;
-            }
+        };
+        path.push(segment);
+        match next {
+            Some(inner) if !inner.is_empty() => alone = inner,
+            _ => return Some(path),
         }
     }
 }

@@ -2104,11 +2104,12 @@ arr = [
 [[a.b]]
 [a]
 ";
+    let (root, _) = toml::de::DeTable::parse_recoverable(src);
     let at = |needle: &str| {
         let offset = src
             .find(needle)
             .unwrap_or_else(|| panic!("{needle:?} not in source"));
-        display_key(&key_path_at(src, offset))
+        display_key(&key_path_at(src, root.get_ref(), offset))
     };
     assert_eq!(at("top"), "top");
     assert_eq!(at("1\n[server]"), "top");
@@ -2137,15 +2138,26 @@ arr = [
     assert_eq!(at("[[a.b]]\n[[a.b]]\n[a]"), "a.b[0]");
     assert_eq!(at("[[a.b]]\n[a]"), "a.b[1]");
     assert_eq!(at("[a]\n"), "a");
-    assert_eq!(display_key(&key_path_at(src, src.len() + 10)), "a");
-    assert_eq!(display_key(&key_path_at("", 0)), "(top level)");
+    assert_eq!(
+        display_key(&key_path_at(src, root.get_ref(), src.len() + 10)),
+        "a"
+    );
+    let (empty, _) = toml::de::DeTable::parse_recoverable("");
+    assert_eq!(
+        display_key(&key_path_at("", empty.get_ref(), 0)),
+        "(top level)"
+    );
 }
 
 #[test]
 fn nested_arrays_of_tables_restart_their_index() {
     let src = "[[r]]\n[[r.x]]\n[[r.x]]\n[[r]]\n[[r.x]]\nk = 1\n";
     let offset = src.find("k = 1").expect("k");
-    assert_eq!(display_key(&key_path_at(src, offset)), "r[1].x[0].k");
+    let (root, _) = toml::de::DeTable::parse_recoverable(src);
+    assert_eq!(
+        display_key(&key_path_at(src, root.get_ref(), offset)),
+        "r[1].x[0].k"
+    );
 }
 
 #[test]
@@ -2244,8 +2256,9 @@ fn broken_input_never_panics() {
         }
     }
     // The locator itself, at every offset, including ones inside a character.
+    let (full, _) = toml::de::DeTable::parse_recoverable(FULL);
     for offset in 0..=FULL.len() + 2 {
-        key_path_at(FULL, offset);
+        key_path_at(FULL, full.get_ref(), offset);
         line_column("é\u{feff}x", offset % 8);
     }
 }
