@@ -180,7 +180,15 @@ impl Ctx<'_> {
                 "only allowed together with `header` (the header whose value is compared)",
             ));
         }
-        let matcher = match (&class.header, &class.path_prefix, &class.methods) {
+        let matcher = self.class_match(key, raw)?;
+        Ok(ClassConfig { name, matcher })
+    }
+
+    /// What a class matches on: exactly one of `header` (with `values`),
+    /// `path_prefix` or `methods`.
+    fn class_match(&self, key: &str, raw: &Spanned<RawClass>) -> Checked<ClassMatch> {
+        let class = raw.get_ref();
+        Ok(match (&class.header, &class.path_prefix, &class.methods) {
             (Some(header), None, None) => {
                 let values_key = format!("{key}.values");
                 let Some(values) = &class.values else {
@@ -240,8 +248,7 @@ impl Ctx<'_> {
                     ),
                 ));
             }
-        };
-        Ok(ClassConfig { name, matcher })
+        })
     }
 
     pub(crate) fn header_values(

@@ -344,7 +344,28 @@ impl Ctx<'_> {
                 max_inflight
             }
         };
-        let initial_limit = match &raw.initial_limit {
+        let initial_limit = self.initial_limit(key, raw, min_limit, max_limit)?;
+        let (tolerance, smoothing) = self.adaptive_gains(key, raw)?;
+        Ok(AdaptiveConfig {
+            min_limit,
+            max_limit,
+            initial_limit,
+            tolerance,
+            smoothing,
+        })
+    }
+
+    /// `initial_limit`: within [min_limit, max_limit], default 20 clamped
+    /// into that range.
+    fn initial_limit(
+        &self,
+        key: &str,
+        raw: &RawAdaptive,
+        min_limit: NonZeroUsize,
+        max_limit: NonZeroUsize,
+    ) -> Checked<NonZeroUsize> {
+        let k = |field: &str| format!("{key}.{field}");
+        Ok(match &raw.initial_limit {
             Some(v) => {
                 let initial = self.positive_usize(&k("initial_limit"), v)?;
                 if !(min_limit..=max_limit).contains(&initial) {
@@ -359,7 +380,12 @@ impl Ctx<'_> {
                 initial
             }
             None => DEFAULT_INITIAL_LIMIT.min(max_limit).max(min_limit),
-        };
+        })
+    }
+
+    /// `tolerance` (at least 1.0) and `smoothing` (above 0, at most 1).
+    fn adaptive_gains(&self, key: &str, raw: &RawAdaptive) -> Checked<(f64, f64)> {
+        let k = |field: &str| format!("{key}.{field}");
         let tolerance = match &raw.tolerance {
             Some(v) => {
                 let t = *v.get_ref();
@@ -388,13 +414,7 @@ impl Ctx<'_> {
             }
             None => DEFAULT_SMOOTHING,
         };
-        Ok(AdaptiveConfig {
-            min_limit,
-            max_limit,
-            initial_limit,
-            tolerance,
-            smoothing,
-        })
+        Ok((tolerance, smoothing))
     }
 
     pub(crate) fn upstream_tls(&self, key: &str, raw: &RawUpstreamTls) -> Checked<UpstreamTls> {
