@@ -233,3 +233,115 @@ fn unclosed_header(src: &str, root: &DeTable<'_>, offset: usize) -> Option<Vec<S
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_counts_characters_and_clamps() {
+        let src = "ab\ncdé\r\nf";
+        assert_eq!(line_column(src, 0), (1, 1));
+        assert_eq!(line_column(src, 2), (1, 3));
+        assert_eq!(line_column(src, 3), (2, 1));
+        assert_eq!(line_column(src, 7), (2, 4)); // after "é", which is two bytes
+        assert_eq!(line_column(src, 6), (2, 3)); // inside "é": clamped to its start
+        assert_eq!(line_column(src, 9), (3, 1));
+        assert_eq!(line_column(src, 1000), (3, 2));
+        assert_eq!(line_column("", 5), (1, 1));
+    }
+
+    #[test]
+    fn key_path_follows_headers_keys_and_indexes() {
+        let src = "\u{feff}top = 1
+[server]   # a comment with [brackets] and \"quotes\"
+listen = \"[x]\" # trailing
+[[routes]]
+name = 'a'
+[routes.limit]
+rate = 1
+[[routes]]
+name = \"\"\"
+[not.a.header]
+\"\"\"
+a.\"b c\" . 'd' = { e = [1, { f = 2 }], g = 3 }
+arr = [
+  \"x\",   # one
+  [\"y\", 'z'],
+]
+[[routes]]
+[routes.limit]
+[\"quoted key\".x]
+[[a.b]]
+[[a.b]]
+[a]
+";
+        let (root, _) = toml::de::DeTable::parse_recoverable(src);
+        let at = |needle: &str| {
+            let offset = src
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in source"));
+            display_key(&key_path_at(src, root.get_ref(), offset))
+        };
+        assert_eq!(at("top"), "top");
+        assert_eq!(at("1\n[server]"), "top");
+        assert_eq!(at("[server]"), "server");
+        assert_eq!(at("# a comment"), "server");
+        assert_eq!(at("[x]"), "server.listen");
+        assert_eq!(at("# trailing"), "server.listen");
+        assert_eq!(at("[[routes]]\nname = 'a'"), "routes[0]");
+        assert_eq!(at("'a'"), "routes[0].name");
+        assert_eq!(at("[routes.limit]\nrate"), "routes[0].limit");
+        assert_eq!(at("rate = 1"), "routes[0].limit.rate");
+        assert_eq!(at("[[routes]]\nname = \"\"\""), "routes[1]");
+        assert_eq!(at("[not.a.header]"), "routes[1].name");
+        assert_eq!(at("a.\"b c\""), "routes[1].a.\"b c\".d");
+        assert_eq!(at("'d'"), "routes[1].a.\"b c\".d");
+        assert_eq!(at("e = [1"), "routes[1].a.\"b c\".d.e");
+        assert_eq!(at("1, {"), "routes[1].a.\"b c\".d.e[0]");
+        assert_eq!(at("f = 2"), "routes[1].a.\"b c\".d.e[1].f");
+        assert_eq!(at("g = 3"), "routes[1].a.\"b c\".d.g");
+        assert_eq!(at("\"x\""), "routes[1].arr[0]");
+        assert_eq!(at("# one"), "routes[1].arr");
+        assert_eq!(at("'z'"), "routes[1].arr[1][1]");
+        assert_eq!(at("[[routes]]\n[routes.limit]"), "routes[2]");
+        assert_eq!(at("[routes.limit]\n[\"quoted"), "routes[2].limit");
+        assert_eq!(at("[\"quoted key\".x]"), "\"quoted key\".x");
+        assert_eq!(at("[[a.b]]\n[[a.b]]\n[a]"), "a.b[0]");
+        assert_eq!(at("[[a.b]]\n[a]"), "a.b[1]");
+        assert_eq!(at("[a]\n"), "a");
+        assert_eq!(
+            display_key(&key_path_at(src, root.get_ref(), src.len() + 10)),
+            "a"
+        );
+        let (empty, _) = toml::de::DeTable::parse_recoverable("");
+        assert_eq!(
+            display_key(&key_path_at("", empty.get_ref(), 0)),
+            "(top level)"
+        );
+    }
+
+    #[test]
+    fn nested_arrays_of_tables_restart_their_index() {
+        let src = "[[r]]\n[[r.x]]\n[[r.x]]\n[[r]]\n[[r.x]]\nk = 1\n";
+        let offset = src.find("k = 1").expect("k");
+        let (root, _) = toml::de::DeTable::parse_recoverable(src);
+        assert_eq!(
+            display_key(&key_path_at(src, root.get_ref(), offset)),
+            "r[1].x[0].k"
+        );
+    }
+
+    #[test]
+    fn quoted_field_reads_serde_messages() {
+        assert_eq!(
+            quoted_field("missing field `upstream`", "missing field "),
+            Some("upstream")
+        );
+        assert_eq!(
+            quoted_field("unknown field `x`, expected `a`", "unknown field "),
+            Some("x")
+        );
+        assert_eq!(quoted_field("invalid type", "unknown field "), None);
+    }
+}

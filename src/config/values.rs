@@ -273,3 +273,103 @@ pub(crate) fn parse_method(s: &str) -> Result<http::Method, String> {
 pub(crate) fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+
+    #[test]
+    fn target_specs() {
+        let spec = |s: &str| parse_target_spec(s).map(|t| t.to_string());
+        assert_eq!(spec("a:1").as_deref(), Ok("a:1"));
+        assert_eq!(spec("a:1 weight=1").as_deref(), Ok("a:1"));
+        assert_eq!(
+            spec("a:1 max_inflight=5 weight=3").as_deref(),
+            Ok("a:1 weight=3 max_inflight=5")
+        );
+        assert_eq!(spec(" a:1\tweight=07 ").as_deref(), Ok("a:1 weight=7"));
+        let target = parse_target_spec("[::1]:80 weight=10000 max_inflight=1").expect("ok");
+        assert_eq!(target.weight.get(), MAX_TOTAL_WEIGHT);
+        assert_eq!(target.max_inflight, Some(NonZeroUsize::MIN));
+        let target = parse_target_spec("a:1 max_inflight=1048576").expect("ok");
+        assert_eq!(
+            target.max_inflight.map(NonZeroUsize::get),
+            Some(MAX_INFLIGHT)
+        );
+        for bad in [
+            "",
+            "weight=1",
+            "a:1 weight=0",
+            "a:1 weight=00",
+            "a:1 weight=+1",
+            "a:1 weight=1.5",
+            "a:1 weight=4294967296",
+            "a:1 max_inflight=0",
+            "a:1 max_inflight=99999999999999999999999",
+            "a:1 weight=1 weight=1",
+            "a:1 Weight=1",
+            "a:1 weight",
+            "a:1 =1",
+            "a:1 a:2",
+            "a:0 weight=1",
+        ] {
+            assert!(parse_target_spec(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert!(parse_host("API.Example.com").is_ok_and(|h| h == "api.example.com"));
+        assert!(parse_host("*.example.com").is_ok());
+        assert!(parse_host("localhost").is_ok());
+        assert!(parse_host("10.0.0.1").is_ok());
+        assert!(parse_host("[::1]").is_ok());
+        for bad in [
+            "*", "*.", "**.a", "a*.b", "a..b", "a.", "exa mple", "ü.de", "[::1]:80", "*.[::1]",
+            "[zz]",
+        ] {
+            assert!(parse_host(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_target("a:1").is_ok());
+        assert!(parse_target("[::1]:80").is_ok());
+        for bad in ["a", ":80", "a:0", "a:99999", "a:b", "u@a:1", "", "a:1/x"] {
+            assert!(parse_target(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_net("10.1.0.0/16").is_ok_and(|n| n.to_string() == "10.1.0.0/16"));
+        assert!(parse_net("10.1.2.3").is_ok_and(|n| n.to_string() == "10.1.2.3/32"));
+        assert!(parse_net("::1").is_ok_and(|n| n.to_string() == "::1/128"));
+        assert!(parse_net("0.0.0.0/0").is_ok());
+        assert!(parse_net("::/0").is_ok());
+        assert!(parse_net("::fffe:0:0/95").is_ok());
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0.1/8",
+            "fd00::1/8",
+            "10.0.0.0/8 ",
+            "::ffff:10.0.0.0/104",
+            "10/8",
+            "example.com",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad:?} accepted");
+        }
+        let why = parse_net("10.0.0.1/8").expect_err("host bits");
+        assert!(
+            why.contains("10.0.0.0/8") && why.contains("10.0.0.1/32"),
+            "{why}"
+        );
+        let why = parse_net("::ffff:10.0.0.0/104").expect_err("mapped");
+        assert!(why.contains("10.0.0.0/8"), "{why}");
+        assert!(parse_header_name("X-Api-Key").is_ok_and(|n| n.as_str() == "x-api-key"));
+        for bad in ["", "a b", "a:b", "é", "a\n"] {
+            assert!(parse_header_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_method("PATCH").is_ok());
+        for bad in ["", "get", "Get", "GE T", "GET\n"] {
+            assert!(parse_method(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
