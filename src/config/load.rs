@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::de::DeTable;
 
-use crate::config::locate::*;
-use crate::config::model::*;
-use crate::config::raw::*;
+use crate::config::locate::{display_key, key_path_at, key_segment, line_column, quoted_field};
+use crate::config::model::Config;
+use crate::config::raw::RawConfig;
 
 /// A config that could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::backlog::Backlog;
-use crate::config::model::*;
+use crate::config::model::{
+    Balance, ClassConfig, ClassMatch, Config, Discipline, Fairness, LimitBackend, LimitConfig,
+    LogFormat, OnRedisError, QueueConfig, RouteConfig, UpstreamConfig,
+};
 use crate::config::secret::{REDACTED, SecretSource};
-use crate::config::values::*;
+use crate::config::values::{human, key_part_str};
 
 impl Config {
     /// The effective configuration as TOML, every default filled in.

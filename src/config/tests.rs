@@ -7,10 +7,14 @@ use std::time::Duration;
 use http::StatusCode;
 use http::uri::Authority;
 
-use crate::config::load::*;
-use crate::config::locate::*;
-use crate::config::model::*;
-use crate::config::values::*;
+use crate::config::load::ConfigError;
+use crate::config::locate::{key_path_at, line_column};
+use crate::config::model::{
+    ActiveHealth, AdaptiveConfig, Balance, ClassConfig, ClassMatch, Config, Discipline, Fairness,
+    KeyLimitConfig, KeyPart, LimitBackend, LimitConfig, LogFormat, OnRedisError, PassiveHealth,
+    QueueConfig, RedisConfig, RedisLimitConfig, RejectConfig, ServerTls, TargetConfig, UpstreamTls,
+};
+use crate::config::values::parse_server_name;
 
 const MINIMAL: &str = r#"
 [upstreams.api]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use ipnet::IpNet;
 
-use crate::config::bounds::*;
-use crate::config::model::*;
+use crate::config::bounds::{MAX_INFLIGHT, MAX_SECRET_FILE_BYTES, MAX_TOTAL_WEIGHT};
+use crate::config::model::{KeyPart, TargetConfig};
 
 /// A secret file's content, its trailing newline (`\n` or `\r\n`) trimmed.
 /// The messages name the file, never its content.

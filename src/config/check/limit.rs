@@ -4,11 +4,13 @@ use std::num::NonZeroU32;
 
 use toml::Spanned;
 
-use crate::config::bounds::*;
-use crate::config::defaults::*;
-use crate::config::load::*;
-use crate::config::model::*;
-use crate::config::raw::*;
+use crate::config::bounds::{MAX_KEYS, check_burst, check_rate};
+use crate::config::defaults::{DEFAULT_BURST, DEFAULT_MAX_KEYS, MAX_EXPECTED_INSTANCES, MAX_LEASE};
+use crate::config::load::{Checked, Ctx};
+use crate::config::model::{
+    KeyLimitConfig, LimitBackend, LimitConfig, OnRedisError, RedisLimitConfig,
+};
+use crate::config::raw::{RawKeyLimit, RawLimit};
 
 impl Ctx<'_> {
     /// `redis` says whether the file has a `[redis]` section, which a

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::config::bounds::*;
-use crate::config::load::*;
-use crate::config::model::*;
-use crate::config::raw::*;
-use crate::config::values::*;
+use crate::config::bounds::MAX_DURATION;
+use crate::config::load::{Checked, Ctx};
+use crate::config::model::Config;
+use crate::config::raw::RawConfig;
+use crate::config::values::{human, resolve_path};
 
 impl Ctx<'_> {
     pub(crate) fn config(&self, raw: RawConfig) -> Checked<Config> {

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::config::bounds::*;
-use crate::config::defaults::*;
-use crate::config::load::*;
-use crate::config::locate::*;
-use crate::config::model::*;
-use crate::config::raw::*;
-use crate::config::values::*;
+use crate::config::bounds::MAX_QUEUE_CAPACITY;
+use crate::config::defaults::{
+    DEFAULT_CLASS, DEFAULT_QUEUE_CAPACITY, DEFAULT_QUEUE_TIMEOUT, MAX_CLASSES,
+};
+use crate::config::load::{Checked, Ctx};
+use crate::config::locate::line_column;
+use crate::config::model::{ClassConfig, ClassMatch, Discipline, Fairness, QueueConfig};
+use crate::config::raw::{RawClass, RawQueue};
+use crate::config::values::{human, parse_header_name};
 
 impl Ctx<'_> {
     pub(crate) fn queue(&self, key: &str, raw: &RawQueue) -> Checked<QueueConfig> {

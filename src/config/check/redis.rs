@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::config::bounds::*;
-use crate::config::defaults::*;
-use crate::config::load::*;
-use crate::config::model::*;
-use crate::config::raw::*;
+use crate::config::bounds::PLACEHOLDER_REFUSED;
+use crate::config::defaults::{
+    DEFAULT_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT, MAX_KEY_PREFIX_BYTES, MAX_REDIS_TIMEOUT,
+};
+use crate::config::load::{Checked, Ctx};
+use crate::config::model::RedisConfig;
+use crate::config::raw::RawRedis;
 use crate::config::secret::REDACTED;
-use crate::config::values::*;
+use crate::config::values::human;
 
 impl Ctx<'_> {
     /// `[redis]`: the URL is checked by the Redis client itself (no

@@ -7,12 +7,12 @@ use std::ops::Range;
 use http::StatusCode;
 use toml::Spanned;
 
-use crate::config::defaults::*;
-use crate::config::load::*;
-use crate::config::locate::*;
-use crate::config::model::*;
-use crate::config::raw::*;
-use crate::config::values::*;
+use crate::config::defaults::{DEFAULT_PATH_PREFIX, DEFAULT_UPGRADE};
+use crate::config::load::{Checked, Ctx};
+use crate::config::locate::line_column;
+use crate::config::model::{KeyPart, RejectConfig, RouteConfig, UpstreamConfig};
+use crate::config::raw::{RawKey, RawReject, RawRoute};
+use crate::config::values::{key_part_str, parse_header_name, parse_host, parse_method};
 
 impl Ctx<'_> {
     pub(crate) fn routes(

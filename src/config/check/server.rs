@@ -7,14 +7,23 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use crate::config::bounds::*;
-use crate::config::defaults::*;
-use crate::config::load::*;
-use crate::config::locate::*;
-use crate::config::model::*;
-use crate::config::raw::*;
+use crate::config::bounds::{
+    MAX_CONNECTIONS, MAX_MAX_HEADER_BYTES, MAX_MAX_HEADERS, MAX_TOKEN_BYTES, MIN_CLIENT_TIMEOUT,
+    PLACEHOLDER_REFUSED,
+};
+use crate::config::defaults::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
+    DEFAULT_REQUEST_BUFFER_BYTES, DEFAULT_SEND_TIMEOUT, DEFAULT_SERVER_LISTEN, MAX_BACKLOG,
+    MAX_REQUEST_BUFFER_BYTES, MAX_WORKERS, MIN_MAX_HEADER_BYTES,
+};
+use crate::config::load::{Checked, Ctx};
+use crate::config::locate::line_column;
+use crate::config::model::{AdminConfig, LogConfig, LogFormat, ServerConfig, ServerTls};
+use crate::config::raw::{RawAdmin, RawLog, RawServer, RawServerTls};
 use crate::config::secret::{REDACTED, Secret, SecretSource};
-use crate::config::values::*;
+use crate::config::values::{parse_net, read_secret_file, resolve_path};
 
 impl Ctx<'_> {
     pub(crate) fn server(&self, raw: RawServer) -> Checked<ServerConfig> {

@@ -6,13 +6,25 @@ use std::num::NonZeroUsize;
 
 use toml::Spanned;
 
-use crate::config::bounds::*;
-use crate::config::defaults::*;
-use crate::config::load::*;
-use crate::config::locate::*;
-use crate::config::model::*;
-use crate::config::raw::*;
-use crate::config::values::*;
+use crate::config::bounds::{
+    MAX_HEALTH_COUNT, MAX_INFLIGHT, MAX_POOL_IDLE_PER_TARGET, MAX_TOTAL_WEIGHT,
+};
+use crate::config::defaults::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_HEALTHY_THRESHOLD, DEFAULT_INITIAL_LIMIT, DEFAULT_MAX_INFLIGHT,
+    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE_PER_TARGET, DEFAULT_RETRIES,
+    DEFAULT_SMOOTHING, DEFAULT_TOLERANCE, DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_UPSTREAM_TIMEOUT,
+    MAX_RETRIES,
+};
+use crate::config::load::{Checked, Ctx};
+use crate::config::locate::key_segment;
+use crate::config::model::{
+    ActiveHealth, AdaptiveConfig, Balance, PassiveHealth, TargetConfig, UpstreamConfig, UpstreamTls,
+};
+use crate::config::raw::{
+    RawActiveHealth, RawAdaptive, RawPassiveHealth, RawUpstream, RawUpstreamTls,
+};
+use crate::config::values::{human, parse_server_name, parse_target_spec};
 
 impl Ctx<'_> {
     pub(crate) fn upstreams(
