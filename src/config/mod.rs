@@ -4,14 +4,14 @@
 //! Every error names the file, the line and the dotted key it is about.
 //!
 //! The way through, in order:
-//! - [`load`]: read the file, parse the TOML, report errors (`file:line:col: key`);
-//! - [`raw`]: the file as serde reads it, every value spanned;
-//! - [`check`]: one file per section turning the raw tree into the [`model`],
-//!   with the [`defaults`] applied and the [`bounds`] enforced, and the leaf
-//!   parsers in [`values`], [`redis_url`] and [`secret`];
-//! - [`locate`]: a byte offset to a line, a column and the dotted key;
-//! - [`render`]: the typed config back into TOML (`sluice check`), with the
-//!   kernel's cap on the listen [`backlog`].
+//! - `load`: read the file, parse the TOML, report errors (`file:line:col: key`);
+//! - `raw`: the file as serde reads it, every value spanned;
+//! - `check`: one file per section turning the raw tree into the `model`,
+//!   with the `defaults` applied and the `bounds` enforced, and the leaf
+//!   parsers in `values`, `redis_url` and [`secret`];
+//! - `locate`: a byte offset to a line, a column and the dotted key;
+//! - `render`: the typed config back into TOML (`sluice check`), with the
+//!   kernel's cap on the listen `backlog`.
 
 mod backlog;
 mod bounds;

@@ -33,7 +33,7 @@ pub struct Config {
 /// `Debug` shows the URL without its password.
 #[derive(Clone, PartialEq)]
 pub struct RedisConfig {
-    /// `url`, required: "redis://[user[:password]@]host[:port][/db]" or "redis+unix:///path" / "unix:///path".
+    /// `url`, required: `redis://[user[:password]@]host[:port][/db]` or `redis+unix:///path` / `unix:///path`.
     pub url: String,
     /// `password_file` (a file holding the password, trailing newline
     /// trimmed) or `password_env` (an environment variable), optional: the

@@ -9,7 +9,7 @@ use crate::config::secret::REDACTED;
 const URL_SHAPE: &str =
     "redis://[user[:password]@]host[:port][/db], redis+unix:///path or unix:///path";
 
-/// Checks a `[redis] url` as [`RedisLink::new`] will, without any I/O, so
+/// Checks a `[redis] url` as the store's `RedisLink::new` will, without any I/O, so
 /// the config loader can refuse a bad one at load time. The message never
 /// repeats the URL, which may hold a password.
 pub fn validate_url(url: &str) -> Result<(), String> {
