@@ -30,7 +30,7 @@ pub mod tls;
 
 // -- config
 pub mod config;
-pub mod secret;
+pub use config::secret;
 
 // -- runtime, gateway, http
 pub(crate) mod activity;
