@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, check_burst, check_rate};
-use crate::proxy::{Body, local, text_body};
+use crate::http::{Body, local, text_body};
 use crate::route::Route;
 use crate::server::Live;
 

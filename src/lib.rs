@@ -25,8 +25,10 @@
 // work on that part).
 
 // -- leaf types
+pub mod http;
 pub mod outcome;
 pub mod tls;
+pub mod worker;
 
 // -- config
 pub mod config;
@@ -42,7 +44,7 @@ pub mod path;
 pub mod proxy;
 pub mod relay;
 pub mod reload;
-pub mod request_body;
+pub use self::http::request_body;
 pub mod route;
 pub mod router;
 pub mod server;

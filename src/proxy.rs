@@ -18,37 +18,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as HttpBody;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use ipnet::IpNet;
 
-use crate::activity::WaitingSince;
 use crate::classify::{canonical_ip, client_ip, peer_is_trusted};
 use crate::config::Config;
+use crate::http::request_body::{BodyLimits, ClientBodyError, RequestBody};
+use crate::http::{WaitingSince, error_chain};
 use crate::metrics::{Metrics, NO_ROUTE_LABEL, RouteMetrics};
 use crate::outcome::Outcome;
 use crate::path::PathError;
 use crate::redis_store::RedisLink;
 use crate::relay::Relay;
-use crate::request_body::{BodyLimits, ClientBodyError, RequestBody};
+// Re-exported at their old paths for modules not yet moved (issue 16).
+pub use crate::http::{Body, BoxError, local, text_body};
+pub(crate) use crate::http::{STATUS_CLIENT_CLOSED, causes};
 use crate::route::{RedisShared, Route};
 use crate::router::Router;
 use crate::shaper::{Admission, RejectReason, Rejection};
 use crate::tls::TlsError;
 use crate::upstream::{Upstream, UpstreamError};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The response body type sluice serves: relayed or local.
-pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Everything needed to serve requests: the routing table, each route's
 /// shaper and upstream, and the metrics.
@@ -440,12 +435,6 @@ fn body_failure(fault: ClientBodyError, reached: bool) -> (Outcome, Response<Bod
     (outcome, response)
 }
 
-/// NGINX's status for a client that closed the connection before the response.
-pub(crate) const STATUS_CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
-    Ok(status) => status,
-    Err(_) => StatusCode::BAD_REQUEST,
-};
-
 /// One request's accounting: exactly one outcome, written once.
 struct Record<'g> {
     gateway: &'g Gateway,
@@ -713,28 +702,6 @@ async fn tunnel(
         Ok((sent, received)) => tracing::debug!(%route, sent, received, "tunnel closed"),
         Err(err) => tracing::debug!(%route, %err, "tunnel ended with an error"),
     }
-}
-
-/// An error and its sources, outermost first.
-pub(crate) fn causes<'e>(
-    err: &'e (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(err), |e| e.source())
-}
-
-/// An error with its causes, outermost first: "a: b: c".
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = String::new();
-    for cause in causes(err) {
-        let cause_text = cause.to_string();
-        if text.is_empty() {
-            text = cause_text;
-        } else if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-    }
-    text
 }
 
 /// Makes sure the request carries one `X-Request-Id` and returns it, for the
@@ -1078,24 +1045,6 @@ fn refusal(
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
-    response
-}
-
-/// A body of text made here.
-pub fn text_body(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A local (not relayed) response with a short text body.
-pub fn local(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(text_body(text));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     response
 }
 

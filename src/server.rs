@@ -29,14 +29,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::activity::{Activity, Expiry, Tracked, WaitingSince};
+use crate::activity::{Activity, Expiry, Tracked};
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::door::{Door, Slot};
+use crate::http::WaitingSince;
 use crate::listener::{self, Backlog, Listener, ListenerProbe};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::tls::{self, Secure, TlsError};
+// Kept at its old path for the h1 pool until it reads crate::worker (issue 16).
+pub use crate::worker::{worker_count, worker_index};
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the
 /// loop does not spin while the connections already open keep being served.
@@ -322,24 +325,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
 }
 
-thread_local! {
-    /// The index of the worker thread this is, if it is one.
-    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// Worker threads started in this process (the most of any `start`).
-static WORKER_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// The index of the calling worker thread; `None` off the workers.
-pub fn worker_index() -> Option<usize> {
-    WORKER_INDEX.with(std::cell::Cell::get)
-}
-
-/// How many worker threads serve connections (0 before any start).
-pub fn worker_count() -> usize {
-    WORKER_COUNT.load(Ordering::Relaxed)
-}
-
 /// One worker per CPU.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -357,7 +342,7 @@ impl Workers {
     fn start(count: usize) -> std::io::Result<Workers> {
         let mut handles = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
-        WORKER_COUNT.fetch_max(count, Ordering::Relaxed);
+        crate::worker::starting(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -368,7 +353,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("sluice-worker-{index}"))
                 .spawn(move || {
-                    WORKER_INDEX.with(|i| i.set(Some(index)));
+                    crate::worker::set_index(index);
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
