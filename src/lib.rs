@@ -35,19 +35,20 @@ pub mod config;
 pub mod secret;
 
 // -- runtime, gateway, http
-pub(crate) mod activity;
-pub mod admin;
 pub mod classify;
-pub(crate) mod door;
-pub mod listener;
 pub mod path;
 pub mod proxy;
 pub mod relay;
-pub mod reload;
 pub use self::http::request_body;
 pub mod route;
 pub mod router;
-pub mod server;
+pub mod runtime;
+// Transition aliases (issue 16): the old paths keep resolving until every
+// user switches to the new ones.
+pub use self::runtime as server;
+pub use self::runtime::admin;
+pub use self::runtime::listen as listener;
+pub use self::runtime::watch as reload;
 pub use server::{Running, start};
 
 // -- upstream, store, metrics
