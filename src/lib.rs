@@ -35,21 +35,18 @@ pub mod config;
 pub mod secret;
 
 // -- runtime, gateway, http
-pub mod classify;
-pub mod path;
-pub mod proxy;
-pub mod relay;
-pub use self::http::request_body;
-pub mod route;
-pub mod router;
+pub mod gateway;
 pub mod runtime;
 // Transition aliases (issue 16): the old paths keep resolving until every
 // user switches to the new ones.
+pub use self::gateway as proxy;
+pub use self::gateway::{classify, relay, route, router};
+pub use self::http::{path, request_body};
 pub use self::runtime as server;
 pub use self::runtime::admin;
 pub use self::runtime::listen as listener;
 pub use self::runtime::watch as reload;
-pub use server::{Running, start};
+pub use self::runtime::{Running, start};
 
 // -- upstream, store, metrics
 pub mod adaptive;

@@ -7,10 +7,15 @@
 //! - [`request_body`]: the client's request body, buffered or streaming,
 //!   and how it fails.
 //! - [`ext`]: request extensions set by the runtime, read by the gateway.
+//! - [`headers`]: header rewriting (request id, Host, hop-by-hop,
+//!   forwarding headers).
+//! - [`path`]: one spelling per path.
 
 pub mod body;
 pub mod error;
 pub(crate) mod ext;
+pub(crate) mod headers;
+pub mod path;
 pub mod request_body;
 
 pub use body::{Body, local, text_body};

@@ -44,8 +44,8 @@ use super::door::Door;
 use super::listen::Listener;
 use super::live::Live;
 use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, ServerConfig, check_burst, check_rate};
+use crate::gateway::route::Route;
 use crate::http::{Body, local, text_body};
-use crate::route::Route;
 
 /// Largest admin request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -11,8 +11,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
 
 /// What the listeners share: the current config generation and readiness.
 pub(crate) struct Live {

@@ -26,8 +26,8 @@ use super::listen::{self, Backlog, ListenerProbe};
 use super::live::Live;
 use super::workers::{Workers, default_workers};
 use crate::config::{Config, ConfigError};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
 use crate::tls::TlsError;
 
 /// Errors starting the server.
