@@ -14,6 +14,12 @@
 //! `Authorization: Bearer <token>`: the scheme in any case (RFC 9110), the
 //! token compared in constant time. A body is read (at most 64 KiB) before
 //! any answer.
+//!
+//! The listener itself ([`serve_admin`]) runs on the main runtime, at most
+//! [`ADMIN_MAX_CONNECTIONS`] connections at once, with the proxy's header
+//! and idle timeouts and hyper's own header limits, so a proxy tuned for
+//! tiny heads still answers a scraper. It reads the live generation, which
+//! is why it lives in the runtime.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
