@@ -17,12 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use super::accept::serve_proxy;
 use super::admin::{ADMIN_MAX_CONNECTIONS, serve_admin};
 use super::connection::acceptor;
 use super::door::Door;
-use super::listen::{self, Backlog, ListenerProbe};
+use super::listen::{self, Backlog, Listener, ListenerProbe};
 use super::live::Live;
 use super::workers::{Workers, default_workers};
 use crate::config::{Config, ConfigError};
@@ -226,13 +227,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         source: Box::new(source),
     })?;
     let backlog = Backlog::probe(config.server.backlog);
-    let bind = |addr: SocketAddr| {
-        listen::bind(addr, backlog.in_force())
-            .map(Arc::new)
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let proxy_listener = bind(config.server.listen)?;
-    let admin_listener = bind(config.admin.listen)?;
+    let proxy_listener = bind(config.server.listen, &backlog)?;
+    let admin_listener = bind(config.admin.listen, &backlog)?;
     let proxy_addr = listen::local_addr(&proxy_listener).unwrap_or(config.server.listen);
     let admin_addr = listen::local_addr(&admin_listener).unwrap_or(config.admin.listen);
 
@@ -241,14 +237,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Workers::start(config.server.workers.unwrap_or_else(default_workers))
             .map_err(|source| StartError::Workers { source })?,
     );
-    let metrics = Metrics::new().map_err(|source| StartError::Metrics { source })?;
-    ListenerProbe::new(vec![
-        ("proxy", Arc::downgrade(&proxy_listener)),
-        ("admin", Arc::downgrade(&admin_listener)),
-    ])
-    .and_then(|probe| metrics.register(Box::new(probe)))
-    .map_err(|source| StartError::Metrics { source })?;
-    metrics.config_started();
+    let metrics = metrics(&proxy_listener, &admin_listener)?;
     let max = config.server.max_connections;
     metrics.connections_max(max);
     let proxy_door = Door::new(
@@ -261,18 +250,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None,
         metrics.connections_refused("admin"),
     );
-    let live = Arc::new(Live {
-        gateway: ArcSwap::from_pointee(Gateway::new(config, metrics.clone()).map_err(
-            |source| StartError::UpstreamTls {
-                config: config.source.clone(),
-                source: Box::new(source),
-            },
-        )?),
-        config: ArcSwap::from_pointee(config.clone()),
-        tls: ArcSwapOption::new(tls),
-        ready: AtomicBool::new(true),
-        metrics,
-    });
+    let live = live(config, tls, metrics)?;
     let (stop, stopped) = watch::channel(false);
     let proxy = tokio::spawn(serve_proxy(
         proxy_listener,
@@ -298,4 +276,44 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         admin,
         workers,
     })
+}
+
+/// A listener on `addr` with the backlog in force.
+fn bind(addr: SocketAddr, backlog: &Backlog) -> Result<Arc<Listener>, StartError> {
+    listen::bind(addr, backlog.in_force())
+        .map(Arc::new)
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The metrics, with the probe of both listeners' accept queues.
+fn metrics(proxy: &Arc<Listener>, admin: &Arc<Listener>) -> Result<Metrics, StartError> {
+    let metrics = Metrics::new().map_err(|source| StartError::Metrics { source })?;
+    ListenerProbe::new(vec![
+        ("proxy", Arc::downgrade(proxy)),
+        ("admin", Arc::downgrade(admin)),
+    ])
+    .and_then(|probe| metrics.register(Box::new(probe)))
+    .map_err(|source| StartError::Metrics { source })?;
+    metrics.config_started();
+    Ok(metrics)
+}
+
+/// The first generation, ready to serve.
+fn live(
+    config: &Config,
+    tls: Option<Arc<TlsAcceptor>>,
+    metrics: Metrics,
+) -> Result<Arc<Live>, StartError> {
+    let gateway =
+        Gateway::new(config, metrics.clone()).map_err(|source| StartError::UpstreamTls {
+            config: config.source.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(Arc::new(Live {
+        gateway: ArcSwap::from_pointee(gateway),
+        config: ArcSwap::from_pointee(config.clone()),
+        tls: ArcSwapOption::new(tls),
+        ready: AtomicBool::new(true),
+        metrics,
+    }))
 }
