@@ -3,7 +3,7 @@
 //! to the current generation's gateway and knows nothing of routes,
 //! shaping or upstreams beyond that.
 //!
-//! - [`start`]: [`start()`], [`Running`] (reload, shutdown, wait) and their errors.
+//! - [`start`](mod@start): [`start()`](fn@start), [`Running`] (reload, shutdown, wait) and their errors.
 //! - [`live`]: the state the listeners share: the current generation,
 //!   TLS acceptor, readiness, metrics.
 //! - [`workers`]: the worker threads that serve proxy connections.
