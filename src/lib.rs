@@ -25,28 +25,28 @@
 // work on that part).
 
 // -- leaf types
+pub mod http;
 pub mod outcome;
 pub mod tls;
+pub mod worker;
 
 // -- config
 pub mod config;
 pub use config::secret;
 
 // -- runtime, gateway, http
-pub(crate) mod activity;
-pub mod admin;
-pub mod classify;
-pub(crate) mod door;
-pub mod listener;
-pub mod path;
-pub mod proxy;
-pub mod relay;
-pub mod reload;
-pub mod request_body;
-pub mod route;
-pub mod router;
-pub mod server;
-pub use server::{Running, start};
+pub mod gateway;
+pub mod runtime;
+// Transition aliases (issue 16): the old paths keep resolving until every
+// user switches to the new ones.
+pub use self::gateway as proxy;
+pub use self::gateway::{classify, relay, route, router};
+pub use self::http::{path, request_body};
+pub use self::runtime as server;
+pub use self::runtime::admin;
+pub use self::runtime::listen as listener;
+pub use self::runtime::watch as reload;
+pub use self::runtime::{Running, start};
 
 // -- upstream, store, metrics
 pub mod metrics;

@@ -323,7 +323,7 @@ impl Streaming {
 /// else the client went away (closed mid-body, reset the stream, broke the
 /// connection).
 fn client_failure(err: &hyper::Error) -> ClientBodyError {
-    let malformed = crate::proxy::causes(err).any(|e| {
+    let malformed = super::error::causes(err).any(|e| {
         e.downcast_ref::<std::io::Error>().is_some_and(|io| {
             matches!(
                 io.kind(),
@@ -346,7 +346,7 @@ pub fn client_fault(
     err: &(dyn std::error::Error + 'static),
     watch: Option<&BodyWatch>,
 ) -> Option<ClientBodyError> {
-    crate::proxy::causes(err)
+    super::error::causes(err)
         .find_map(|e| e.downcast_ref::<ClientBodyError>().copied())
         .or_else(|| watch.and_then(BodyWatch::failure))
 }

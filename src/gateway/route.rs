@@ -14,7 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::classify::Classifier;
+use super::classify::Classifier;
 use crate::config::{
     Discipline, Fairness, KeyLimitConfig, LimitBackend, OnRedisError, RedisConfig, RejectConfig,
     RouteConfig,

@@ -7,7 +7,7 @@
 //! method. Among matches the longest prefix wins; then the more specific host
 //! (exact, then wildcard, then any); then the earlier route in the file.
 //!
-//! The path given is already in normal form ([`crate::path`]), as are the
+//! The path given is already in normal form ([`crate::http::path`]), as are the
 //! configured prefixes, so no spelling of a path can reach another route.
 
 use http::Method;

@@ -14,7 +14,15 @@
 //! `Authorization: Bearer <token>`: the scheme in any case (RFC 9110), the
 //! token compared in constant time. A body is read (at most 64 KiB) before
 //! any answer.
+//!
+//! The listener itself ([`serve_admin`]) runs on the main runtime, at most
+//! [`ADMIN_MAX_CONNECTIONS`] connections at once, with the proxy's header
+//! and idle timeouts and hyper's own header limits, so a proxy tuned for
+//! tiny heads still answers a scraper. It reads the live generation, which
+//! is why it lives in the runtime.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,14 +32,26 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, check_burst, check_rate};
-use crate::proxy::{Body, local, text_body};
-use crate::route::Route;
-use crate::server::Live;
+use super::accept::accept_until_stopped;
+use super::activity::{Activity, Tracked};
+use super::connection::{
+    ConnectionWatch, HYPER_MAX_HEADERS, Watched, builder_with_limits, drive_connection,
+};
+use super::door::Door;
+use super::listen::Listener;
+use super::live::Live;
+use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, ServerConfig, check_burst, check_rate};
+use crate::gateway::route::Route;
+use crate::http::{Body, local, text_body};
 
 /// Largest admin request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -310,6 +330,79 @@ fn token_matches(offered: &[u8], token: &[u8]) -> bool {
             acc | usize::from(x ^ y)
         });
     std::hint::black_box(diff) == 0
+}
+
+/// The admin listener's connection cap: a scraper, a health checker and an
+/// operator or two need far fewer; a flood of idle sockets gets 503s.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The most a request head to the admin listener may hold: its limits are
+/// fixed, so a proxy tuned for tiny heads still answers a scraper.
+const ADMIN_MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The connection builder for the admin listener: the proxy's header
+/// timeout, hyper's own header limits.
+fn admin_connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    builder_with_limits(
+        server.header_timeout,
+        ADMIN_MAX_HEADER_BYTES,
+        HYPER_MAX_HEADERS,
+    )
+}
+
+/// Serves the admin listener on this runtime, under [`ADMIN_MAX_CONNECTIONS`]
+/// and the same header and idle timeouts as the proxy.
+pub(super) async fn serve_admin(
+    listener: Arc<Listener>,
+    door: Arc<Door>,
+    live: Arc<Live>,
+    stopped: watch::Receiver<bool>,
+) {
+    let admin = Arc::new(Admin::new(live.clone()));
+    let deal = |conns: &mut Vec<(std::net::TcpStream, SocketAddr)>| {
+        let server = &live.config.load().server;
+        let builder = Arc::new(admin_connection_builder(server));
+        let at = Instant::now();
+        for (stream, peer) in conns.drain(..) {
+            let Some(slot) = door.enter() else {
+                door.refuse(stream, false);
+                continue;
+            };
+            let admin = admin.clone();
+            let builder = builder.clone();
+            let activity = Activity::new(at, server.header_timeout, server.idle_timeout);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(%peer, %err, "cannot serve the admin connection");
+                        return;
+                    }
+                };
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let conn = builder
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        Tracked::new(service, activity.clone()),
+                    )
+                    .into_owned();
+                drive_connection!(
+                    conn,
+                    ConnectionWatch {
+                        activity: &activity,
+                        stopped: None,
+                        done: false,
+                        peer,
+                    }
+                );
+            });
+        }
+    };
+    accept_until_stopped(&listener, stopped, deal).await;
 }
 
 #[cfg(test)]

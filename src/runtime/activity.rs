@@ -21,12 +21,6 @@ use std::time::Duration;
 use hyper::service::Service;
 use tokio::time::Instant;
 
-/// Set on a connection's first request: when its client began waiting (the
-/// connection's accept), so the route's queue timeout runs from there and
-/// not from the moment sluice got round to reading the head.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WaitingSince(pub Instant);
-
 /// Why a connection's watch ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expiry {

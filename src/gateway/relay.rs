@@ -33,7 +33,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::proxy::{AccessLine, Body, BoxError, STATUS_CLIENT_CLOSED};
+use super::record::AccessLine;
+use crate::http::{Body, BoxError, STATUS_CLIENT_CLOSED};
 use crate::shaper::Grant;
 use crate::upstream::TargetGuard;
 

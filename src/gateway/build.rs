@@ -1,0 +1,134 @@
+//! Building a config generation's gateway, in named steps: the upstreams
+//! (kept when unchanged), the routes that name a known upstream, the
+//! `[redis]` link, and each route with its live state.
+//!
+//! Invariant: on reload, routes that keep their name and upstream keep
+//! their live state (queue, limiters, pause, override); upstreams whose
+//! config is unchanged are the same objects, with their in-flight
+//! accounting; a `[redis]` link whose config is unchanged is kept.
+
+use std::sync::Arc;
+
+use super::Gateway;
+use super::route::{RedisShared, Route};
+use super::router::Router;
+use crate::config::{Config, RedisConfig, RouteConfig};
+use crate::http::request_body::BodyLimits;
+use crate::metrics::{Metrics, NO_ROUTE_LABEL};
+use crate::redis_store::RedisLink;
+use crate::tls::TlsError;
+use crate::upstream::Upstream;
+
+impl Gateway {
+    /// The gateway for `config`, keeping what it can of `previous`.
+    pub(super) fn build(
+        config: &Config,
+        metrics: Metrics,
+        previous: Option<&Gateway>,
+    ) -> Result<Gateway, TlsError> {
+        let upstreams = upstreams(config, &metrics, previous)?;
+        let kept = known_routes(config, &upstreams);
+        let redis = config.redis.as_ref().and_then(|c| redis_link(c, previous));
+        let routes = routes(&kept, &upstreams, &metrics, previous, redis.as_ref());
+        Ok(Gateway {
+            router: Router::new(&kept),
+            routes,
+            upstreams,
+            unrouted: metrics.unrouted_for(NO_ROUTE_LABEL),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            body_limits: BodyLimits {
+                buffer: config.server.request_buffer_bytes,
+                max: config.server.max_body_bytes,
+                idle: config.server.client_body_timeout,
+            },
+            send_timeout: config.server.send_timeout,
+            access_log: config.log.access_log,
+            metrics,
+            redis,
+        })
+    }
+}
+
+/// Each configured upstream: the previous generation's when its config is
+/// unchanged, else a new one (taking over the old one's accounting).
+fn upstreams(
+    config: &Config,
+    metrics: &Metrics,
+    previous: Option<&Gateway>,
+) -> Result<Vec<Arc<Upstream>>, TlsError> {
+    config
+        .upstreams
+        .values()
+        .map(|u| {
+            let old = previous.and_then(|g| g.upstreams.iter().find(|o| o.name() == u.name));
+            match old {
+                Some(old) if old.config() == u => Ok(old.clone()),
+                _ => Upstream::new(u, metrics, old.map(|o| o.as_ref())),
+            }
+        })
+        .collect()
+}
+
+/// The routes whose upstream exists. Config validation makes every route
+/// name a known upstream; were one not to, the route is left out (of the
+/// router too, which indexes the same list).
+fn known_routes(config: &Config, upstreams: &[Arc<Upstream>]) -> Vec<RouteConfig> {
+    config
+        .routes
+        .iter()
+        .filter(|r| {
+            let known = upstreams.iter().any(|u| u.name() == r.upstream);
+            if !known {
+                tracing::error!(route = %r.name, upstream = %r.upstream, "route names an unknown upstream; route left out");
+            }
+            known
+        })
+        .cloned()
+        .collect()
+}
+
+/// The `[redis]` link global routes share: the previous one when its config
+/// is unchanged, else a new one.
+fn redis_link(config: &RedisConfig, previous: Option<&Gateway>) -> Option<RedisShared> {
+    let kept = previous
+        .and_then(|g| g.redis.as_ref())
+        .filter(|r| r.config == *config);
+    match kept {
+        Some(kept) => Some(kept.clone()),
+        // The loader checked the URL; should the client still refuse
+        // it, global routes run on their fallback.
+        None => {
+            match RedisLink::with_password(&config.url, config.password.as_ref(), config.timeout) {
+                Ok(link) => Some(RedisShared {
+                    config: config.clone(),
+                    link: Arc::new(link),
+                }),
+                Err(error) => {
+                    tracing::error!(%error, "[redis] unusable; global routes run on their on_redis_error fallback");
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Each route with its upstream, taking over the live state of the
+/// previous generation's route of the same name.
+fn routes(
+    kept: &[RouteConfig],
+    upstreams: &[Arc<Upstream>],
+    metrics: &Metrics,
+    previous: Option<&Gateway>,
+    redis: Option<&RedisShared>,
+) -> Vec<Route> {
+    kept.iter()
+        .filter_map(|r| {
+            let upstream = upstreams.iter().find(|u| u.name() == r.upstream).cloned()?;
+            let previous_state = previous
+                .and_then(|g| g.routes.iter().find(|old| old.name == r.name))
+                .map(|old| &old.state);
+            Some(Route::new(r, upstream, metrics, previous_state, redis))
+        })
+        .collect()
+}

@@ -1,0 +1,326 @@
+//! The life of one request, phase by phase: screen, route, classify, read
+//! the body, admit, forward, relay.
+//!
+//! [`Gateway::handle`] reads top to bottom in that order. Each phase either
+//! hands the request on or finishes its [`Record`] with the answer (as the
+//! `Err` of its result), so every request ends with exactly one outcome.
+//! Nothing is forwarded after its deadline or after its client left.
+
+use std::net::SocketAddr;
+use std::ops::ControlFlow::{self, Break, Continue};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use tokio::time::Instant;
+
+use super::Gateway;
+use super::classify::{client_ip, peer_is_trusted};
+use super::forward::{normalise_target, prepare_upstream_request};
+use super::record::Record;
+use super::refusal::failure;
+use super::relay::Relay;
+use super::route::Route;
+use super::upgrade::{requested_upgrade, switch_is_allowed, tunnel};
+use crate::http::headers::{check_host, ensure_request_id, request_host, strip_hop_by_hop};
+use crate::http::path::PathError;
+use crate::http::request_body::RequestBody;
+use crate::http::{Body, WaitingSince, error_chain, local};
+use crate::outcome::Outcome;
+use crate::shaper::{Admission, Arrival, Grant, RejectReason, Rejection};
+use crate::upstream::{TargetGuard, UpstreamError};
+
+/// A phase's result: the request goes on (`Continue`), or here is its
+/// answer, already recorded (`Break`).
+type Phase<T> = ControlFlow<Response<Body>, T>;
+
+/// The Upgrade a request asked for and the route allows: the value sent on,
+/// and the client's side of the connection once it switches.
+type Upgrade = Option<(HeaderValue, OnUpgrade)>;
+
+impl Gateway {
+    /// Serves one request from `client`.
+    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        // One spelling of the path before anything reads it: routing, the
+        // key, the access log and the backend all see the same path.
+        let target = normalise_target(&mut req);
+        let request_id = ensure_request_id(req.headers_mut());
+        let mut record = Record::open(self, &req, client, request_id);
+        if let Break(response) = screen(&req, target) {
+            return record.finish(Outcome::RejectedInvalid, response);
+        }
+        let host = request_host(&req);
+        let route = match self.route(&req, host.as_ref(), &mut record) {
+            Continue(route) => route,
+            Break(response) => return response,
+        };
+        let (arrival, now) = match self.classify(&req, client, route, &mut record) {
+            Continue(classified) => classified,
+            Break(response) => return response,
+        };
+        let (req, sending) = match self.read_body(req, &mut record).await {
+            Continue(read) => read,
+            Break(response) => return response,
+        };
+        // A connection's first request has waited since its accept; the time
+        // its client took to send the body is the client's, not a wait.
+        let since = req
+            .extensions()
+            .get::<WaitingSince>()
+            .map_or(now, |since| since.0)
+            + sending;
+        let grant = match admit(route, arrival, since, &mut record).await {
+            Continue(grant) => grant,
+            Break(response) => return response,
+        };
+        self.forward(req, route, grant, (client, host), &mut record)
+            .await
+    }
+
+    /// Route: the route for the request's host, path and method; a request
+    /// whose body is known to be too large is refused here, before it takes
+    /// a place in the queue (one of unknown length is cut off where it goes
+    /// over).
+    fn route(
+        &self,
+        req: &Request<Incoming>,
+        host: Option<&HeaderValue>,
+        record: &mut Record<'_>,
+    ) -> Phase<&Route> {
+        let Some(index) = self.router.route(
+            host.and_then(|h| h.to_str().ok()),
+            req.uri().path(),
+            req.method(),
+        ) else {
+            return Break(
+                record.finish(Outcome::NoRoute, local(StatusCode::NOT_FOUND, "no route\n")),
+            );
+        };
+        record.route = Some(index);
+        if req.body().size_hint().lower() > self.max_body_bytes {
+            return Break(record.finish(
+                Outcome::RejectedInvalid,
+                local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            ));
+        }
+        Continue(&self.routes[index])
+    }
+
+    /// Classify: who is asking, and how important it is; a key over its own
+    /// limit is refused 429. Returns the arrival and the time it was made.
+    fn classify(
+        &self,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+        route: &Route,
+        record: &mut Record<'_>,
+    ) -> Phase<(Arrival, Instant)> {
+        let client_ip = client_ip(client, req.headers(), &self.trusted_proxies);
+        record.client_ip = client_ip;
+        let arrival = route.state.classifier().arrival(req, client_ip);
+        record.class = arrival.class;
+        let now = Instant::now();
+        if let Err(wait) = route.check_key(arrival.key, now) {
+            return Break(record.rate_limited(route, wait));
+        }
+        route.check_dry_route_limit(now);
+        Continue((arrival, now))
+    }
+
+    /// Read a small body in full before taking a place or a slot: a slow
+    /// sender then holds its own connection, not the backend's capacity.
+    /// Returns the request and how long its client took to send the body.
+    async fn read_body(
+        &self,
+        req: Request<Incoming>,
+        record: &mut Record<'_>,
+    ) -> Phase<(Request<RequestBody>, Duration)> {
+        let (parts, incoming) = req.into_parts();
+        let reading = Instant::now();
+        let body = match RequestBody::read(incoming, self.body_limits).await {
+            Ok(body) => body,
+            Err(err) => return Break(record.body_failed(err)),
+        };
+        Continue((Request::from_parts(parts, body), reading.elapsed()))
+    }
+
+    /// Forward. An Upgrade to a protocol the route allows (WebSocket by
+    /// default) keeps its Upgrade header and becomes a tunnel if the
+    /// backend agrees (101); any other goes on as a plain request.
+    async fn forward(
+        &self,
+        mut req: Request<RequestBody>,
+        route: &Route,
+        grant: Grant,
+        (client, host): (SocketAddr, Option<HeaderValue>),
+        record: &mut Record<'_>,
+    ) -> Response<Body> {
+        let upgrade = requested_upgrade(&req, &route.upgrades)
+            .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let peer_trusted = peer_is_trusted(client.ip(), &self.trusted_proxies);
+        let mut upstream_req = prepare_upstream_request(req, client, host, peer_trusted);
+        if let Some((protocol, _)) = &upgrade {
+            let headers = upstream_req.headers_mut();
+            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let sent = Instant::now();
+        let deadline = record.started + route.state.shaper.limits().timeout;
+        let result = route
+            .upstream
+            .send(upstream_req, deadline, &record.reached)
+            .await;
+        record.upstream_time = Some(sent.elapsed());
+        match result {
+            Ok((response, target)) => {
+                self.relay(response, (grant, target), route, upgrade, record)
+                    .await
+            }
+            Err(err) => {
+                if !matches!(err, UpstreamError::ClientBody(_)) {
+                    tracing::warn!(
+                        route = %route.name,
+                        upstream = %route.upstream.name(),
+                        error = %error_chain(&err),
+                        "upstream request failed"
+                    );
+                }
+                let (outcome, response) = failure(&err, record.reached());
+                record.finish(outcome, response)
+            }
+        }
+    }
+
+    /// Relay the backend's response (and, after a 101 the route allows, open
+    /// the tunnel). The grant and the target are held until the response
+    /// body ends.
+    async fn relay(
+        &self,
+        mut response: Response<Incoming>,
+        (grant, target): (Grant, TargetGuard),
+        route: &Route,
+        upgrade: Upgrade,
+        record: &mut Record<'_>,
+    ) -> Response<Body> {
+        let status = response.status();
+        let tunnel = if status == StatusCode::SWITCHING_PROTOCOLS {
+            match switch(&mut response, route, upgrade) {
+                Some(protocol) => Some(protocol),
+                None => {
+                    return record.finish(
+                        Outcome::UpstreamError,
+                        local(StatusCode::BAD_GATEWAY, "upstream error\n"),
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        strip_hop_by_hop(response.headers_mut());
+        let line = record.finish_relayed(status);
+        let relay = Relay {
+            grant,
+            target,
+            line,
+            send_timeout: self.send_timeout,
+        };
+        let mut response = relay.response(response).await;
+        if let Some(protocol) = tunnel {
+            let headers = response.headers_mut();
+            headers.insert(header::UPGRADE, protocol);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        response
+    }
+}
+
+/// Screen: no tunnels to anywhere (sluice is not a forward proxy), a path
+/// that has one normal form, and a sane Host.
+fn screen(req: &Request<Incoming>, target: Result<(), PathError>) -> ControlFlow<Response<Body>> {
+    if req.method() == Method::CONNECT {
+        let mut response = local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Break(response);
+    }
+    if let Err(why) = target {
+        return Break(local(StatusCode::BAD_REQUEST, why.body()));
+    }
+    match check_host(req) {
+        Ok(()) => Continue(()),
+        Err(why) => Break(local(StatusCode::BAD_REQUEST, why)),
+    }
+}
+
+/// Admit: go now, wait in the queue, or be turned away. The queue timeout
+/// runs from `since`.
+async fn admit(
+    route: &Route,
+    arrival: Arrival,
+    since: Instant,
+    record: &mut Record<'_>,
+) -> Phase<Grant> {
+    match route.state.shaper.admit_since(arrival, since) {
+        Admission::Go(grant) => {
+            route.metrics.queue_wait(0.0);
+            Continue(grant)
+        }
+        Admission::Queued(ticket) => {
+            let waited = ticket.wait().await;
+            let waited_for = record.started.elapsed();
+            route.metrics.queue_wait(waited_for.as_secs_f64());
+            record.queue_wait = waited_for;
+            match waited {
+                // A grant can reach a busy worker late: one past the
+                // deadline is dropped, never forwarded.
+                Ok(grant) if Instant::now() < since + route.state.shaper.limits().timeout => {
+                    Continue(grant)
+                }
+                Ok(_late) => {
+                    let rejection = Rejection {
+                        reason: RejectReason::Timeout,
+                        retry_after: Duration::from_secs(1),
+                    };
+                    Break(record.reject(route, rejection))
+                }
+                Err(rejection) => Break(record.reject(route, rejection)),
+            }
+        }
+        Admission::Rejected(rejection) => Break(record.reject(route, rejection)),
+    }
+}
+
+/// A backend's 101: the protocol to answer the client with, if it is one
+/// the route allows and the client asked for (then the tunnel is spawned);
+/// `None` means the switch is refused (502).
+fn switch(
+    response: &mut Response<Incoming>,
+    route: &Route,
+    upgrade: Upgrade,
+) -> Option<HeaderValue> {
+    let agreed = response
+        .headers()
+        .get(header::UPGRADE)
+        .filter(|p| {
+            upgrade
+                .as_ref()
+                .is_some_and(|(offered, _)| switch_is_allowed(p, offered, &route.upgrades))
+        })
+        .cloned();
+    let (Some(protocol), Some((_, client_side))) = (agreed, upgrade) else {
+        tracing::warn!(
+            route = %route.name,
+            upstream = %route.upstream.name(),
+            "backend switched to a protocol the client did not ask for or the route does not allow; 502"
+        );
+        return None;
+    };
+    let upstream_side = hyper::upgrade::on(response);
+    tokio::spawn(tunnel(client_side, upstream_side, route.name.clone()));
+    Some(protocol)
+}

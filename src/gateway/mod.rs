@@ -1,0 +1,105 @@
+//! The gateway: one config generation's routing table, shapers and
+//! upstreams, and the life of a request through them.
+//!
+//! - [`handle`]: [`Gateway::handle`], the request's named phases (screen,
+//!   route, classify, read the body, admit, forward, relay).
+//! - [`build`]: building a generation, keeping live state across reloads.
+//! - [`record`]: the outcome and access log line of each request.
+//! - [`refusal`]: error to outcome and status, in one place.
+//! - [`forward`]: the request's normal path and its rewrite for the backend.
+//! - [`upgrade`]: HTTP/1.1 Upgrade and the tunnel after a 101.
+//! - [`relay`]: relaying the response body, holding the request's grant.
+//! - [`route`]: a route's live state (shaper, limiters, overrides).
+//! - [`router`]: host / path / method to a route.
+//! - [`classify`]: client address, key and priority class.
+//!
+//! Invariant: every request ends with exactly one [`Outcome`]; none is
+//! forwarded after its deadline, none whose client left, none twice.
+//!
+//! [`Outcome`]: crate::outcome::Outcome
+
+mod build;
+pub mod classify;
+mod forward;
+mod handle;
+mod record;
+mod refusal;
+pub mod relay;
+pub mod route;
+pub mod router;
+mod upgrade;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use self::route::{RedisShared, Route};
+use self::router::Router;
+use crate::config::Config;
+use crate::http::request_body::BodyLimits;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::tls::TlsError;
+use crate::upstream::Upstream;
+
+// Re-exported at their old paths (`crate::proxy::…`) for modules not yet
+// switched to `crate::http` (issue 16).
+pub(crate) use crate::http::causes;
+pub use crate::http::{Body, BoxError, local, text_body};
+
+/// Everything needed to serve requests: the routing table, each route's
+/// shaper and upstream, and the metrics.
+pub struct Gateway {
+    router: Router,
+    routes: Vec<Route>,
+    upstreams: Vec<Arc<Upstream>>,
+    unrouted: RouteMetrics,
+    trusted_proxies: Vec<IpNet>,
+    max_body_bytes: u64,
+    /// How request bodies are read (buffer size, idle timeout, maximum).
+    body_limits: BodyLimits,
+    /// `server.send_timeout`: how long a client may leave a response unread.
+    send_timeout: Duration,
+    access_log: bool,
+    metrics: Metrics,
+    /// The `[redis]` link global routes share.
+    redis: Option<RedisShared>,
+}
+
+impl Gateway {
+    /// Builds the gateway; must run inside a tokio runtime (shapers spawn tasks).
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Gateway, TlsError> {
+        Gateway::build(config, metrics, None)
+    }
+
+    /// The gateway for a new config generation. Routes that keep their name
+    /// and upstream keep their live state (queue, limiters, pause, override);
+    /// upstreams keep their in-flight accounting. Removed routes drain in the
+    /// old generation, which lives as long as requests still hold it.
+    pub fn reload(&self, config: &Config) -> Result<Gateway, TlsError> {
+        Gateway::build(config, self.metrics.clone(), Some(self))
+    }
+
+    /// The routes of this generation.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Refuses new requests and answers everything still queued (shutdown).
+    pub fn close(&self) {
+        for route in &self.routes {
+            route.state.shaper.close();
+        }
+    }
+
+    /// Updates the sampled gauges and renders the metrics text.
+    pub fn render_metrics(&self) -> String {
+        for route in &self.routes {
+            route.sample_metrics();
+        }
+        for upstream in &self.upstreams {
+            upstream.sample_metrics();
+        }
+        self.metrics.render()
+    }
+}

@@ -1,0 +1,31 @@
+//! The response body sluice serves, relayed or made here, and the short
+//! local responses (refusals, admin answers) built from text.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+use super::error::BoxError;
+
+/// The response body type sluice serves: relayed or local.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body of text made here.
+pub fn text_body(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A local (not relayed) response with a short text body.
+pub fn local(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(text_body(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

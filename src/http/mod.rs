@@ -1,0 +1,24 @@
+//! HTTP leaf types: what the runtime, the gateway and the upstream share
+//! about requests and responses. A leaf: nothing here imports from the rest
+//! of the crate, so every layer above can use it without a cycle.
+//!
+//! - [`error`]: `BoxError`, walking an error's causes, the 499 status.
+//! - [`body`]: the response [`Body`] and local text responses.
+//! - [`request_body`]: the client's request body, buffered or streaming,
+//!   and how it fails.
+//! - [`ext`]: request extensions set by the runtime, read by the gateway.
+//! - [`headers`]: header rewriting (request id, Host, hop-by-hop,
+//!   forwarding headers).
+//! - [`path`]: one spelling per path.
+
+pub mod body;
+pub mod error;
+pub(crate) mod ext;
+pub(crate) mod headers;
+pub mod path;
+pub mod request_body;
+
+pub use body::{Body, local, text_body};
+pub use error::BoxError;
+pub(crate) use error::{STATUS_CLIENT_CLOSED, causes, error_chain};
+pub(crate) use ext::WaitingSince;

@@ -1,0 +1,25 @@
+//! The state every listener shares: the current config generation (its
+//! gateway and config), the TLS acceptor, readiness and the metrics.
+//!
+//! Invariant: each field is swapped whole, so a reader sees one generation
+//! or the next, never a mix within a field; a request loads the gateway
+//! once and keeps it.
+
+use std::sync::atomic::AtomicBool;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+
+/// What the listeners share: the current config generation and readiness.
+pub(crate) struct Live {
+    pub gateway: ArcSwap<Gateway>,
+    pub config: ArcSwap<Config>,
+    /// The TLS acceptor of the current generation's `[server.tls]`, if any.
+    pub tls: ArcSwapOption<TlsAcceptor>,
+    pub ready: AtomicBool,
+    pub metrics: Metrics,
+}
