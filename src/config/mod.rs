@@ -21,7 +21,7 @@ mod load;
 mod locate;
 mod model;
 mod raw;
-mod redis_url;
+pub(crate) mod redis_url;
 mod render;
 pub mod secret;
 mod values;

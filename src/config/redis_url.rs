@@ -43,7 +43,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn parse_url(url: &str) -> Result<Client, String> {
+pub(crate) fn parse_url(url: &str) -> Result<Client, String> {
     if let Some(parsed) = redis::parse_redis_url(url)
         && matches!(parsed.scheme(), "rediss" | "valkeys")
     {

@@ -15,7 +15,7 @@ use super::router::Router;
 use crate::config::{Config, RedisConfig, RouteConfig};
 use crate::http::request_body::BodyLimits;
 use crate::metrics::{Metrics, NO_ROUTE_LABEL};
-use crate::redis_store::RedisLink;
+use crate::store::RedisLink;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
 

@@ -42,11 +42,6 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
 
-// Re-exported at their old paths (`crate::proxy::…`) for modules not yet
-// switched to `crate::http` (issue 16).
-pub(crate) use crate::http::causes;
-pub use crate::http::{Body, BoxError, local, text_body};
-
 /// Everything needed to serve requests: the routing table, each route's
 /// shaper and upstream, and the metrics.
 pub struct Gateway {

@@ -20,8 +20,8 @@ use crate::config::{
     RouteConfig,
 };
 use crate::metrics::{DryRunLimit, Metrics, RedisRouteMetrics, RouteMetrics};
-use crate::redis_store::{RedisLink, RedisStore};
 use crate::shaper::{Fallback, KeyedLimiter, Limiter, Limits, Shaper, SharedRate, TokenStore};
+use crate::store::{RedisLink, RedisStore};
 use crate::upstream::Upstream;
 
 /// A route in one config generation.

@@ -34,6 +34,3 @@ mod workers;
 pub use admin::ADMIN_MAX_CONNECTIONS;
 pub use listen::ListenDrops;
 pub use start::{ReloadError, Running, StartError, start};
-// Kept at its old path (`crate::server::worker_index`) for the h1 pool until
-// it reads crate::worker (issue 16).
-pub use crate::worker::{worker_count, worker_index};

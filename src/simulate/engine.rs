@@ -38,9 +38,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::{ClassMatch, Config};
+use crate::gateway::route::limits_of;
+use crate::gateway::router::Router;
 use crate::outcome::Outcome;
-use crate::route::limits_of;
-use crate::router::Router;
 use crate::shaper::{
     Admission, Arrival, Gate, KeyedLimiter, Limiter, Limits, RejectReason, Shaper,
 };

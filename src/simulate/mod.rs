@@ -4,7 +4,7 @@
 //!
 //! - `trace`: CSV, JSON lines and NGINX access logs into one sorted form;
 //! - `engine`: the replay on a paused current-thread tokio runtime, through
-//!   the same [`Router`](crate::router::Router), [`Shaper`](crate::shaper::Shaper),
+//!   the same [`Router`](crate::gateway::router::Router), [`Shaper`](crate::shaper::Shaper),
 //!   limiters and in-flight semaphores as the proxy, with a backend model
 //!   (service time, concurrency) in place of the network;
 //! - `report`: counts, queue waits, peak depth; text and JSON;

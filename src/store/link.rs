@@ -15,9 +15,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
 
 use super::script::{GCRA_LUA, ScriptArgs, parse_reply};
-use super::url::parse_url;
+use crate::config::redis_url::parse_url;
+use crate::config::secret::Secret;
 use crate::metrics::RedisCallResult;
-use crate::secret::Secret;
 use crate::shaper::{GcraParams, StoreError, Taken};
 
 /// One Redis (a `[redis]` section), shared by all the routes whose limits it
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_password_from_a_file_or_variable_is_what_the_client_sends() {
-        use crate::secret::SecretSource;
+        use crate::config::secret::SecretSource;
         let password = Secret::new("from-file", SecretSource::File("/run/secrets/r".into()));
         let link = RedisLink::with_password(
             "redis://sluice@127.0.0.1:6390/2",

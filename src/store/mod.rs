@@ -12,11 +12,10 @@
 //! backing off are the caller's (the shaper's) business, not this module's.
 //!
 //! Contents: `link` (the connection and its timeouts), `script` (the
-//! GCRA script, its arguments and reply), `url` (reading `[redis] url`).
+//! GCRA script, its arguments and reply).
 
 mod link;
 mod script;
-mod url;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -25,7 +24,7 @@ use std::time::Instant;
 
 pub use self::link::RedisLink;
 pub use self::script::GCRA_LUA;
-pub use self::url::{redact_url, url_password, validate_url};
+pub use crate::config::{redact_url, url_password, validate_url};
 use crate::metrics::{RedisCallResult, RedisRouteMetrics};
 use crate::shaper::{GcraParams, StoreError, StoreFuture, TokenStore};
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
+use crate::http::BoxError;
+use crate::http::request_body::ClientBodyError;
 use crate::metrics::UpstreamErrorKind;
-use crate::proxy::BoxError;
-use crate::request_body::ClientBodyError;
 
 /// Why a request could not be relayed.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub(super) fn is_local_shortage(error: &UpstreamError) -> bool {
     let UpstreamError::Connect { source, .. } = error else {
         return false;
     };
-    crate::proxy::causes(source.as_ref()).any(|err| {
+    crate::http::causes(source.as_ref()).any(|err| {
         err.downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::raw_os_error)
             .is_some_and(|code| SHORTAGES.contains(&code))

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::ProxyBody;
-use crate::proxy::BoxError;
+use crate::http::BoxError;
 
 /// Why a request could not be relayed on this path.
 #[derive(Debug)]
@@ -96,7 +96,7 @@ impl H1Pool {
         connect_timeout: Duration,
     ) -> Arc<H1Pool> {
         let port = authority.port_u16().unwrap_or(80);
-        let stacks = crate::server::worker_count().max(1);
+        let stacks = crate::worker::worker_count().max(1);
         let pool = Arc::new(H1Pool {
             addr: format!("{}:{port}", authority.host()),
             host: header::HeaderValue::from_str(authority.as_str())
@@ -117,7 +117,7 @@ impl H1Pool {
 
     /// The stack of the calling thread.
     fn stack(&self) -> &Mutex<Vec<Idle>> {
-        &self.idle[crate::server::worker_index().unwrap_or(0) % self.idle.len()]
+        &self.idle[crate::worker::worker_index().unwrap_or(0) % self.idle.len()]
     }
 
     /// Sends `req` (origin-form URI) and waits for the response head.

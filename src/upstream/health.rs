@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::Upstream;
 use crate::config::{ActiveHealth, PassiveHealth};
-use crate::request_body::RequestBody;
+use crate::http::request_body::RequestBody;
 
 /// One target's health record.
 #[derive(Debug, Default)]

@@ -49,8 +49,8 @@ pub use self::error::UpstreamError;
 use self::target::Target;
 pub use self::target::TargetGuard;
 use crate::config::UpstreamConfig;
+use crate::http::request_body::RequestBody;
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::request_body::RequestBody;
 use crate::shaper::Gate;
 
 /// The request body sent upstream: the client's (held to `max_body_bytes`

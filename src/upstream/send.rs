@@ -30,8 +30,8 @@ use super::error::is_local_shortage;
 use super::h1pool::{H1Error, Lease};
 use super::target::{Target, TargetGuard};
 use super::{ProxyBody, Upstream, UpstreamError};
-use crate::proxy::BoxError;
-use crate::request_body::{BodyWatch, ClientBodyError, RequestBody, client_fault};
+use crate::http::BoxError;
+use crate::http::request_body::{BodyWatch, ClientBodyError, RequestBody, client_fault};
 
 /// What one try on a target gave: a response head (and, on the HTTP/1.1
 /// path, its connection), or an error and whether it was a failure to

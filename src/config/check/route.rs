@@ -129,7 +129,7 @@ impl Ctx<'_> {
         }
         // Requests are matched on their normalised path; a prefix spelled
         // otherwise would never match.
-        match crate::path::normalise(prefix) {
+        match crate::http::path::normalise(prefix) {
             Ok(normal) if normal == prefix.as_str() => Ok(prefix.clone()),
             Ok(normal) => Err(self.invalid(
                 v.span(),
