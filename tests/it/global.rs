@@ -2,14 +2,12 @@
 //! holds one rate between them, and a Redis outage is met as
 //! `on_redis_error` says, with the global limit back once Redis is.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, shared_url, unique_prefix};
-use common::*;
+use crate::common::redis::{RedisServer, shared_url, unique_prefix};
+use crate::common::*;
 use sluice::Config;
 use sluice::config::{LimitBackend, OnRedisError, RedisConfig, RedisLimitConfig};
 

@@ -5,12 +5,10 @@
 //! connection caps: past `max_connections` a new connection is answered 503
 //! at once instead of waiting in the kernel's backlog.
 
-mod common;
-
 use std::time::Duration;
 
-use common::sockets::{GET, H2_PREFACE, closed_within, exchange, silent};
-use common::*;
+use crate::common::sockets::{GET, H2_PREFACE, closed_within, exchange, silent};
+use crate::common::*;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
@@ -206,7 +204,7 @@ async fn connections_open_counts_only_open_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_a_tls_connection_is_closed_at_once() {
-    let pki = common::pki::Pki::generate("front-door");
+    let pki = crate::common::pki::Pki::generate("front-door");
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
     config.server.tls = Some(pki.server_tls());

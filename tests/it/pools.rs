@@ -1,13 +1,11 @@
 //! Backend pools through real sockets: balancing, health (passive and
 //! active), a dead target, all targets down, retries and per-target caps.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use sluice::config::{ActiveHealth, Balance, Config, PassiveHealth};
 

@@ -1,11 +1,9 @@
 //! Upgrade requests pass through: a WebSocket echo through sluice, admitted
 //! by the shaper like any request, then tunneled.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;

@@ -1,6 +1,5 @@
 //! Shared test helpers: a recording backend, a sluice started in-process on
 //! ephemeral ports, a real HTTP client, and a /metrics reader.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod pki;
 pub mod redis;
@@ -41,8 +40,8 @@ pub fn micros_now() -> u64 {
     EPOCH.elapsed().as_micros() as u64
 }
 
-/// Timing-sensitive tests in one binary take this so they do not load the
-/// machine under each other's measurements.
+/// Timing-sensitive tests take this so they do not load the machine under
+/// each other's measurements (all tests share one process, `tests/it`).
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
@@ -183,7 +182,6 @@ struct BackendState {
     arrivals: Mutex<Vec<Arrival>>,
     inflight: AtomicUsize,
     max_inflight: AtomicUsize,
-    completed: AtomicUsize,
     completed_paths: Mutex<Vec<String>>,
     delay: Duration,
 }
@@ -198,11 +196,6 @@ impl Backend {
     /// requests it was serving never complete.
     pub fn kill(&self) {
         self._runtime.stop();
-    }
-
-    /// Requests that arrived and were answered.
-    pub fn completed(&self) -> usize {
-        self.state.completed.load(Ordering::SeqCst)
     }
 
     /// Answered requests for `path`.
@@ -225,7 +218,6 @@ impl Backend {
             arrivals: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
             max_inflight: AtomicUsize::new(0),
-            completed: AtomicUsize::new(0),
             completed_paths: Mutex::new(Vec::new()),
             delay,
         });
@@ -300,7 +292,6 @@ impl BackendState {
         let body = req.into_body().collect().await.map(|b| b.to_bytes());
         tokio::time::sleep(self.delay).await;
         self.inflight.fetch_sub(1, Ordering::SeqCst);
-        self.completed.fetch_add(1, Ordering::SeqCst);
         self.completed_paths.lock().unwrap().push(path);
         let text = match body {
             Ok(b) if !b.is_empty() => b,
@@ -644,16 +635,19 @@ pub async fn until_metrics(
     text
 }
 
-/// The access log lines (`sluice::access`, as JSON) written in this test
-/// process, captured by a subscriber installed on first use. Tests share
-/// it: pick your lines by a path no other test uses.
-pub fn access_log() -> &'static AccessLog {
-    static LOG: LazyLock<AccessLog> = LazyLock::new(|| {
-        let log = AccessLog(Arc::new(Mutex::new(Vec::new())));
+/// The log lines written in this test process, as JSON: the access log
+/// (`sluice::access` at info) and every warning, captured by one global
+/// subscriber installed on first use (a process has only one). Tests share
+/// it: pick your lines by a path or a message no other test produces.
+pub fn log_capture() -> &'static LogCapture {
+    static LOG: LazyLock<LogCapture> = LazyLock::new(|| {
+        let log = LogCapture(Arc::new(Mutex::new(Vec::new())));
         let writer = log.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("sluice::access=info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,sluice::access=info",
+            ))
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
@@ -664,9 +658,9 @@ pub fn access_log() -> &'static AccessLog {
 
 /// Captured JSON log lines.
 #[derive(Clone)]
-pub struct AccessLog(Arc<Mutex<Vec<u8>>>);
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for AccessLog {
+impl std::io::Write for LogCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
@@ -677,12 +671,22 @@ impl std::io::Write for AccessLog {
     }
 }
 
-impl AccessLog {
+impl LogCapture {
+    /// Every captured line (the whole JSON record) containing `needle`.
+    pub fn containing(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The `fields` of every access log line for `path`, in order.
     pub fn for_path(&self, path: &str) -> Vec<serde_json::Value> {
         let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
         text.lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["target"] == "sluice::access")
             .map(|line| line["fields"].clone())
             .filter(|fields| fields["path"] == path)
             .collect()

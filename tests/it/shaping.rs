@@ -2,13 +2,11 @@
 //! the over-waited get 503 at their deadline, the queue is bounded, the
 //! in-flight cap holds, and every request is counted exactly once.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 

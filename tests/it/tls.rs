@@ -3,16 +3,14 @@
 //! plain HTTP, certificate rotation on reload, and refused bad reloads.
 //! Certificates are generated at test time with rcgen.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::pki::Pki;
+use crate::common::*;
 use bytes::Bytes;
-use common::pki::Pki;
-use common::*;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};

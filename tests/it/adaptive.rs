@@ -2,8 +2,6 @@
 //! than K requests are in flight, a closed loop of far more clients than K,
 //! and the exported `sluice_upstream_concurrency_limit` settling near K.
 
-mod common;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -11,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;

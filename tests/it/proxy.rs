@@ -1,13 +1,11 @@
 //! Proxying through real sockets: routing, failing backends, protocols,
 //! header hygiene, limits on request heads, and graceful shutdown.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -488,7 +486,7 @@ async fn a_misbehaving_backend_gets_502_or_504_and_sluice_recovers() {
         );
         // The backend is fixed (a good one takes over the route): served again.
         let good = Backend::start(Duration::ZERO).await;
-        sluice.reload(&common::config(&[good.addr]));
+        sluice.reload(&crate::common::config(&[good.addr]));
         assert_eq!(get(&client, &url).await.status, StatusCode::OK, "{fault}");
     }
     // A response cut short after its head: the client sees the status, then

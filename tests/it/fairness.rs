@@ -2,14 +2,12 @@
 //! client address they key on, fair queueing, priority classes, adaptive LIFO,
 //! bounded key tables and dry runs.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{HeaderName, Request, StatusCode};
 use http_body_util::Full;
 use sluice::config::{

@@ -2,14 +2,12 @@
 //! the admin token from `admin.token_file` opens the admin API, and the
 //! bearer scheme is matched case-insensitively, the token exactly.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::redis::RedisServer;
+use crate::common::*;
 use bytes::Bytes;
-use common::redis::RedisServer;
-use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use sluice::Config;
@@ -51,7 +49,7 @@ burst = 10
 backend = "redis"
 on_redis_error = "deny"
 "#,
-        prefix = common::redis::unique_prefix(name),
+        prefix = crate::common::redis::unique_prefix(name),
     );
     let path = dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();

@@ -3,16 +3,14 @@
 //! allow, forged forwarding headers and request ids, and HTTP/2 requests
 //! whose authority disagrees with their Host.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -317,7 +315,7 @@ async fn upgrades_are_per_route_and_a_backend_cannot_switch_to_another_protocol(
 
     // A backend that answers 101 with a protocol nobody allowed gets no tunnel.
     let (rogue, _) = switching_backend(Some("h2c")).await;
-    let sluice = TestSluice::start(&common::config(&[rogue])).await;
+    let sluice = TestSluice::start(&crate::common::config(&[rogue])).await;
     let (answer, _) = exchange_then(
         sluice.proxy_addr(),
         &upgrade_request("websocket"),

@@ -4,8 +4,6 @@
 //! that never read hold no in-flight slot; an HTTP/2 stream reset before its
 //! request reached a backend is cancelled, not forwarded.
 
-mod common;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -13,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
@@ -303,7 +301,7 @@ async fn clients_that_never_read_release_their_slots() {
     let mut config = config(&[backend]);
     config.server.send_timeout = Duration::from_millis(200);
     config.log.access_log = true;
-    let log = access_log();
+    let log = log_capture();
     config.upstreams.get_mut("api").unwrap().max_inflight = NonZeroUsize::new(2).unwrap();
     config.routes = vec![route("main", "/", None, 100, Duration::from_secs(3))];
     let sluice = TestSluice::start(&config).await;
@@ -382,7 +380,7 @@ async fn an_h2_stream_reset_before_reaching_the_backend_is_cancelled() {
     let mut config = config(&[backend.addr]);
     config.upstreams.get_mut("api").unwrap().targets[0].max_inflight = NonZeroUsize::new(1);
     config.log.access_log = true;
-    let log = access_log();
+    let log = log_capture();
     let sluice = TestSluice::start(&config).await;
     let addr = sluice.proxy_addr();
     let client = client();
@@ -437,7 +435,7 @@ async fn an_h2_stream_reset_after_reaching_the_backend_is_forwarded() {
     let backend = Backend::start(Duration::from_millis(1500)).await;
     let mut config = config(&[backend.addr]);
     config.log.access_log = true;
-    let log = access_log();
+    let log = log_capture();
     let sluice = TestSluice::start(&config).await;
     let addr = sluice.proxy_addr();
     let client = client();

@@ -5,8 +5,6 @@
 //! Needs the `prometheus` and `promtool` binaries (Debian's `prometheus`
 //! package); without them the test fails, saying how to get them.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -16,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{HeaderName, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
@@ -305,9 +303,9 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
     );
     global.limit.as_mut().unwrap().backend = LimitBackend::Redis(RedisLimitConfig::default());
     config.redis = Some(RedisConfig {
-        url: common::redis::shared_url(),
+        url: crate::common::redis::shared_url(),
         password: None,
-        key_prefix: common::redis::unique_prefix("dashboards"),
+        key_prefix: crate::common::redis::unique_prefix("dashboards"),
         timeout: Duration::from_millis(100),
     });
 

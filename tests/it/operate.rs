@@ -1,13 +1,11 @@
 //! Operating sluice while traffic flows: hot reload, the admin API (pause,
 //! resume, rate override, auth) and a readiness-first shutdown.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;

@@ -7,14 +7,14 @@
 //! the backend later than the queue timeout after its client connected, and
 //! the refused are answered promptly.
 //!
-//! Alone in its test binary: nothing else in this process loads the machine.
-
-mod common;
+//! It takes the wall-clock lock (`serial()`): no other timing-sensitive
+//! test runs beside the crowd, which would load the machine under its
+//! measurements and be loaded by it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -144,6 +144,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_is_answered_by_the_route_and_nothing_waits_in_the_kernel() {
+    let _serial = serial().await;
     let crowd = from_env("SLUICE_CROWD", CROWD).min(
         usize::try_from(raise_nofile() / 2)
             .unwrap()

@@ -3,8 +3,6 @@
 //! backend closed while idle costs the client nothing, and the idle stack is
 //! bounded in count and age.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -179,6 +177,8 @@ async fn a_half_read_response_never_lends_its_connection_again() {
 
 #[tokio::test]
 async fn the_idle_stack_is_bounded_in_count_and_age() {
+    // Wall clock: the 200 ms idle timeout must not pass unseen under load.
+    let _serial = crate::common::serial().await;
     let backend = RawBackend::start(Manner::KeepAlive).await;
     let pool = pool(&backend, 2, Duration::from_millis(200));
     // Five at once: five connections, of which two may wait idle.
@@ -206,7 +206,7 @@ async fn the_idle_stack_is_bounded_in_count_and_age() {
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_connect_error() {
-    let addr = common::dead_addr().await;
+    let addr = crate::common::dead_addr().await;
     let pool = H1Pool::new(
         &addr.to_string().parse().unwrap(),
         8,

@@ -1,6 +1,5 @@
 //! Test certificates: a CA and a server certificate it signed for
 //! localhost and 127.0.0.1, generated at test time with rcgen.
-#![allow(dead_code)] // not every test binary uses it
 
 use std::path::{Path, PathBuf};
 

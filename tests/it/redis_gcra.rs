@@ -11,14 +11,12 @@
 //! Needs `redis-server` (Debian package `redis-server`); `.ci/test` installs
 //! it and starts the shared server (`SLUICE_TEST_REDIS_URL`).
 
-mod common;
-
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, shared_url, unique_prefix};
-use common::samples;
+use crate::common::redis::{RedisServer, shared_url, unique_prefix};
+use crate::common::samples;
 use sluice::metrics::{Metrics, RedisRouteMetrics};
 use sluice::redis_store::{RedisLink, RedisStore, validate_url};
 use sluice::shaper::{GcraParams, StoreError, Taken, TokenStore};
@@ -333,7 +331,7 @@ async fn the_script_is_sent_again_after_script_flush() {
     let url = shared_url();
     let route = Route::new(&url, "noscript");
     let mut conn = plain(&url).await;
-    let sha = ::redis::Script::new(include_str!("../src/gcra.lua"))
+    let sha = ::redis::Script::new(include_str!("../../src/gcra.lua"))
         .get_hash()
         .to_string();
     assert_eq!(route.take(1, params(10.0, 5)).await.unwrap().granted, 1);
@@ -387,7 +385,7 @@ async fn a_new_rate_applies_to_the_stored_tat_at_once() {
 
 #[tokio::test]
 async fn a_refused_connection_is_an_error_at_once() {
-    let dead = common::dead_addr().await;
+    let dead = crate::common::dead_addr().await;
     let timeout = Duration::from_millis(500);
     let link = Arc::new(RedisLink::new(&format!("redis://{dead}"), timeout).unwrap());
     let route = Route::on(link, &unique_prefix("refused"));
@@ -513,7 +511,7 @@ async fn tls_and_malformed_urls_are_refused_with_a_reason() {
     }
     assert_eq!(validate_url("redis://127.0.0.1:6379/0"), Ok(()));
     // Parsing only: no connection is tried, so a URL to nowhere is fine.
-    let dead = common::dead_addr().await;
+    let dead = crate::common::dead_addr().await;
     assert!(RedisLink::new(&format!("redis://{dead}"), TIMEOUT).is_ok());
 }
 
@@ -521,7 +519,7 @@ async fn tls_and_malformed_urls_are_refused_with_a_reason() {
 async fn the_script_refuses_bad_arguments() {
     let mut conn = plain(&shared_url()).await;
     let key = format!("{}:route:x", unique_prefix("args"));
-    let script = ::redis::Script::new(include_str!("../src/gcra.lua"));
+    let script = ::redis::Script::new(include_str!("../../src/gcra.lua"));
     for (args, complaint) in [
         (["0", "0", "1"], "interval_us"),
         (["-5", "0", "1"], "interval_us"),

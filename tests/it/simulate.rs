@@ -2,15 +2,13 @@
 //! them exact), every trace format, malformed lines, the CLI's JSON and SVG
 //! files, and agreement with a real run of sluice on the same trace.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::HeaderName;
 use sluice::Config;
 use sluice::config::{KeyLimitConfig, KeyPart};

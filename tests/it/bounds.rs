@@ -10,14 +10,12 @@
 //! reload. A seeded generator then combines extreme values of several keys
 //! at once, the same way.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use sluice::Config;

@@ -1,0 +1,33 @@
+//! sluice's integration tests, in one binary: the shared helpers in `common`
+//! compile once, and every test file is a module here. Run one file's tests
+//! with `cargo test --test it <module>::` (e.g. `proxy::`).
+//!
+//! They share one process: tests that measure wall-clock time take
+//! `common::serial()`, and log capture goes through one subscriber
+//! (`common::log_capture()`).
+
+mod common;
+
+mod adaptive;
+mod bounds;
+mod cli;
+mod config;
+mod crowd;
+mod dashboards;
+mod demo;
+mod fairness;
+mod global;
+mod h1pool;
+mod hostile_body;
+mod hostile_requests;
+mod operate;
+mod pools;
+mod proxy;
+mod redis_gcra;
+mod secrets;
+mod shaping;
+mod silent;
+mod simulate;
+mod tls;
+mod upstream_tls;
+mod websocket;
