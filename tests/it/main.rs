@@ -4,7 +4,8 @@
 //!
 //! They share one process: tests that measure wall-clock time take
 //! `common::serial()`, and log capture goes through one subscriber
-//! (`common::log_capture()`).
+//! (`common::log_capture()`). The one test file outside it,
+//! `tests/h1pool.rs`, needs a process in which no sluice runs (it says why).
 
 mod common;
 
@@ -17,7 +18,6 @@ mod dashboards;
 mod demo;
 mod fairness;
 mod global;
-mod h1pool;
 mod hostile_body;
 mod hostile_requests;
 mod operate;
