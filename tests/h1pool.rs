@@ -9,6 +9,10 @@
 //! process raises. The sluices of the other tests would change the stacks
 //! (and so the idle bound) that this file measures.
 
+// Test helpers (not `#[test]` functions, which clippy.toml already
+// covers) unwrap, expect and panic too: a failure should fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;

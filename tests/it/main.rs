@@ -7,6 +7,10 @@
 //! (`common::log_capture()`). The one test file outside it,
 //! `tests/h1pool.rs`, needs a process in which no sluice runs (it says why).
 
+// Test helpers (not `#[test]` functions, which clippy.toml already
+// covers) unwrap, expect and panic too: a failure should fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 mod adaptive;
