@@ -47,7 +47,9 @@ pub mod upstream;
 pub mod shaper;
 
 // -- tools
-pub mod demo;
-pub mod simulate;
+#[cfg(feature = "tools")]
+pub mod tools;
+#[cfg(feature = "tools")]
+pub use tools::{demo, simulate};
 
 pub use config::Config;

@@ -19,6 +19,7 @@ mod cli;
 mod config;
 mod crowd;
 mod dashboards;
+#[cfg(feature = "tools")]
 mod demo;
 mod fairness;
 mod global;
@@ -31,6 +32,7 @@ mod redis_gcra;
 mod secrets;
 mod shaping;
 mod silent;
+#[cfg(feature = "tools")]
 mod simulate;
 mod tls;
 mod upstream_tls;

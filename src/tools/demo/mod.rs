@@ -46,7 +46,7 @@ use crate::config::TargetConfig;
 pub use load::Phase;
 
 /// The demo's config, built in so the demo runs from any directory.
-const CONFIG: &str = include_str!("../../config/demo.toml");
+const CONFIG: &str = include_str!("../../../config/demo.toml");
 /// The name the config is known by in messages.
 const CONFIG_NAME: &str = "config/demo.toml";
 /// The route the load is sent to, and the upstream that is the demo backend.

@@ -9,20 +9,16 @@
 
 use plotters::prelude::*;
 
+use crate::tools::chart::{CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH};
+
 use super::{Report, TICK};
 
-const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 720;
 const TOP_HEIGHT: u32 = 440;
 /// Ticks averaged for the rate lines (300 ms).
 const SMOOTHING: usize = 3;
 
-const OFFERED: RGBColor = RGBColor(214, 39, 40);
-const RELEASED: RGBColor = RGBColor(31, 119, 180);
 const RATE: RGBColor = RGBColor(40, 40, 40);
-const QUEUE: RGBColor = RGBColor(255, 127, 14);
-const DROPS: RGBColor = RGBColor(148, 103, 189);
-const GRID: RGBColor = RGBColor(232, 232, 232);
 
 /// The chart of `report` as an SVG document.
 pub fn render(report: &Report) -> Result<String, String> {
@@ -89,7 +85,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
             "sluice demo: a {}x burst, released to the backend at {:.0} req/s",
             report.burst_multiple, report.rate
         ),
-        ("sans-serif", 22),
+        (FONT, 22),
     )?;
     let (top, bottom) = root.split_vertically(TOP_HEIGHT);
     let shading = |rate: f64| {
@@ -109,7 +105,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
                 "offered peak {} req/s, released peak {} req/s (busiest 1 s)",
                 report.offered_peak, report.released_peak
             ),
-            ("sans-serif", 15),
+            (FONT, CAPTION_SIZE),
         )
         .margin(10)
         .x_label_area_size(32)
@@ -134,7 +130,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         chart.draw_series([Text::new(
             phase.name.clone(),
             (start + 0.05 * seconds / 20.0, rate_top * 0.97),
-            ("sans-serif", 13).into_font().color(&RATE),
+            (FONT, 13).into_font().color(&RATE),
         )])?;
     }
     chart
@@ -163,7 +159,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.9))
         .border_style(RATE.mix(0.5))
-        .label_font(("sans-serif", 13))
+        .label_font((FONT, 13))
         .draw()?;
 
     // Queue depth and drops.
@@ -192,7 +188,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
                 report.queue_timeout.as_millis(),
                 report.shed
             ),
-            ("sans-serif", 15),
+            (FONT, CAPTION_SIZE),
         )
         .margin(10)
         .x_label_area_size(32)
@@ -225,11 +221,11 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         .draw_secondary_series(drops.iter().map(|&(s, d)| {
             Rectangle::new(
                 [(s + 0.1, 0.0), ((s + 0.9).min(seconds), d as f64)],
-                DROPS.mix(0.6).filled(),
+                REFUSED.mix(0.6).filled(),
             )
         }))?
         .label("answered 503, per second (right axis)")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], DROPS.mix(0.6).filled()));
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], REFUSED.mix(0.6).filled()));
     chart
         .draw_series(
             AreaSeries::new(depth, 0.0, QUEUE.mix(0.15)).border_style(QUEUE.stroke_width(2)),
@@ -241,7 +237,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.9))
         .border_style(RATE.mix(0.5))
-        .label_font(("sans-serif", 13))
+        .label_font((FONT, 13))
         .draw()?;
 
     root.present()?;

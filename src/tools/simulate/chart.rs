@@ -4,18 +4,14 @@
 
 use plotters::prelude::*;
 
+use crate::tools::chart::{CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH};
+
 use super::report::{Report, RouteReport};
 
-const WIDTH: u32 = 1000;
 const PANEL: u32 = 420;
 
-const OFFERED: RGBColor = RGBColor(214, 39, 40);
-const RELEASED: RGBColor = RGBColor(31, 119, 180);
-const REJECTED: RGBColor = RGBColor(148, 103, 189);
 const DROPPED: RGBColor = RGBColor(140, 86, 75);
 const LIMITED: RGBColor = RGBColor(188, 189, 34);
-const QUEUE: RGBColor = RGBColor(255, 127, 14);
-const GRID: RGBColor = RGBColor(232, 232, 232);
 
 /// The chart of `report` as an SVG document: one panel per route that saw traffic.
 pub fn render(report: &Report) -> Result<String, String> {
@@ -76,7 +72,7 @@ fn draw(
             "sluice simulate: {} ({} requests), backend {}",
             report.trace.source, report.trace.requests, report.backend.service_time
         ),
-        ("sans-serif", 20),
+        (FONT, 20),
     )?;
     let seconds = report.virtual_seconds.max(0.001);
     let panels = root.split_evenly((routes.len().max(1), 1));
@@ -87,7 +83,7 @@ fn draw(
         let lines = [
             ("offered", &s.offered, OFFERED),
             ("released", &s.released, RELEASED),
-            ("rejected (queue full)", &s.rejected, REJECTED),
+            ("rejected (queue full)", &s.rejected, REFUSED),
             ("dropped (timeout)", &s.dropped, DROPPED),
             ("429 (per-key limit)", &s.rate_limited, LIMITED),
         ]
@@ -108,7 +104,7 @@ fn draw(
                     route.outcomes.rejected_rate_limited,
                     route.outcomes.dropped_timeout
                 ),
-                ("sans-serif", 15),
+                (FONT, CAPTION_SIZE),
             )
             .margin(8)
             .x_label_area_size(28)
