@@ -40,11 +40,56 @@ pub fn micros_now() -> u64 {
     EPOCH.elapsed().as_micros() as u64
 }
 
-/// Timing-sensitive tests take this so they do not load the machine under
-/// each other's measurements (all tests share one process, `tests/it`).
-pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
+/// The wall clock, shared by every test in this process (`tests/it`): a
+/// test that measures time holds it alone ([`serial`]); every other test
+/// holds a share of it while one of its sluices runs ([`TestSluice`]), so
+/// no other test's sluice loads the machine under a measurement.
+static WALL_CLOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+thread_local! {
+    /// Whether the test on this thread holds [`serial`] (libtest runs each
+    /// test on a thread of its own, and the test's body on that thread).
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The share of the test on this thread, while a sluice of it runs:
+    /// its next sluice reuses it rather than queue behind a waiting
+    /// [`serial`] (which waits for this very share).
+    static SHARE: std::cell::RefCell<std::sync::Weak<Share>> =
+        const { std::cell::RefCell::new(std::sync::Weak::new()) };
+}
+
+type Share = tokio::sync::RwLockReadGuard<'static, ()>;
+
+/// Timing-sensitive tests take this first thing: no other such test, and
+/// no other test's sluice, runs until it is dropped.
+pub async fn serial() -> Serial {
+    let guard = WALL_CLOCK.write().await;
+    SERIAL.set(true);
+    Serial { _guard: guard }
+}
+
+/// Held by a timing-sensitive test (see [`serial`]).
+pub struct Serial {
+    _guard: tokio::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        SERIAL.set(false);
+    }
+}
+
+/// A share of the wall clock for a sluice of this thread's test: none if
+/// the test holds [`serial`], else the test's current share or a new one.
+async fn share() -> Option<std::sync::Arc<Share>> {
+    if SERIAL.get() {
+        return None;
+    }
+    if let Some(share) = SHARE.with_borrow(std::sync::Weak::upgrade) {
+        return Some(share);
+    }
+    let share = std::sync::Arc::new(WALL_CLOCK.read().await);
+    SHARE.set(std::sync::Arc::downgrade(&share));
+    Some(share)
 }
 
 /// A request as the backend saw it.
@@ -114,10 +159,13 @@ pub struct TestSluice {
     admin: SocketAddr,
     running: Option<sluice::Running>,
     runtime: OwnRuntime,
+    /// Declared last: released after the sluice has stopped.
+    _share: Option<std::sync::Arc<Share>>,
 }
 
 impl TestSluice {
     pub async fn start(config: &Config) -> TestSluice {
+        let share = share().await;
         let runtime = OwnRuntime::new(2);
         let config = config.clone();
         let running = runtime
@@ -131,6 +179,7 @@ impl TestSluice {
             admin: running.admin_addr(),
             running: Some(running),
             runtime,
+            _share: share,
         }
     }
 
