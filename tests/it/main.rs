@@ -1,0 +1,39 @@
+//! sluice's integration tests, in one binary: the shared helpers in `common`
+//! compile once, and every test file is a module here. Run one file's tests
+//! with `cargo test --test it <module>::` (e.g. `proxy::`).
+//!
+//! They share one process: tests that measure wall-clock time take
+//! `common::serial()`, and log capture goes through one subscriber
+//! (`common::log_capture()`). The one test file outside it,
+//! `tests/h1pool.rs`, needs a process in which no sluice runs (it says why).
+
+// Test helpers (not `#[test]` functions, which clippy.toml already
+// covers) unwrap, expect and panic too: a failure should fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod adaptive;
+mod bounds;
+mod cli;
+mod config;
+mod crowd;
+mod dashboards;
+#[cfg(feature = "tools")]
+mod demo;
+mod fairness;
+mod global;
+mod hostile_body;
+mod hostile_requests;
+mod operate;
+mod pools;
+mod proxy;
+mod redis_gcra;
+mod secrets;
+mod shaping;
+mod silent;
+#[cfg(feature = "tools")]
+mod simulate;
+mod tls;
+mod upstream_tls;
+mod websocket;
