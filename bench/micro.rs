@@ -22,7 +22,7 @@
 //!   a current-thread tokio runtime. One thread only: one release task per
 //!   route hands out every place, so a second thread adds nothing to measure.
 //! - `clock/tokio_instant_now`: what the caller pays for the `now` it passes.
-//! - `path/normalise/{normal,messy}`: [`sluice::path::normalise`] on a
+//! - `path/normalise/{normal,messy}`: [`sluice::http::path::normalise`] on a
 //!   typical path already in normal form (checked in one pass, borrowed) and
 //!   on one that needs every rewrite (decoding, dot segments, slashes).
 //!
@@ -340,7 +340,7 @@ fn path(c: &mut Criterion) {
     let messy = "//api/./v1/x/../orders/%38f14e45fceea167a5a36dedd4bea2543//items";
     for (name, path) in [("normal", normal), ("messy", messy)] {
         group.bench_function(name, |b| {
-            b.iter(|| sluice::path::normalise(black_box(path)).map(|p| p.len()))
+            b.iter(|| sluice::http::path::normalise(black_box(path)).map(|p| p.len()))
         });
     }
     group.finish();

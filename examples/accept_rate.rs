@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     });
     let (proxy, admin) = addrs_rx.recv_timeout(Duration::from_secs(10))?;
     let before = scrape(admin)?;
-    let netns_before = sluice::listener::ListenDrops::read();
+    let netns_before = sluice::runtime::listen::ListenDrops::read();
 
     let target = SockAddr::from(proxy);
     let started = Instant::now();
@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_micros(500));
     };
     let after = scrape(admin)?;
-    let netns_after = sluice::listener::ListenDrops::read();
+    let netns_after = sluice::runtime::listen::ListenDrops::read();
     let dropped = |text: &str| value(text, "sluice_listen_dropped_total{listener=\"proxy\"}");
     println!(
         "{n} connections, {workers} worker(s): connects issued in {:.1} ms, all accepted after {:.1} ms \

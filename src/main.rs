@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice::Config;
 use sluice::config::LogFormat;
-use sluice::reload::FileWatch;
+use sluice::runtime::watch::FileWatch;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
-use sluice::h1pool::H1Pool;
-use sluice::request_body::RequestBody;
+use sluice::upstream::h1pool::H1Pool;
+use sluice::http::request_body::RequestBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -228,7 +228,7 @@ async fn an_unreachable_target_is_a_connect_error() {
         Duration::from_secs(1),
     );
     match pool.send(get(), &AtomicBool::new(false)).await {
-        Err(sluice::h1pool::H1Error::Connect(_)) => {}
+        Err(sluice::upstream::h1pool::H1Error::Connect(_)) => {}
         Err(other) => panic!("expected a connect error, got {other:?}"),
         Ok(_) => panic!("expected a connect error, got a response"),
     }

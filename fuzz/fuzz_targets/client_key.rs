@@ -1,4 +1,4 @@
-//! Client address and key extraction (`sluice::classify`).
+//! Client address and key extraction (`sluice::gateway::classify`).
 //!
 //! `client_ip` gets an arbitrary peer, trusted-proxy list and X-Forwarded-For /
 //! Forwarded lines (some built from well-formed hops, some raw bytes). It must
@@ -22,7 +22,7 @@ use arbitrary::Arbitrary;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use sluice::classify::{Classifier, client_ip};
+use sluice::gateway::classify::{Classifier, client_ip};
 use sluice::config::{
     ClassConfig, ClassMatch, Fairness, KeyLimitConfig, KeyPart, QueueConfig, RejectConfig,
     RouteConfig,

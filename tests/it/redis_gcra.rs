@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::common::redis::{RedisServer, shared_url, unique_prefix};
 use crate::common::samples;
 use sluice::metrics::{Metrics, RedisRouteMetrics};
-use sluice::redis_store::{RedisLink, RedisStore, validate_url};
+use sluice::store::{RedisLink, RedisStore, validate_url};
 use sluice::shaper::{GcraParams, StoreError, Taken, TokenStore};
 
 /// Timeout of the links that should answer: far above any local round trip.

@@ -101,7 +101,7 @@ async fn an_idle_http1_keep_alive_connection_is_closed() {
 async fn admin_connections_are_timed_and_capped() {
     let backend = Backend::start(Duration::ZERO).await;
     let sluice = TestSluice::start(&short_timeouts(&backend)).await;
-    let cap = sluice::server::ADMIN_MAX_CONNECTIONS;
+    let cap = sluice::runtime::ADMIN_MAX_CONNECTIONS;
     let mut sockets = silent(sluice.admin_addr(), cap).await;
     // The cap is full of silent sockets: one more is answered 503 at once.
     let mut extra = TcpStream::connect(sluice.admin_addr()).await.unwrap();

@@ -215,13 +215,13 @@ impl TestSluice {
     }
 
     /// Swaps in a new config; a refused reload keeps the running one.
-    pub fn try_reload(&self, config: &Config) -> Result<(), sluice::server::ReloadError> {
+    pub fn try_reload(&self, config: &Config) -> Result<(), sluice::runtime::ReloadError> {
         let _runtime = self.runtime.handle.enter();
         self.running.as_ref().expect("running").reload(config)
     }
 
     /// Reloads from a file, as SIGHUP does.
-    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), sluice::server::ReloadError> {
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), sluice::runtime::ReloadError> {
         let _runtime = self.runtime.handle.enter();
         self.running.as_ref().expect("running").reload_file(path)
     }
