@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
-use sluice::upstream::h1pool::H1Pool;
 use sluice::http::request_body::RequestBody;
+use sluice::upstream::h1pool::H1Pool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

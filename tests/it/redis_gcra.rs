@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use crate::common::redis::{RedisServer, shared_url, unique_prefix};
 use crate::common::samples;
 use sluice::metrics::{Metrics, RedisRouteMetrics};
-use sluice::store::{RedisLink, RedisStore, validate_url};
 use sluice::shaper::{GcraParams, StoreError, Taken, TokenStore};
+use sluice::store::{RedisLink, RedisStore, validate_url};
 
 /// Timeout of the links that should answer: far above any local round trip.
 const TIMEOUT: Duration = Duration::from_secs(2);
