@@ -30,7 +30,7 @@ use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
 use crate::http::{Body, WaitingSince, error_chain, local};
 use crate::outcome::Outcome;
-use crate::shaper::{Admission, Arrival, Grant, RejectReason, Rejection};
+use crate::shaper::{Admission, Arrival, Grant};
 use crate::upstream::{TargetGuard, UpstreamError};
 
 /// A phase's result: the request goes on (`Continue`), or here is its
@@ -275,19 +275,10 @@ async fn admit(
             let waited_for = record.started.elapsed();
             route.metrics.queue_wait(waited_for.as_secs_f64());
             record.queue_wait = waited_for;
+            // A grant that reaches this (busy) worker after the deadline is
+            // refused by the ticket: never forwarded late.
             match waited {
-                // A grant can reach a busy worker late: one past the
-                // deadline is dropped, never forwarded.
-                Ok(grant) if Instant::now() < since + route.state.shaper.limits().timeout => {
-                    Continue(grant)
-                }
-                Ok(_late) => {
-                    let rejection = Rejection {
-                        reason: RejectReason::Timeout,
-                        retry_after: Duration::from_secs(1),
-                    };
-                    Break(record.reject(route, rejection))
-                }
+                Ok(grant) => Continue(grant),
                 Err(rejection) => Break(record.reject(route, rejection)),
             }
         }

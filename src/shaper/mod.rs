@@ -472,7 +472,13 @@ impl Ticket {
             biased;
             answer = &mut self.rx => {
                 self.done = true;
-                answer.unwrap_or_else(|_| Err(self.shared.gone()))
+                match answer {
+                    // A grant made in time can still reach a busy waiter
+                    // after its deadline: it is given back, never used.
+                    Ok(Ok(_late)) if Instant::now() > self.deadline => Err(self.shared.gone()),
+                    Ok(answer) => answer,
+                    Err(_) => Err(self.shared.gone()),
+                }
             }
             () = deadline => {
                 self.done = true;

@@ -146,6 +146,28 @@ async fn a_wait_that_began_before_admission_counts_against_the_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_grant_that_reaches_its_waiter_after_the_deadline_is_given_back() {
+    let shaper = shaper(limits(1000.0, 10, 100, 250), 1);
+    let held = match shaper.admit(Arrival::default()) {
+        Admission::Go(g) => g,
+        other => panic!("{other:?}"),
+    };
+    let ticket = queued(shaper.admit(Arrival::default()));
+    // The slot frees in time and the waiter is granted, but its task is not
+    // polled (a busy worker) until after the deadline.
+    drop(held);
+    tokio::time::advance(Duration::from_millis(10)).await;
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let result = ticket.wait().await;
+    let rejection = result.expect_err("a late grant is not used");
+    assert_eq!(rejection.reason, RejectReason::Timeout);
+    assert!(rejection.retry_after >= Duration::from_secs(1));
+    // The slot it held was given back.
+    assert!(matches!(shaper.admit(Arrival::default()), Admission::Go(_)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn waiter_is_dropped_exactly_at_its_deadline_and_never_granted() {
     // The in-flight cap (1) is held, so nobody can be released.
     let shaper = shaper(limits(1000.0, 10, 100, 250), 1);
