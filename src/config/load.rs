@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::de::DeTable;
 
-use crate::config::locate::{display_key, key_path_at, key_segment, line_column, quoted_field};
+use crate::config::locate::{
+    display_key, key_path_at, key_path_of, key_segment, line_column, quoted_field,
+};
 use crate::config::model::Config;
 use crate::config::raw::RawConfig;
 
@@ -74,7 +76,34 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub(crate) fn invalid(
+    /// An error about the value at `span`: its dotted key is the one the
+    /// parsed document has at that span (see [`key_path_at`]), so checkers
+    /// pass the value and never spell a key.
+    pub(crate) fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let key = self.key_at(&span);
+        self.invalid_key(span, &key, message)
+    }
+
+    /// The dotted key of the value (or key) at `span`, as errors show it.
+    pub(crate) fn key_at(&self, span: &Range<usize>) -> String {
+        let path = key_path_of(self.root, span)
+            .unwrap_or_else(|| key_path_at(self.src, self.root, span.start));
+        display_key(&path)
+    }
+
+    /// The key `field` of the table holding the value at `span`: for a key
+    /// that is missing but required by the one written at `span`.
+    pub(crate) fn sibling_key(&self, span: &Range<usize>, field: &str) -> String {
+        let mut path = key_path_at(self.src, self.root, span.start);
+        path.pop();
+        path.push(key_segment(field));
+        display_key(&path)
+    }
+
+    /// An error whose key is not the one at `span`: a key that is missing
+    /// (it has no span; the error points at its table or the file's start),
+    /// or one that is required because of another key written at `span`.
+    pub(crate) fn invalid_key(
         &self,
         span: Range<usize>,
         key: &str,
@@ -107,6 +136,6 @@ impl Ctx<'_> {
                 key.push(field);
             }
         }
-        self.invalid(offset..offset, &display_key(&key), message)
+        self.invalid_key(offset..offset, &display_key(&key), message)
     }
 }

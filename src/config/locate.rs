@@ -1,5 +1,7 @@
 //! Locating errors: byte offset -> line, column and dotted key.
 
+use std::ops::Range;
+
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -174,6 +176,54 @@ fn walk_value(
     }
 }
 
+/// The dotted key of the value whose span is exactly `span`, if the document
+/// has one: what a checker's error about a whole value (say an inline array)
+/// is about, where [`key_path_at`] would name the array's first item. An
+/// array of tables shares its first header's span with its first item; the
+/// item, the longer path, is meant.
+pub(crate) fn key_path_of(root: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<String>> {
+    let mut found = None;
+    for (key, value) in root.iter() {
+        find_span(value, vec![key_segment(key.get_ref())], span, 0, &mut found);
+    }
+    found
+}
+
+fn find_span(
+    value: &Spanned<DeValue<'_>>,
+    path: Vec<String>,
+    span: &Range<usize>,
+    depth: usize,
+    found: &mut Option<Vec<String>>,
+) {
+    if depth >= MAX_WALK_DEPTH {
+        return;
+    }
+    // Items are visited after their array: the last match is the innermost.
+    if value.span() == *span {
+        *found = Some(path.clone());
+    }
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            for (key, inner) in table.iter() {
+                let mut here = path.clone();
+                here.push(key_segment(key.get_ref()));
+                find_span(inner, here, span, depth + 1, found);
+            }
+        }
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut here = path.clone();
+                if let Some(last) = here.last_mut() {
+                    last.push_str(&format!("[{i}]"));
+                }
+                find_span(item, here, span, depth + 1, found);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A header the parser could not close (`[routes.limit` with no `]`) is
 /// not in the recovered tree. Closed and parsed on its own it gives its
 /// keys; the tree gives the index of each array of tables on the way.
@@ -330,6 +380,29 @@ arr = [
             display_key(&key_path_at(src, root.get_ref(), offset)),
             "r[1].x[0].k"
         );
+    }
+
+    #[test]
+    fn key_path_of_names_the_whole_value_or_the_item_of_a_header() {
+        let src = "[[r]]\nm = [\"a\", \"b\"]\n[[r]]\nt = { x = [] }\n";
+        let (root, _) = toml::de::DeTable::parse_recoverable(src);
+        let root = root.get_ref();
+        let of = |needle: &str, len: usize| {
+            let start = src.find(needle).expect("needle in source");
+            key_path_of(root, &(start..start + len)).map(|p| display_key(&p))
+        };
+        // The inline array itself, not its first item (which key_path_at gives).
+        assert_eq!(of("[\"a\"", 10).as_deref(), Some("r[0].m"));
+        assert_eq!(
+            display_key(&key_path_at(src, root, src.find("[\"a\"").expect("a"))),
+            "r[0].m[0]"
+        );
+        assert_eq!(of("\"b\"", 3).as_deref(), Some("r[0].m[1]"));
+        // An array of tables and its first item share the header's span.
+        assert_eq!(of("[[r]]\nm", 5).as_deref(), Some("r[0]"));
+        assert_eq!(of("[[r]]\nt", 5).as_deref(), Some("r[1]"));
+        assert_eq!(of("[]", 2).as_deref(), Some("r[1].t.x"));
+        assert_eq!(of("[]", 1), None);
     }
 
     #[test]

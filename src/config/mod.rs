@@ -9,7 +9,8 @@
 //! - `check`: one file per section turning the raw tree into the `model`,
 //!   with the `defaults` applied and the `bounds` enforced, and the leaf
 //!   parsers in `values`, `redis_url` and [`secret`];
-//! - `locate`: a byte offset to a line, a column and the dotted key;
+//! - `locate`: a byte offset (or a value's span) to a line, a column and
+//!   the dotted key;
 //! - `render`: the typed config back into TOML (`sluice check`), with the
 //!   kernel's cap on the listen `backlog`.
 

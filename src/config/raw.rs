@@ -89,8 +89,8 @@ pub(crate) struct RawUpstream {
     pub(crate) timeout: Option<Spanned<String>>,
     pub(crate) pool_idle_timeout: Option<Spanned<String>>,
     pub(crate) pool_max_idle_per_target: Option<Spanned<i64>>,
-    pub(crate) passive_health: Option<RawPassiveHealth>,
-    pub(crate) active_health: Option<RawActiveHealth>,
+    pub(crate) passive_health: Option<Spanned<RawPassiveHealth>>,
+    pub(crate) active_health: Option<Spanned<RawActiveHealth>>,
     pub(crate) adaptive: Option<RawAdaptive>,
     pub(crate) tls: Option<RawUpstreamTls>,
 }

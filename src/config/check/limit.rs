@@ -15,19 +15,17 @@ use crate::config::raw::{RawKeyLimit, RawLimit};
 impl Ctx<'_> {
     /// `redis` says whether the file has a `[redis]` section, which a
     /// `backend = "redis"` needs.
-    pub(crate) fn limit(&self, key: &str, raw: &RawLimit, redis: bool) -> Checked<LimitConfig> {
-        let rate = self.rate(&format!("{key}.rate"), &raw.rate)?;
-        let burst = self.burst(&format!("{key}.burst"), raw.burst.as_ref())?;
-        let backend = self.limit_backend(key, raw, redis)?;
+    pub(crate) fn limit(&self, raw: &RawLimit, redis: bool) -> Checked<LimitConfig> {
+        let rate = self.rate(&raw.rate)?;
+        let burst = self.burst(raw.burst.as_ref())?;
+        let backend = self.limit_backend(raw, redis)?;
         let dry_run = raw.dry_run.as_ref().is_some_and(|v| *v.get_ref());
         if let (true, LimitBackend::Redis(_), Some(v)) = (dry_run, backend, &raw.dry_run) {
             // Dry run only observes this instance's own limiter; a shared state
             // that is never spent would mean nothing to the fleet.
             return Err(self.invalid(
                 v.span(),
-                &format!("{key}.dry_run"),
-                "dry run is local-only: not allowed with backend = \"redis\" (try the rate with backend = \"local\" first)",
-            ));
+                "dry run is local-only: not allowed with backend = \"redis\" (try the rate with backend = \"local\" first)"));
         }
         Ok(LimitConfig {
             rate,
@@ -39,13 +37,7 @@ impl Ctx<'_> {
 
     /// `backend`, and the keys that only go with "redis": `lease`,
     /// `on_redis_error` and `expected_instances`.
-    pub(crate) fn limit_backend(
-        &self,
-        key: &str,
-        raw: &RawLimit,
-        redis: bool,
-    ) -> Checked<LimitBackend> {
-        let k = |field: &str| format!("{key}.{field}");
+    pub(crate) fn limit_backend(&self, raw: &RawLimit, redis: bool) -> Checked<LimitBackend> {
         let backend = match &raw.backend {
             None => None,
             Some(v) => match v.get_ref().as_str() {
@@ -54,7 +46,6 @@ impl Ctx<'_> {
                 other => {
                     return Err(self.invalid(
                         v.span(),
-                        &k("backend"),
                         format!("unknown backend {other:?}: expected \"local\" or \"redis\""),
                     ));
                 }
@@ -76,10 +67,9 @@ impl Ctx<'_> {
             .into_iter()
             .filter_map(|(field, span)| Some((field, span?)))
             .min_by_key(|(_, span)| span.start);
-            if let Some((field, span)) = stray {
+            if let Some((_, span)) = stray {
                 return Err(self.invalid(
                     span,
-                    &k(field),
                     "only allowed with backend = \"redis\" (the default backend is \"local\")",
                 ));
             }
@@ -88,32 +78,28 @@ impl Ctx<'_> {
         if !redis {
             return Err(self.invalid(
                 backend.span(),
-                &k("backend"),
-                "backend = \"redis\" needs a [redis] section with `url`, e.g. [redis] url = \"redis://127.0.0.1:6379\"",
-            ));
+                "backend = \"redis\" needs a [redis] section with `url`, e.g. [redis] url = \"redis://127.0.0.1:6379\""));
         }
         let mut limit = RedisLimitConfig::default();
         if let Some(v) = &raw.lease {
-            limit.lease = self.u32_from_1(&k("lease"), v, MAX_LEASE)?;
+            limit.lease = self.u32_from_1(v, MAX_LEASE)?;
         }
         if let Some(v) = &raw.on_redis_error {
-            limit.on_error = self.on_redis_error(&k("on_redis_error"), v)?;
+            limit.on_error = self.on_redis_error(v)?;
         }
         if let Some(v) = &raw.expected_instances {
-            limit.expected_instances =
-                self.u32_from_1(&k("expected_instances"), v, MAX_EXPECTED_INSTANCES)?;
+            limit.expected_instances = self.u32_from_1(v, MAX_EXPECTED_INSTANCES)?;
         }
         Ok(LimitBackend::Redis(limit))
     }
 
-    pub(crate) fn on_redis_error(&self, key: &str, v: &Spanned<String>) -> Checked<OnRedisError> {
+    pub(crate) fn on_redis_error(&self, v: &Spanned<String>) -> Checked<OnRedisError> {
         match v.get_ref().as_str() {
             "local" => Ok(OnRedisError::Local),
             "allow" => Ok(OnRedisError::Allow),
             "deny" => Ok(OnRedisError::Deny),
             other => Err(self.invalid(
                 v.span(),
-                key,
                 format!(
                     "unknown on_redis_error {other:?}: expected \"local\", \"allow\" or \"deny\""
                 ),
@@ -121,25 +107,26 @@ impl Ctx<'_> {
         }
     }
 
-    pub(crate) fn key_limit(&self, key: &str, raw: &RawKeyLimit) -> Checked<KeyLimitConfig> {
+    pub(crate) fn key_limit(&self, raw: &RawKeyLimit) -> Checked<KeyLimitConfig> {
         Ok(KeyLimitConfig {
-            rate: self.rate(&format!("{key}.rate"), &raw.rate)?,
-            burst: self.burst(&format!("{key}.burst"), raw.burst.as_ref())?,
-            max_keys: raw.max_keys.as_ref().map_or(Ok(DEFAULT_MAX_KEYS), |v| {
-                self.usize_from_1(&format!("{key}.max_keys"), v, MAX_KEYS)
-            })?,
+            rate: self.rate(&raw.rate)?,
+            burst: self.burst(raw.burst.as_ref())?,
+            max_keys: raw
+                .max_keys
+                .as_ref()
+                .map_or(Ok(DEFAULT_MAX_KEYS), |v| self.usize_from_1(v, MAX_KEYS))?,
             dry_run: raw.dry_run.unwrap_or(false),
         })
     }
 
     /// Requests per second, within [`check_rate`]'s bounds (NaN fails too).
-    pub(crate) fn rate(&self, key: &str, v: &Spanned<f64>) -> Checked<f64> {
-        check_rate(*v.get_ref()).map_err(|why| self.invalid(v.span(), key, why))
+    pub(crate) fn rate(&self, v: &Spanned<f64>) -> Checked<f64> {
+        check_rate(*v.get_ref()).map_err(|why| self.invalid(v.span(), why))
     }
 
-    pub(crate) fn burst(&self, key: &str, v: Option<&Spanned<i64>>) -> Checked<NonZeroU32> {
+    pub(crate) fn burst(&self, v: Option<&Spanned<i64>>) -> Checked<NonZeroU32> {
         v.map_or(Ok(DEFAULT_BURST), |v| {
-            check_burst(*v.get_ref()).map_err(|why| self.invalid(v.span(), key, why))
+            check_burst(*v.get_ref()).map_err(|why| self.invalid(v.span(), why))
         })
     }
 }

@@ -23,10 +23,11 @@ impl Ctx<'_> {
     ) -> Checked<Vec<RouteConfig>> {
         const NONE: &str = "at least one route is required: add a [[routes]] table";
         let Some(raw) = raw else {
-            return Err(self.invalid(0..0, "routes", NONE));
+            // A missing key has no span to find it by.
+            return Err(self.invalid_key(0..0, "routes", NONE));
         };
         if raw.get_ref().is_empty() {
-            return Err(self.invalid(raw.span(), "routes", NONE));
+            return Err(self.invalid(raw.span(), NONE));
         }
         // Route names are metric labels, so two routes must never share one.
         let mut seen: HashMap<String, (usize, Range<usize>)> = HashMap::new();
@@ -37,84 +38,61 @@ impl Ctx<'_> {
                 let (line, _) = line_column(self.src, span.start);
                 return Err(self.invalid(
                     route.name.span(),
-                    &format!("routes[{i}].name"),
-                    format!("duplicate route name {name:?}: already used by routes[{first}] (line {line})"),
-                ));
+                    format!("duplicate route name {name:?}: already used by routes[{first}] (line {line})")));
             }
             seen.insert(name.clone(), (i, route.name.span()));
-            routes.push(self.route(i, route, upstreams, redis)?);
+            routes.push(self.route(route, upstreams, redis)?);
         }
         Ok(routes)
     }
 
     pub(crate) fn route(
         &self,
-        i: usize,
         raw: RawRoute,
         upstreams: &BTreeMap<String, UpstreamConfig>,
         redis: bool,
     ) -> Checked<RouteConfig> {
-        let key = |field: &str| format!("routes[{i}].{field}");
         Ok(RouteConfig {
-            name: self.route_name(&key("name"), &raw.name)?,
-            host: raw.host.map(|v| self.host(&key("host"), &v)).transpose()?,
+            name: self.route_name(&raw.name)?,
+            host: raw.host.map(|v| self.host(&v)).transpose()?,
             path_prefix: raw
                 .path_prefix
                 .map_or(Ok(DEFAULT_PATH_PREFIX.to_string()), |v| {
-                    self.path_prefix(&key("path_prefix"), &v)
+                    self.path_prefix(&v)
                 })?,
-            methods: raw
-                .methods
-                .map_or(Ok(Vec::new()), |v| self.methods(&key("methods"), &v))?,
-            upstream: self.upstream_ref(&key("upstream"), &raw.upstream, upstreams)?,
-            limit: raw
-                .limit
-                .map(|v| self.limit(&key("limit"), &v, redis))
-                .transpose()?,
-            queue: self.queue(&key("queue"), &raw.queue)?,
-            reject: self.reject(&key("reject"), &raw.reject)?,
+            methods: raw.methods.map_or(Ok(Vec::new()), |v| self.methods(&v))?,
+            upstream: self.upstream_ref(&raw.upstream, upstreams)?,
+            limit: raw.limit.map(|v| self.limit(&v, redis)).transpose()?,
+            queue: self.queue(&raw.queue)?,
+            reject: self.reject(&raw.reject)?,
             key: raw
                 .key
-                .map_or(Ok(vec![KeyPart::ClientIp]), |v| self.key(&key("key"), &v))?,
-            key_limit: raw
-                .key_limit
-                .map(|v| self.key_limit(&key("key_limit"), &v))
-                .transpose()?,
-            classes: raw
-                .classes
-                .map_or(Ok(Vec::new()), |v| self.classes(&key("classes"), &v))?,
+                .map_or(Ok(vec![KeyPart::ClientIp]), |v| self.key(&v))?,
+            key_limit: raw.key_limit.map(|v| self.key_limit(&v)).transpose()?,
+            classes: raw.classes.map_or(Ok(Vec::new()), |v| self.classes(&v))?,
             upgrades: raw.upgrades.map_or_else(
                 || Ok(vec![DEFAULT_UPGRADE.to_string()]),
-                |v| self.upgrades(&key("upgrades"), &v),
+                |v| self.upgrades(&v),
             )?,
         })
     }
 
-    pub(crate) fn route_name(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+    pub(crate) fn route_name(&self, v: &Spanned<String>) -> Checked<String> {
         if v.get_ref().trim().is_empty() {
-            return Err(self.invalid(v.span(), key, "must not be empty"));
+            return Err(self.invalid(v.span(), "must not be empty"));
         }
         Ok(v.get_ref().clone())
     }
 
-    pub(crate) fn host(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
-        parse_host(v.get_ref()).map_err(|why| {
-            self.invalid(
-                v.span(),
-                key,
-                format!("invalid host {:?}: {why}", v.get_ref()),
-            )
-        })
+    pub(crate) fn host(&self, v: &Spanned<String>) -> Checked<String> {
+        parse_host(v.get_ref())
+            .map_err(|why| self.invalid(v.span(), format!("invalid host {:?}: {why}", v.get_ref())))
     }
 
-    pub(crate) fn path_prefix(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+    pub(crate) fn path_prefix(&self, v: &Spanned<String>) -> Checked<String> {
         let prefix = v.get_ref();
         if !prefix.starts_with('/') {
-            return Err(self.invalid(
-                v.span(),
-                key,
-                format!("must start with '/', got {prefix:?}"),
-            ));
+            return Err(self.invalid(v.span(), format!("must start with '/', got {prefix:?}")));
         }
         // A request path never contains these, so such a route could never match.
         if let Some(c) = prefix
@@ -123,7 +101,6 @@ impl Ctx<'_> {
         {
             return Err(self.invalid(
                 v.span(),
-                key,
                 format!("must be a plain path, but {prefix:?} contains {c:?}"),
             ));
         }
@@ -133,22 +110,19 @@ impl Ctx<'_> {
             Ok(normal) if normal == prefix.as_str() => Ok(prefix.clone()),
             Ok(normal) => Err(self.invalid(
                 v.span(),
-                key,
                 format!(
                     "{prefix:?} is not a normal path (requests are matched after normalisation); write {normal:?}"
-                ),
-            )),
-            Err(why) => Err(self.invalid(v.span(), key, format!("{prefix:?}: {why}"))),
+                ))),
+            Err(why) => Err(self.invalid(v.span(), format!("{prefix:?}: {why}"))),
         }
     }
 
     /// `upgrades`: protocol names (RFC 9110 tokens), case-insensitive, each
     /// once; never "h2c", which would take the connection out of sluice's
     /// hands as HTTP/2 inside a tunnel.
-    pub(crate) fn upgrades(&self, key: &str, raw: &[Spanned<String>]) -> Checked<Vec<String>> {
+    pub(crate) fn upgrades(&self, raw: &[Spanned<String>]) -> Checked<Vec<String>> {
         let mut upgrades: Vec<String> = Vec::with_capacity(raw.len());
-        for (i, v) in raw.iter().enumerate() {
-            let key = format!("{key}[{i}]");
+        for v in raw.iter() {
             let name = v.get_ref().to_ascii_lowercase();
             let token = !name.is_empty()
                 && name
@@ -157,36 +131,30 @@ impl Ctx<'_> {
             if !token {
                 return Err(self.invalid(
                     v.span(),
-                    &key,
                     format!(
                         "{:?} is not a protocol name (a token such as \"websocket\", without a version)",
                         v.get_ref()
-                    ),
-                ));
+                    )));
             }
             if name == "h2c" {
                 return Err(self.invalid(
                     v.span(),
-                    &key,
-                    "h2c is never tunnelled: HTTP/2 inside a tunnel would bypass shaping; clients can speak h2c to sluice directly (prior knowledge)",
-                ));
+                    "h2c is never tunnelled: HTTP/2 inside a tunnel would bypass shaping; clients can speak h2c to sluice directly (prior knowledge)"));
             }
             if upgrades.contains(&name) {
-                return Err(self.invalid(v.span(), &key, format!("duplicate protocol {name:?}")));
+                return Err(self.invalid(v.span(), format!("duplicate protocol {name:?}")));
             }
             upgrades.push(name);
         }
         Ok(upgrades)
     }
 
-    pub(crate) fn methods(&self, key: &str, raw: &[Spanned<String>]) -> Checked<Vec<http::Method>> {
+    pub(crate) fn methods(&self, raw: &[Spanned<String>]) -> Checked<Vec<http::Method>> {
         let mut methods: Vec<http::Method> = Vec::with_capacity(raw.len());
-        for (i, v) in raw.iter().enumerate() {
-            let key = format!("{key}[{i}]");
-            let method =
-                parse_method(v.get_ref()).map_err(|why| self.invalid(v.span(), &key, why))?;
+        for v in raw.iter() {
+            let method = parse_method(v.get_ref()).map_err(|why| self.invalid(v.span(), why))?;
             if methods.contains(&method) {
-                return Err(self.invalid(v.span(), &key, format!("duplicate method {method}")));
+                return Err(self.invalid(v.span(), format!("duplicate method {method}")));
             }
             methods.push(method);
         }
@@ -195,7 +163,6 @@ impl Ctx<'_> {
 
     pub(crate) fn upstream_ref(
         &self,
-        key: &str,
         v: &Spanned<String>,
         upstreams: &BTreeMap<String, UpstreamConfig>,
     ) -> Checked<String> {
@@ -206,7 +173,6 @@ impl Ctx<'_> {
         let known: Vec<String> = upstreams.keys().map(|k| format!("{k:?}")).collect();
         Err(self.invalid(
             v.span(),
-            key,
             format!(
                 "unknown upstream {name:?}; defined upstreams: {}",
                 known.join(", ")
@@ -215,28 +181,25 @@ impl Ctx<'_> {
     }
 
     /// `key`: one part, or a non-empty list of distinct parts.
-    pub(crate) fn key(&self, key: &str, raw: &Spanned<RawKey>) -> Checked<Vec<KeyPart>> {
+    pub(crate) fn key(&self, raw: &Spanned<RawKey>) -> Checked<Vec<KeyPart>> {
         match raw.get_ref() {
-            RawKey::One(part) => Ok(vec![self.key_part(key, part, raw.span())?]),
+            RawKey::One(part) => Ok(vec![self.key_part(part, raw.span())?]),
             RawKey::Many(list) => {
                 if list.is_empty() {
                     return Err(self.invalid(
                         raw.span(),
-                        key,
-                        "must name at least one key part (\"client_ip\", \"path\" or \"header:NAME\")",
-                    ));
+                        "must name at least one key part (\"client_ip\", \"path\" or \"header:NAME\")"));
                 }
                 let mut parts: Vec<KeyPart> = Vec::with_capacity(list.len());
-                for (i, v) in list.iter().enumerate() {
-                    let part_key = format!("{key}[{i}]");
-                    let part = self.key_part(&part_key, v.get_ref(), v.span())?;
+                for v in list.iter() {
+                    let part = self.key_part(v.get_ref(), v.span())?;
                     if let Some(first) = parts.iter().position(|p| *p == part) {
                         return Err(self.invalid(
                             v.span(),
-                            &part_key,
                             format!(
-                                "duplicate key part {:?}: already given as {key}[{first}]",
-                                key_part_str(&part)
+                                "duplicate key part {:?}: already given as {}",
+                                key_part_str(&part),
+                                self.key_at(&list[first].span())
                             ),
                         ));
                     }
@@ -247,41 +210,38 @@ impl Ctx<'_> {
         }
     }
 
-    pub(crate) fn key_part(&self, key: &str, part: &str, span: Range<usize>) -> Checked<KeyPart> {
+    pub(crate) fn key_part(&self, part: &str, span: Range<usize>) -> Checked<KeyPart> {
         match part {
             "client_ip" => Ok(KeyPart::ClientIp),
             "path" => Ok(KeyPart::Path),
             _ => match part.strip_prefix("header:") {
                 Some(name) => parse_header_name(name)
                     .map(KeyPart::Header)
-                    .map_err(|why| self.invalid(span, key, format!("in key part {part:?}: {why}"))),
+                    .map_err(|why| self.invalid(span, format!("in key part {part:?}: {why}"))),
                 None => Err(self.invalid(
                     span,
-                    key,
                     format!(
                         "unknown key part {part:?}: expected \"client_ip\", \"path\" or \"header:NAME\""
-                    ),
-                )),
+                    ))),
             },
         }
     }
 
-    pub(crate) fn reject(&self, key: &str, raw: &RawReject) -> Checked<RejectConfig> {
+    pub(crate) fn reject(&self, raw: &RawReject) -> Checked<RejectConfig> {
         let mut reject = RejectConfig::default();
         if let Some(v) = &raw.status {
-            reject.status = self.reject_status(&format!("{key}.status"), v)?;
+            reject.status = self.reject_status(v)?;
         }
         if let Some(retry_after) = raw.retry_after {
             reject.retry_after = retry_after;
         }
         if let Some(v) = &raw.rate_limited_status {
-            reject.rate_limited_status =
-                self.reject_status(&format!("{key}.rate_limited_status"), v)?;
+            reject.rate_limited_status = self.reject_status(v)?;
         }
         Ok(reject)
     }
 
-    pub(crate) fn reject_status(&self, key: &str, v: &Spanned<i64>) -> Checked<StatusCode> {
+    pub(crate) fn reject_status(&self, v: &Spanned<i64>) -> Checked<StatusCode> {
         let n = *v.get_ref();
         u16::try_from(n)
             .ok()
@@ -290,7 +250,6 @@ impl Ctx<'_> {
             .ok_or_else(|| {
                 self.invalid(
                     v.span(),
-                    key,
                     format!("must be an HTTP error status from 400 to 599, got {n}"),
                 )
             })

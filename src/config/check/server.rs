@@ -28,83 +28,72 @@ use crate::config::values::{parse_net, read_secret_file, resolve_path};
 impl Ctx<'_> {
     pub(crate) fn server(&self, raw: RawServer) -> Checked<ServerConfig> {
         Ok(ServerConfig {
-            listen: raw.listen.map_or(Ok(DEFAULT_SERVER_LISTEN), |v| {
-                self.socket_addr("server.listen", &v)
-            })?,
+            listen: raw
+                .listen
+                .map_or(Ok(DEFAULT_SERVER_LISTEN), |v| self.socket_addr(&v))?,
             header_timeout: raw.header_timeout.map_or(Ok(DEFAULT_HEADER_TIMEOUT), |v| {
-                self.duration_at_least("server.header_timeout", &v, MIN_CLIENT_TIMEOUT)
+                self.duration_at_least(&v, MIN_CLIENT_TIMEOUT)
             })?,
             idle_timeout: raw.idle_timeout.map_or(Ok(DEFAULT_IDLE_TIMEOUT), |v| {
-                self.duration_at_least("server.idle_timeout", &v, MIN_CLIENT_TIMEOUT)
+                self.duration_at_least(&v, MIN_CLIENT_TIMEOUT)
             })?,
-            backlog: raw.backlog.map_or(Ok(MAX_BACKLOG), |v| {
-                self.between("server.backlog", &v, 1, MAX_BACKLOG)
-            })? as u32,
+            backlog: raw
+                .backlog
+                .map_or(Ok(MAX_BACKLOG), |v| self.between(&v, 1, MAX_BACKLOG))?
+                as u32,
             max_header_bytes: raw
                 .max_header_bytes
                 .map_or(Ok(DEFAULT_MAX_HEADER_BYTES), |v| {
-                    self.between(
-                        "server.max_header_bytes",
-                        &v,
-                        MIN_MAX_HEADER_BYTES,
-                        MAX_MAX_HEADER_BYTES,
-                    )
+                    self.between(&v, MIN_MAX_HEADER_BYTES, MAX_MAX_HEADER_BYTES)
                 })?,
             max_headers: raw.max_headers.map_or(Ok(DEFAULT_MAX_HEADERS), |v| {
-                self.between("server.max_headers", &v, 1, MAX_MAX_HEADERS)
+                self.between(&v, 1, MAX_MAX_HEADERS)
             })?,
             max_connections: raw
                 .max_connections
                 .map_or(Ok(DEFAULT_MAX_CONNECTIONS), |v| {
-                    self.between("server.max_connections", &v, 1, MAX_CONNECTIONS)
+                    self.between(&v, 1, MAX_CONNECTIONS)
                 })?,
-            max_body_bytes: raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| {
-                self.at_least("server.max_body_bytes", &v, 0)
-            })? as u64,
-            request_buffer_bytes: raw.request_buffer_bytes.map_or(
-                Ok(DEFAULT_REQUEST_BUFFER_BYTES),
-                |v| {
-                    self.between(
-                        "server.request_buffer_bytes",
-                        &v,
-                        0,
-                        MAX_REQUEST_BUFFER_BYTES,
-                    )
-                },
-            )?,
+            max_body_bytes: raw
+                .max_body_bytes
+                .map_or(Ok(DEFAULT_MAX_BODY_BYTES), |v| self.at_least(&v, 0))?
+                as u64,
+            request_buffer_bytes: raw
+                .request_buffer_bytes
+                .map_or(Ok(DEFAULT_REQUEST_BUFFER_BYTES), |v| {
+                    self.between(&v, 0, MAX_REQUEST_BUFFER_BYTES)
+                })?,
             client_body_timeout: raw
                 .client_body_timeout
                 .map_or(Ok(DEFAULT_CLIENT_BODY_TIMEOUT), |v| {
-                    self.duration_at_least("server.client_body_timeout", &v, MIN_CLIENT_TIMEOUT)
+                    self.duration_at_least(&v, MIN_CLIENT_TIMEOUT)
                 })?,
             send_timeout: raw.send_timeout.map_or(Ok(DEFAULT_SEND_TIMEOUT), |v| {
-                self.duration_at_least("server.send_timeout", &v, MIN_CLIENT_TIMEOUT)
+                self.duration_at_least(&v, MIN_CLIENT_TIMEOUT)
             })?,
             workers: raw
                 .workers
-                .map(|v| self.between("server.workers", &v, 1, MAX_WORKERS))
+                .map(|v| self.between(&v, 1, MAX_WORKERS))
                 .transpose()?,
-            drain_timeout: raw.drain_timeout.map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| {
-                self.duration("server.drain_timeout", &v)
-            })?,
-            tls: raw
-                .tls
-                .map(|v| self.server_tls("server.tls", &v))
-                .transpose()?,
-            shutdown_delay: raw.shutdown_delay.map_or(Ok(Duration::ZERO), |v| {
-                self.duration("server.shutdown_delay", &v)
-            })?,
-            trusted_proxies: raw.trusted_proxies.map_or(Ok(Vec::new()), |v| {
-                self.trusted_proxies("server.trusted_proxies", &v)
-            })?,
+            drain_timeout: raw
+                .drain_timeout
+                .map_or(Ok(DEFAULT_DRAIN_TIMEOUT), |v| self.duration(&v))?,
+            tls: raw.tls.map(|v| self.server_tls(&v)).transpose()?,
+            shutdown_delay: raw
+                .shutdown_delay
+                .map_or(Ok(Duration::ZERO), |v| self.duration(&v))?,
+            trusted_proxies: raw
+                .trusted_proxies
+                .map_or(Ok(Vec::new()), |v| self.trusted_proxies(&v))?,
         })
     }
 
     pub(crate) fn admin(&self, raw: RawAdmin) -> Checked<AdminConfig> {
         Ok(AdminConfig {
-            listen: raw.listen.as_ref().map_or(Ok(DEFAULT_ADMIN_LISTEN), |v| {
-                self.socket_addr("admin.listen", v)
-            })?,
+            listen: raw
+                .listen
+                .as_ref()
+                .map_or(Ok(DEFAULT_ADMIN_LISTEN), |v| self.socket_addr(v))?,
             token: self.admin_token(&raw)?,
         })
     }
@@ -122,49 +111,47 @@ impl Ctx<'_> {
             return Ok(());
         }
         // Blame the one that was written; both cannot be defaults, they differ.
-        let (key, other, span) = match (admin_span, server_span) {
-            (Some(span), _) => ("admin.listen", "server.listen", span),
-            (None, Some(span)) => ("server.listen", "admin.listen", span),
-            (None, None) => ("admin.listen", "server.listen", 0..0),
+        let message = format!(
+            "{} is also {}; the two must differ",
+            admin.listen, "{other}"
+        );
+        let (other, span) = match (admin_span, server_span) {
+            (Some(span), _) => ("server.listen", span),
+            (None, Some(span)) => ("admin.listen", span),
+            // Both defaults (which differ): no span to find the key by.
+            (None, None) => {
+                let message = message.replace("{other}", "server.listen");
+                return Err(self.invalid_key(0..0, "admin.listen", message));
+            }
         };
-        Err(self.invalid(
-            span,
-            key,
-            format!("{} is also {other}; the two must differ", admin.listen),
-        ))
+        Err(self.invalid(span, message.replace("{other}", other)))
     }
 
     pub(crate) fn log(&self, raw: RawLog) -> Checked<LogConfig> {
         Ok(LogConfig {
             format: raw
                 .format
-                .map_or(Ok(LogFormat::Text), |v| self.log_format("log.format", &v))?,
-            level: raw.level.map_or(Ok(DEFAULT_LOG_LEVEL.to_string()), |v| {
-                self.log_level("log.level", &v)
-            })?,
+                .map_or(Ok(LogFormat::Text), |v| self.log_format(&v))?,
+            level: raw
+                .level
+                .map_or(Ok(DEFAULT_LOG_LEVEL.to_string()), |v| self.log_level(&v))?,
             access_log: raw.access_log.unwrap_or(true),
         })
     }
 
-    pub(crate) fn server_tls(&self, key: &str, raw: &RawServerTls) -> Checked<ServerTls> {
+    pub(crate) fn server_tls(&self, raw: &RawServerTls) -> Checked<ServerTls> {
         Ok(ServerTls {
-            cert: self.file_path(&format!("{key}.cert"), &raw.cert)?,
-            key: self.file_path(&format!("{key}.key"), &raw.key)?,
+            cert: self.file_path(&raw.cert)?,
+            key: self.file_path(&raw.key)?,
         })
     }
 
-    pub(crate) fn trusted_proxies(
-        &self,
-        key: &str,
-        raw: &[Spanned<String>],
-    ) -> Checked<Vec<IpNet>> {
+    pub(crate) fn trusted_proxies(&self, raw: &[Spanned<String>]) -> Checked<Vec<IpNet>> {
         raw.iter()
-            .enumerate()
-            .map(|(i, v)| {
+            .map(|v| {
                 parse_net(v.get_ref()).map_err(|why| {
                     self.invalid(
                         v.span(),
-                        &format!("{key}[{i}]"),
                         format!("invalid proxy address {:?}: {why}", v.get_ref()),
                     )
                 })
@@ -174,30 +161,28 @@ impl Ctx<'_> {
 
     // --- single values ------------------------------------------------------
 
-    pub(crate) fn log_format(&self, key: &str, v: &Spanned<String>) -> Checked<LogFormat> {
+    pub(crate) fn log_format(&self, v: &Spanned<String>) -> Checked<LogFormat> {
         match v.get_ref().as_str() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
             other => Err(self.invalid(
                 v.span(),
-                key,
                 format!("unknown log format {other:?}: expected \"text\" or \"json\""),
             )),
         }
     }
 
     /// Parsed here so a typo fails at startup instead of silently logging nothing.
-    pub(crate) fn log_level(&self, key: &str, v: &Spanned<String>) -> Checked<String> {
+    pub(crate) fn log_level(&self, v: &Spanned<String>) -> Checked<String> {
         let level = v.get_ref();
         if level.trim().is_empty() {
-            return Err(self.invalid(v.span(), key, "must not be empty (e.g. \"info\")"));
+            return Err(self.invalid(v.span(), "must not be empty (e.g. \"info\")"));
         }
         tracing_subscriber::EnvFilter::builder()
             .parse(level)
             .map_err(|err| {
                 self.invalid(
                     v.span(),
-                    key,
                     format!("invalid filter directive {level:?}: {err}"),
                 )
             })?;
@@ -206,122 +191,103 @@ impl Ctx<'_> {
 
     /// `admin.token`, `admin.token_file` or `admin.token_env`, at most one.
     pub(crate) fn admin_token(&self, raw: &RawAdmin) -> Checked<Option<Secret>> {
-        let read = self.secret_from(
-            "admin",
-            "token",
-            raw.token_file.as_ref(),
-            raw.token_env.as_ref(),
-        )?;
-        let (token, key, span) = match (&raw.token, read) {
+        let read = self.secret_from("token", raw.token_file.as_ref(), raw.token_env.as_ref())?;
+        let (token, span) = match (&raw.token, read) {
             (None, None) => return Ok(None),
             (Some(v), None) => (
                 Secret::new(v.get_ref().clone(), SecretSource::Inline),
-                "admin.token".to_string(),
                 v.span(),
             ),
             (None, Some(read)) => read,
-            (Some(inline), Some((_, key, span))) => {
+            (Some(inline), Some((_, span))) => {
                 let (line, _) = line_column(self.src, inline.span().start);
                 return Err(self.invalid(
                     span,
-                    &key,
                     format!(
                         "admin.token is already set (line {line}); give the token one way only"
                     ),
                 ));
             }
         };
-        self.token(&key, span, token.expose())?;
+        self.token(span, token.expose())?;
         Ok(Some(token))
     }
 
     /// A bearer token: visible ASCII without spaces (RFC 6750 b64token,
     /// loosely), 1 to `MAX_TOKEN_BYTES` bytes. The messages never show it.
-    pub(crate) fn token(&self, key: &str, span: Range<usize>, token: &str) -> Checked<()> {
+    pub(crate) fn token(&self, span: Range<usize>, token: &str) -> Checked<()> {
         if token.is_empty()
             || token.len() > MAX_TOKEN_BYTES
             || !token.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(self.invalid(
                 span,
-                key,
                 format!("must be 1 to {MAX_TOKEN_BYTES} bytes of visible ASCII without spaces"),
             ));
         }
         if token == REDACTED {
-            return Err(self.invalid(span, key, PLACEHOLDER_REFUSED));
+            return Err(self.invalid(span, PLACEHOLDER_REFUSED));
         }
         Ok(())
     }
 
-    /// A secret from `{table}.{name}_file` or `{table}.{name}_env` (at most
-    /// one): its value, the key it came from and that key's span.
+    /// A secret from `{name}_file` or `{name}_env` (at most one): its value
+    /// and the span of the key it came from.
     pub(crate) fn secret_from(
         &self,
-        table: &str,
         name: &str,
         file: Option<&Spanned<String>>,
         env: Option<&Spanned<String>>,
-    ) -> Checked<Option<(Secret, String, Range<usize>)>> {
-        let file_key = format!("{table}.{name}_file");
-        let env_key = format!("{table}.{name}_env");
+    ) -> Checked<Option<(Secret, Range<usize>)>> {
         match (file, env) {
             (None, None) => Ok(None),
             (Some(f), Some(e)) => {
-                let ((first, first_span), (second, second_span)) =
-                    if f.span().start < e.span().start {
-                        ((&file_key, f.span()), (&env_key, e.span()))
-                    } else {
-                        ((&env_key, e.span()), (&file_key, f.span()))
-                    };
-                let (line, _) = line_column(self.src, first_span.start);
+                let (first, second) = if f.span().start < e.span().start {
+                    (f.span(), e.span())
+                } else {
+                    (e.span(), f.span())
+                };
+                let (line, _) = line_column(self.src, first.start);
                 Err(self.invalid(
-                    second_span,
                     second,
-                    format!("{first} is already set (line {line}); give the {name} one way only"),
+                    format!(
+                        "{} is already set (line {line}); give the {name} one way only",
+                        self.key_at(&first)
+                    ),
                 ))
             }
             (Some(v), None) => {
                 let path = resolve_path(self.path, Path::new(v.get_ref()));
                 if v.get_ref().trim().is_empty() || v.get_ref().contains('\0') {
-                    return Err(self.invalid(v.span(), &file_key, "must be the path of a file"));
+                    return Err(self.invalid(v.span(), "must be the path of a file"));
                 }
-                let value = read_secret_file(&path)
-                    .map_err(|why| self.invalid(v.span(), &file_key, why))?;
+                let value = read_secret_file(&path).map_err(|why| self.invalid(v.span(), why))?;
                 Ok(Some((
                     Secret::new(value, SecretSource::File(path)),
-                    file_key,
                     v.span(),
                 )))
             }
             (None, Some(v)) => {
                 let var = v.get_ref();
                 if var.is_empty() || var.contains(['=', '\0']) {
-                    return Err(self.invalid(
-                        v.span(),
-                        &env_key,
-                        "must be the name of an environment variable",
-                    ));
+                    return Err(
+                        self.invalid(v.span(), "must be the name of an environment variable")
+                    );
                 }
                 let value = match std::env::var(var) {
                     Ok(value) if !value.is_empty() => value,
                     Ok(_) => {
-                        return Err(self.invalid(v.span(), &env_key, format!("${var} is empty")));
+                        return Err(self.invalid(v.span(), format!("${var} is empty")));
                     }
                     Err(std::env::VarError::NotPresent) => {
-                        return Err(self.invalid(v.span(), &env_key, format!("${var} is not set")));
+                        return Err(self.invalid(v.span(), format!("${var} is not set")));
                     }
                     Err(std::env::VarError::NotUnicode(_)) => {
-                        return Err(self.invalid(
-                            v.span(),
-                            &env_key,
-                            format!("${var} is not valid UTF-8"),
-                        ));
+                        return Err(self.invalid(v.span(), format!("${var} is not valid UTF-8")));
                     }
                 };
                 Ok(Some((
                     Secret::new(value, SecretSource::Env(var.clone())),
-                    env_key,
                     v.span(),
                 )))
             }
