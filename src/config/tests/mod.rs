@@ -179,6 +179,4 @@ fn with_redis(extra: &str, redis: &str) -> String {
 
 mod errors;
 mod read;
-mod redis_errors;
 mod render;
-mod section_errors;

@@ -470,3 +470,34 @@ fn redis_urls_the_client_can_dial_are_accepted() {
         assert_eq!(cfg.redis.map(|r| r.url).as_deref(), Some(url));
     }
 }
+
+#[test]
+fn listeners_on_port_0_do_not_clash() {
+    // Port 0 binds any free port, so both may ask for it.
+    let both_zero = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    assert!(parse(&format!("{both_zero}{MINIMAL}")).is_ok());
+}
+
+#[test]
+fn a_route_may_have_eight_classes() {
+    let classes: String = (0..8)
+        .map(|i| format!("[[routes.classes]]\nname = \"c{i}\"\npath_prefix = \"/{i}\"\n"))
+        .collect();
+    let cfg = parse(&with_route_extra(&classes)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.routes[0].classes.len(), 8);
+}
+
+#[test]
+fn dry_run_goes_with_a_local_backend_written_out() {
+    const REDIS: &str = "url = \"redis://127.0.0.1\"";
+    parse(&with_redis(
+        "limit = { rate = 1, backend = \"local\", dry_run = true }",
+        REDIS,
+    ))
+    .expect("local dry run parses");
+    parse(&with_redis(
+        "limit = { rate = 1, backend = \"redis\", dry_run = false }",
+        REDIS,
+    ))
+    .expect("dry_run = false goes with redis");
+}
