@@ -8,8 +8,6 @@ pub mod sockets;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -22,11 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice::config::{
-    AdminConfig, Balance, Config, KeyPart, LimitBackend, LimitConfig, LogConfig, LogFormat,
-    PassiveHealth, QueueConfig, RejectConfig, RouteConfig, ServerConfig, TargetConfig,
-    UpstreamConfig,
-};
+use sluice::config::{Config, RouteConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -382,70 +376,55 @@ pub async fn dead_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// A config with one upstream `api` at `targets` and one route `main` on "/".
+/// A config with one upstream `api` at `targets` and one route `main` on "/"
+/// (100 r/s, burst 10, a queue of 1000 waiting up to 10 s). Besides the
+/// route, what differs from the defaults: both listeners on a free loopback
+/// port, a short drain, a quiet log, and room for many connections to the
+/// test backend. No targets is allowed (a test fills them in).
 pub fn config(targets: &[SocketAddr]) -> Config {
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let upstream = UpstreamConfig {
-        name: "api".into(),
-        targets: targets
-            .iter()
-            .map(|a| TargetConfig::new(a.to_string().parse().unwrap()))
-            .collect(),
-        balance: Balance::RoundRobin,
-        retries: 1,
-        http2: false,
-        passive_health: PassiveHealth::default(),
-        active_health: None,
-        adaptive: None,
-        tls: None,
-        max_inflight: NonZeroUsize::new(1000).unwrap(),
-        connect_timeout: Duration::from_secs(1),
-        timeout: Duration::from_secs(30),
-        pool_idle_timeout: Duration::from_secs(90),
-        pool_max_idle_per_target: 1024,
+    // The loader wants at least one target: a placeholder, taken out below.
+    let listed: Vec<String> = match targets {
+        [] => vec!["\"127.0.0.1:1\"".into()],
+        _ => targets.iter().map(|a| format!("\"{a}\"")).collect(),
     };
-    Config {
-        source: PathBuf::from("test.toml"),
-        server: ServerConfig {
-            listen: loopback,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(75),
-            backlog: 65_535,
-            max_header_bytes: 32 * 1024,
-            max_headers: 100,
-            max_body_bytes: 1 << 20,
-            request_buffer_bytes: 16 * 1024,
-            client_body_timeout: Duration::from_secs(10),
-            send_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            workers: None,
-            drain_timeout: Duration::from_secs(5),
-            tls: None,
-            shutdown_delay: Duration::ZERO,
-            trusted_proxies: vec![],
-        },
-        admin: AdminConfig {
-            listen: loopback,
-            token: None,
-        },
-        log: LogConfig {
-            format: LogFormat::Text,
-            level: "warn".into(),
-            access_log: false,
-        },
-        upstreams: BTreeMap::from([("api".to_string(), upstream)]),
-        routes: vec![route(
-            "main",
-            "/",
-            Some((100.0, 10)),
-            1000,
-            Duration::from_secs(10),
-        )],
-        redis: None,
+    let mut config = parse_config(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+idle_timeout = "75s"
+drain_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[log]
+level = "warn"
+access_log = false
+
+[upstreams.api]
+targets = [{}]
+retries = 1
+max_inflight = 1000
+pool_max_idle_per_target = 1024
+
+[[routes]]
+name = "main"
+upstream = "api"
+limit = {{ rate = 100, burst = 10 }}
+queue = {{ capacity = 1000, timeout = "10s" }}
+"#,
+        listed.join(", ")
+    ));
+    if targets.is_empty()
+        && let Some(api) = config.upstreams.get_mut("api")
+    {
+        api.targets.clear();
     }
+    config
 }
 
-/// A route on `upstream = "api"`.
+/// A route on `upstream = "api"`: `rate` is (requests per second, burst),
+/// none for no limit; the queue holds `capacity` waiting up to `timeout`.
 pub fn route(
     name: &str,
     prefix: &str,
@@ -453,25 +432,29 @@ pub fn route(
     capacity: usize,
     timeout: Duration,
 ) -> RouteConfig {
-    RouteConfig {
-        name: name.into(),
-        host: None,
-        path_prefix: prefix.into(),
-        methods: vec![],
-        upstream: "api".into(),
-        limit: rate.map(|(rate, burst)| LimitConfig {
-            rate,
-            burst: NonZeroU32::new(burst).unwrap(),
-            dry_run: false,
-            backend: LimitBackend::Local,
-        }),
-        queue: QueueConfig::new(capacity, timeout),
-        reject: RejectConfig::default(),
-        key: vec![KeyPart::ClientIp],
-        key_limit: None,
-        classes: vec![],
-        upgrades: vec!["websocket".into()],
-    }
+    let limit = rate.map_or(String::new(), |(rate, burst)| {
+        format!("limit = {{ rate = {rate}, burst = {burst} }}\n")
+    });
+    let timeout = humantime::format_duration(timeout);
+    let mut config = parse_config(&format!(
+        r#"
+[upstreams.api]
+targets = ["127.0.0.1:1"]
+
+[[routes]]
+name = {name:?}
+path_prefix = {prefix:?}
+upstream = "api"
+{limit}queue = {{ capacity = {capacity}, timeout = "{timeout}" }}
+"#
+    ));
+    config.routes.remove(0)
+}
+
+/// A test config from TOML text, through the real loader.
+pub fn parse_config(src: &str) -> Config {
+    Config::parse(src, std::path::Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("test config does not load: {e}\n{src}"))
 }
 
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;
