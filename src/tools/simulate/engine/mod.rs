@@ -22,15 +22,18 @@
 //! lets the runtime advance again. After an event that wakes another task
 //! (a request queued, a slot freed for a waiter) it yields, so that task
 //! runs at the same virtual instant.
+//!
+//! Here the replay loop; the backend model in `backend`, what is counted in
+//! `stats`, and the clock the main task moves in `clock`.
+
+mod backend;
+mod clock;
+mod stats;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::future::Future;
-use std::num::NonZeroUsize;
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::task::{Context, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -40,339 +43,15 @@ use tokio::time::Instant;
 use crate::config::{ClassMatch, Config};
 use crate::gateway::route::limits_of;
 use crate::gateway::router::Router;
-use crate::outcome::Outcome;
-use crate::shaper::{
-    Admission, Arrival, Gate, KeyedLimiter, Limiter, Limits, RejectReason, Shaper,
-};
+use crate::shaper::{Admission, Arrival, Gate, KeyedLimiter, Limiter, Limits, Shaper};
 
 use super::trace::{Record, Trace};
 
-const MS: u64 = 1_000_000;
+pub use backend::{BackendModel, Rng, ServiceTime};
+pub(crate) use stats::{Bucket, RouteStats, Stats, reason_index};
 
-/// How long the backend takes to answer one request.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ServiceTime {
-    /// Every request takes exactly this long.
-    Fixed(Duration),
-    /// Exponentially distributed with this mean (seeded, repeatable).
-    Exponential(Duration),
-}
-
-impl std::str::FromStr for ServiceTime {
-    type Err = String;
-
-    /// A duration as humantime reads it (`10ms`, `1s 500ms`), or `exp:MEAN`
-    /// (`exp:10ms`) for a sampled exponential.
-    fn from_str(text: &str) -> Result<ServiceTime, String> {
-        let (exp, duration) = match text.strip_prefix("exp:") {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let duration = humantime::parse_duration(duration.trim())
-            .map_err(|err| format!("`{text}`: {err} (expected e.g. `10ms` or `exp:10ms`)"))?;
-        Ok(if exp {
-            ServiceTime::Exponential(duration)
-        } else {
-            ServiceTime::Fixed(duration)
-        })
-    }
-}
-
-impl std::fmt::Display for ServiceTime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ServiceTime::Fixed(d) => write!(f, "{}", humantime::format_duration(*d)),
-            ServiceTime::Exponential(d) => write!(f, "exp:{}", humantime::format_duration(*d)),
-        }
-    }
-}
-
-/// The backend behind every upstream (each upstream gets its own instance).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackendModel {
-    pub service_time: ServiceTime,
-    /// Requests the backend serves at once; more wait at the backend, in
-    /// order, still holding sluice's in-flight slot. `None`: no limit.
-    pub concurrency: Option<NonZeroUsize>,
-    /// Seed of the service-time sampler.
-    pub seed: u64,
-}
-
-impl BackendModel {
-    /// A backend answering every request after `service_time`, with no concurrency limit.
-    pub fn fixed(service_time: Duration) -> BackendModel {
-        BackendModel {
-            service_time: ServiceTime::Fixed(service_time),
-            concurrency: None,
-            seed: 1,
-        }
-    }
-}
-
-/// SplitMix64: small, fast and seeded; enough for service-time samples (and
-/// for generating benchmark traces).
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Exponentially distributed with the given mean (e.g. the gap between
-    /// arrivals of a Poisson process: mean = 1 / rate).
-    pub fn exponential(&mut self, mean: f64) -> f64 {
-        -(1.0 - self.unit()).ln() * mean
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    fn service(&mut self, model: ServiceTime) -> u64 {
-        match model {
-            ServiceTime::Fixed(d) => d.as_nanos() as u64,
-            ServiceTime::Exponential(mean) => {
-                let sample = self.exponential(mean.as_nanos() as f64);
-                sample.round() as u64
-            }
-        }
-    }
-}
-
-/// What the replay measured, per route (the last entry: requests no route matched).
-pub(crate) struct Stats {
-    pub routes: Vec<RouteStats>,
-    pub bucket: Duration,
-    /// Virtual time from the first arrival until the last request finished.
-    pub virtual_time: Duration,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Bucket {
-    pub offered: u32,
-    pub released: u32,
-    pub rejected: u32,
-    pub rate_limited: u32,
-    pub dropped: u32,
-    /// The most requests queued at once during the bucket.
-    pub depth: u32,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct RouteStats {
-    pub offered: u64,
-    pub outcomes: [u64; Outcome::ALL.len()],
-    /// By [`reason_index`].
-    pub reasons: [u64; 5],
-    /// Admitted on the fast path: waited zero.
-    pub zero_waits: u64,
-    /// Waits of requests that left the queue (released, dropped or displaced), ns.
-    pub waits: Vec<u64>,
-    pub peak_depth: usize,
-    pub dry_run_route: u64,
-    pub dry_run_key: u64,
-    /// Requests without a key on a route with a per-key limit (not limited).
-    pub keyless: u64,
-    /// Requests naming a class the route does not have (put in `default`).
-    pub unknown_class: u64,
-    pub series: Vec<Bucket>,
-    depth: u32,
-}
-
-pub(crate) fn reason_index(reason: RejectReason) -> usize {
-    match reason {
-        RejectReason::QueueFull => 0,
-        RejectReason::WaitTooLong => 1,
-        RejectReason::Displaced => 2,
-        RejectReason::Timeout => 3,
-        RejectReason::Closed => 4,
-    }
-}
-
-/// The outcome the proxy records for a refusal.
-fn refusal_outcome(reason: RejectReason) -> Outcome {
-    match reason {
-        RejectReason::QueueFull | RejectReason::WaitTooLong | RejectReason::Displaced => {
-            Outcome::RejectedQueueFull
-        }
-        RejectReason::Timeout | RejectReason::Closed => Outcome::DroppedTimeout,
-    }
-}
-
-/// Counts, waits and the time series, written in event order by the main
-/// task and the queued requests' tasks.
-struct Recorder {
-    bucket_ns: u64,
-    routes: Vec<RouteStats>,
-}
-
-impl RouteStats {
-    fn bucket(&mut self, bucket_ns: u64, at: u64) -> &mut Bucket {
-        let index = (at / bucket_ns) as usize;
-        if index >= self.series.len() {
-            // Buckets without events held the depth as it was.
-            let depth = self.depth;
-            self.series.resize(
-                index + 1,
-                Bucket {
-                    depth,
-                    ..Bucket::default()
-                },
-            );
-        }
-        &mut self.series[index]
-    }
-
-    fn outcome(&mut self, outcome: Outcome) {
-        self.outcomes[outcome as usize] += 1;
-    }
-
-    fn set_depth(&mut self, bucket_ns: u64, at: u64, depth: u32) {
-        self.depth = depth;
-        let bucket = self.bucket(bucket_ns, at);
-        bucket.depth = bucket.depth.max(depth);
-    }
-}
-
-impl Recorder {
-    fn offered(&mut self, route: usize, at: u64) {
-        let bucket_ns = self.bucket_ns;
-        let r = &mut self.routes[route];
-        r.offered += 1;
-        r.bucket(bucket_ns, at).offered += 1;
-    }
-
-    fn no_route(&mut self, route: usize, at: u64) {
-        self.offered(route, at);
-        self.routes[route].outcome(Outcome::NoRoute);
-    }
-
-    fn rate_limited(&mut self, route: usize, at: u64) {
-        let bucket_ns = self.bucket_ns;
-        let r = &mut self.routes[route];
-        r.outcome(Outcome::RejectedRateLimited);
-        r.bucket(bucket_ns, at).rate_limited += 1;
-    }
-
-    fn released(&mut self, route: usize, at: u64) {
-        let bucket_ns = self.bucket_ns;
-        let r = &mut self.routes[route];
-        r.outcome(Outcome::Forwarded);
-        r.bucket(bucket_ns, at).released += 1;
-    }
-
-    fn refused(&mut self, route: usize, at: u64, reason: RejectReason) {
-        let bucket_ns = self.bucket_ns;
-        let r = &mut self.routes[route];
-        let outcome = refusal_outcome(reason);
-        r.outcome(outcome);
-        r.reasons[reason_index(reason)] += 1;
-        let bucket = r.bucket(bucket_ns, at);
-        if outcome == Outcome::DroppedTimeout {
-            bucket.dropped += 1;
-        } else {
-            bucket.rejected += 1;
-        }
-    }
-
-    fn fast(&mut self, route: usize, at: u64) {
-        self.routes[route].zero_waits += 1;
-        self.released(route, at);
-    }
-
-    fn queued(&mut self, route: usize, at: u64, shaper_depth: usize) {
-        let bucket_ns = self.bucket_ns;
-        let r = &mut self.routes[route];
-        r.peak_depth = r.peak_depth.max(shaper_depth);
-        let depth = r.depth + 1;
-        r.set_depth(bucket_ns, at, depth);
-    }
-
-    fn left_queue(&mut self, route: usize, at: u64, waited: u64, result: Result<(), RejectReason>) {
-        let bucket_ns = self.bucket_ns;
-        let r = &mut self.routes[route];
-        r.waits.push(waited);
-        let depth = r.depth.saturating_sub(1);
-        r.set_depth(bucket_ns, at, depth);
-        match result {
-            Ok(()) => self.released(route, at),
-            Err(reason) => self.refused(route, at, reason),
-        }
-    }
-}
-
-/// The paused tokio clock, as the main task moves it.
-struct VirtualClock {
-    origin: Instant,
-    /// Nanoseconds after `origin`; the clock reads exactly this.
-    now: u64,
-    /// The first jump was checked against the runtime's clock.
-    checked: bool,
-}
-
-impl VirtualClock {
-    fn instant(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.now)
-    }
-
-    /// Moves to `to`: timers up to its millisecond tick fire on their ticks
-    /// (other tasks run there), then the clock steps to the exact instant.
-    async fn goto(&mut self, to: u64) {
-        if to <= self.now {
-            return;
-        }
-        let tick = to / MS * MS;
-        if tick > self.now {
-            self.align();
-            // The runtime advances tick by tick through the timers in between.
-            tokio::time::sleep_until(self.origin + Duration::from_nanos(tick)).await;
-            self.now = tick;
-            debug_assert_eq!(Instant::now(), self.instant(), "virtual clock off its tick");
-        }
-        if to > self.now {
-            self.jump(to);
-        }
-    }
-
-    /// Onto the next millisecond tick if between ticks: the runtime's own
-    /// advances (to the next timer) then land on ticks, as timers do.
-    fn align(&mut self) {
-        if !self.now.is_multiple_of(MS) {
-            self.jump((self.now / MS + 1) * MS);
-        }
-    }
-
-    /// Moves the paused clock forward to `to` without yielding. Only called
-    /// between ticks, where no timer is due (timers fire on ticks), or onto
-    /// a tick that the next `sleep_until` then processes.
-    ///
-    /// `tokio::time::advance` moves the clock on its first poll and then
-    /// yields once; its first poll is all that is wanted here, so it is
-    /// polled once and dropped (the yield's wake-up goes to a no-op waker).
-    fn jump(&mut self, to: u64) {
-        let step = Duration::from_nanos(to - self.now);
-        let mut advance = pin!(tokio::time::advance(step));
-        let _pending = advance
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()));
-        self.now = to;
-        if !self.checked {
-            // Should tokio ever stop advancing on the first poll, fail loudly.
-            assert_eq!(
-                Instant::now(),
-                self.instant(),
-                "the paused clock did not move"
-            );
-            self.checked = true;
-        }
-        debug_assert_eq!(Instant::now(), self.instant(), "virtual clock jump");
-    }
-}
+use clock::{MS, VirtualClock};
+use stats::Recorder;
 
 /// A request in service inline, freeing its slots at `at`.
 struct Completion {
@@ -777,35 +456,6 @@ impl Replay<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn service_time_parses() {
-        assert_eq!(
-            "10ms".parse::<ServiceTime>(),
-            Ok(ServiceTime::Fixed(Duration::from_millis(10)))
-        );
-        assert_eq!(
-            "exp:250us".parse::<ServiceTime>(),
-            Ok(ServiceTime::Exponential(Duration::from_micros(250)))
-        );
-        assert!("fast".parse::<ServiceTime>().is_err());
-        assert_eq!(
-            ServiceTime::Exponential(Duration::from_millis(10)).to_string(),
-            "exp:10ms"
-        );
-    }
-
-    #[test]
-    fn exponential_samples_have_the_mean() {
-        let mut rng = Rng(7);
-        let n = 200_000;
-        let mean = Duration::from_millis(10);
-        let sum: u64 = (0..n)
-            .map(|_| rng.service(ServiceTime::Exponential(mean)))
-            .sum();
-        let got = sum as f64 / n as f64 / 1e6;
-        assert!((got - 10.0).abs() < 0.1, "mean {got} ms");
-    }
 
     #[test]
     fn buckets_are_round() {
