@@ -1,7 +1,7 @@
 //! Errors as a whole: how they are shown, that broken input never panics,
 //! that secrets stay out of them. Each rejected config, with the line,
 //! column, key and message it gets, is a file in `tests/config/invalid/`
-//! (driven by `tests/it/config.rs`).
+//! (driven by `tests/it/config/invalid.rs`).
 
 use super::*;
 
