@@ -25,7 +25,8 @@ impl Ctx<'_> {
             // that is never spent would mean nothing to the fleet.
             return Err(self.invalid(
                 v.span(),
-                "dry run is local-only: not allowed with backend = \"redis\" (try the rate with backend = \"local\" first)"));
+                "dry run is local-only: not allowed with backend = \"redis\" (try the rate with backend = \"local\" first)",
+            ));
         }
         Ok(LimitConfig {
             rate,
@@ -78,7 +79,8 @@ impl Ctx<'_> {
         if !redis {
             return Err(self.invalid(
                 backend.span(),
-                "backend = \"redis\" needs a [redis] section with `url`, e.g. [redis] url = \"redis://127.0.0.1:6379\""));
+                "backend = \"redis\" needs a [redis] section with `url`, e.g. [redis] url = \"redis://127.0.0.1:6379\"",
+            ));
         }
         let mut limit = RedisLimitConfig::default();
         if let Some(v) = &raw.lease {

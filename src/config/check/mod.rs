@@ -169,7 +169,8 @@ impl Ctx<'_> {
                 format!(
                     "invalid address {:?}: expected IP:port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
                     v.get_ref()
-                ))
+                ),
+            )
         })
     }
 }

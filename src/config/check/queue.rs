@@ -53,7 +53,8 @@ impl Ctx<'_> {
                         v.span(),
                         format!(
                             "unknown queue discipline {other:?}: expected \"fifo\" or \"adaptive_lifo\""
-                        )));
+                        ),
+                    ));
                 }
             },
         };
@@ -62,7 +63,8 @@ impl Ctx<'_> {
             (Some(v), false) => {
                 return Err(self.invalid(
                     v.span(),
-                    "only allowed with discipline = \"adaptive_lifo\" (the default discipline is \"fifo\")"));
+                    "only allowed with discipline = \"adaptive_lifo\" (the default discipline is \"fifo\")",
+                ));
             }
             (Some(v), true) => {
                 let threshold = self.positive_duration(v)?;
@@ -120,7 +122,8 @@ impl Ctx<'_> {
                 format!(
                     "a route may have at most {MAX_CLASSES} classes (besides the implicit {DEFAULT_CLASS:?}), got {}",
                     list.len()
-                )));
+                ),
+            ));
         }
         let mut seen: HashMap<&str, (usize, Range<usize>)> = HashMap::new();
         let mut classes = Vec::with_capacity(list.len());
@@ -150,7 +153,8 @@ impl Ctx<'_> {
                 class.name.span(),
                 format!(
                     "{DEFAULT_CLASS:?} is the implicit class of requests that match no other class; choose another name"
-                )));
+                ),
+            ));
         }
         if let (Some(values), None) = (&class.values, &class.header) {
             return Err(self.invalid(
@@ -173,7 +177,8 @@ impl Ctx<'_> {
                     return Err(self.invalid_key(
                         header.span(),
                         &self.sibling_key(&header.span(), "values"),
-                        "required with `header`: the header values that put a request in this class"));
+                        "required with `header`: the header values that put a request in this class",
+                    ));
                 };
                 ClassMatch::Header {
                     name: parse_header_name(header.get_ref())
@@ -194,7 +199,8 @@ impl Ctx<'_> {
             (None, None, None) => {
                 return Err(self.invalid(
                     raw.span(),
-                    "a class needs exactly one of `header` (with `values`), `path_prefix` or `methods`"));
+                    "a class needs exactly one of `header` (with `values`), `path_prefix` or `methods`",
+                ));
             }
             (header, prefix, methods) => {
                 // Two or more: blame the one written later.
@@ -214,7 +220,8 @@ impl Ctx<'_> {
                     second_span,
                     format!(
                         "a class matches on exactly one of `header`, `path_prefix` or `methods`, and this one already has `{first}` (line {line})"
-                    )));
+                    ),
+                ));
             }
         })
     }
@@ -240,7 +247,8 @@ impl Ctx<'_> {
                             format!(
                                 "{:?} can never be a header value (control characters are not allowed)",
                                 v.get_ref()
-                            ))
+                            ),
+                        )
                     })
             })
             .collect()

@@ -38,7 +38,8 @@ impl Ctx<'_> {
                 let (line, _) = line_column(self.src, span.start);
                 return Err(self.invalid(
                     route.name.span(),
-                    format!("duplicate route name {name:?}: already used by routes[{first}] (line {line})")));
+                    format!("duplicate route name {name:?}: already used by routes[{first}] (line {line})"),
+                ));
             }
             seen.insert(name.clone(), (i, route.name.span()));
             routes.push(self.route(route, upstreams, redis)?);
@@ -134,12 +135,14 @@ impl Ctx<'_> {
                     format!(
                         "{:?} is not a protocol name (a token such as \"websocket\", without a version)",
                         v.get_ref()
-                    )));
+                    ),
+                ));
             }
             if name == "h2c" {
                 return Err(self.invalid(
                     v.span(),
-                    "h2c is never tunnelled: HTTP/2 inside a tunnel would bypass shaping; clients can speak h2c to sluice directly (prior knowledge)"));
+                    "h2c is never tunnelled: HTTP/2 inside a tunnel would bypass shaping; clients can speak h2c to sluice directly (prior knowledge)",
+                ));
             }
             if upgrades.contains(&name) {
                 return Err(self.invalid(v.span(), format!("duplicate protocol {name:?}")));
@@ -188,7 +191,8 @@ impl Ctx<'_> {
                 if list.is_empty() {
                     return Err(self.invalid(
                         raw.span(),
-                        "must name at least one key part (\"client_ip\", \"path\" or \"header:NAME\")"));
+                        "must name at least one key part (\"client_ip\", \"path\" or \"header:NAME\")",
+                    ));
                 }
                 let mut parts: Vec<KeyPart> = Vec::with_capacity(list.len());
                 for v in list.iter() {

@@ -111,20 +111,14 @@ impl Ctx<'_> {
             return Ok(());
         }
         // Blame the one that was written; both cannot be defaults, they differ.
-        let message = format!(
-            "{} is also {}; the two must differ",
-            admin.listen, "{other}"
-        );
-        let (other, span) = match (admin_span, server_span) {
-            (Some(span), _) => ("server.listen", span),
-            (None, Some(span)) => ("admin.listen", span),
-            // Both defaults (which differ): no span to find the key by.
-            (None, None) => {
-                let message = message.replace("{other}", "server.listen");
-                return Err(self.invalid_key(0..0, "admin.listen", message));
-            }
-        };
-        Err(self.invalid(span, message.replace("{other}", other)))
+        let message =
+            |other: &str| format!("{} is also {other}; the two must differ", admin.listen);
+        Err(match (admin_span, server_span) {
+            (Some(span), _) => self.invalid(span, message("server.listen")),
+            (None, Some(span)) => self.invalid(span, message("admin.listen")),
+            // Both defaults, which differ: no span to find the key by.
+            (None, None) => self.invalid_key(0..0, "admin.listen", message("server.listen")),
+        })
     }
 
     pub(crate) fn log(&self, raw: RawLog) -> Checked<LogConfig> {

@@ -117,7 +117,8 @@ impl Ctx<'_> {
                     v.span(),
                     format!(
                         "the weights of an upstream's targets may add up to at most {MAX_TOTAL_WEIGHT} (each target counts 1 unless it has weight=N); this one brings them to {total_weight}"
-                    )));
+                    ),
+                ));
             }
             targets.push(target);
         }
@@ -250,7 +251,8 @@ impl Ctx<'_> {
                 v.span(),
                 format!(
                     "{path:?} is not a request path (no spaces, control characters or '#'; percent-encode the rest)"
-                )));
+                ),
+            ));
         }
         Ok(path.clone())
     }
@@ -275,7 +277,8 @@ impl Ctx<'_> {
                         v.span(),
                         format!(
                             "must be at most the upstream's max_inflight ({max_inflight}), got {max}"
-                        )));
+                        ),
+                    ));
                 }
                 if max < min_limit {
                     return Err(self.invalid(
@@ -292,7 +295,8 @@ impl Ctx<'_> {
                         span,
                         format!(
                             "must be at most max_limit, which defaults to the upstream's max_inflight ({max_inflight}), got {min_limit}"
-                        )));
+                        ),
+                    ));
                 }
                 max_inflight
             }
@@ -324,7 +328,8 @@ impl Ctx<'_> {
                         v.span(),
                         format!(
                             "must be from min_limit ({min_limit}) to max_limit ({max_limit}), got {initial}"
-                        )));
+                        ),
+                    ));
                 }
                 initial
             }
