@@ -76,9 +76,9 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// An error about the value at `span`: its dotted key is the one the
-    /// parsed document has at that span (see [`key_path_at`]), so checkers
-    /// pass the value and never spell a key.
+    /// An error about the value at `span`: its dotted key is found from the
+    /// span in the parsed document ([`Ctx::key_at`]), so checkers pass the
+    /// value and never spell a key.
     pub(crate) fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let key = self.key_at(&span);
         self.invalid_key(span, &key, message)
@@ -86,15 +86,19 @@ impl Ctx<'_> {
 
     /// The dotted key of the value (or key) at `span`, as errors show it.
     pub(crate) fn key_at(&self, span: &Range<usize>) -> String {
-        let path = key_path_of(self.root, span)
-            .unwrap_or_else(|| key_path_at(self.src, self.root, span.start));
-        display_key(&path)
+        display_key(&self.path_at(span))
+    }
+
+    /// The value spanning exactly `span` (a whole array, not its first
+    /// item), else whatever the document has at its start.
+    fn path_at(&self, span: &Range<usize>) -> Vec<String> {
+        key_path_of(self.root, span).unwrap_or_else(|| key_path_at(self.src, self.root, span.start))
     }
 
     /// The key `field` of the table holding the value at `span`: for a key
     /// that is missing but required by the one written at `span`.
     pub(crate) fn sibling_key(&self, span: &Range<usize>, field: &str) -> String {
-        let mut path = key_path_at(self.src, self.root, span.start);
+        let mut path = self.path_at(span);
         path.pop();
         path.push(key_segment(field));
         display_key(&path)

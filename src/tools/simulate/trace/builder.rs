@@ -7,6 +7,8 @@ use http::Method;
 
 use super::{Fields, NANOS_PER_SEC, Record, Trace, TraceError, TraceFormat, clip};
 
+/// A trace being read: records in file order, the path arena, interned
+/// methods, hosts and classes, and the malformed lines skipped.
 pub(super) struct Builder {
     source: String,
     format: TraceFormat,
@@ -153,7 +155,7 @@ fn intern(list: &mut Vec<String>, index: &mut HashMap<String, u16>, value: &str)
 }
 
 /// `n` requests logged in the same whole second (NGINX `[time_local]`) are
-
+/// spread evenly over it: the i-th at `second + i/n`, in log order. Taking
 /// them all at the start of the second would turn every second into a burst.
 fn spread_coarse(records: &mut [Record]) {
     let mut i = 0;
