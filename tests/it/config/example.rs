@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice::config::*;
+use sluice::config::{
+    ActiveHealth, AdaptiveConfig, Balance, ClassMatch, Config, Discipline, Fairness, KeyPart,
+    LimitBackend, OnRedisError, PassiveHealth, RedisConfig, RedisLimitConfig, ServerTls,
+    UpstreamTls,
+};
 
 use super::*;
 

@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice::config::*;
+use sluice::config::{
+    ActiveHealth, AdaptiveConfig, Balance, ClassConfig, ClassMatch, Config, ConfigError,
+    Discipline, Fairness, KeyLimitConfig, KeyPart, LimitBackend, LogFormat, OnRedisError,
+    PassiveHealth, RedisConfig, RedisLimitConfig, ServerTls, TargetConfig, UpstreamTls,
+};
 
 use super::*;
 
