@@ -18,6 +18,8 @@
 //!
 //! [`Outcome`]: crate::outcome::Outcome
 
+#[cfg(test)]
+mod alloc_tests;
 mod build;
 pub mod classify;
 mod forward;
