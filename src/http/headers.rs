@@ -95,12 +95,6 @@ fn is_sane_request_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=@".contains(&b))
 }
 
-/// How many headers sluice may add to a request on its way to the backend
-/// (X-Request-Id, X-Forwarded-For, -Proto, -Host, Forwarded): a parser that
-/// reserves this much room beyond the client's headers spares the header
-/// map a reallocation per request.
-pub const ADDED_REQUEST_HEADERS: usize = 5;
-
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
