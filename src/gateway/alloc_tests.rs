@@ -25,11 +25,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use super::Gateway;
 use super::classify::{client_ip, peer_is_trusted};
 use super::forward::{normalise_target, prepare_upstream_request};
 use super::record::Record;
 use super::upgrade::requested_upgrade;
+use super::{Gateway, Telemetry};
 use crate::config::Config;
 use crate::http::headers::{check_host, ensure_request_id, request_host, strip_hop_by_hop};
 use crate::metrics::Metrics;
@@ -202,13 +202,15 @@ fn one_request(gateway: &Gateway, mut req: Request<()>, client: SocketAddr) -> P
         (arrival, now)
     });
     phases.classify = n;
-    let (n, grant) = counted(|| match route.state.shaper.admit_since(arrival.0, arrival.1) {
-        Admission::Go(grant) => {
-            route.metrics.queue_wait(0.0);
-            grant
-        }
-        _ => panic!("a route with no limit admits at once"),
-    });
+    let (n, grant) = counted(
+        || match route.state.shaper.admit_since(arrival.0, arrival.1) {
+            Admission::Go(grant) => {
+                route.metrics.queue_wait(0.0);
+                grant
+            }
+            _ => panic!("a route with no limit admits at once"),
+        },
+    );
     phases.admit = n;
     let (n, upstream_req) = counted(|| {
         assert!(requested_upgrade(&req, &route.upgrades).is_none());
@@ -253,7 +255,7 @@ fn gateway(config: &str) -> (tokio::runtime::Runtime, Gateway) {
     let config = Config::parse(config, Path::new("alloc.toml")).unwrap();
     let gateway = {
         let _inside = runtime.enter();
-        Gateway::new(&config, Metrics::new().unwrap()).unwrap()
+        Gateway::new(&config, Telemetry::new(Metrics::new().unwrap()).unwrap()).unwrap()
     };
     (runtime, gateway)
 }
