@@ -32,11 +32,12 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     });
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // 32 lower-case hex digits: the process's 64-bit prefix, then the counter.
+    let prefix = *PROCESS;
     let mut text = [0u8; 32];
-    for (i, digit) in text.iter_mut().enumerate() {
-        let word = if i < 16 { *PROCESS } else { n };
-        let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
-        *digit = b"0123456789abcdef"[nibble as usize];
+    for i in 0..16 {
+        let shift = 60 - 4 * i;
+        text[i] = HEX_DIGITS[((prefix >> shift) & 0xf) as usize];
+        text[16 + i] = HEX_DIGITS[((n >> shift) & 0xf) as usize];
     }
     let id = header_text(|out| {
         out.extend_from_slice(&text);
@@ -46,6 +47,8 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     headers.insert(X_REQUEST_ID, id.clone());
     id
 }
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// The size of each thread's slab of header text.
 const SLAB_BYTES: usize = 4096;
@@ -180,6 +183,22 @@ static OWNED: [HeaderName; 6] = [
     X_FORWARDED_HOST,
 ];
 
+/// The index in [`HOP_BY_HOP`] of the header named `name` (lower case, as
+/// every `HeaderName` is), if it is one: a `match` on the text, so most
+/// names cost one length comparison rather than seven name comparisons.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "te" => Some(2),
+        "trailer" => Some(3),
+        "upgrade" => Some(4),
+        "transfer-encoding" => Some(5),
+        "http2-settings" => Some(6),
+        _ => None,
+    }
+}
+
 fn is_proxy_header(name: &HeaderName) -> bool {
     let text = name.as_str();
     text == "proxy" || text.starts_with("proxy-")
@@ -193,7 +212,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut proxy_headers = false;
     for name in headers.keys() {
-        match HOP_BY_HOP.iter().position(|h| h == name) {
+        match hop_by_hop_index(name.as_str()) {
             Some(i) => present[i] = true,
             None => proxy_headers |= is_proxy_header(name),
         }
@@ -364,6 +383,16 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["proxyish", "x-kept"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_known_by_its_text() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
+        for other in ["host", "connections", "tee", "x-upgrade", "proxy-connection"] {
+            assert_eq!(hop_by_hop_index(other), None, "{other}");
+        }
     }
 
     #[test]
