@@ -390,7 +390,13 @@ mod tests {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
         }
-        for other in ["host", "connections", "tee", "x-upgrade", "proxy-connection"] {
+        for other in [
+            "host",
+            "connections",
+            "tee",
+            "x-upgrade",
+            "proxy-connection",
+        ] {
             assert_eq!(hop_by_hop_index(other), None, "{other}");
         }
     }
