@@ -348,7 +348,7 @@ fn a_header_map_without_room_grows_when_the_forwarding_headers_are_added() {
 /// are cut (from the same slab, or from it again once reclaimed) keeps its
 /// text.
 #[test]
-fn with_requests_in_flight_a_new_slab_is_taken_every_few_dozen_requests() {
+fn with_requests_in_flight_a_new_slab_is_taken_every_few_requests() {
     const REQUESTS: usize = 1000;
     const IN_FLIGHT: usize = 64;
     let mut held = std::collections::VecDeque::with_capacity(IN_FLIGHT + 1);
@@ -379,7 +379,9 @@ fn with_requests_in_flight_a_new_slab_is_taken_every_few_dozen_requests() {
             }
         }
     });
-    // ~80 bytes a request, 4 KiB slabs: ~20 slabs of two allocations each.
-    assert!(n <= 60, "{n} allocations for {REQUESTS} requests");
+    // Two allocations (the buffer, its shared header) per slab taken: one
+    // 512-byte id slab per 16 requests (~125), one 4 KiB slab of
+    // forwarding text per ~78 requests (~26).
+    assert!(n <= 200, "{n} allocations for {REQUESTS} requests");
     assert!(n > 0, "values in flight do pin their slab");
 }

@@ -39,7 +39,7 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         text[i] = HEX_DIGITS[((prefix >> shift) & 0xf) as usize];
         text[16 + i] = HEX_DIGITS[((n >> shift) & 0xf) as usize];
     }
-    let id = header_text(|out| {
+    let id = cut(&ID_SLAB, ID_SLAB_SIZE, |out| {
         out.extend_from_slice(&text);
         Ok(())
     })
@@ -50,33 +50,56 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// The size of each thread's slab of header text.
-const SLAB_BYTES: usize = 4096;
+/// How big a thread's slab is, and how little room left in it makes the
+/// next value start a fresh one (or, once every value cut from it is gone,
+/// the same one from its start).
+#[derive(Clone, Copy)]
+struct SlabSize {
+    bytes: usize,
+    low_water: usize,
+}
 
-/// Room left in a slab below which the next value starts a fresh one (or,
-/// once every value cut from it is gone, the same one from its start).
-const SLAB_LOW_WATER: usize = 512;
+/// X-Forwarded-For and Forwarded: made once the request is admitted, gone
+/// once its head is written to the backend.
+const TEXT_SLAB_SIZE: SlabSize = SlabSize {
+    bytes: 4096,
+    low_water: 512,
+};
+
+/// Request ids (32 bytes each): made when the request arrives and held
+/// while it waits in a queue, so their slab is small — a waiting request
+/// keeps at most 512 bytes alive (16 ids), 32 when its neighbours wait too.
+const ID_SLAB_SIZE: SlabSize = SlabSize {
+    bytes: 512,
+    low_water: 32,
+};
 
 thread_local! {
-    /// The text of the header values sluice makes per request (a request
-    /// id, X-Forwarded-For, Forwarded), cut one after another from a slab
-    /// of this thread's: each value holds a share of the slab, and a slab
-    /// whose values have all been dropped is written again from its start.
-    /// So a stream of requests makes its header values without touching
-    /// the allocator; a new slab is allocated only when one runs low while
-    /// values cut from it are still held (requests in flight or queued):
-    /// once per ~50 requests at most. A value pins at most its slab's 4 KiB.
-    static SLAB: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    /// The text of the header values sluice makes per request, cut one
+    /// after another from slabs of this thread's: each value holds a share
+    /// of its slab, and a slab whose values have all been dropped is
+    /// written again from its start. So a stream of requests makes its
+    /// header values without touching the allocator; a new slab is
+    /// allocated only when one runs low while values cut from it are still
+    /// held (requests in flight or queued). Two slabs, because the values
+    /// live for different times (see [`TEXT_SLAB_SIZE`], [`ID_SLAB_SIZE`]).
+    static TEXT_SLAB: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    static ID_SLAB: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// A header value of the text `write` produces, cut from this thread's
-/// slab; `None` if the text is not a valid header value (or `write` failed).
-fn header_text(write: impl FnOnce(&mut BytesMut) -> std::fmt::Result) -> Option<HeaderValue> {
-    SLAB.with_borrow_mut(|slab| {
+/// `slab`; `None` if the text is not a valid header value (or `write`
+/// failed).
+fn cut(
+    slab: &'static std::thread::LocalKey<std::cell::RefCell<BytesMut>>,
+    size: SlabSize,
+    write: impl FnOnce(&mut BytesMut) -> std::fmt::Result,
+) -> Option<HeaderValue> {
+    slab.with_borrow_mut(|slab| {
         // Back to the slab's start when no value cut from it is left (an
         // atomic load); a fresh slab when it runs low while some still are.
-        if !slab.try_reclaim(SLAB_BYTES) && slab.capacity() < SLAB_LOW_WATER {
-            slab.reserve(SLAB_BYTES);
+        if !slab.try_reclaim(size.bytes) && slab.capacity() < size.low_water {
+            slab.reserve(size.bytes);
         }
         let written = write(slab);
         let text = slab.split().freeze();
@@ -294,7 +317,7 @@ pub(crate) fn write_forwarding_headers(
     peer: &Peer,
     host: Option<&HeaderValue>,
 ) {
-    let forwarded_for = header_text(|text| {
+    let forwarded_for = cut(&TEXT_SLAB, TEXT_SLAB_SIZE, |text| {
         if peer.trusted {
             append_lines(text, headers, &X_FORWARDED_FOR);
         }
@@ -310,7 +333,7 @@ pub(crate) fn write_forwarding_headers(
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
-    let forwarded = header_text(|text| {
+    let forwarded = cut(&TEXT_SLAB, TEXT_SLAB_SIZE, |text| {
         if peer.trusted {
             append_lines(text, headers, &header::FORWARDED);
         }
