@@ -9,12 +9,12 @@
 
 use std::sync::Arc;
 
-use super::Gateway;
 use super::route::{RedisShared, Route};
 use super::router::Router;
+use super::{Gateway, Telemetry};
 use crate::config::{Config, RedisConfig, RouteConfig};
 use crate::http::request_body::BodyLimits;
-use crate::metrics::{Metrics, NO_ROUTE_LABEL};
+use crate::metrics::NO_ROUTE_LABEL;
 use crate::store::RedisLink;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
@@ -23,18 +23,18 @@ impl Gateway {
     /// The gateway for `config`, keeping what it can of `previous`.
     pub(super) fn build(
         config: &Config,
-        metrics: Metrics,
+        telemetry: Telemetry,
         previous: Option<&Gateway>,
     ) -> Result<Gateway, TlsError> {
-        let upstreams = upstreams(config, &metrics, previous)?;
+        let upstreams = upstreams(config, &telemetry, previous)?;
         let kept = known_routes(config, &upstreams);
         let redis = config.redis.as_ref().and_then(|c| redis_link(c, previous));
-        let routes = routes(&kept, &upstreams, &metrics, previous, redis.as_ref());
+        let routes = routes(&kept, &upstreams, &telemetry, previous, redis.as_ref());
         Ok(Gateway {
             router: Router::new(&kept),
             routes,
             upstreams,
-            unrouted: metrics.unrouted_for(NO_ROUTE_LABEL),
+            unrouted: telemetry.metrics.unrouted_for(NO_ROUTE_LABEL),
             trusted_proxies: config.server.trusted_proxies.clone(),
             max_body_bytes: config.server.max_body_bytes,
             body_limits: BodyLimits {
@@ -44,7 +44,7 @@ impl Gateway {
             },
             send_timeout: config.server.send_timeout,
             access_log: config.log.access_log,
-            metrics,
+            telemetry,
             redis,
         })
     }
@@ -54,7 +54,7 @@ impl Gateway {
 /// unchanged, else a new one (taking over the old one's accounting).
 fn upstreams(
     config: &Config,
-    metrics: &Metrics,
+    telemetry: &Telemetry,
     previous: Option<&Gateway>,
 ) -> Result<Vec<Arc<Upstream>>, TlsError> {
     config
@@ -64,7 +64,7 @@ fn upstreams(
             let old = previous.and_then(|g| g.upstreams.iter().find(|o| o.name() == u.name));
             match old {
                 Some(old) if old.config() == u => Ok(old.clone()),
-                _ => Upstream::new(u, metrics, old.map(|o| o.as_ref())),
+                _ => Upstream::new(u, &telemetry.upstream, old.map(|o| o.as_ref())),
             }
         })
         .collect()
@@ -118,7 +118,7 @@ fn redis_link(config: &RedisConfig, previous: Option<&Gateway>) -> Option<RedisS
 fn routes(
     kept: &[RouteConfig],
     upstreams: &[Arc<Upstream>],
-    metrics: &Metrics,
+    telemetry: &Telemetry,
     previous: Option<&Gateway>,
     redis: Option<&RedisShared>,
 ) -> Vec<Route> {
@@ -128,7 +128,7 @@ fn routes(
             let previous_state = previous
                 .and_then(|g| g.routes.iter().find(|old| old.name == r.name))
                 .map(|old| &old.state);
-            Some(Route::new(r, upstream, metrics, previous_state, redis))
+            Some(Route::new(r, upstream, telemetry, previous_state, redis))
         })
         .collect()
 }

@@ -11,6 +11,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
+use http::header::{GetAll, HeaderValue};
 use http::{HeaderMap, Request};
 use ipnet::IpNet;
 
@@ -18,34 +19,50 @@ use crate::config::{ClassConfig, ClassMatch, Fairness, KeyPart, RouteConfig};
 use crate::shaper::Arrival;
 
 /// The client address: the peer itself unless the peer is a trusted proxy.
+/// The hops are walked from the nearest outwards, in place: no list of
+/// them is built.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer_ip = canonical_ip(peer.ip());
     if !is_trusted(peer_ip, trusted) {
         return peer_ip;
     }
-    let mut hops: Vec<Option<IpAddr>> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .map(|hop| parse_hop(hop.trim()))
-        .collect();
-    if hops.is_empty() {
-        hops = headers
-            .get_all(http::header::FORWARDED)
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+    let x_forwarded_for = headers.get_all("x-forwarded-for");
+    if x_forwarded_for.iter().next().is_some() {
+        let hops = elements(x_forwarded_for).map(|hop| parse_hop(hop.trim()));
+        nearest_untrusted(peer_ip, hops, trusted)
+    } else {
+        let hops = elements(headers.get_all(http::header::FORWARDED))
             .filter_map(forwarded_for)
-            .map(|node| parse_hop(&node))
-            .collect();
+            .map(parse_hop);
+        nearest_untrusted(peer_ip, hops, trusted)
     }
-    // Walk from the nearest hop outwards; stop at the first we cannot trust.
+}
+
+/// Every element of a list header, the last line first and each line's
+/// elements last first; a line that is not text reads as one unparsable
+/// element.
+fn elements<'h>(lines: GetAll<'h, HeaderValue>) -> impl Iterator<Item = &'h str> {
+    lines
+        .into_iter()
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
+}
+
+/// Walks `hops` (nearest first) from the trusted peer outwards and stops at
+/// the first hop that is not a trusted proxy (the client) or that cannot
+/// be read (believe no further).
+fn nearest_untrusted(
+    peer_ip: IpAddr,
+    hops: impl Iterator<Item = Option<IpAddr>>,
+    trusted: &[IpNet],
+) -> IpAddr {
     let mut client = peer_ip;
-    for hop in hops.iter().rev() {
+    for hop in hops {
         let Some(ip) = hop else {
-            break; // unparsable: believe no further
+            break;
         };
-        client = *ip;
-        if !is_trusted(*ip, trusted) {
+        client = ip;
+        if !is_trusted(ip, trusted) {
             break;
         }
     }
@@ -87,12 +104,12 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 }
 
 /// The `for=` parameter of one Forwarded element.
-fn forwarded_for(element: &str) -> Option<String> {
+fn forwarded_for(element: &str) -> Option<&str> {
     element.split(';').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
         name.trim()
             .eq_ignore_ascii_case("for")
-            .then(|| value.trim().to_string())
+            .then(|| value.trim())
     })
 }
 

@@ -12,12 +12,15 @@
 //! - [`route`]: a route's live state (shaper, limiters, overrides).
 //! - [`router`]: host / path / method to a route.
 //! - [`classify`]: client address, key and priority class.
+//! - [`telemetry`]: the metric families each component registered.
 //!
 //! Invariant: every request ends with exactly one [`Outcome`]; none is
 //! forwarded after its deadline, none whose client left, none twice.
 //!
 //! [`Outcome`]: crate::outcome::Outcome
 
+#[cfg(test)]
+mod alloc_tests;
 mod build;
 pub mod classify;
 mod forward;
@@ -27,6 +30,7 @@ mod refusal;
 pub mod relay;
 pub mod route;
 pub mod router;
+mod telemetry;
 mod upgrade;
 
 use std::sync::Arc;
@@ -36,9 +40,10 @@ use ipnet::IpNet;
 
 use self::route::{RedisShared, Route};
 use self::router::Router;
+pub use self::telemetry::Telemetry;
 use crate::config::Config;
 use crate::http::request_body::BodyLimits;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::tls::TlsError;
 use crate::upstream::Upstream;
 
@@ -56,15 +61,15 @@ pub struct Gateway {
     /// `server.send_timeout`: how long a client may leave a response unread.
     send_timeout: Duration,
     access_log: bool,
-    metrics: Metrics,
+    telemetry: Telemetry,
     /// The `[redis]` link global routes share.
     redis: Option<RedisShared>,
 }
 
 impl Gateway {
     /// Builds the gateway; must run inside a tokio runtime (shapers spawn tasks).
-    pub fn new(config: &Config, metrics: Metrics) -> Result<Gateway, TlsError> {
-        Gateway::build(config, metrics, None)
+    pub fn new(config: &Config, telemetry: Telemetry) -> Result<Gateway, TlsError> {
+        Gateway::build(config, telemetry, None)
     }
 
     /// The gateway for a new config generation. Routes that keep their name
@@ -72,7 +77,7 @@ impl Gateway {
     /// upstreams keep their in-flight accounting. Removed routes drain in the
     /// old generation, which lives as long as requests still hold it.
     pub fn reload(&self, config: &Config) -> Result<Gateway, TlsError> {
-        Gateway::build(config, self.metrics.clone(), Some(self))
+        Gateway::build(config, self.telemetry.clone(), Some(self))
     }
 
     /// The routes of this generation.
@@ -95,6 +100,6 @@ impl Gateway {
         for upstream in &self.upstreams {
             upstream.sample_metrics();
         }
-        self.metrics.render()
+        self.telemetry.metrics.render()
     }
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Gateway;
@@ -26,17 +25,23 @@ use crate::metrics::NO_ROUTE_LABEL;
 use crate::outcome::Outcome;
 use crate::shaper::{RejectReason, Rejection};
 
+/// The parts of the request the access log line shows.
+struct Logged {
+    method: http::Method,
+    /// X-Request-Id: the client's, or one made here.
+    request_id: HeaderValue,
+    /// The request URI (a cheap clone: its parts are shared bytes).
+    uri: http::Uri,
+}
+
 /// One request's accounting: exactly one outcome, written once.
 pub(super) struct Record<'g> {
     gateway: &'g Gateway,
     pub(super) route: Option<usize>,
     pub(super) class: usize,
     pub(super) client_ip: std::net::IpAddr,
-    method: http::Method,
-    /// X-Request-Id: the client's, or one made here.
-    request_id: HeaderValue,
-    /// The request URI (a cheap clone: its parts are shared bytes).
-    uri: http::Uri,
+    /// What only the access log needs, kept only while it is on.
+    logged: Option<Logged>,
     pub(super) started: Instant,
     pub(super) queue_wait: Duration,
     pub(super) upstream_time: Option<Duration>,
@@ -48,20 +53,22 @@ pub(super) struct Record<'g> {
 }
 
 impl<'g> Record<'g> {
-    pub(super) fn open(
+    pub(super) fn open<B>(
         gateway: &'g Gateway,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         client: SocketAddr,
         request_id: HeaderValue,
     ) -> Record<'g> {
         Record {
             gateway,
-            request_id,
+            logged: gateway.access_log.then(|| Logged {
+                method: req.method().clone(),
+                request_id,
+                uri: req.uri().clone(),
+            }),
             route: None,
             class: 0,
             client_ip: client.ip(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
             started: Instant::now(),
             queue_wait: Duration::ZERO,
             upstream_time: None,
@@ -104,8 +111,8 @@ impl<'g> Record<'g> {
     pub(super) fn finish(&mut self, outcome: Outcome, response: Response<Body>) -> Response<Body> {
         self.finished = true;
         self.count(outcome);
-        if self.gateway.access_log {
-            self.line(outcome, response.status()).write(None);
+        if let Some(line) = self.line(outcome, response.status()) {
+            line.write(None);
         }
         response
     }
@@ -115,9 +122,7 @@ impl<'g> Record<'g> {
     pub(super) fn finish_relayed(&mut self, status: StatusCode) -> Option<AccessLine> {
         self.finished = true;
         self.count(Outcome::Forwarded);
-        self.gateway
-            .access_log
-            .then(|| self.line(Outcome::Forwarded, status))
+        self.line(Outcome::Forwarded, status)
     }
 
     pub(super) fn reached(&self) -> bool {
@@ -131,15 +136,17 @@ impl<'g> Record<'g> {
         }
     }
 
-    fn line(&self, outcome: Outcome, status: StatusCode) -> AccessLine {
-        AccessLine {
+    /// The access log line, if the access log is on.
+    fn line(&self, outcome: Outcome, status: StatusCode) -> Option<AccessLine> {
+        let logged = self.logged.as_ref()?;
+        Some(AccessLine {
             route: self
                 .route
                 .map_or(NO_ROUTE_LABEL, |i| self.gateway.routes[i].name.as_str())
                 .to_owned(),
-            method: self.method.clone(),
-            uri: self.uri.clone(),
-            request_id: self.request_id.clone(),
+            method: logged.method.clone(),
+            uri: logged.uri.clone(),
+            request_id: logged.request_id.clone(),
             client_ip: self.client_ip,
             class: self.class,
             outcome,
@@ -147,7 +154,7 @@ impl<'g> Record<'g> {
             queue_wait: self.queue_wait,
             upstream_time: self.upstream_time,
             started: self.started,
-        }
+        })
     }
 }
 
@@ -160,8 +167,8 @@ impl Drop for Record<'_> {
                 Outcome::Cancelled
             };
             self.count(outcome);
-            if self.gateway.access_log {
-                self.line(outcome, STATUS_CLIENT_CLOSED).write(None);
+            if let Some(line) = self.line(outcome, STATUS_CLIENT_CLOSED) {
+                line.write(None);
             }
         }
     }

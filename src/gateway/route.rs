@@ -14,14 +14,15 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::Telemetry;
 use super::classify::Classifier;
 use crate::config::{
     Discipline, Fairness, KeyLimitConfig, LimitBackend, OnRedisError, RedisConfig, RejectConfig,
     RouteConfig,
 };
-use crate::metrics::{DryRunLimit, Metrics, RedisRouteMetrics, RouteMetrics};
+use crate::metrics::{DryRunLimit, RouteMetrics};
 use crate::shaper::{Fallback, KeyedLimiter, Limiter, Limits, Shaper, SharedRate, TokenStore};
-use crate::store::{RedisLink, RedisStore};
+use crate::store::{RedisLink, RedisRouteMetrics, RedisStore};
 use crate::upstream::Upstream;
 
 /// A route in one config generation.
@@ -117,12 +118,12 @@ impl Route {
     pub fn new(
         r: &RouteConfig,
         upstream: Arc<Upstream>,
-        metrics: &Metrics,
+        telemetry: &Telemetry,
         previous: Option<&Arc<RouteState>>,
         redis: Option<&RedisShared>,
     ) -> Route {
         let global = matches!(r.limit.map(|l| l.backend), Some(LimitBackend::Redis(_)));
-        let redis_metrics = global.then(|| metrics.redis_route(&r.name));
+        let redis_metrics = global.then(|| RedisRouteMetrics::new(&telemetry.redis, &r.name));
         // A global route without a link (an unusable `[redis]` section,
         // logged where the link was made) runs on its fallback.
         let store = redis
@@ -174,7 +175,7 @@ impl Route {
             name: r.name.clone(),
             upstream,
             reject: r.reject,
-            metrics: metrics.route(r),
+            metrics: telemetry.metrics.route(r),
             upgrades: r.upgrades.clone(),
             redis_metrics,
             state,

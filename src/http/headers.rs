@@ -7,14 +7,15 @@
 //! header names, except those sluice owns), and forwarding headers that only
 //! a trusted proxy can extend.
 
+use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
-use hyper::body::Incoming;
 
 /// Makes sure the request carries one `X-Request-Id` and returns it, for the
 /// access log and the backend. The client's is kept when it is one sane
 /// token (see [`is_sane_request_id`]); otherwise one is made here and
-/// replaces whatever was sent.
+/// replaces whatever was sent. Either way the value returned shares its
+/// bytes with the header (a clone is a reference count).
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     let mut sent = headers.get_all(X_REQUEST_ID).iter();
     if let (Some(id), None) = (sent.next(), sent.next())
@@ -31,15 +32,80 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     });
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // 32 lower-case hex digits: the process's 64-bit prefix, then the counter.
+    let prefix = *PROCESS;
     let mut text = [0u8; 32];
-    for (i, digit) in text.iter_mut().enumerate() {
-        let word = if i < 16 { *PROCESS } else { n };
-        let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
-        *digit = b"0123456789abcdef"[nibble as usize];
+    for i in 0..16 {
+        let shift = 60 - 4 * i;
+        text[i] = HEX_DIGITS[((prefix >> shift) & 0xf) as usize];
+        text[16 + i] = HEX_DIGITS[((n >> shift) & 0xf) as usize];
     }
-    let id = HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let id = cut(&ID_SLAB, ID_SLAB_SIZE, |out| {
+        out.extend_from_slice(&text);
+        Ok(())
+    })
+    .unwrap_or_else(|| HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID, id.clone());
     id
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// How big a thread's slab is, and how little room left in it makes the
+/// next value start a fresh one (or, once every value cut from it is gone,
+/// the same one from its start).
+#[derive(Clone, Copy)]
+struct SlabSize {
+    bytes: usize,
+    low_water: usize,
+}
+
+/// X-Forwarded-For and Forwarded: made once the request is admitted, gone
+/// once its head is written to the backend.
+const TEXT_SLAB_SIZE: SlabSize = SlabSize {
+    bytes: 4096,
+    low_water: 512,
+};
+
+/// Request ids (32 bytes each): made when the request arrives and held
+/// while it waits in a queue, so their slab is small — a waiting request
+/// keeps at most 512 bytes alive (16 ids), 32 when its neighbours wait too.
+const ID_SLAB_SIZE: SlabSize = SlabSize {
+    bytes: 512,
+    low_water: 32,
+};
+
+thread_local! {
+    /// The text of the header values sluice makes per request, cut one
+    /// after another from slabs of this thread's: each value holds a share
+    /// of its slab, and a slab whose values have all been dropped is
+    /// written again from its start. So a stream of requests makes its
+    /// header values without touching the allocator; a new slab is
+    /// allocated only when one runs low while values cut from it are still
+    /// held (requests in flight or queued). Two slabs, because the values
+    /// live for different times (see [`TEXT_SLAB_SIZE`], [`ID_SLAB_SIZE`]).
+    static TEXT_SLAB: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    static ID_SLAB: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// A header value of the text `write` produces, cut from this thread's
+/// `slab`; `None` if the text is not a valid header value (or `write`
+/// failed).
+fn cut(
+    slab: &'static std::thread::LocalKey<std::cell::RefCell<BytesMut>>,
+    size: SlabSize,
+    write: impl FnOnce(&mut BytesMut) -> std::fmt::Result,
+) -> Option<HeaderValue> {
+    slab.with_borrow_mut(|slab| {
+        // Back to the slab's start when no value cut from it is left (an
+        // atomic load); a fresh slab when it runs low while some still are.
+        if !slab.try_reclaim(size.bytes) && slab.capacity() < size.low_water {
+            slab.reserve(size.bytes);
+        }
+        let written = write(slab);
+        let text = slab.split().freeze();
+        written.ok()?;
+        HeaderValue::from_maybe_shared(text).ok()
+    })
 }
 
 /// The longest client request id kept; a UUID is 36 bytes.
@@ -107,7 +173,7 @@ fn is_host_text(host: &[u8]) -> bool {
 /// (HTTP/2, or an absolute-form target, whose Host RFC 9112 §3.2.2 says to
 /// ignore), else the Host header. A header value clone shares the request's
 /// bytes.
-pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
@@ -140,6 +206,22 @@ static OWNED: [HeaderName; 6] = [
     X_FORWARDED_HOST,
 ];
 
+/// The index in [`HOP_BY_HOP`] of the header named `name` (lower case, as
+/// every `HeaderName` is), if it is one: a `match` on the text, so most
+/// names cost one length comparison rather than seven name comparisons.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "te" => Some(2),
+        "trailer" => Some(3),
+        "upgrade" => Some(4),
+        "transfer-encoding" => Some(5),
+        "http2-settings" => Some(6),
+        _ => None,
+    }
+}
+
 fn is_proxy_header(name: &HeaderName) -> bool {
     let text = name.as_str();
     text == "proxy" || text.starts_with("proxy-")
@@ -153,7 +235,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut proxy_headers = false;
     for name in headers.keys() {
-        match HOP_BY_HOP.iter().position(|h| h == name) {
+        match hop_by_hop_index(name.as_str()) {
             Some(i) => present[i] = true,
             None => proxy_headers |= is_proxy_header(name),
         }
@@ -191,27 +273,29 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The client's address as text, for X-Forwarded-For and Forwarded, without
-/// the formatting machinery (this runs once per request).
-fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr, forwarded: bool) {
+/// The client's address as text, for X-Forwarded-For and Forwarded, an
+/// IPv4 address without the formatting machinery (this runs per request).
+fn write_ip(out: &mut BytesMut, ip: std::net::IpAddr, forwarded: bool) -> std::fmt::Result {
+    use std::fmt::Write;
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    out.put_u8(b'.');
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    out.put_u8(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    out.put_u8(b'0' + octet / 10 % 10);
                 }
-                out.push(b'0' + octet % 10);
+                out.put_u8(b'0' + octet % 10);
             }
+            Ok(())
         }
         // Forwarded quotes and brackets an IPv6 node (RFC 7239 §6).
-        std::net::IpAddr::V6(v6) if forwarded => out.extend(format!("\"[{v6}]\"").as_bytes()),
-        std::net::IpAddr::V6(v6) => out.extend(v6.to_string().as_bytes()),
+        std::net::IpAddr::V6(v6) if forwarded => write!(out, "\"[{v6}]\""),
+        std::net::IpAddr::V6(v6) => write!(out, "{v6}"),
     }
 }
 
@@ -233,12 +317,13 @@ pub(crate) fn write_forwarding_headers(
     peer: &Peer,
     host: Option<&HeaderValue>,
 ) {
-    let mut text = Vec::with_capacity(64);
-    if peer.trusted {
-        append_lines(&mut text, headers, &X_FORWARDED_FOR);
-    }
-    write_ip(&mut text, peer.ip, false);
-    insert_text(headers, X_FORWARDED_FOR, &text);
+    let forwarded_for = cut(&TEXT_SLAB, TEXT_SLAB_SIZE, |text| {
+        if peer.trusted {
+            append_lines(text, headers, &X_FORWARDED_FOR);
+        }
+        write_ip(text, peer.ip, false)
+    });
+    set(headers, X_FORWARDED_FOR, forwarded_for);
     if !(peer.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
     }
@@ -248,28 +333,30 @@ pub(crate) fn write_forwarding_headers(
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
-    text.clear();
-    if peer.trusted {
-        append_lines(&mut text, headers, &header::FORWARDED);
-    }
-    text.extend_from_slice(b"for=");
-    write_ip(&mut text, peer.ip, true);
-    text.extend_from_slice(b";proto=");
-    text.extend_from_slice(peer.proto.as_bytes());
-    if let Some(host) = host
-        && host
-            .as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(b))
-    {
-        text.extend_from_slice(b";host=");
-        text.extend_from_slice(host.as_bytes());
-    }
-    insert_text(headers, header::FORWARDED, &text);
+    let forwarded = cut(&TEXT_SLAB, TEXT_SLAB_SIZE, |text| {
+        if peer.trusted {
+            append_lines(text, headers, &header::FORWARDED);
+        }
+        text.extend_from_slice(b"for=");
+        write_ip(text, peer.ip, true)?;
+        text.extend_from_slice(b";proto=");
+        text.extend_from_slice(peer.proto.as_bytes());
+        if let Some(host) = host
+            && host
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(b))
+        {
+            text.extend_from_slice(b";host=");
+            text.extend_from_slice(host.as_bytes());
+        }
+        Ok(())
+    });
+    set(headers, header::FORWARDED, forwarded);
 }
 
 /// Every line of a list header, in order, each followed by ", ".
-fn append_lines(text: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName) {
+fn append_lines(text: &mut BytesMut, headers: &HeaderMap, name: &HeaderName) {
     for line in headers.get_all(name) {
         let line = line.as_bytes().trim_ascii();
         if !line.is_empty() {
@@ -279,14 +366,15 @@ fn append_lines(text: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName) {
     }
 }
 
-/// Replaces every line of `name` with `text`; should `text` not be a valid
-/// value, the header is dropped rather than left as the client sent it.
-fn insert_text(headers: &mut HeaderMap, name: HeaderName, text: &[u8]) {
-    match HeaderValue::from_bytes(text) {
-        Ok(value) => {
+/// Replaces every line of `name` with `value`; should the text not have
+/// made a valid value, the header is dropped rather than left as the client
+/// sent it.
+fn set(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(value) => {
             headers.insert(name, value);
         }
-        Err(_) => {
+        None => {
             headers.remove(name);
         }
     }
@@ -318,6 +406,22 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["proxyish", "x-kept"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_known_by_its_text() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
+        for other in [
+            "host",
+            "connections",
+            "tee",
+            "x-upgrade",
+            "proxy-connection",
+        ] {
+            assert_eq!(hop_by_hop_index(other), None, "{other}");
+        }
     }
 
     #[test]
@@ -397,15 +501,15 @@ mod tests {
 
     #[test]
     fn forwarding_headers_are_added_without_formatting_surprises() {
-        let mut text = Vec::new();
-        write_ip(&mut text, "10.0.255.7".parse().unwrap(), true);
-        assert_eq!(text, b"10.0.255.7");
+        let mut text = BytesMut::new();
+        write_ip(&mut text, "10.0.255.7".parse().unwrap(), true).unwrap();
+        assert_eq!(&text[..], b"10.0.255.7");
         text.clear();
-        write_ip(&mut text, "2001:db8::1".parse().unwrap(), true);
-        assert_eq!(text, b"\"[2001:db8::1]\"");
+        write_ip(&mut text, "2001:db8::1".parse().unwrap(), true).unwrap();
+        assert_eq!(&text[..], b"\"[2001:db8::1]\"");
         text.clear();
-        write_ip(&mut text, "2001:db8::1".parse().unwrap(), false);
-        assert_eq!(text, b"2001:db8::1");
+        write_ip(&mut text, "2001:db8::1".parse().unwrap(), false).unwrap();
+        assert_eq!(&text[..], b"2001:db8::1");
         let mut ids = HeaderMap::new();
         let id = ensure_request_id(&mut ids);
         assert_eq!(id.len(), 32);

@@ -28,7 +28,7 @@ use super::live::Live;
 use super::workers::{Workers, default_workers};
 use crate::config::Backlog;
 use crate::config::{Config, ConfigError};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Telemetry};
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
 
@@ -305,11 +305,12 @@ fn live(
     tls: Option<Arc<TlsAcceptor>>,
     metrics: Metrics,
 ) -> Result<Arc<Live>, StartError> {
-    let gateway =
-        Gateway::new(config, metrics.clone()).map_err(|source| StartError::UpstreamTls {
-            config: config.source.clone(),
-            source: Box::new(source),
-        })?;
+    let telemetry =
+        Telemetry::new(metrics.clone()).map_err(|source| StartError::Metrics { source })?;
+    let gateway = Gateway::new(config, telemetry).map_err(|source| StartError::UpstreamTls {
+        config: config.source.clone(),
+        source: Box::new(source),
+    })?;
     Ok(Arc::new(Live {
         gateway: ArcSwap::from_pointee(gateway),
         config: ArcSwap::from_pointee(config.clone()),

@@ -14,10 +14,10 @@ use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
 
+use super::metrics::RedisCallResult;
 use super::script::{GCRA_LUA, ScriptArgs, parse_reply};
 use crate::config::redis_url::parse_url;
 use crate::config::secret::Secret;
-use crate::metrics::RedisCallResult;
 use crate::shaper::{GcraParams, StoreError, Taken};
 
 /// One Redis (a `[redis]` section), shared by all the routes whose limits it

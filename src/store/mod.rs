@@ -12,9 +12,11 @@
 //! backing off are the caller's (the shaper's) business, not this module's.
 //!
 //! Contents: `link` (the connection and its timeouts), `script` (the
-//! GCRA script, its arguments and reply).
+//! GCRA script, its arguments and reply), `metrics` (the Redis families,
+//! registered here).
 
 mod link;
+pub mod metrics;
 mod script;
 
 use std::fmt;
@@ -23,9 +25,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use self::link::RedisLink;
+pub use self::metrics::{RedisCallResult, RedisFamilies, RedisRouteMetrics};
 pub use self::script::GCRA_LUA;
 pub use crate::config::{redact_url, url_password, validate_url};
-use crate::metrics::{RedisCallResult, RedisRouteMetrics};
 use crate::shaper::{GcraParams, StoreError, StoreFuture, TokenStore};
 
 /// One route's global rate: its GCRA state is the key

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
+use super::metrics::UpstreamErrorKind;
 use crate::http::BoxError;
 use crate::http::request_body::ClientBodyError;
-use crate::metrics::UpstreamErrorKind;
 
 /// Why a request could not be relayed.
 #[derive(Debug, thiserror::Error)]

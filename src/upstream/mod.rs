@@ -19,7 +19,8 @@
 //! - `capacity`: the in-flight cap and its resizing;
 //! - [`adaptive`]: the latency-driven limit;
 //! - `client`: the general client; [`h1pool`]: plain HTTP/1.1 connections;
-//! - `error`: [`UpstreamError`], one status per failure.
+//! - `error`: [`UpstreamError`], one status per failure;
+//! - [`metrics`]: the upstream and target families, registered here.
 
 pub mod adaptive;
 mod balance;
@@ -28,6 +29,7 @@ mod client;
 mod error;
 pub mod h1pool;
 mod health;
+pub mod metrics;
 mod send;
 mod target;
 
@@ -46,11 +48,11 @@ use self::balance::Balancer;
 use self::capacity::Capacity;
 use self::client::Connector;
 pub use self::error::UpstreamError;
+pub use self::metrics::{TargetMetrics, UpstreamErrorKind, UpstreamFamilies, UpstreamMetrics};
 use self::target::Target;
 pub use self::target::TargetGuard;
 use crate::config::UpstreamConfig;
 use crate::http::request_body::RequestBody;
-use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::shaper::Gate;
 
 /// The request body sent upstream: the client's (held to `max_body_bytes`
@@ -85,7 +87,7 @@ impl Upstream {
     /// cap), and so does its gate.
     pub fn new(
         config: &UpstreamConfig,
-        metrics: &Metrics,
+        metrics: &UpstreamFamilies,
         previous: Option<&Upstream>,
     ) -> Result<Arc<Upstream>, crate::tls::TlsError> {
         let (client, scheme) = client::build(config)?;
@@ -94,7 +96,7 @@ impl Upstream {
         let limit = adaptive
             .as_ref()
             .map_or(max_inflight, |a| a.limit().min(max_inflight));
-        let upstream_metrics = metrics.upstream(&config.name, max_inflight);
+        let upstream_metrics = UpstreamMetrics::new(metrics, &config.name, max_inflight);
         upstream_metrics.adaptive_limit(limit);
         let (inflight, capacity) = Capacity::carry_over(previous, limit);
         let targets = Target::all(config, metrics);

@@ -19,9 +19,9 @@ use tokio::time::Instant;
 
 use super::h1pool::{H1Pool, Lease};
 use super::health::Health;
+use super::metrics::{TargetMetrics, UpstreamFamilies};
 use super::{Upstream, UpstreamError};
 use crate::config::UpstreamConfig;
-use crate::metrics::{Metrics, TargetMetrics};
 
 /// One backend of an upstream.
 pub(super) struct Target {
@@ -39,7 +39,7 @@ pub(super) struct Target {
 
 impl Target {
     /// The targets of `config`, each healthy until shown otherwise.
-    pub(super) fn all(config: &UpstreamConfig, metrics: &Metrics) -> Vec<Target> {
+    pub(super) fn all(config: &UpstreamConfig, metrics: &UpstreamFamilies) -> Vec<Target> {
         // Plain HTTP/1.1 targets get a pool of their own.
         let h1 = config.tls.is_none() && !config.http2;
         config
@@ -61,7 +61,7 @@ impl Target {
                     inflight: AtomicUsize::new(0),
                     ewma_nanos: AtomicU64::new(0),
                     health: Mutex::new(Health::default()),
-                    metrics: metrics.target(&config.name, t.addr.as_str()),
+                    metrics: TargetMetrics::new(metrics, &config.name, t.addr.as_str()),
                 };
                 target.metrics.healthy(true);
                 target

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::redis::{RedisServer, shared_url, unique_prefix};
 use crate::common::samples;
-use sluice::metrics::{Metrics, RedisRouteMetrics};
+use sluice::metrics::Metrics;
 use sluice::shaper::{GcraParams, StoreError, Taken, TokenStore};
-use sluice::store::{RedisLink, RedisStore, validate_url};
+use sluice::store::{RedisFamilies, RedisLink, RedisRouteMetrics, RedisStore, validate_url};
 
 /// Timeout of the links that should answer: far above any local round trip.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,7 +53,8 @@ impl Route {
     fn on(link: Arc<RedisLink>, prefix: &str) -> Route {
         let metrics = Metrics::new().unwrap();
         let name = "api".to_string();
-        let handles: RedisRouteMetrics = metrics.redis_route(&name);
+        let families = RedisFamilies::register(metrics.registry()).unwrap();
+        let handles = RedisRouteMetrics::new(&families, &name);
         Route {
             store: RedisStore::new(link, prefix, &name, handles),
             metrics,

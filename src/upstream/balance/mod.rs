@@ -94,10 +94,12 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::upstream::health::Health;
+    use crate::upstream::metrics::{TargetMetrics, UpstreamFamilies};
 
     /// Targets with these weights, in-flight counts and latency EWMAs.
     fn targets(spec: &[(u32, usize, u64)]) -> Vec<Target> {
         let metrics = Metrics::new().unwrap();
+        let families = UpstreamFamilies::register(metrics.registry()).unwrap();
         spec.iter()
             .enumerate()
             .map(|(i, &(weight, inflight, ewma))| Target {
@@ -108,7 +110,7 @@ mod tests {
                 inflight: AtomicUsize::new(inflight),
                 ewma_nanos: AtomicU64::new(ewma),
                 health: Mutex::new(Health::default()),
-                metrics: metrics.target("api", &format!("t{i}")),
+                metrics: TargetMetrics::new(&families, "api", &format!("t{i}")),
             })
             .collect()
     }

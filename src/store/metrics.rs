@@ -1,5 +1,7 @@
-//! The Redis families: calls for each route's global rate limit, their
-//! duration, the tokens granted, and whether the route runs on its fallback.
+//! The Redis families, declared and registered here, by the store they
+//! describe: calls for each route's global rate limit, their duration, the
+//! tokens granted, and whether the route runs on its fallback; and the
+//! handles resolved once per global route when a generation is built.
 //!
 //! Invariant: a route's series appear (at zero) as soon as the route is set
 //! up, before its first call, so dashboards and alerts see them at once.
@@ -8,7 +10,7 @@ use prometheus::{
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 
-use super::{Metrics, counter_vec, histogram_vec, int_gauge_vec};
+use crate::metrics::{counter_vec, histogram_vec, int_gauge_vec};
 
 /// Buckets for calls to Redis: 100 µs (a call on the same host) to 1 s
 /// (beyond any sane `[redis] timeout`).
@@ -18,7 +20,7 @@ const REDIS_CALL_BUCKETS: &[f64] = &[
 
 /// The Redis families, labelled by route.
 #[derive(Clone)]
-pub(super) struct RedisFamilies {
+pub struct RedisFamilies {
     redis_calls: IntCounterVec,
     redis_call_seconds: HistogramVec,
     redis_tokens: IntCounterVec,
@@ -26,7 +28,9 @@ pub(super) struct RedisFamilies {
 }
 
 impl RedisFamilies {
-    pub(super) fn register(r: &Registry) -> Result<RedisFamilies, prometheus::Error> {
+    /// Declares and registers the families in `r`; fails only if a name
+    /// or label set is invalid or already taken, which the tests would show.
+    pub fn register(r: &Registry) -> Result<RedisFamilies, prometheus::Error> {
         let route = &["route"];
         Ok(RedisFamilies {
             redis_calls: counter_vec(
@@ -84,11 +88,10 @@ pub enum RedisCallResult {
     Timeout,
 }
 
-impl Metrics {
+impl RedisRouteMetrics {
     /// Handles for one route's global rate limit in Redis; its series appear
     /// (at zero) as soon as the route is set up, before the first call.
-    pub fn redis_route(&self, route: &str) -> RedisRouteMetrics {
-        let families = &self.redis;
+    pub fn new(families: &RedisFamilies, route: &str) -> RedisRouteMetrics {
         let fallback = families.redis_fallback.with_label_values(&[route]);
         fallback.set(0);
         let calls = |result: &str| families.redis_calls.with_label_values(&[route, result]);
@@ -101,9 +104,7 @@ impl Metrics {
             fallback,
         }
     }
-}
 
-impl RedisRouteMetrics {
     /// Counts one call to Redis and how long it took.
     pub fn call(&self, result: RedisCallResult, seconds: f64) {
         match result {

@@ -1,5 +1,7 @@
-//! The upstream families: latency, errors, retries and in-flight requests
-//! of each upstream, and the same per target.
+//! The upstream families, declared and registered here, by the part of the
+//! flow they describe: latency, errors, retries and in-flight requests of
+//! each upstream, and the same per target; and the handles resolved once
+//! per upstream and target when a generation is built.
 //!
 //! Invariant: label values are upstream and target names from the config
 //! and the three error kinds, so the series are bounded by the config.
@@ -8,7 +10,7 @@ use prometheus::{
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 
-use super::{Metrics, counter_vec, gauge_value, histogram_vec, int_gauge_vec};
+use crate::metrics::{counter_vec, gauge_value, histogram_vec, int_gauge_vec};
 
 /// Buckets for upstream latency: 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -17,7 +19,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// The upstream and target families.
 #[derive(Clone)]
-pub(super) struct UpstreamFamilies {
+pub struct UpstreamFamilies {
     upstream_latency: HistogramVec,
     upstream_errors: IntCounterVec,
     upstream_inflight: IntGaugeVec,
@@ -32,7 +34,9 @@ pub(super) struct UpstreamFamilies {
 }
 
 impl UpstreamFamilies {
-    pub(super) fn register(r: &Registry) -> Result<UpstreamFamilies, prometheus::Error> {
+    /// Declares and registers the families in `r`; fails only if a name
+    /// or label set is invalid or already taken, which the tests would show.
+    pub fn register(r: &Registry) -> Result<UpstreamFamilies, prometheus::Error> {
         let upstream = &["upstream"];
         let target = &["upstream", "target"];
         Ok(UpstreamFamilies {
@@ -138,10 +142,9 @@ pub enum UpstreamErrorKind {
     Other,
 }
 
-impl Metrics {
-    /// Handles for one upstream.
-    pub fn upstream(&self, name: &str, max_inflight: usize) -> UpstreamMetrics {
-        let families = &self.upstream;
+impl UpstreamMetrics {
+    /// Handles for one upstream, with its configured cap published.
+    pub fn new(families: &UpstreamFamilies, name: &str, max_inflight: usize) -> UpstreamMetrics {
         families
             .upstream_max_inflight
             .with_label_values(&[name])
@@ -158,21 +161,6 @@ impl Metrics {
         }
     }
 
-    /// Handles for one target of an upstream.
-    pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
-        let families = &self.upstream;
-        let labels = [upstream, target];
-        TargetMetrics {
-            requests: families.target_requests.with_label_values(&labels),
-            errors: families.target_errors.with_label_values(&labels),
-            latency: families.target_latency.with_label_values(&labels),
-            healthy: families.target_healthy.with_label_values(&labels),
-            inflight: families.target_inflight.with_label_values(&labels),
-        }
-    }
-}
-
-impl UpstreamMetrics {
     pub fn retry(&self) {
         self.retries.inc();
     }
@@ -201,6 +189,18 @@ impl UpstreamMetrics {
 }
 
 impl TargetMetrics {
+    /// Handles for one target of an upstream.
+    pub fn new(families: &UpstreamFamilies, upstream: &str, target: &str) -> TargetMetrics {
+        let labels = [upstream, target];
+        TargetMetrics {
+            requests: families.target_requests.with_label_values(&labels),
+            errors: families.target_errors.with_label_values(&labels),
+            latency: families.target_latency.with_label_values(&labels),
+            healthy: families.target_healthy.with_label_values(&labels),
+            inflight: families.target_inflight.with_label_values(&labels),
+        }
+    }
+
     pub fn request(&self) {
         self.requests.inc();
     }
