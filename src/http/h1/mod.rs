@@ -6,9 +6,12 @@
 //!   chunked (with trailers) and read-until-close bodies that splits data
 //!   off a caller's buffer without copying, and an [`Encoder`] that frames
 //!   data for a vectored write.
+//! - [`response`]: a backend's response head and its body's framing.
 
 pub mod body;
+pub mod response;
 
 pub use body::{
     BodyError, Decoded, Decoder, DecoderLimits, EncodeError, Encoder, Frame, LAST_CHUNK,
 };
+pub use response::{Framing, HeadError, HeadLimits, ResponseHead, parse_response};
