@@ -220,7 +220,13 @@ impl Gateway {
         } else {
             None
         };
+        // `Trailer` names the fields the body ends with: end to end (RFC
+        // 9110 §6.6.2), and hyper's server sends only the trailers it names.
+        let trailer = response.headers_mut().remove(header::TRAILER);
         strip_hop_by_hop(response.headers_mut());
+        if let Some(trailer) = trailer {
+            response.headers_mut().insert(header::TRAILER, trailer);
+        }
         let line = record.finish_relayed(status);
         let relay = Relay {
             grant,

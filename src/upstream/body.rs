@@ -85,7 +85,10 @@ pub fn upgrade(
 pub enum UpstreamIo {
     /// The raw connection; `read`: bytes the backend sent past its 101,
     /// handed on first.
-    Tcp { read: Bytes, io: TcpStream },
+    Tcp {
+        read: Bytes,
+        io: TcpStream,
+    },
     Hyper(TokioIo<hyper::upgrade::Upgraded>),
 }
 

@@ -67,7 +67,9 @@ impl H1Body {
             return;
         };
         let home = self.home.take();
-        if self.keep_alive && self.decoder.is_done() && conn.read.is_empty()
+        if self.keep_alive
+            && self.decoder.is_done()
+            && conn.read.is_empty()
             && let Some((pool, handoff)) = home
         {
             pool.body_ended(handoff, conn);

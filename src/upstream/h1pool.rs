@@ -179,9 +179,7 @@ impl H1Pool {
             reached.store(true, Ordering::Release);
             conn = conn.replaced_by(fresh);
             handoff = Arc::default();
-            conn.send_head(&outgoing)
-                .await
-                .map_err(H1Error::Request)?;
+            conn.send_head(&outgoing).await.map_err(H1Error::Request)?;
         }
         let head_request = parts.method == Method::HEAD;
         let (head, sent_whole) = conn

@@ -50,9 +50,9 @@ use tokio::time::Instant;
 
 use self::adaptive::GradientLimit;
 use self::balance::Balancer;
+pub use self::body::{UpstreamBody, UpstreamIo, upgrade};
 use self::capacity::Capacity;
 use self::client::Connector;
-pub use self::body::{UpstreamBody, UpstreamIo, upgrade};
 pub use self::error::UpstreamError;
 use self::target::Target;
 pub use self::target::TargetGuard;
