@@ -296,3 +296,155 @@ async fn reap(pool: Weak<H1Pool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Shutdown;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::http::request_body::RequestBody;
+
+    /// A backend that holds its first `silent` connections without reading
+    /// them, and on the others answers `answers` requests each with a
+    /// keep-alive `ok`, then reads one more request and closes without an
+    /// answer. Counts connections and requests read.
+    async fn backend(
+        silent: usize,
+        answers: usize,
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (count, seen) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if count.fetch_add(1, Ordering::SeqCst) < silent {
+                    held.push(stream);
+                    continue;
+                }
+                tokio::spawn(serve(stream, answers, seen.clone()));
+            }
+        });
+        (addr, connections, requests)
+    }
+
+    async fn serve(mut stream: TcpStream, answers: usize, seen: Arc<AtomicUsize>) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        for answered in 0..=answers {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.clear();
+            seen.fetch_add(1, Ordering::SeqCst);
+            if answered == answers {
+                return;
+            }
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if stream.write_all(ok).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn pool(addr: &str) -> Arc<H1Pool> {
+        H1Pool::new(
+            &addr.parse().unwrap(),
+            8,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn post() -> Request<ProxyBody> {
+        Request::post("/x")
+            .body(RequestBody::Buffered {
+                data: Some(bytes::Bytes::from_static(b"body")),
+                trailers: None,
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_a_pooled_connection_could_not_send_goes_once_on_a_new_one() {
+        let (addr, connections, requests) = backend(2, 10).await;
+        let pool = pool(&addr);
+        // Two idle connections that look alive (nothing to read, no close)
+        // and cannot take a byte.
+        for _ in 0..2 {
+            let conn = Connection::connect(&addr, Duration::from_secs(1))
+                .await
+                .unwrap();
+            socket2::SockRef::from(&conn.io)
+                .shutdown(Shutdown::Write)
+                .unwrap();
+            pool.push(conn, Arc::default());
+        }
+        let reached = AtomicBool::new(false);
+        let (response, mut lease) = pool.send(post(), &reached).await.expect("sent again");
+        assert!(reached.load(Ordering::Acquire));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        lease.finish();
+        drop(lease);
+        assert_eq!(body, "ok");
+        // The retry took a new connection, not the other dead one.
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_may_have_reached_the_backend_is_not_sent_again() {
+        let (addr, connections, requests) = backend(0, 1).await;
+        let pool = pool(&addr);
+        let (response, mut lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        lease.finish();
+        drop(lease);
+        assert_eq!(pool.idle(), 1);
+        // The backend reads the second request and closes without a word.
+        match pool.send(post(), &AtomicBool::new(false)).await {
+            Err(H1Error::Request(ExchangeError::Closed)) => {}
+            Err(other) => panic!("expected a close before the head, got {other:?}"),
+            Ok(_) => panic!("expected a close before the head, got a response"),
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_connection_goes_home_when_body_and_lease_are_both_done_in_either_order() {
+        let (addr, connections, _) = backend(0, 10).await;
+        let pool = pool(&addr);
+        // Lease first, then the body.
+        let (response, mut lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        lease.finish();
+        drop(lease);
+        assert_eq!(pool.idle(), 0);
+        response.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle(), 1);
+        // Body first, then the lease; an unfinished lease closes it.
+        let (response, lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle(), 0);
+        drop(lease);
+        assert_eq!(pool.idle(), 0);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        let (response, mut lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        lease.finish();
+        drop(lease);
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+}

@@ -38,6 +38,14 @@ async fn fetch(
     (status, body)
 }
 
+/// A config whose one worker serves every request: connections to the
+/// backend come from one idle stack, so their count is exact.
+fn one_worker(backend: &ScriptedBackend) -> sluice::config::Config {
+    let mut config = config(&[backend.addr]);
+    config.server.workers = Some(1);
+    config
+}
+
 fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let mut req = Request::builder().method(method).uri(url);
     for (name, value) in headers {
@@ -55,7 +63,7 @@ async fn chunked_responses_and_their_trailers_are_relayed_and_the_connection_reu
         )
     })
     .await;
-    let sluice = TestSluice::start(&config(&[backend.addr])).await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
     let client = client();
     let url = format!("http://{}/t", sluice.proxy_addr());
     for _ in 0..3 {
@@ -78,7 +86,7 @@ async fn a_response_without_a_length_is_read_to_the_close_and_its_connection_not
         Reply::close(format!("HTTP/1.1 200 OK\r\nx-n: {n}\r\n\r\nall of answer {n}").as_bytes())
     })
     .await;
-    let sluice = TestSluice::start(&config(&[backend.addr])).await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
     for n in 0..3 {
@@ -105,7 +113,7 @@ async fn head_204_and_304_have_no_body_whatever_their_headers_say() {
         Reply::keep(reply)
     })
     .await;
-    let sluice = TestSluice::start(&config(&[backend.addr])).await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
     for round in 0..2 {
@@ -132,7 +140,7 @@ async fn interim_responses_from_the_backend_are_passed_over() {
         )
     })
     .await;
-    let sluice = TestSluice::start(&config(&[backend.addr])).await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
     for _ in 0..2 {
@@ -156,7 +164,7 @@ async fn a_pooled_connection_the_backend_closed_is_not_used_and_nothing_is_sent_
         Reply::close(format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", n % 10).as_bytes())
     })
     .await;
-    let sluice = TestSluice::start(&config(&[backend.addr])).await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
     for n in 0..5 {
@@ -167,6 +175,9 @@ async fn a_pooled_connection_the_backend_closed_is_not_used_and_nothing_is_sent_
         let (status, body) = fetch(&client, req).await;
         assert_eq!(status, StatusCode::OK, "request {n}");
         assert_eq!(body.unwrap().0, format!("{n}"));
+        // The close is out before the next request: its connection must
+        // be found dead in the pool, not written to.
+        backend.closed(n + 1).await;
     }
     assert_eq!(backend.requests().len(), 5);
     assert_eq!(backend.connections(), 5);
@@ -184,7 +195,7 @@ async fn a_backend_dying_mid_body_cuts_the_client_off_and_its_connection_is_not_
         }
     })
     .await;
-    let sluice = TestSluice::start(&config(&[backend.addr])).await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
     let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
@@ -221,7 +232,7 @@ async fn malformed_framing_from_the_backend_is_a_502_or_a_cut() {
         ),
     ] {
         let backend = ScriptedBackend::start(move |_, _| Reply::keep(bad)).await;
-        let sluice = TestSluice::start(&config(&[backend.addr])).await;
+        let sluice = TestSluice::start(&one_worker(&backend)).await;
         let client = client();
         let url = format!("http://{}/", sluice.proxy_addr());
         let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
@@ -241,7 +252,7 @@ async fn request_bodies_are_framed_by_sluice() {
         Reply::keep(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
     })
     .await;
-    let mut config = config(&[backend.addr]);
+    let mut config = one_worker(&backend);
     // Bodies past 4 bytes stream.
     config.server.request_buffer_bytes = 4;
     let sluice = TestSluice::start(&config).await;
@@ -289,7 +300,7 @@ async fn bytes_the_backend_sends_right_after_its_101_reach_the_client() {
         )
     })
     .await;
-    let sluice = TestSluice::start(&config(&[backend.addr])).await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
     let mut socket = tokio::net::TcpStream::connect(sluice.proxy_addr())
         .await
         .unwrap();

@@ -58,6 +58,7 @@ type Script = Arc<dyn Fn(usize, &str) -> Reply + Send + Sync>;
 pub struct ScriptedBackend {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -67,18 +68,24 @@ impl ScriptedBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let script: Script = Arc::new(script);
-        let (count, seen) = (connections.clone(), requests.clone());
+        let (count, done, seen) = (connections.clone(), closed.clone(), requests.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, script.clone(), seen.clone()));
+                let (script, seen, done) = (script.clone(), seen.clone(), done.clone());
+                tokio::spawn(async move {
+                    serve(stream, script, seen).await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         ScriptedBackend {
             addr,
             connections,
+            closed,
             requests,
             task,
         }
@@ -87,6 +94,17 @@ impl ScriptedBackend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most 5 s) until the backend has closed `n` connections.
+    pub async fn closed(&self, n: usize) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.closed.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "the backend closed {n} connections");
     }
 
     /// The request heads (and bodies) received so far, as text.
