@@ -7,6 +7,14 @@
 //!   off a caller's buffer without copying, and an [`Encoder`] that frames
 //!   data for a vectored write.
 //! - [`response`]: a backend's response head and its body's framing.
+//!
+//! Deliberate differences from hyper's HTTP/1 (tests/it/h1diff.rs checks the
+//! rest agrees): a response head is bounded at 64 KiB and 100 fields
+//! ([`HeadLimits`]); a chunk-size line at 4 KiB and a body's chunk
+//! extensions at 16 KiB in all ([`DecoderLimits`]); trailer fields that may
+//! not be trailers (framing, routing, connection control, content metadata,
+//! credentials) are dropped, both ways; a bare LF anywhere in chunked framing
+//! (size line, after data, trailers) is an error.
 
 pub mod body;
 pub mod response;
