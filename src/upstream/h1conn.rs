@@ -205,9 +205,12 @@ impl Connection {
             let head = read_head(io, read, head_request, limits).await?;
             return Ok((head, true));
         };
-        let sending = send_body(io, write, body, encoder);
+        // Boxed: a streamed body is the rare case, and its sending state
+        // would otherwise enlarge every request's future (which is moved
+        // whole when hyper's server takes it).
+        let mut sending = Box::pin(send_body(io, write, body, encoder));
         let receiving = read_head(io, read, head_request, limits);
-        tokio::pin!(sending, receiving);
+        tokio::pin!(receiving);
         let mut sent = false;
         let mut send_failed: Option<ExchangeError> = None;
         loop {
@@ -221,7 +224,7 @@ impl Connection {
                         Err(err) => Err(send_failed.unwrap_or(err)),
                     };
                 }
-                done = &mut sending, if !sent && send_failed.is_none() => match done {
+                done = sending.as_mut(), if !sent && send_failed.is_none() => match done {
                     Ok(()) => sent = true,
                     Err(err @ ExchangeError::ClientBody(_)) => return Err(err),
                     // The backend may still answer (e.g. 413, then close).

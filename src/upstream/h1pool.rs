@@ -268,7 +268,9 @@ impl H1Pool {
     }
 
     async fn connect(&self) -> Result<Connection, H1Error> {
-        Connection::connect(&self.addr, self.connect_timeout)
+        // Boxed: connecting is rare on a warm pool, and its state would
+        // otherwise enlarge every request's future.
+        Box::pin(Connection::connect(&self.addr, self.connect_timeout))
             .await
             .map_err(H1Error::Connect)
     }

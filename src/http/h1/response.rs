@@ -14,6 +14,8 @@
 //! tests/it/h1diff.rs holds them together), with one deliberate difference:
 //! a head is bounded by [`HeadLimits`] (64 KiB, 100 fields by default).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
@@ -110,12 +112,11 @@ impl ResponseHead {
     }
 }
 
-/// Where one field of the head lies in it.
+/// Where one field of the head lies in it: name start and end, value start
+/// and end (a head is at most `u32::MAX` bytes). Small, so that the table of
+/// [`MAX_HEADERS`] of them costs little to set up per response.
 #[derive(Clone, Copy, Default)]
-struct Field {
-    name: (usize, usize),
-    value: (usize, usize),
-}
+struct Field([u32; 4]);
 
 /// Takes one response head off the front of `buf` (`None`: not all of it
 /// has arrived). `head_request`: the request was a HEAD, so no body follows
@@ -125,16 +126,23 @@ pub fn parse_response(
     head_request: bool,
     limits: &HeadLimits,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // httparse fills only what it parses: no need to set up all 100.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut fields = [Field::default(); MAX_HEADERS];
     let max_headers = limits.max_headers.clamp(1, MAX_HEADERS);
+    let max_head_bytes = limits.max_head_bytes.min(u32::MAX as usize);
     let (len, code, minor, count) = {
         let bytes: &[u8] = buf;
-        let mut response = httparse::Response::new(&mut storage[..max_headers]);
-        let len = match response.parse(bytes) {
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            bytes,
+            &mut storage[..max_headers],
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
-                if bytes.len() >= limits.max_head_bytes {
+                if bytes.len() >= max_head_bytes {
                     return Err(HeadError::TooLarge);
                 }
                 return Ok(None);
@@ -142,17 +150,19 @@ pub fn parse_response(
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
             Err(err) => return Err(HeadError::Malformed(err)),
         };
-        if len > limits.max_head_bytes {
+        if len > max_head_bytes {
             return Err(HeadError::TooLarge);
         }
         let start = bytes.as_ptr() as usize;
+        // Within the head, so below `max_head_bytes`, so within u32.
         let offset = |part: &[u8]| {
             let at = part.as_ptr() as usize - start;
-            (at, at + part.len())
+            [at as u32, (at + part.len()) as u32]
         };
         for (field, parsed) in fields.iter_mut().zip(response.headers.iter()) {
-            field.name = offset(parsed.name.as_bytes());
-            field.value = offset(parsed.value);
+            let [name_start, name_end] = offset(parsed.name.as_bytes());
+            let [value_start, value_end] = offset(parsed.value);
+            *field = Field([name_start, name_end, value_start, value_end]);
         }
         (
             len,
@@ -171,11 +181,12 @@ pub fn parse_response(
     let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = version == Version::HTTP_11;
     let mut saw_close = false;
-    for field in &fields[..count] {
-        let name = HeaderName::from_bytes(&head[field.name.0..field.name.1])
+    for &Field([name_start, name_end, value_start, value_end]) in &fields[..count] {
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| HeadError::Field)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
-            .map_err(|_| HeadError::Field)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+                .map_err(|_| HeadError::Field)?;
         if name == header::CONNECTION {
             // Once a Connection line says close, a later keep-alive does not
             // undo it.
