@@ -15,6 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::Gateway;
@@ -31,7 +32,7 @@ use crate::http::request_body::RequestBody;
 use crate::http::{Body, WaitingSince, error_chain, local};
 use crate::outcome::Outcome;
 use crate::shaper::{Admission, Arrival, Grant};
-use crate::upstream::{TargetGuard, UpstreamError};
+use crate::upstream::{TargetGuard, UpstreamBody, UpstreamError};
 
 /// A phase's result: the request goes on (`Continue`), or here is its
 /// answer, already recorded (`Break`).
@@ -199,7 +200,7 @@ impl Gateway {
     /// body ends.
     async fn relay(
         &self,
-        mut response: Response<Incoming>,
+        mut response: Response<UpstreamBody>,
         (grant, target): (Grant, TargetGuard),
         route: &Route,
         upgrade: Upgrade,
@@ -219,7 +220,13 @@ impl Gateway {
         } else {
             None
         };
+        // `Trailer` names the fields the body ends with: end to end (RFC
+        // 9110 §6.6.2), and hyper's server sends only the trailers it names.
+        let trailer = response.headers_mut().remove(header::TRAILER);
         strip_hop_by_hop(response.headers_mut());
+        if let Some(trailer) = trailer {
+            response.headers_mut().insert(header::TRAILER, trailer);
+        }
         let line = record.finish_relayed(status);
         let relay = Relay {
             grant,
@@ -290,7 +297,7 @@ async fn admit(
 /// the route allows and the client asked for (then the tunnel is spawned);
 /// `None` means the switch is refused (502).
 fn switch(
-    response: &mut Response<Incoming>,
+    response: &mut Response<UpstreamBody>,
     route: &Route,
     upgrade: Upgrade,
 ) -> Option<HeaderValue> {
@@ -311,7 +318,8 @@ fn switch(
         );
         return None;
     };
-    let upstream_side = hyper::upgrade::on(response);
+    let upstream_side = crate::upstream::upgrade(response);
+    let client_side = async move { client_side.await.map(TokioIo::new) };
     tokio::spawn(tunnel(client_side, upstream_side, route.name.clone()));
     Some(protocol)
 }

@@ -30,13 +30,12 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::record::AccessLine;
 use crate::http::{Body, BoxError, STATUS_CLIENT_CLOSED};
 use crate::shaper::Grant;
-use crate::upstream::TargetGuard;
+use crate::upstream::{TargetGuard, UpstreamBody};
 
 /// Responses up to this size are read whole before relaying. hyper's write
 /// buffer (at least 8 KiB) and the kernel's send buffer (16 KiB by default)
@@ -57,7 +56,7 @@ pub(crate) struct Relay {
 impl Relay {
     /// The backend's response as the client will get it. Hop-by-hop headers
     /// must already be gone.
-    pub(crate) async fn response(self, response: Response<Incoming>) -> Response<Body> {
+    pub(crate) async fn response(self, response: Response<UpstreamBody>) -> Response<Body> {
         let (parts, body) = response.into_parts();
         let mut log = LogOnEnd(self.line);
         let mut target = self.target;
@@ -87,7 +86,7 @@ impl Relay {
                 Err(err) => {
                     log.done();
                     Broken {
-                        error: Some(BoxError::from(err)),
+                        error: Some(err),
                         head_sent: false,
                     }
                     .boxed()
@@ -151,7 +150,7 @@ impl Drop for LogOnEnd {
 }
 
 /// Reads a small body to its end.
-async fn read_whole(mut body: Incoming) -> Result<(Bytes, Option<HeaderMap>), hyper::Error> {
+async fn read_whole(mut body: UpstreamBody) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
     let mut trailers = None;
@@ -194,7 +193,7 @@ enum Piece {
 /// upstream connection, freeing the slot) when the client does not make room
 /// for one in time, or has gone.
 async fn pump(
-    mut body: Incoming,
+    mut body: UpstreamBody,
     tx: mpsc::Sender<Piece>,
     held: Held,
     mut log: LogOnEnd,
@@ -214,7 +213,7 @@ async fn pump(
                 (Some(frame), last)
             }
             Some(Err(err)) => {
-                if hand_over(&tx, Piece::Failed(err.into()), send_timeout).await {
+                if hand_over(&tx, Piece::Failed(err), send_timeout).await {
                     log.done();
                 }
                 return;

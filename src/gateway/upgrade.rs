@@ -7,8 +7,11 @@
 //! past the shaper).
 
 use http::header::{self, HeaderValue};
+use std::fmt::Display;
+use std::future::Future;
+
 use http::{Request, Version};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The protocols an HTTP/1.1 request asks to switch to (`Connection:
 /// upgrade` with an `Upgrade` header) that the route allows, as the
@@ -83,22 +86,29 @@ pub(super) fn switch_is_allowed(
 }
 
 /// Copies bytes both ways between the client and the backend until either
-/// side closes. Tunnels hold no in-flight slot: they were admitted through
-/// the shaper as a request and may then live for as long as they like.
-pub(super) async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    route: String,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
+/// side closes. Each side is a future resolving to its stream once its
+/// switch is complete (hyper's upgrade on a client connection, or the
+/// backend's connection). Tunnels hold no in-flight slot: they were
+/// admitted through the shaper as a request and may then live for as long
+/// as they like.
+pub(super) async fn tunnel<C, U, CIo, UIo, CErr, UErr>(client: C, upstream: U, route: String)
+where
+    C: Future<Output = Result<CIo, CErr>>,
+    U: Future<Output = Result<UIo, UErr>>,
+    CIo: AsyncRead + AsyncWrite + Unpin + Send,
+    UIo: AsyncRead + AsyncWrite + Unpin + Send,
+    CErr: Display,
+    UErr: Display,
+{
+    let client = async { client.await.map_err(|err| format!("client side: {err}")) };
+    let upstream = async { upstream.await.map_err(|err| format!("backend side: {err}")) };
+    let (mut client, mut upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(err) => {
             tracing::debug!(%route, %err, "upgrade did not complete");
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((sent, received)) => tracing::debug!(%route, sent, received, "tunnel closed"),
         Err(err) => tracing::debug!(%route, %err, "tunnel ended with an error"),

@@ -2,34 +2,36 @@
 //!
 //! The general client (hyper-util's) serves TLS and HTTP/2 upstreams and the
 //! health probes; the common case — plain HTTP/1.1 to a backend on the
-//! network next door — takes this shorter path, as NGINX's `upstream
-//! keepalive` does: a stack of idle connections per target, most recently
-//! used first (warm in the backend's caches, and the cold ones age out), no
-//! per-request task or URI rewriting.
+//! network next door — takes this shorter path on sluice's own codec, as
+//! NGINX's `upstream keepalive` does: a stack of idle connections per
+//! target, most recently used first (warm in the backend's caches, and the
+//! cold ones age out), no per-request task, no channel, no URI rewriting.
+//! The request is written by the task that sends it, and the response body
+//! ([`H1Body`]) reads from the connection as the relay asks for it.
 //!
 //! A connection goes back on the stack only once its response body has been
-//! read to the end ([`Lease::finish`]); a response dropped half-read closes
-//! its connection. At most `max_idle` wait; one idle longer than
+//! read to its end and the [`Lease`] is dropped after [`Lease::finish`]; a
+//! response dropped half-read closes its connection, and so does one that
+//! said `Connection: close`, ran to the close, or was followed by bytes
+//! nobody asked for. At most `max_idle` wait; one idle longer than
 //! `idle_timeout`, or closed by the backend, is dropped when met. A request
 //! that a reused connection could not even send (the backend closed it while
 //! it was idle) is sent again once on a new connection, which is safe for any
 //! method: not a byte of it reached the backend.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::{Request, Response, Uri, header};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response, Uri, header};
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::ProxyBody;
+use super::h1body::H1Body;
+use super::h1conn::{Connection, ExchangeError};
 use crate::http::BoxError;
+use crate::http::h1::HeadLimits;
 
 /// Why a request could not be relayed on this path.
 #[derive(Debug)]
@@ -37,7 +39,7 @@ pub enum H1Error {
     /// No connection could be made.
     Connect(BoxError),
     /// The connection failed while sending or before the response head.
-    Request(hyper::Error),
+    Request(ExchangeError),
 }
 
 /// Idle connections to one target.
@@ -45,26 +47,47 @@ pub struct H1Pool {
     /// `host:port`, as `TcpStream::connect` resolves it.
     addr: String,
     host: header::HeaderValue,
-    /// One stack per worker thread (see `server`): a connection's task runs
-    /// on the thread that opened it, so a request takes a connection of its
-    /// own thread and the two never wake each other across threads.
+    /// One stack per worker thread (see `server`): a request takes a
+    /// connection of its own thread, so the workers never contend for one
+    /// stack.
     idle: Vec<Mutex<Vec<Idle>>>,
     /// Per stack.
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    limits: HeadLimits,
 }
 
 struct Idle {
-    sender: SendRequest<ProxyBody>,
+    conn: Connection,
+    handoff: Arc<Handoff>,
     since: Instant,
 }
 
-/// A connection lent to one request, back on the stack after
-/// [`Lease::finish`] (the response body read to its end), closed otherwise.
+/// Where a connection waits between the end of its response body and the
+/// drop of its lease, whichever comes first; one per connection, reused
+/// from request to request.
+#[derive(Default)]
+pub(super) struct Handoff(Mutex<Slot>);
+
+#[derive(Default)]
+enum Slot {
+    /// Body and lease both still out.
+    #[default]
+    Out,
+    /// The body ended first; the connection waits for the lease.
+    Parked(Connection),
+    /// The lease went first (`finished` or not); the body decides.
+    LeaseGone { finished: bool },
+}
+
+/// A connection lent to one request, back on the stack once the response
+/// body was read to its end and [`Lease::finish`] was called, closed
+/// otherwise.
 pub struct Lease {
     pool: Arc<H1Pool>,
-    sender: Option<SendRequest<ProxyBody>>,
+    /// `None` after a switch of protocols: the connection is the tunnel's.
+    handoff: Option<Arc<Handoff>>,
     finished: bool,
 }
 
@@ -78,10 +101,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(sender) = self.sender.take()
-            && self.finished
-        {
-            self.pool.put(sender);
+        if let Some(handoff) = self.handoff.take() {
+            self.pool.lease_dropped(handoff, self.finished);
         }
     }
 }
@@ -105,6 +126,7 @@ impl H1Pool {
             max_idle: max_idle.div_ceil(stacks),
             idle_timeout,
             connect_timeout,
+            limits: HeadLimits::default(),
         });
         tokio::spawn(reap(Arc::downgrade(&pool)));
         pool
@@ -126,7 +148,7 @@ impl H1Pool {
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         reached: &AtomicBool,
-    ) -> Result<(Response<Incoming>, Lease), H1Error> {
+    ) -> Result<(Response<H1Body>, Lease), H1Error> {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
@@ -140,111 +162,122 @@ impl H1Pool {
         } else if req.uri().path_and_query().is_none() {
             *req.uri_mut() = Uri::from_static("/");
         }
-        let (mut sender, reused) = match self.checkout() {
-            Some(sender) => (sender, true),
-            None => (self.connect().await?, false),
+        let (parts, body) = req.into_parts();
+        let (mut conn, mut handoff, reused) = match self.checkout() {
+            Some((conn, handoff)) => (conn, handoff, true),
+            None => (self.connect().await?, Arc::default(), false),
         };
         reached.store(true, Ordering::Release);
-        let response = match sender.try_send_request(req).await {
-            Ok(response) => response,
-            Err(mut err) => match err.take_message() {
-                // Never sent: the idle connection was closed under us.
-                Some(req) if reused => {
-                    reached.store(false, Ordering::Release);
-                    sender = self.connect().await?;
-                    reached.store(true, Ordering::Release);
-                    sender.send_request(req).await.map_err(H1Error::Request)?
-                }
-                _ => return Err(H1Error::Request(err.into_error())),
-            },
-        };
+        let outgoing = conn.prepare(&parts, body);
+        if let Err(err) = conn.send_head(&outgoing).await {
+            // Never sent: the idle connection was closed under us.
+            if !(reused && err.is_unsent()) {
+                return Err(H1Error::Request(err));
+            }
+            reached.store(false, Ordering::Release);
+            let fresh = self.connect().await?;
+            reached.store(true, Ordering::Release);
+            conn = conn.replaced_by(fresh);
+            handoff = Arc::default();
+            conn.send_head(&outgoing).await.map_err(H1Error::Request)?;
+        }
+        let head_request = parts.method == Method::HEAD;
+        let (head, sent_whole) = conn
+            .exchange(outgoing, head_request, &self.limits)
+            .await
+            .map_err(H1Error::Request)?;
+        let switching = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        let body = H1Body::new(
+            conn,
+            head.framing.decoder(),
+            head.keep_alive && sent_whole,
+            (self.clone(), handoff.clone()),
+        );
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
         // A switched protocol owns the connection from now on.
-        let keep = response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
         let lease = Lease {
             pool: self.clone(),
-            sender: keep.then_some(sender),
+            handoff: (!switching).then_some(handoff),
             finished: false,
         };
         Ok((response, lease))
     }
 
-    /// The most recently used live connection, if any.
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.stack().lock();
-        while let Some(Idle { sender, since }) = idle.pop() {
-            if sender.is_ready() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
+    /// The most recently used live connection, if any, with its handoff
+    /// (a fresh one if the last request's body still holds the old).
+    fn checkout(&self) -> Option<(Connection, Arc<Handoff>)> {
+        loop {
+            let Idle {
+                conn,
+                handoff,
+                since,
+            } = self.stack().lock().pop()?;
+            if since.elapsed() < self.idle_timeout && conn.is_reusable() {
+                let handoff = if Arc::strong_count(&handoff) == 1 {
+                    handoff
+                } else {
+                    Arc::default()
+                };
+                return Some((conn, handoff));
             }
         }
-        None
     }
 
-    fn put(self: &Arc<Self>, mut sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        if sender.is_ready() {
-            self.push(sender);
-            return;
-        }
-        // The connection task has not yet taken in the end of the response;
-        // it is ready in a moment (or closed).
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.push(sender);
+    /// The response body has ended on a connection that may be reused: it
+    /// goes home now if its lease is gone finished, or waits for the lease.
+    pub(super) fn body_ended(&self, handoff: Arc<Handoff>, conn: Connection) {
+        let mut slot = handoff.0.lock();
+        match std::mem::take(&mut *slot) {
+            Slot::Out => *slot = Slot::Parked(conn),
+            Slot::LeaseGone { finished: true } => {
+                drop(slot);
+                self.push(conn, handoff);
             }
-        });
+            Slot::LeaseGone { finished: false } | Slot::Parked(_) => {}
+        }
     }
 
-    fn push(&self, sender: SendRequest<ProxyBody>) {
+    /// The lease is gone: a connection parked by its finished body goes
+    /// home; otherwise the body decides when it ends.
+    fn lease_dropped(&self, handoff: Arc<Handoff>, finished: bool) {
+        let mut slot = handoff.0.lock();
+        match std::mem::take(&mut *slot) {
+            Slot::Parked(conn) => {
+                drop(slot);
+                if finished {
+                    self.push(conn, handoff);
+                }
+            }
+            Slot::Out => *slot = Slot::LeaseGone { finished },
+            Slot::LeaseGone { .. } => {}
+        }
+    }
+
+    fn push(&self, conn: Connection, handoff: Arc<Handoff>) {
         let mut idle = self.stack().lock();
         if idle.len() < self.max_idle {
             idle.push(Idle {
-                sender,
+                conn,
+                handoff,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, H1Error> {
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(&self.addr),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(H1Error::Connect(Box::new(err))),
-            Err(_) => {
-                return Err(H1Error::Connect(
-                    format!("connect timed out after {:?}", self.connect_timeout).into(),
-                ));
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+    async fn connect(&self) -> Result<Connection, H1Error> {
+        // Boxed: connecting is rare on a warm pool, and its state would
+        // otherwise enlarge every request's future.
+        Box::pin(Connection::connect(&self.addr, self.connect_timeout))
             .await
-            .map_err(|err| H1Error::Connect(Box::new(err)))?;
-        spawn_connection(conn.with_upgrades());
-        Ok(sender)
+            .map_err(H1Error::Connect)
     }
 }
 
-fn spawn_connection<F>(conn: F)
-where
-    F: Future<Output = Result<(), hyper::Error>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        if let Err(err) = conn.await {
-            tracing::debug!(%err, "upstream connection ended with an error");
-        }
-    });
-}
-
-/// Closes connections idle for longer than the pool's `idle_timeout`, until
-/// the pool is gone.
+/// Closes connections idle for longer than the pool's `idle_timeout`, or
+/// closed by their backend, until the pool is gone.
 async fn reap(pool: Weak<H1Pool>) {
     let period = match pool.upgrade() {
         Some(pool) => (pool.idle_timeout / 2).max(Duration::from_millis(500)),
@@ -261,7 +294,159 @@ async fn reap(pool: Weak<H1Pool>) {
         for stack in &pool.idle {
             stack
                 .lock()
-                .retain(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+                .retain(|i| i.since.elapsed() < timeout && i.conn.is_reusable());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Shutdown;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::http::request_body::RequestBody;
+
+    /// A backend that holds its first `silent` connections without reading
+    /// them, and on the others answers `answers` requests each with a
+    /// keep-alive `ok`, then reads one more request and closes without an
+    /// answer. Counts connections and requests read.
+    async fn backend(
+        silent: usize,
+        answers: usize,
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (count, seen) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if count.fetch_add(1, Ordering::SeqCst) < silent {
+                    held.push(stream);
+                    continue;
+                }
+                tokio::spawn(serve(stream, answers, seen.clone()));
+            }
+        });
+        (addr, connections, requests)
+    }
+
+    async fn serve(mut stream: TcpStream, answers: usize, seen: Arc<AtomicUsize>) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        for answered in 0..=answers {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.clear();
+            seen.fetch_add(1, Ordering::SeqCst);
+            if answered == answers {
+                return;
+            }
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if stream.write_all(ok).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn pool(addr: &str) -> Arc<H1Pool> {
+        H1Pool::new(
+            &addr.parse().unwrap(),
+            8,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn post() -> Request<ProxyBody> {
+        Request::post("/x")
+            .body(RequestBody::Buffered {
+                data: Some(bytes::Bytes::from_static(b"body")),
+                trailers: None,
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_a_pooled_connection_could_not_send_goes_once_on_a_new_one() {
+        let (addr, connections, requests) = backend(2, 10).await;
+        let pool = pool(&addr);
+        // Two idle connections that look alive (nothing to read, no close)
+        // and cannot take a byte.
+        for _ in 0..2 {
+            let conn = Connection::connect(&addr, Duration::from_secs(1))
+                .await
+                .unwrap();
+            socket2::SockRef::from(&conn.io)
+                .shutdown(Shutdown::Write)
+                .unwrap();
+            pool.push(conn, Arc::default());
+        }
+        let reached = AtomicBool::new(false);
+        let (response, mut lease) = pool.send(post(), &reached).await.expect("sent again");
+        assert!(reached.load(Ordering::Acquire));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        lease.finish();
+        drop(lease);
+        assert_eq!(body, "ok");
+        // The retry took a new connection, not the other dead one.
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_may_have_reached_the_backend_is_not_sent_again() {
+        let (addr, connections, requests) = backend(0, 1).await;
+        let pool = pool(&addr);
+        let (response, mut lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        lease.finish();
+        drop(lease);
+        assert_eq!(pool.idle(), 1);
+        // The backend reads the second request and closes without a word.
+        match pool.send(post(), &AtomicBool::new(false)).await {
+            Err(H1Error::Request(ExchangeError::Closed)) => {}
+            Err(other) => panic!("expected a close before the head, got {other:?}"),
+            Ok(_) => panic!("expected a close before the head, got a response"),
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_connection_goes_home_when_body_and_lease_are_both_done_in_either_order() {
+        let (addr, connections, _) = backend(0, 10).await;
+        let pool = pool(&addr);
+        // Lease first, then the body.
+        let (response, mut lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        lease.finish();
+        drop(lease);
+        assert_eq!(pool.idle(), 0);
+        response.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle(), 1);
+        // Body first, then the lease; an unfinished lease closes it.
+        let (response, lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle(), 0);
+        drop(lease);
+        assert_eq!(pool.idle(), 0);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        let (response, mut lease) = pool.send(post(), &AtomicBool::new(false)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        lease.finish();
+        drop(lease);
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }

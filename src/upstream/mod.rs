@@ -18,15 +18,22 @@
 //! - `health`: passive ejection, the active probe, the gate;
 //! - `capacity`: the in-flight cap and its resizing;
 //! - [`adaptive`]: the latency-driven limit;
-//! - `client`: the general client; [`h1pool`]: plain HTTP/1.1 connections;
+//! - `client`: the general client (TLS, HTTP/2, probes); [`h1pool`]: plain
+//!   HTTP/1.1 connections on sluice's own codec (`h1conn`: one connection's
+//!   exchange, [`h1body`]: a response body read from its connection);
+//! - [`body`]: [`UpstreamBody`], the response body relayed whichever client
+//!   fetched it, and the backend's side of a switched protocol;
 //! - `error`: [`UpstreamError`], one status per failure;
 //! - [`metrics`]: the upstream and target families, registered here.
 
 pub mod adaptive;
 mod balance;
+pub mod body;
 mod capacity;
 mod client;
 mod error;
+pub mod h1body;
+mod h1conn;
 pub mod h1pool;
 mod health;
 pub mod metrics;
@@ -45,6 +52,7 @@ use tokio::time::Instant;
 
 use self::adaptive::GradientLimit;
 use self::balance::Balancer;
+pub use self::body::{UpstreamBody, UpstreamIo, upgrade};
 use self::capacity::Capacity;
 use self::client::Connector;
 pub use self::error::UpstreamError;

@@ -21,7 +21,6 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::capture_connection;
 use tokio::time::Instant;
 use tokio::time::error::Elapsed;
@@ -29,14 +28,14 @@ use tokio::time::error::Elapsed;
 use super::error::is_local_shortage;
 use super::h1pool::{H1Error, Lease};
 use super::target::{Target, TargetGuard};
-use super::{ProxyBody, Upstream, UpstreamError};
+use super::{ProxyBody, Upstream, UpstreamBody, UpstreamError};
 use crate::http::BoxError;
 use crate::http::request_body::{BodyWatch, ClientBodyError, RequestBody, client_fault};
 
 /// What one try on a target gave: a response head (and, on the HTTP/1.1
 /// path, its connection), or an error and whether it was a failure to
 /// connect; `Err(Elapsed)` if no head came within the timeout.
-type Tried = Result<Result<(Response<Incoming>, Option<Lease>), (BoxError, bool)>, Elapsed>;
+type Tried = Result<Result<(Response<UpstreamBody>, Option<Lease>), (BoxError, bool)>, Elapsed>;
 
 impl Upstream {
     /// Sends `req` (whose URI holds only path and query) to a target and
@@ -49,7 +48,7 @@ impl Upstream {
         req: Request<RequestBody>,
         deadline: Instant,
         reached: &AtomicBool,
-    ) -> Result<(Response<Incoming>, TargetGuard), UpstreamError> {
+    ) -> Result<(Response<UpstreamBody>, TargetGuard), UpstreamError> {
         let (parts, body) = req.into_parts();
         let watch = body.watch();
         // A copy of the head is kept only when a retry could use it: the
@@ -104,7 +103,7 @@ impl Upstream {
         body: RequestBody,
         watch: Option<&BodyWatch>,
         reached: &AtomicBool,
-    ) -> Result<(Response<Incoming>, TargetGuard), UpstreamError> {
+    ) -> Result<(Response<UpstreamBody>, TargetGuard), UpstreamError> {
         let target = &self.targets[guard.target];
         let req = self.for_target(target, parts).map(|()| body);
         let concurrency = self.inflight();
@@ -177,7 +176,7 @@ impl Upstream {
         target: &Target,
         mut req: Request<ProxyBody>,
         reached: &AtomicBool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), (BoxError, bool)> {
+    ) -> Result<(Response<UpstreamBody>, Option<Lease>), (BoxError, bool)> {
         let Some(pool) = &target.h1 else {
             // The client says which connection it chose once it has one.
             let chosen = capture_connection(&mut req);
@@ -191,7 +190,7 @@ impl Upstream {
             })
             .await;
             return match sent {
-                Ok(response) => Ok((response, None)),
+                Ok(response) => Ok((response.map(UpstreamBody::Hyper), None)),
                 Err(err) => {
                     let connect = err.is_connect();
                     Err((Box::new(err), connect))
@@ -199,7 +198,7 @@ impl Upstream {
             };
         };
         match pool.send(req, reached).await {
-            Ok((response, lease)) => Ok((response, Some(lease))),
+            Ok((response, lease)) => Ok((response.map(UpstreamBody::H1), Some(lease))),
             Err(H1Error::Connect(err)) => Err((err, true)),
             Err(H1Error::Request(err)) => Err((Box::new(err), false)),
         }

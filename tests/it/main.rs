@@ -23,6 +23,7 @@ mod dashboards;
 mod demo;
 mod fairness;
 mod global;
+mod h1diff;
 mod hostile_body;
 mod hostile_requests;
 mod operate;
@@ -35,5 +36,6 @@ mod silent;
 #[cfg(feature = "tools")]
 mod simulate;
 mod tls;
+mod upstream_h1;
 mod upstream_tls;
 mod websocket;

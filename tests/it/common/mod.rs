@@ -3,6 +3,7 @@
 
 pub mod pki;
 pub mod redis;
+pub mod scripted;
 pub mod sockets;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,334 @@
+//! Plain HTTP/1.1 upstreams on sluice's own codec, through sluice: each
+//! way a backend may frame (or fail to frame) a response is relayed as
+//! the client should see it, and a connection is reused exactly when that
+//! is safe.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::scripted::{Reply, ScriptedBackend};
+use crate::common::*;
+
+/// Sends `req` through `client`; the status, body and trailers, or the
+/// error the body broke off with.
+async fn fetch(
+    client: &TestClient,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, Result<(Bytes, Option<http::HeaderMap>), String>) {
+    let response = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .expect("an answer in time")
+        .expect("sluice answers");
+    let status = response.status();
+    let body = match tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+        .await
+        .expect("the body in time")
+    {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            Ok((collected.to_bytes(), trailers))
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    (status, body)
+}
+
+/// A config whose one worker serves every request: connections to the
+/// backend come from one idle stack, so their count is exact.
+fn one_worker(backend: &ScriptedBackend) -> sluice::config::Config {
+    let mut config = config(&[backend.addr]);
+    config.server.workers = Some(1);
+    config
+}
+
+fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_and_their_trailers_are_relayed_and_the_connection_reused() {
+    let backend = ScriptedBackend::start(|_, _| {
+        Reply::keep(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 42\r\ncontent-length: 9\r\n\r\n",
+        )
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let client = client();
+    let url = format!("http://{}/t", sluice.proxy_addr());
+    for _ in 0..3 {
+        let (status, body) =
+            fetch(&client, request(Method::GET, &url, &[("te", "trailers")])).await;
+        assert_eq!(status, StatusCode::OK);
+        let (data, trailers) = body.expect("a whole body");
+        assert_eq!(data, "hello world");
+        let trailers = trailers.expect("trailers relayed");
+        assert_eq!(trailers.get("x-checksum").unwrap(), "42");
+        // A framing field is never taken from a trailer.
+        assert!(trailers.get("content-length").is_none());
+    }
+    assert_eq!(backend.connections(), 1, "one keep-alive connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_without_a_length_is_read_to_the_close_and_its_connection_not_reused() {
+    let backend = ScriptedBackend::start(|n, _| {
+        Reply::close(format!("HTTP/1.1 200 OK\r\nx-n: {n}\r\n\r\nall of answer {n}").as_bytes())
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let client = client();
+    let url = format!("http://{}/", sluice.proxy_addr());
+    for n in 0..3 {
+        let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.unwrap().0, format!("all of answer {n}"));
+    }
+    assert_eq!(backend.connections(), 3);
+    assert_eq!(backend.requests().len(), 3, "each request sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_have_no_body_whatever_their_headers_say() {
+    // Each answer claims a body it does not send; the connection must still
+    // serve the next request (no bytes are waited for, none are left over).
+    let backend = ScriptedBackend::start(|n, head| {
+        let reply: &[u8] = if head.starts_with("HEAD") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
+        } else if n % 3 == 1 {
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 50\r\n\r\n"
+        } else {
+            b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"
+        };
+        Reply::keep(reply)
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let client = client();
+    let url = format!("http://{}/", sluice.proxy_addr());
+    for round in 0..2 {
+        let (status, body) = fetch(&client, request(Method::HEAD, &url, &[])).await;
+        assert_eq!(status, StatusCode::OK, "round {round}");
+        assert!(body.unwrap().0.is_empty());
+        let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(body.unwrap().0.is_empty());
+        let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert!(body.unwrap().0.is_empty());
+    }
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_from_the_backend_are_passed_over() {
+    let backend = ScriptedBackend::start(|_, _| {
+        Reply::keep(
+            b"HTTP/1.1 100 Continue\r\n\r\n\
+              HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\ndone",
+        )
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let client = client();
+    let url = format!("http://{}/", sluice.proxy_addr());
+    for _ in 0..2 {
+        let req = Request::post(&url)
+            .header("expect", "100-continue")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let (status, body) = fetch(&client, req).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(body.unwrap().0, "done");
+    }
+    assert_eq!(backend.connections(), 1);
+    assert!(backend.requests()[0].ends_with("\r\n\r\npayload"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_backend_closed_is_not_used_and_nothing_is_sent_twice() {
+    // Every answer is followed by a close the answer did not announce: the
+    // connection looks reusable, and is dead by the next request.
+    let backend = ScriptedBackend::start(|n, _| {
+        Reply::close(format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", n % 10).as_bytes())
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let client = client();
+    let url = format!("http://{}/", sluice.proxy_addr());
+    for n in 0..5 {
+        // Not a retryable method: a request sent twice would show.
+        let req = Request::post(&url)
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        let (status, body) = fetch(&client, req).await;
+        assert_eq!(status, StatusCode::OK, "request {n}");
+        assert_eq!(body.unwrap().0, format!("{n}"));
+        // The close is out before the next request: its connection must
+        // be found dead in the pool, not written to.
+        backend.closed(n + 1).await;
+    }
+    assert_eq!(backend.requests().len(), 5);
+    assert_eq!(backend.connections(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_dying_mid_body_cuts_the_client_off_and_its_connection_is_not_reused() {
+    let backend = ScriptedBackend::start(|n, _| {
+        if n == 0 {
+            Reply::close(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nab",
+            )
+        } else {
+            Reply::keep(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        }
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let client = client();
+    let url = format!("http://{}/", sluice.proxy_addr());
+    let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_err(), "the client sees the cut, not a clean end");
+    let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.unwrap().0, "ok");
+    assert_eq!(backend.connections(), 2);
+    assert_eq!(
+        outcomes(&client, sluice.admin_addr(), "main").await,
+        BTreeMap::from([("forwarded".to_string(), 2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_framing_from_the_backend_is_a_502_or_a_cut() {
+    for (bad, head_ok) in [
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello"[..],
+            false,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n",
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            true,
+        ),
+    ] {
+        let backend = ScriptedBackend::start(move |_, _| Reply::keep(bad)).await;
+        let sluice = TestSluice::start(&one_worker(&backend)).await;
+        let client = client();
+        let url = format!("http://{}/", sluice.proxy_addr());
+        let (status, body) = fetch(&client, request(Method::GET, &url, &[])).await;
+        let text = String::from_utf8_lossy(bad);
+        if head_ok {
+            assert_eq!(status, StatusCode::OK, "{text}");
+            assert!(body.is_err(), "{text}");
+        } else {
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_framed_by_sluice() {
+    let backend = ScriptedBackend::start(|_, _| {
+        Reply::keep(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    })
+    .await;
+    let mut config = one_worker(&backend);
+    // Bodies past 4 bytes stream.
+    config.server.request_buffer_bytes = 4;
+    let sluice = TestSluice::start(&config).await;
+    let mut socket = tokio::net::TcpStream::connect(sluice.proxy_addr())
+        .await
+        .unwrap();
+    let requests: [&[u8]; 3] = [
+        // Buffered, chunked from the client: a length to the backend.
+        b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        // Streaming with a length: the same length.
+        b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789",
+        // Streaming without one: chunked.
+        b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n",
+    ];
+    for req in requests {
+        let answer =
+            crate::common::sockets::exchange(&mut socket, req, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The rest of the answer ("ok") may come in a later read.
+        if !answer.ends_with("ok") {
+            let mut rest = [0u8; 2];
+            socket.read_exact(&mut rest).await.unwrap();
+        }
+    }
+    let seen = backend.requests();
+    assert!(seen[0].contains("content-length: 3\r\n"), "{}", seen[0]);
+    assert!(seen[0].ends_with("\r\n\r\nabc"), "{}", seen[0]);
+    assert!(!seen[0].contains("transfer-encoding"), "{}", seen[0]);
+    assert!(seen[1].contains("content-length: 10\r\n"), "{}", seen[1]);
+    assert!(seen[1].ends_with("0123456789"), "{}", seen[1]);
+    assert!(
+        seen[2].contains("transfer-encoding: chunked\r\n"),
+        "{}",
+        seen[2]
+    );
+    assert!(!seen[2].contains("content-length"), "{}", seen[2]);
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_the_backend_sends_right_after_its_101_reach_the_client() {
+    let backend = ScriptedBackend::start(|_, _| {
+        Reply::echo(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGREETING",
+        )
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let mut socket = tokio::net::TcpStream::connect(sluice.proxy_addr())
+        .await
+        .unwrap();
+    socket
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !got.ends_with(b"GREETING") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the 101 and the greeting");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    socket.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut echoed))
+        .await
+        .expect("the echo in time")
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
+}
