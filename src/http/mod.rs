@@ -10,10 +10,12 @@
 //! - [`headers`]: header rewriting (request id, Host, hop-by-hop,
 //!   forwarding headers).
 //! - [`path`]: one spelling per path.
+//! - [`h1`]: sluice's own HTTP/1.1 codec (bodies; response heads).
 
 pub mod body;
 pub mod error;
 pub(crate) mod ext;
+pub mod h1;
 pub(crate) mod headers;
 pub mod path;
 pub mod request_body;
