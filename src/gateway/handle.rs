@@ -14,7 +14,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::Gateway;
@@ -28,7 +27,8 @@ use super::upgrade::{requested_upgrade, switch_is_allowed, tunnel};
 use crate::http::headers::{check_host, ensure_request_id, request_host, strip_hop_by_hop};
 use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
-use crate::http::{Body, WaitingSince, error_chain, local};
+use crate::http::upgrade::ClientUpgrade;
+use crate::http::{Body, ClientBody, WaitingSince, error_chain, local};
 use crate::outcome::Outcome;
 use crate::shaper::{Admission, Arrival, Grant};
 use crate::upstream::{TargetGuard, UpstreamError};
@@ -39,11 +39,11 @@ type Phase<T> = ControlFlow<Response<Body>, T>;
 
 /// The Upgrade a request asked for and the route allows: the value sent on,
 /// and the client's side of the connection once it switches.
-type Upgrade = Option<(HeaderValue, OnUpgrade)>;
+type Upgrade = Option<(HeaderValue, ClientUpgrade)>;
 
 impl Gateway {
     /// Serves one request from `client`.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<ClientBody>, client: SocketAddr) -> Response<Body> {
         // One spelling of the path before anything reads it: routing, the
         // key, the access log and the backend all see the same path.
         let target = normalise_target(&mut req);
@@ -86,7 +86,7 @@ impl Gateway {
     /// over).
     fn route(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         host: Option<&HeaderValue>,
         record: &mut Record<'_>,
     ) -> Phase<&Route> {
@@ -113,7 +113,7 @@ impl Gateway {
     /// limit is refused 429. Returns the arrival and the time it was made.
     fn classify(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         client: SocketAddr,
         route: &Route,
         record: &mut Record<'_>,
@@ -135,7 +135,7 @@ impl Gateway {
     /// Returns the request and how long its client took to send the body.
     async fn read_body(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         record: &mut Record<'_>,
     ) -> Phase<(Request<RequestBody>, Duration)> {
         let (parts, incoming) = req.into_parts();
@@ -158,8 +158,11 @@ impl Gateway {
         (client, host): (SocketAddr, Option<HeaderValue>),
         record: &mut Record<'_>,
     ) -> Response<Body> {
+        // The client's side of the switch is taken out of the request (an
+        // HTTP/2 request has none: it cannot upgrade).
+        let client_side = req.extensions_mut().remove::<ClientUpgrade>();
         let upgrade = requested_upgrade(&req, &route.upgrades)
-            .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+            .and_then(|protocol| Some((protocol, client_side?)));
         let peer_trusted = peer_is_trusted(client.ip(), &self.trusted_proxies);
         let mut upstream_req = prepare_upstream_request(req, client, host, peer_trusted);
         if let Some((protocol, _)) = &upgrade {
@@ -239,7 +242,7 @@ impl Gateway {
 
 /// Screen: no tunnels to anywhere (sluice is not a forward proxy), a path
 /// that has one normal form, and a sane Host.
-fn screen(req: &Request<Incoming>, target: Result<(), PathError>) -> ControlFlow<Response<Body>> {
+fn screen(req: &Request<ClientBody>, target: Result<(), PathError>) -> ControlFlow<Response<Body>> {
     if req.method() == Method::CONNECT {
         let mut response = local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
         response.headers_mut().insert(

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Gateway;
@@ -48,9 +47,9 @@ pub(super) struct Record<'g> {
 }
 
 impl<'g> Record<'g> {
-    pub(super) fn open(
+    pub(super) fn open<B>(
         gateway: &'g Gateway,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         client: SocketAddr,
         request_id: HeaderValue,
     ) -> Record<'g> {

@@ -10,6 +10,8 @@ use http::header::{self, HeaderValue};
 use http::{Request, Version};
 use hyper_util::rt::TokioIo;
 
+use crate::http::upgrade::ClientUpgrade;
+
 /// The protocols an HTTP/1.1 request asks to switch to (`Connection:
 /// upgrade` with an `Upgrade` header) that the route allows, as the
 /// `Upgrade` value to send on; None when there are none (the request then
@@ -86,18 +88,22 @@ pub(super) fn switch_is_allowed(
 /// side closes. Tunnels hold no in-flight slot: they were admitted through
 /// the shaper as a request and may then live for as long as they like.
 pub(super) async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: ClientUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     route: String,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
-        Err(err) => {
+    let (client, upstream) = tokio::join!(client.upgraded(), upstream);
+    let (mut client, upstream) = match (client, upstream) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Err(err), _) => {
+            tracing::debug!(%route, %err, "upgrade did not complete");
+            return;
+        }
+        (_, Err(err)) => {
             tracing::debug!(%route, %err, "upgrade did not complete");
             return;
         }
     };
-    let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((sent, received)) => tracing::debug!(%route, sent, received, "tunnel closed"),

@@ -9,7 +9,6 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
-use hyper::body::Incoming;
 
 /// Makes sure the request carries one `X-Request-Id` and returns it, for the
 /// access log and the backend. The client's is kept when it is one sane
@@ -107,7 +106,7 @@ fn is_host_text(host: &[u8]) -> bool {
 /// (HTTP/2, or an absolute-form target, whose Host RFC 9112 §3.2.2 says to
 /// ignore), else the Host header. A header value clone shares the request's
 /// bytes.
-pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),

@@ -6,8 +6,14 @@
 //!   chunked (with trailers) and read-until-close bodies that splits data
 //!   off a caller's buffer without copying, and an [`Encoder`] that frames
 //!   data for a vectored write.
+//! - [`request`]: a request head parsed into `http` types, and its framing,
+//!   keep-alive and `Expect` decisions (the server side).
+//! - [`incoming`]: a client's request body as the gateway reads it, fed by
+//!   the connection that reads the socket.
 
 pub mod body;
+pub mod incoming;
+pub mod request;
 
 pub use body::{
     BodyError, Decoded, Decoder, DecoderLimits, EncodeError, Encoder, Frame, LAST_CHUNK,
