@@ -9,15 +9,19 @@
 //! itself (one copy of the head bytes, header values sliced from it).
 //!
 //! Deliberate differences from hyper's HTTP/1 server (the differential test
-//! in `tests/it/codec.rs` checks that whatever hyper refuses is refused here):
+//! in `tests/it/codec.rs` checks that whatever hyper refuses is refused here,
+//! and that these are the only heads hyper takes and sluice refuses):
 //! - two `Content-Length` headers are refused even when they agree (hyper
-//!   accepts equal copies); so is a `Content-Length` list (`5, 5`);
-//! - a request line or header block over `max_header_bytes` is refused with
-//!   431 as soon as the limit is passed, and so is one with more than
-//!   `max_headers` headers (hyper: 431 for both, after its buffer filled);
-//! - `Content-Length` with `Transfer-Encoding`: as hyper, chunked wins and
-//!   the connection closes after the answer (RFC 9112 §6.1 allows either
-//!   this or a 400), so nothing after the body is read as a request.
+//!   accepts equal copies; both refuse a list such as `1, 1`);
+//! - `chunked` named twice in `Transfer-Encoding` is refused (hyper takes
+//!   the body as chunked once);
+//! - a head over `max_header_bytes` is refused with 431 as soon as the
+//!   limit is passed (hyper: once its read buffer is full).
+//!
+//! `Content-Length` with `Transfer-Encoding` is handled as hyper does: chunked
+//! wins, the `Content-Length` header is dropped, and the connection closes
+//! after the answer (RFC 9112 §6.1 allows this or a 400), so nothing after
+//! the body is read as a request.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
