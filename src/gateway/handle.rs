@@ -76,8 +76,9 @@ impl Gateway {
             Continue(grant) => grant,
             Break(response) => return response,
         };
-        self.forward(req, route, grant, (client, host), &mut record)
-            .await
+        // Boxed: a request waiting in the queue holds only the phases so
+        // far, not room for forwarding and relaying (the larger part).
+        Box::pin(self.forward(req, route, grant, (client, host), &mut record)).await
     }
 
     /// Route: the route for the request's host, path and method; a request

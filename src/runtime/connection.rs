@@ -259,3 +259,32 @@ impl ProxyConnection {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::Gateway;
+
+    /// The size of what `f` returns (a future), without making one.
+    fn size_of_output<A, R>(_f: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle keep-alive connection, or one whose request waits, is a
+    /// task of this size plus the request's own (boxed) future: the
+    /// connection's future is not sized by the whole request path.
+    #[test]
+    fn a_plain_connections_future_is_not_sized_by_the_request_path() {
+        let serve = size_of_output(|(c, s, p, a): (ProxyConnection, TcpStream, SocketAddr, Instant)| {
+            c.serve_plain(s, p, a)
+        });
+        let run = size_of_output(|c: h1::Connection<TcpStream>| c.run(true));
+        let request = size_of_output(
+            |(g, r, p): (Arc<Gateway>, Request<ClientBody>, SocketAddr)| async move {
+                g.handle(r, p).await
+            },
+        );
+        eprintln!("serve_plain {serve} B, h1 run {run} B, a request in the gateway {request} B");
+        assert!(serve <= 1536, "{serve}");
+    }
+}

@@ -92,6 +92,8 @@ pub(crate) struct Connection<S> {
 enum Next {
     Head(Box<Head>),
     Http2,
+    /// A head the codec refused: answer 400 or 431 and close.
+    Refused(HeadError),
     End,
 }
 
@@ -160,9 +162,15 @@ impl<S: ClientStream> Connection<S> {
                     let read = self.buf.take().map_or_else(Bytes::new, BytesMut::freeze);
                     return Start::Http2(self.io, read);
                 }
+                Next::Refused(err) => {
+                    self.refuse(err).await;
+                    break;
+                }
                 Next::End => break,
             };
-            let keep_open = match self.serve(*head, first).await {
+            // Boxed: the connection's own future, all an idle connection
+            // holds, is not sized by serving a request.
+            let keep_open = match Box::pin(self.serve(*head, first)).await {
                 Ok(After::Next) => true,
                 Ok(After::Close) => false,
                 Ok(After::Switch(upgrade)) => {
@@ -214,10 +222,7 @@ impl<S: ClientStream> Connection<S> {
                             return Next::Head(Box::new(head));
                         }
                         Ok(None) => {}
-                        Err(err) => {
-                            self.refuse(err).await;
-                            return Next::End;
-                        }
+                        Err(err) => return Next::Refused(err),
                     }
                 }
             }
