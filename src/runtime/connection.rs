@@ -275,9 +275,11 @@ mod tests {
     /// connection's future is not sized by the whole request path.
     #[test]
     fn a_plain_connections_future_is_not_sized_by_the_request_path() {
-        let serve = size_of_output(|(c, s, p, a): (ProxyConnection, TcpStream, SocketAddr, Instant)| {
-            c.serve_plain(s, p, a)
-        });
+        let serve = size_of_output(
+            |(c, s, p, a): (ProxyConnection, TcpStream, SocketAddr, Instant)| {
+                c.serve_plain(s, p, a)
+            },
+        );
         let run = size_of_output(|c: h1::Connection<TcpStream>| c.run(true));
         let request = size_of_output(
             |(g, r, p): (Arc<Gateway>, Request<ClientBody>, SocketAddr)| async move {

@@ -170,7 +170,7 @@ impl<S: ClientStream> Connection<S> {
             };
             // Boxed: the connection's own future, all an idle connection
             // holds, is not sized by serving a request.
-            let keep_open = match Box::pin(self.serve(*head, first)).await {
+            let keep_open = match Box::pin(self.serve(head, first)).await {
                 Ok(After::Next) => true,
                 Ok(After::Close) => false,
                 Ok(After::Switch(upgrade)) => {
@@ -251,13 +251,13 @@ impl<S: ClientStream> Connection<S> {
     }
 
     /// Phase 2 and 3 for one request.
-    async fn serve(&mut self, head: Head, first: bool) -> std::io::Result<After> {
+    async fn serve(&mut self, head: Box<Head>, first: bool) -> std::io::Result<After> {
         let asked = Asked {
             head: is_head(&head.parts.method),
             version: head.parts.version,
             keep_alive: head.keep_alive,
         };
-        let (req, exchange_feed, upgrade) = self.request(head, first);
+        let (req, exchange_feed, upgrade) = self.request(*head, first);
         let gateway = self.live.gateway.load_full();
         let peer = self.peer;
         let mut exchange = Exchange {
@@ -282,7 +282,9 @@ impl<S: ClientStream> Connection<S> {
             keep_alive,
             ..asked
         };
-        let close = self.answer(response, asked).await?;
+        // Boxed: a request waiting in the gateway holds no room for writing
+        // its answer.
+        let close = Box::pin(self.answer(response, asked)).await?;
         if switching && let Some(upgrade) = upgrade.filter(UpgradeSender::is_awaited) {
             return Ok(After::Switch(upgrade));
         }
@@ -630,4 +632,26 @@ fn poll_write_all<S: AsyncWrite + Unpin>(
         }
     }
     Pin::new(io).poll_flush(cx)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    fn size_of_output<A, R>(_f: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// What a waiting request costs the connection beyond the gateway's
+    /// own future: the boxed `serve` future (head and response handling).
+    #[test]
+    fn serving_a_request_is_a_small_box() {
+        let serve = size_of_output(
+            |(c, h, f): (&'static mut Connection<TcpStream>, Box<Head>, bool)| c.serve(h, f),
+        );
+        eprintln!("serve {serve} B, head {} B", std::mem::size_of::<Head>());
+        assert!(serve <= 1024, "{serve}");
+    }
 }
