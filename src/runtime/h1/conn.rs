@@ -35,7 +35,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::super::accept::until_stopped_opt;
 use super::buffers;
 use super::response::{Asked, CONTINUE, Framing, encode_head, encode_refusal, is_head};
 use super::stream::ClientStream;
@@ -73,6 +72,21 @@ pub(crate) enum Start<S> {
     Done,
 }
 
+/// A connection's wait for shutdown.
+type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Resolves when shutdown is asked for (at once if it already was); never
+/// resolves twice.
+async fn until_stopped(stop: &mut Option<Stop>) {
+    match stop.as_mut() {
+        Some(fut) => {
+            fut.await;
+            *stop = None;
+        }
+        None => std::future::ready(()).await,
+    }
+}
+
 /// One HTTP/1 client connection.
 pub(crate) struct Connection<S> {
     io: S,
@@ -84,7 +98,10 @@ pub(crate) struct Connection<S> {
     accepted: Instant,
     secure: bool,
     settings: Settings,
-    stopped: watch::Receiver<bool>,
+    /// Resolves once shutdown is asked for: one future for the connection's
+    /// life (registering a fresh wait on the shared channel per request
+    /// would contend between workers); `None` once it has.
+    stop: Option<Stop>,
     stopping: bool,
 }
 
@@ -146,7 +163,11 @@ impl<S: ClientStream> Connection<S> {
             accepted,
             secure,
             settings,
-            stopped,
+            stop: Some(Box::pin(async move {
+                let mut stopped = stopped;
+                // An error means the sender is gone, which also means stop.
+                let _stop = stopped.wait_for(|stop| *stop).await.is_ok();
+            })),
             stopping: false,
         }
     }
@@ -190,12 +211,27 @@ impl<S: ClientStream> Connection<S> {
             };
             first = false;
             buffers::give_if_empty(&mut self.buf);
-            if !keep_open || self.stopping || *self.stopped.borrow() {
+            if !keep_open || self.stopping || self.poll_stop_now() {
                 break;
             }
         }
         self.close().await;
         Start::Done
+    }
+
+    /// Whether shutdown has been asked for, without waiting.
+    fn poll_stop_now(&mut self) -> bool {
+        let Some(stop) = self.stop.as_mut() else {
+            return true;
+        };
+        let ready = stop
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            .is_ready();
+        if ready {
+            self.stop = None;
+        }
+        ready
     }
 
     /// Phase 1: the next request head, within `header_timeout`.
@@ -236,7 +272,7 @@ impl<S: ClientStream> Connection<S> {
                         return Next::End;
                     }
                 },
-                () = until_stopped_opt(Some(&mut self.stopped)) => return Next::End,
+                () = until_stopped(&mut self.stop) => return Next::End,
             }
         }
     }
@@ -358,12 +394,13 @@ impl<S: ClientStream> Connection<S> {
     async fn exchange(&mut self, exchange: &mut Exchange) -> Served {
         loop {
             let stopping = self.stopping;
+
             let (io, buf, settings) = (&mut self.io, &mut self.buf, self.settings);
             let serving = std::future::poll_fn(|cx| poll_exchange(io, buf, settings, exchange, cx));
             tokio::select! {
                 biased;
                 served = serving => return served,
-                () = until_stopped_opt(Some(&mut self.stopped)), if !stopping => {
+                () = until_stopped(&mut self.stop), if !stopping => {
                     self.stopping = true;
                 }
             }
