@@ -21,7 +21,7 @@ use crate::config::{ServerTls, UpstreamTls};
 pub struct Secure;
 
 /// ALPN protocol ids.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// A TLS config that could not be built.

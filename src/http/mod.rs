@@ -4,6 +4,10 @@
 //!
 //! - [`error`]: `BoxError`, walking an error's causes, the 499 status.
 //! - [`body`]: the response [`Body`] and local text responses.
+//! - [`client_body`]: a client's request body as it arrives, HTTP/1 or
+//!   HTTP/2.
+//! - [`upgrade`]: the client's side of a connection that switches
+//!   protocols.
 //! - [`request_body`]: the client's request body, buffered or streaming,
 //!   and how it fails.
 //! - [`ext`]: request extensions set by the runtime, read by the gateway.
@@ -13,14 +17,17 @@
 //! - [`h1`]: sluice's own HTTP/1.1 codec (bodies; response heads).
 
 pub mod body;
+pub mod client_body;
 pub mod error;
 pub(crate) mod ext;
 pub mod h1;
 pub(crate) mod headers;
 pub mod path;
 pub mod request_body;
+pub mod upgrade;
 
 pub use body::{Body, local, text_body};
+pub use client_body::ClientBody;
 pub use error::BoxError;
 pub(crate) use error::{STATUS_CLIENT_CLOSED, causes, error_chain};
 pub(crate) use ext::WaitingSince;

@@ -25,8 +25,9 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use super::client_body::ClientBody;
 
 /// How a client's request body failed. Each is the client's outcome, never
 /// the target's.
@@ -72,7 +73,7 @@ pub enum RequestBody {
 pub struct Streaming {
     /// What was read while trying to buffer the body, sent first.
     prefix: Option<Bytes>,
-    incoming: Incoming,
+    incoming: ClientBody,
     /// Bytes taken from the client so far (prefix included).
     read: u64,
     limits: BodyLimits,
@@ -141,7 +142,7 @@ impl RequestBody {
     /// Takes the client's body: read in full if it ends within
     /// `limits.buffer` bytes, else the start of it read and the rest left to
     /// stream. Fails as the client's failure (slow, gone, malformed, too large).
-    pub async fn read(incoming: Incoming, limits: BodyLimits) -> Result<Self, ClientBodyError> {
+    pub async fn read(incoming: ClientBody, limits: BodyLimits) -> Result<Self, ClientBodyError> {
         if incoming.is_end_stream() {
             return Ok(RequestBody::Empty);
         }
@@ -158,7 +159,7 @@ impl RequestBody {
             let frame = match tokio::time::timeout(limits.idle, incoming.frame()).await {
                 Err(_) => return Err(ClientBodyError::Timeout),
                 Ok(None) => break,
-                Ok(Some(Err(err))) => return Err(client_failure(&err)),
+                Ok(Some(Err(err))) => return Err(err),
                 Ok(Some(Ok(frame))) => frame,
             };
             match frame.into_data() {
@@ -198,7 +199,7 @@ impl RequestBody {
         Ok(RequestBody::Buffered { data, trailers })
     }
 
-    fn streaming(incoming: Incoming, prefix: Option<Bytes>, limits: BodyLimits) -> RequestBody {
+    fn streaming(incoming: ClientBody, prefix: Option<Bytes>, limits: BodyLimits) -> RequestBody {
         RequestBody::Streaming(Box::new(Streaming {
             read: prefix.as_ref().map_or(0, |p| p.len() as u64),
             prefix,
@@ -294,10 +295,8 @@ impl Streaming {
                 self.watch.set(ENDED);
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(err))) => {
+            Poll::Ready(Some(Err(failure))) => {
                 self.idle = None;
-                let failure = client_failure(&err);
-                tracing::debug!(%err, ?failure, "request body failed");
                 Poll::Ready(Some(Err(self.watch.fail(failure))))
             }
             Poll::Pending => {
@@ -315,26 +314,6 @@ impl Streaming {
                 }
             }
         }
-    }
-}
-
-/// What an error reading the client's body says about the client: framing
-/// it got wrong (hyper's chunked decoder reports invalid data or input), or
-/// else the client went away (closed mid-body, reset the stream, broke the
-/// connection).
-fn client_failure(err: &hyper::Error) -> ClientBodyError {
-    let malformed = super::error::causes(err).any(|e| {
-        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-            )
-        })
-    });
-    if malformed || err.is_parse() {
-        ClientBodyError::Malformed
-    } else {
-        ClientBodyError::Gone
     }
 }
 

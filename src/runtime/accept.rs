@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::connection::{ProxyConnection, connection_builder};
+use super::connection::{ProxyConnection, http1_settings, http2_builder};
 use super::door::{Door, Slot};
 use super::listen::{self, Listener};
 use super::live::Live;
@@ -123,14 +123,14 @@ async fn serve_batch(
     stopped: watch::Receiver<bool>,
 ) {
     let server = &live.config.load().server;
-    let builder = Arc::new(connection_builder(server));
-    let timeouts = (server.header_timeout, server.idle_timeout);
+    let http2 = Arc::new(http2_builder(server));
+    let http1 = http1_settings(server);
     for accepted in batch {
         let conn = ProxyConnection {
             live: live.clone(),
-            builder: builder.clone(),
+            http2: http2.clone(),
+            http1,
             stopped: stopped.clone(),
-            timeouts,
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -149,7 +149,7 @@ async fn serve_batch(
                 }
             };
             match tls {
-                None => conn.serve(stream, peer, at, false).await,
+                None => conn.serve_plain(stream, peer, at).await,
                 // Boxed: a TLS session is large, and a plain connection's
                 // task should not reserve room for one.
                 Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, peer, at)).await,

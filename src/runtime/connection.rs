@@ -1,8 +1,11 @@
-//! Serving one accepted connection: the hyper connection builder with the
-//! configured limits on request heads, the optional TLS handshake, and the
-//! watch that closes a connection that starts no request within
-//! `header_timeout` of accept and shuts one down gracefully when idle for
-//! `idle_timeout` or when shutdown is asked for.
+//! Serving one accepted connection: the optional TLS handshake, then the
+//! protocol: HTTP/1 with sluice's own codec ([`super::h1`]), or HTTP/2 with
+//! hyper (the prior-knowledge preface on a plain connection, ALPN `h2` with
+//! TLS). An HTTP/2 connection is driven under the watch that closes one
+//! that starts no request within `header_timeout` of accept and shuts one
+//! down gracefully when idle for `idle_timeout` or when shutdown is asked
+//! for; an HTTP/1 connection keeps the same rules itself. The admin
+//! listener's hyper builder is made here too.
 //!
 //! Invariant: every connection is driven under its watch, so none stays
 //! open doing nothing; the first request of a connection carries
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,9 +32,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::accept::until_stopped_opt;
 use super::activity::{Activity, Expiry, Tracked};
+use super::h1::{self, Start};
 use super::live::Live;
 use crate::config::ServerConfig;
-use crate::http::WaitingSince;
+use crate::http::h1::request::HeadLimits;
+use crate::http::upgrade::Rewind;
+use crate::http::{ClientBody, WaitingSince};
 use crate::tls::{self, Secure, TlsError};
 
 /// The TLS acceptor for `[server.tls]` (reading its files now), or `None`
@@ -46,14 +53,27 @@ pub(super) fn acceptor(server: &ServerConfig) -> Result<Option<Arc<TlsAcceptor>>
 /// hyper's default header count limit for HTTP/1.
 pub(super) const HYPER_MAX_HEADERS: usize = 100;
 
-/// The connection builder for the proxy, with the configured limits on
-/// request heads.
-pub(super) fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    builder_with_limits(
-        server.header_timeout,
-        server.max_header_bytes,
-        server.max_headers,
-    )
+/// The HTTP/2 connection builder for the proxy, with the configured limit
+/// on request heads.
+pub(super) fn http2_builder(server: &ServerConfig) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// The settings of the proxy's HTTP/1 connections.
+pub(super) fn http1_settings(server: &ServerConfig) -> h1::Settings {
+    h1::Settings {
+        limits: HeadLimits {
+            max_bytes: server.max_header_bytes,
+            max_headers: server.max_headers,
+        },
+        header_timeout: server.header_timeout,
+        idle_timeout: server.idle_timeout,
+        send_timeout: server.send_timeout,
+    }
 }
 
 pub(super) fn builder_with_limits(
@@ -151,15 +171,31 @@ pub(super) use drive_connection;
 /// What serving one proxy connection needs.
 pub(super) struct ProxyConnection {
     pub(super) live: Arc<Live>,
-    pub(super) builder: Arc<auto::Builder<TokioExecutor>>,
+    pub(super) http2: Arc<http2::Builder<TokioExecutor>>,
+    pub(super) http1: h1::Settings,
     pub(super) stopped: watch::Receiver<bool>,
-    /// `header_timeout` and `idle_timeout`.
-    pub(super) timeouts: (Duration, Duration),
 }
 
 impl ProxyConnection {
+    /// Serves a plain connection: HTTP/1, or HTTP/2 if it starts with the
+    /// HTTP/2 preface (boxed: a plain HTTP/1 connection's task should not
+    /// reserve room for an HTTP/2 connection).
+    pub(super) async fn serve_plain(self, stream: TcpStream, peer: SocketAddr, accepted: Instant) {
+        let conn = h1::Connection::new(
+            stream,
+            self.live.clone(),
+            (peer, accepted, false),
+            self.http1,
+            self.stopped.clone(),
+        );
+        if let Start::Http2(stream, read) = conn.run(true).await {
+            let stream = Rewind::new(stream, read);
+            Box::pin(self.serve_http2(stream, peer, accepted, false)).await;
+        }
+    }
+
     /// Completes the TLS handshake (within `header_timeout` of accept), then
-    /// serves.
+    /// serves HTTP/2 if ALPN chose it, else HTTP/1.
     pub(super) async fn serve_tls(
         self,
         acceptor: Arc<TlsAcceptor>,
@@ -167,23 +203,36 @@ impl ProxyConnection {
         peer: SocketAddr,
         accepted: Instant,
     ) {
-        let deadline = accepted + self.timeouts.0;
-        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => self.serve(stream, peer, accepted, true).await,
-            Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        let deadline = accepted + self.http1.header_timeout;
+        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+            return self.serve_http2(stream, peer, accepted, true).await;
         }
+        let conn = h1::Connection::new(
+            stream,
+            self.live.clone(),
+            (peer, accepted, true),
+            self.http1,
+            self.stopped.clone(),
+        );
+        // ALPN did not choose HTTP/2: no preface is looked for.
+        let _served = conn.run(false).await;
     }
 
-    /// Serves one accepted (and, with TLS, handshaken) connection. `secure`
-    /// marks its requests with [`Secure`].
-    pub(super) async fn serve<S>(self, stream: S, peer: SocketAddr, accepted: Instant, secure: bool)
+    /// Serves an HTTP/2 connection with hyper. `secure` marks its requests
+    /// with [`Secure`].
+    async fn serve_http2<S>(self, stream: S, peer: SocketAddr, accepted: Instant, secure: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let live = self.live;
         let first = AtomicBool::new(true);
-        let service = service_fn(move |mut req: Request<Incoming>| {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let mut req = req.map(ClientBody::H2);
             if secure {
                 req.extensions_mut().insert(Secure);
             }
@@ -194,16 +243,11 @@ impl ProxyConnection {
             let gateway = live.gateway.load_full();
             async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
         });
-        let (header_timeout, idle_timeout) = self.timeouts;
-        let activity = Activity::new(accepted, header_timeout, idle_timeout);
-        // With upgrades: WebSocket and other Upgrade requests are tunneled.
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                Tracked::new(service, activity.clone()),
-            )
-            .into_owned();
+        let activity = Activity::new(accepted, self.http1.header_timeout, self.http1.idle_timeout);
+        let conn = self.http2.serve_connection(
+            TokioIo::new(stream),
+            Tracked::new(service, activity.clone()),
+        );
         drive_connection!(
             conn,
             ConnectionWatch {
@@ -213,5 +257,36 @@ impl ProxyConnection {
                 peer,
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::Gateway;
+
+    /// The size of what `f` returns (a future), without making one.
+    fn size_of_output<A, R>(_f: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle keep-alive connection, or one whose request waits, is a
+    /// task of this size plus the request's own (boxed) future: the
+    /// connection's future is not sized by the whole request path.
+    #[test]
+    fn a_plain_connections_future_is_not_sized_by_the_request_path() {
+        let serve = size_of_output(
+            |(c, s, p, a): (ProxyConnection, TcpStream, SocketAddr, Instant)| {
+                c.serve_plain(s, p, a)
+            },
+        );
+        let run = size_of_output(|c: h1::Connection<TcpStream>| c.run(true));
+        let request = size_of_output(
+            |(g, r, p): (Arc<Gateway>, Request<ClientBody>, SocketAddr)| async move {
+                g.handle(r, p).await
+            },
+        );
+        eprintln!("serve_plain {serve} B, h1 run {run} B, a request in the gateway {request} B");
+        assert!(serve <= 1536, "{serve}");
     }
 }

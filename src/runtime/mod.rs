@@ -11,6 +11,7 @@
 //!   queue and the listen backlog.
 //! - [`accept`]: the accept loops (deal to workers, drain on shutdown).
 //! - [`connection`]: serving one connection under its activity watch.
+//! - [`h1`]: serving HTTP/1 connections with sluice's own codec.
 //! - [`door`]: the connection cap (`max_connections`) and its refusals.
 //! - [`activity`]: a connection's activity (header and idle timeouts).
 //! - [`admin`]: the admin listener (`/metrics`, health, the admin API).
@@ -25,6 +26,7 @@ mod activity;
 pub mod admin;
 mod connection;
 mod door;
+mod h1;
 pub mod listen;
 mod live;
 mod start;

@@ -16,6 +16,7 @@ mod common;
 mod adaptive;
 mod bounds;
 mod cli;
+mod codec;
 mod config;
 mod crowd;
 mod dashboards;

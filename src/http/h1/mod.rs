@@ -6,6 +6,10 @@
 //!   chunked (with trailers) and read-until-close bodies that splits data
 //!   off a caller's buffer without copying, and an [`Encoder`] that frames
 //!   data for a vectored write.
+//! - [`request`]: a request head parsed into `http` types, and its framing,
+//!   keep-alive and `Expect` decisions (the server side).
+//! - [`incoming`]: a client's request body as the gateway reads it, fed by
+//!   the connection that reads the socket.
 //! - [`response`]: a backend's response head and its body's framing.
 //!
 //! Deliberate differences from hyper's HTTP/1 (tests/it/h1diff.rs checks the
@@ -17,6 +21,8 @@
 //! (size line, after data, trailers) is an error.
 
 pub mod body;
+pub mod incoming;
+pub mod request;
 pub mod response;
 
 pub use body::{
