@@ -25,10 +25,15 @@ pub const MIN_RATE: f64 = 0.001;
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// The largest burst (route, key or admin override).
 pub const MAX_BURST: u32 = 1_000_000;
-/// hyper's read buffer for a request head is allocated up to this per connection.
+/// A request head is held whole while it is read: on HTTP/1 sluice's codec
+/// lets a connection's read buffer grow up to `max_header_bytes` before it
+/// answers 431; on HTTP/2 it is the header list size hyper (h2) accepts.
+/// Either way, memory per connection.
 pub(crate) const MAX_MAX_HEADER_BYTES: usize = 1 << 20;
-/// hyper reserves room for `max_headers` headers on every request, so a huge
-/// value costs memory and time per request (HAProxy and Apache default to ~100).
+/// sluice's HTTP/1 codec parses up to 128 headers into a stack array and,
+/// above that, into a vector of `max_headers` entries allocated on every
+/// parse of a head, so a huge value costs memory and time per request
+/// (HAProxy and Apache default to ~100). HTTP/2 does not count headers.
 pub(crate) const MAX_MAX_HEADERS: usize = 1000;
 /// Linux's default `fs.nr_open`: a process cannot hold more descriptors.
 pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;

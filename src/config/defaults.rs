@@ -13,7 +13,10 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// (the largest somaxconn of older kernels) buys nothing.
 pub(crate) const MAX_BACKLOG: usize = 65_535;
 pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
-/// hyper refuses (panics on) a read buffer smaller than this.
+/// The least `max_header_bytes`: room for the heads clients routinely send
+/// (cookies, tokens). It dates from when hyper served HTTP/1 (hyper panics on
+/// a read buffer smaller than this); sluice's own codec and HTTP/2 would take
+/// less, but the accepted range is kept as it was.
 pub(crate) const MIN_MAX_HEADER_BYTES: usize = 8192;
 pub(crate) const DEFAULT_MAX_HEADERS: usize = 100;
 pub(crate) const MAX_WORKERS: usize = 1024;

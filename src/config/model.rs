@@ -66,7 +66,8 @@ pub struct ServerConfig {
     /// request head, counted from accept for a connection's first request
     /// (whatever the protocol: TLS handshake, HTTP/2 preface and first
     /// HEADERS included) and from the previous response for the next
-    /// HTTP/1.1 keep-alive request. Applies to the admin listener too.
+    /// HTTP/1.1 keep-alive request (there for the shorter of this and
+    /// `idle_timeout`). Applies to the admin listener too.
     pub header_timeout: Duration,
     /// `idle_timeout`, default "75s" (NGINX's `keepalive_timeout`): a
     /// connection with no request in progress for this long is closed
@@ -77,9 +78,13 @@ pub struct ServerConfig {
     /// accepts them). Linux caps it at `net.core.somaxconn`; the value in
     /// force is logged at start. Changes on restart.
     pub backlog: u32,
-    /// `max_header_bytes`, default 32768, minimum 8192: larger heads get 431.
+    /// `max_header_bytes`, default 32768, minimum 8192: larger heads get 431
+    /// (HTTP/1: request line and headers, by sluice's codec; HTTP/2: the
+    /// header list size advertised to and enforced by hyper). Not the admin
+    /// listener's, whose limits are fixed.
     pub max_header_bytes: usize,
-    /// `max_headers`, default 100.
+    /// `max_headers`, default 100: more header fields in an HTTP/1 request
+    /// get 431 (HTTP/2 does not count them).
     pub max_headers: usize,
     /// `max_connections`, default 10000: client connections served at once.
     /// Beyond it sluice still accepts, up to a reserve of 1/16 of the cap

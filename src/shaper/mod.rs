@@ -619,91 +619,107 @@ impl Shared {
 /// The release task: hands places out as permits and tokens allow.
 async fn release(shared: Arc<Shared>) {
     loop {
-        // A permit is only worth holding once somebody waits for it.
-        loop {
-            let joined = shared.joined.notified();
-            let changed = shared.changed.notified();
-            let retry_at = {
-                let mut state = shared.state.lock();
-                if !state.queue.is_empty() && !state.paused {
-                    break;
-                }
-                if let Some(RateLimiter::Shared(limiter)) = &mut state.limiter {
-                    limiter.poll(Instant::now());
-                }
-                state.retry_at()
-            };
-            let retry = async {
-                match retry_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = joined => {}
-                () = changed => {}
-                () = retry => {}
-            }
-        }
+        until_waiting(&shared).await;
         // Nothing leaves while no target can take it.
         shared.gate.opened().await;
         let Ok(permit) = shared.inflight.clone().acquire_owned().await else {
             return;
         };
-        let mut permit = Some(permit);
-        while let Some(held) = permit.take() {
-            let wait = {
-                let mut state = shared.state.lock();
-                let now = Instant::now();
-                if state.paused {
-                    break; // `held` goes back; we wait for a resume
-                }
-                let Some(next) = next_live(&mut state, now) else {
-                    break; // everyone left while we waited; `held` goes back
-                };
-                // Waiters that an in-flight slot would let go: the one
-                // holding `held`, and as many more as slots are free.
-                let demand = state
-                    .queue
-                    .len()
-                    .min(1 + shared.inflight.available_permits());
-                match state.take_token(now, demand) {
-                    Ok(()) => {
-                        state.next_token_at = None;
-                        if let Some(waiter) = state.queue.release(next) {
-                            let grant = Grant {
-                                permit: held,
-                                waited: now - waiter.enqueued_at,
-                            };
-                            // The receiver outlives the entry (a ticket removes
-                            // its entry under this lock before it is dropped).
-                            let _granted = waiter.payload.send(Ok(grant));
-                        }
-                        break;
-                    }
-                    Err(NoToken::For(wait)) => {
-                        state.next_token_at = Some(now + wait);
-                        permit = Some(held);
-                        // A failing store is tried again meanwhile.
-                        state
-                            .retry_at()
-                            .map_or(wait, |at| wait.min(at.saturating_duration_since(now)))
-                    }
-                    Err(NoToken::Asked) => {
-                        permit = Some(held);
-                        // The answer wakes us (`changed`); this only bounds
-                        // the wait should it never come.
-                        ANSWER_PATIENCE
-                    }
-                }
-            };
-            // A new rate or a pause may change the wait.
-            let changed = shared.changed.notified();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = changed => {}
+        hand_out(&shared, permit).await;
+    }
+}
+
+/// Returns once somebody waits and the shaper is not paused: a permit is
+/// only worth holding then. Meanwhile a shared rate's store is polled, and
+/// tried again when it asks to be.
+async fn until_waiting(shared: &Shared) {
+    loop {
+        let joined = shared.joined.notified();
+        let changed = shared.changed.notified();
+        let retry_at = {
+            let mut state = shared.state.lock();
+            if !state.queue.is_empty() && !state.paused {
+                return;
             }
+            if let Some(RateLimiter::Shared(limiter)) = &mut state.limiter {
+                limiter.poll(Instant::now());
+            }
+            state.retry_at()
+        };
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = joined => {}
+            () = changed => {}
+            () = retry => {}
         }
+    }
+}
+
+/// Gives `held` to the next live waiter as soon as a token allows, or gives
+/// it back (paused, or nobody left to take it).
+async fn hand_out(shared: &Shared, mut held: OwnedSemaphorePermit) {
+    while let Some((permit, wait)) = try_grant(shared, held) {
+        held = permit;
+        // A new rate or a pause may change the wait.
+        let changed = shared.changed.notified();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = changed => {}
+        }
+    }
+}
+
+/// One attempt, under the state lock, to give `held` to the next live
+/// waiter. `None` once it is given, or given back (dropped: the shaper is
+/// paused, or everyone left while we waited for it); else the permit and
+/// how long to wait before the next attempt (for a token, or for a shared
+/// store's answer).
+fn try_grant(
+    shared: &Shared,
+    held: OwnedSemaphorePermit,
+) -> Option<(OwnedSemaphorePermit, Duration)> {
+    let mut state = shared.state.lock();
+    let now = Instant::now();
+    if state.paused {
+        return None; // `held` goes back; we wait for a resume
+    }
+    let next = next_live(&mut state, now)?;
+    // Waiters that an in-flight slot would let go: the one holding `held`,
+    // and as many more as slots are free.
+    let demand = state
+        .queue
+        .len()
+        .min(1 + shared.inflight.available_permits());
+    match state.take_token(now, demand) {
+        Ok(()) => {
+            state.next_token_at = None;
+            if let Some(waiter) = state.queue.release(next) {
+                let grant = Grant {
+                    permit: held,
+                    waited: now - waiter.enqueued_at,
+                };
+                // The receiver outlives the entry (a ticket removes its entry
+                // under this lock before it is dropped).
+                let _granted = waiter.payload.send(Ok(grant));
+            }
+            None
+        }
+        Err(NoToken::For(wait)) => {
+            state.next_token_at = Some(now + wait);
+            // A failing store is tried again meanwhile.
+            let wait = state
+                .retry_at()
+                .map_or(wait, |at| wait.min(at.saturating_duration_since(now)));
+            Some((held, wait))
+        }
+        // The answer wakes us (`changed`); this only bounds the wait should
+        // it never come.
+        Err(NoToken::Asked) => Some((held, ANSWER_PATIENCE)),
     }
 }
 

@@ -3,34 +3,25 @@
 //! bounded key tables and dry runs.
 
 use std::collections::BTreeMap;
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use crate::common::*;
 use bytes::Bytes;
-use http::{HeaderName, Request, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::Full;
-use sluice::config::{
-    ClassConfig, ClassMatch, Discipline, Fairness, KeyLimitConfig, KeyPart, RouteConfig,
-};
+use sluice::config::RouteConfig;
 
 fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     get_request(url, headers)
 }
 
-fn key_limit(rate: f64, burst: u32, max_keys: usize) -> Option<KeyLimitConfig> {
-    Some(KeyLimitConfig {
-        rate,
-        burst: NonZeroU32::new(burst).unwrap(),
-        max_keys: NonZeroUsize::new(max_keys).unwrap(),
-        dry_run: false,
-    })
-}
-
-fn header_key(name: &str) -> Vec<KeyPart> {
-    vec![KeyPart::Header(
-        HeaderName::from_bytes(name.as_bytes()).unwrap(),
-    )]
+/// The routes written in `toml` (on the upstream `api`), through the real
+/// loader: what a test sets reads as it would in a config file.
+fn routes(toml: &str) -> Vec<RouteConfig> {
+    parse_config(&format!(
+        "[upstreams.api]\ntargets = [\"127.0.0.1:1\"]\n{toml}"
+    ))
+    .routes
 }
 
 /// Sends `count` GETs with `headers` at `per_second`, open loop.
@@ -57,7 +48,16 @@ async fn x_forwarded_for_counts_only_from_trusted_proxies() {
     let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut untrusted = config(&[backend.addr]);
-    untrusted.routes[0].key_limit = key_limit(0.1, 1, 1000);
+    untrusted.routes = routes(
+        r#"
+[[routes]]
+name = "main"
+upstream = "api"
+limit = { rate = 100, burst = 10 }
+key_limit = { rate = 0.1, burst = 1, max_keys = 1000 }
+queue = { capacity = 1000, timeout = "10s" }
+"#,
+    );
     let sluice = TestSluice::start(&untrusted).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
@@ -102,10 +102,16 @@ async fn a_heavy_client_does_not_crowd_out_light_ones() {
     let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
-    let mut route = route("main", "/", Some((60.0, 5)), 30, Duration::from_millis(500));
-    route.key = header_key("x-client");
-    route.queue.fairness = Fairness::PerKey;
-    config.routes = vec![route];
+    config.routes = routes(
+        r#"
+[[routes]]
+name = "main"
+upstream = "api"
+key = "header:x-client"
+limit = { rate = 60, burst = 5 }
+queue = { capacity = 30, timeout = "500ms", fairness = "per_key" }
+"#,
+    );
     let sluice = TestSluice::start(&config).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
@@ -157,24 +163,21 @@ async fn a_heavy_client_does_not_crowd_out_light_ones() {
     );
 }
 
-fn class(name: &str, header_value: &str) -> ClassConfig {
-    ClassConfig {
-        name: name.into(),
-        matcher: ClassMatch::Header {
-            name: HeaderName::from_static("x-tier"),
-            values: vec![header_value.into()],
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_full_queue_high_class_requests_displace_low_class_ones() {
     let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
-    let mut route: RouteConfig = route("main", "/", Some((20.0, 1)), 10, Duration::from_secs(5));
-    route.classes = vec![class("gold", "gold")];
-    config.routes = vec![route];
+    config.routes = routes(
+        r#"
+[[routes]]
+name = "main"
+upstream = "api"
+limit = { rate = 20, burst = 1 }
+queue = { capacity = 10, timeout = "5s" }
+classes = [{ name = "gold", header = "x-tier", values = ["gold"] }]
+"#,
+    );
     let sluice = TestSluice::start(&config).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
@@ -271,16 +274,21 @@ async fn adaptive_lifo_answers_most_clients_fast_under_sustained_overload() {
     let timeout = Duration::from_secs(2);
     let mut medians = Vec::new();
     for discipline in [
-        Discipline::Fifo,
-        Discipline::AdaptiveLifo {
-            threshold: Duration::from_millis(100),
-        },
+        r#"discipline = "fifo""#,
+        r#"discipline = "adaptive_lifo", lifo_threshold = "100ms""#,
     ] {
         let backend = Backend::start(Duration::ZERO).await;
         let mut config = config(&[backend.addr]);
-        let mut route = route("main", "/", Some((40.0, 1)), 1000, timeout);
-        route.queue.discipline = discipline;
-        config.routes = vec![route];
+        let timeout = humantime::format_duration(timeout);
+        config.routes = routes(&format!(
+            r#"
+[[routes]]
+name = "main"
+upstream = "api"
+limit = {{ rate = 40, burst = 1 }}
+queue = {{ capacity = 1000, timeout = "{timeout}", {discipline} }}
+"#
+        ));
         let sluice = TestSluice::start(&config).await;
         let client = client();
         // 3x overload for 4 s.
@@ -311,9 +319,16 @@ async fn the_key_table_stays_within_max_keys_and_evicted_keys_start_fresh() {
     let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
-    config.routes[0].key = header_key("x-key");
-    config.routes[0].key_limit = key_limit(0.01, 1, 20);
-    config.routes[0].limit = None;
+    config.routes = routes(
+        r#"
+[[routes]]
+name = "main"
+upstream = "api"
+key = "header:x-key"
+key_limit = { rate = 0.01, burst = 1, max_keys = 20 }
+queue = { capacity = 1000, timeout = "10s" }
+"#,
+    );
     let sluice = TestSluice::start(&config).await;
     let client = client();
     let url = format!("http://{}/", sluice.proxy_addr());
@@ -354,12 +369,16 @@ async fn dry_run_counts_what_would_be_limited_and_limits_nothing() {
     let _serial = serial().await;
     let backend = Backend::start(Duration::ZERO).await;
     let mut config = config(&[backend.addr]);
-    let route = &mut config.routes[0];
-    route.limit.as_mut().unwrap().rate = 1.0;
-    route.limit.as_mut().unwrap().burst = NonZeroU32::new(1).unwrap();
-    route.limit.as_mut().unwrap().dry_run = true;
-    route.key_limit = key_limit(1.0, 1, 100);
-    route.key_limit.as_mut().unwrap().dry_run = true;
+    config.routes = routes(
+        r#"
+[[routes]]
+name = "main"
+upstream = "api"
+limit = { rate = 1, burst = 1, dry_run = true }
+key_limit = { rate = 1, burst = 1, max_keys = 100, dry_run = true }
+queue = { capacity = 1000, timeout = "10s" }
+"#,
+    );
     let sluice = TestSluice::start(&config).await;
     let client = client();
 

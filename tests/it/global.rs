@@ -3,49 +3,49 @@
 //! `on_redis_error` says, with the global limit back once Redis is.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use crate::common::redis::{RedisServer, shared_url, unique_prefix};
 use crate::common::*;
 use sluice::Config;
-use sluice::config::{LimitBackend, OnRedisError, RedisConfig, RedisLimitConfig};
+use sluice::config::LimitBackend;
 
-/// One route `global` on "/" at `rate`/`burst` kept in Redis at `url`, and an
+/// One route `global` on "/" at `rate`/`burst` kept in Redis at `url`
+/// (`on_redis_error` as `on_error` says: "local", "allow" or "deny"), and an
 /// unshaped route `warm` for opening pooled connections before measuring.
 fn global_config(
     backend: std::net::SocketAddr,
     url: &str,
     prefix: &str,
     (rate, burst): (f64, u32),
-    on_error: OnRedisError,
+    on_error: &str,
     instances: u32,
 ) -> Config {
     let mut config = config(&[backend]);
-    let mut global = route(
-        "global",
-        "/",
-        Some((rate, burst)),
-        1000,
-        Duration::from_secs(30),
-    );
-    if let Some(limit) = &mut global.limit {
-        limit.backend = LimitBackend::Redis(RedisLimitConfig {
-            lease: NonZeroU32::MIN,
-            on_error,
-            expected_instances: NonZeroU32::new(instances).unwrap(),
-        });
-    }
-    config.routes = vec![
-        route("warm", "/warm", None, 100, Duration::from_secs(10)),
-        global,
-    ];
-    config.redis = Some(RedisConfig {
-        url: url.to_string(),
-        password: None,
-        key_prefix: prefix.to_string(),
-        timeout: Duration::from_millis(50),
-    });
+    let shared = parse_config(&format!(
+        r#"
+[redis]
+url = {url:?}
+key_prefix = {prefix:?}
+
+[upstreams.api]
+targets = ["127.0.0.1:1"]
+
+[[routes]]
+name = "warm"
+path_prefix = "/warm"
+upstream = "api"
+queue = {{ capacity = 100, timeout = "10s" }}
+
+[[routes]]
+name = "global"
+upstream = "api"
+limit = {{ rate = {rate}, burst = {burst}, backend = "redis", on_redis_error = {on_error:?}, expected_instances = {instances} }}
+queue = {{ capacity = 1000, timeout = "30s" }}
+"#
+    ));
+    config.routes = shared.routes;
+    config.redis = shared.redis;
     config
 }
 
@@ -119,7 +119,7 @@ async fn three_instances_hold_one_global_rate() {
         &shared_url(),
         &unique_prefix("global"),
         (100.0, 10),
-        OnRedisError::Local,
+        "local",
         3,
     );
     let mut fleet = Vec::new();
@@ -151,7 +151,7 @@ async fn three_instances_hold_one_global_rate() {
 /// returns (the instance, its backend, the client, the Redis server) with
 /// Redis stopped and the fallback engaged.
 async fn outage(
-    on_error: OnRedisError,
+    on_error: &str,
     rate: (f64, u32),
 ) -> (TestSluice, Backend, TestClient, RedisServer) {
     let mut redis = RedisServer::start();
@@ -211,7 +211,7 @@ async fn recovers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_local_falls_back_to_a_share_and_recovers() {
     let _serial = serial().await;
-    let (sluice, backend, client, mut redis) = outage(OnRedisError::Local, (100.0, 10)).await;
+    let (sluice, backend, client, mut redis) = outage("local", (100.0, 10)).await;
     // A fleet of 2 expected: 50/s, burst 5, while Redis is away.
     let since = micros_now();
     let seen = burst(&client, &format!("http://{}/down", sluice.proxy_addr()), 60).await;
@@ -227,7 +227,7 @@ async fn redis_down_local_falls_back_to_a_share_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_allow_lets_traffic_through_and_recovers() {
     let _serial = serial().await;
-    let (sluice, backend, client, mut redis) = outage(OnRedisError::Allow, (50.0, 5)).await;
+    let (sluice, backend, client, mut redis) = outage("allow", (50.0, 5)).await;
     // No limit while Redis is away: 100 requests at a 50/s limit all go at once.
     let since = micros_now();
     let seen = burst(
@@ -249,7 +249,7 @@ async fn redis_down_allow_lets_traffic_through_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_deny_refuses_and_recovers() {
     let _serial = serial().await;
-    let (sluice, backend, client, mut redis) = outage(OnRedisError::Deny, (50.0, 5)).await;
+    let (sluice, backend, client, mut redis) = outage("deny", (50.0, 5)).await;
     let forwarded_before = backend.count();
     let seen = burst(&client, &format!("http://{}/down", sluice.proxy_addr()), 20).await;
     // Refused at once with 503 and a Retry-After; none reaches the backend.
@@ -279,16 +279,7 @@ async fn reload_moves_a_route_between_local_and_redis_and_between_servers() {
     let second = RedisServer::start();
     let backend = Backend::start(Duration::ZERO).await;
     let prefix = unique_prefix("global");
-    let on = |url: &str| {
-        global_config(
-            backend.addr,
-            url,
-            &prefix,
-            (1000.0, 100),
-            OnRedisError::Deny,
-            1,
-        )
-    };
+    let on = |url: &str| global_config(backend.addr, url, &prefix, (1000.0, 100), "deny", 1);
     let mut local = on(&first.url());
     local.routes[1].limit.as_mut().unwrap().backend = LimitBackend::Local;
     local.redis = None;

@@ -7,10 +7,13 @@
 //! is the peak shaving. Bottom panel: the route's queue depth (left axis) and
 //! the requests answered 503 each second (bars, right axis).
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::tools::chart::{CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH};
 
+use super::load::Phase;
 use super::{Report, TICK};
 
 const HEIGHT: u32 = 720;
@@ -56,28 +59,13 @@ fn count_label(v: &f64) -> String {
     format!("{v:.0}")
 }
 
-fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Error>> {
-    let tick = TICK.as_secs_f64();
-    // The whole schedule, and past it until the queue has drained and the
-    // last answer is in.
-    let last_active = (0..report.ticks.offered.len())
-        .rev()
-        .find(|&i| {
-            let t = &report.ticks;
-            t.offered[i] + t.released[i] + t.shed[i] + t.depth[i] > 0
-        })
-        .map_or(0.0, |i| (i + 2) as f64 * tick);
-    let seconds = report.duration.as_secs_f64().max(last_active.ceil());
-    let ticks = (seconds / tick).round() as usize;
-    let offered = smoothed(&report.ticks.offered, ticks);
-    let released = smoothed(&report.ticks.released, ticks);
-    let rate_max = offered
-        .iter()
-        .chain(&released)
-        .map(|&(_, r)| r)
-        .fold(report.rate, f64::max);
-    let rate_top = rate_max * 1.12;
+type Area<'b> = DrawingArea<SVGBackend<'b>, Shift>;
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+fn draw(report: &Report, svg: &mut String) -> DrawResult {
+    let seconds = shown_seconds(report);
+    let ticks = (seconds / TICK.as_secs_f64()).round() as usize;
     let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
@@ -88,18 +76,71 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         (FONT, 22),
     )?;
     let (top, bottom) = root.split_vertically(TOP_HEIGHT);
-    let shading = |rate: f64| {
-        if rate > report.rate * 4.0 {
-            OFFERED.mix(0.10)
-        } else if rate > report.rate {
-            QUEUE.mix(0.10)
-        } else {
-            WHITE.mix(0.0)
-        }
-    };
+    draw_rates(&top, report, seconds, ticks)?;
+    draw_queue(&bottom, report, seconds, ticks)?;
+    root.present()?;
+    Ok(())
+}
 
-    // Requests/s: offered vs released.
-    let mut chart = ChartBuilder::on(&top)
+/// The whole schedule, and past it until the queue has drained and the last
+/// answer is in.
+fn shown_seconds(report: &Report) -> f64 {
+    let tick = TICK.as_secs_f64();
+    let last_active = (0..report.ticks.offered.len())
+        .rev()
+        .find(|&i| {
+            let t = &report.ticks;
+            t.offered[i] + t.released[i] + t.shed[i] + t.depth[i] > 0
+        })
+        .map_or(0.0, |i| (i + 2) as f64 * tick);
+    report.duration.as_secs_f64().max(last_active.ceil())
+}
+
+/// A phase's shade: the spike, above the route's rate, or calm.
+fn shade(report: &Report, rate: f64) -> RGBAColor {
+    if rate > report.rate * 4.0 {
+        OFFERED.mix(0.10)
+    } else if rate > report.rate {
+        QUEUE.mix(0.10)
+    } else {
+        WHITE.mix(0.0)
+    }
+}
+
+/// Shades a phase of the schedule up to `top`.
+fn shade_phase(chart: &mut Chart<'_, '_>, report: &Report, phase: &Phase, top: f64) -> DrawResult {
+    let (start, end) = (phase.start.as_secs_f64(), phase.end.as_secs_f64());
+    chart.draw_series([Rectangle::new(
+        [(start, 0.0), (end, top)],
+        shade(report, phase.rate).filled(),
+    )])?;
+    Ok(())
+}
+
+/// The legend box both panels use.
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(RATE.mix(0.5))
+        .label_font((FONT, 13))
+        .draw()?;
+    Ok(())
+}
+
+/// Top panel, requests/s: offered vs released, the route's rate dashed, the
+/// phases shaded and named.
+fn draw_rates(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> DrawResult {
+    let offered = smoothed(&report.ticks.offered, ticks);
+    let released = smoothed(&report.ticks.released, ticks);
+    let rate_max = offered
+        .iter()
+        .chain(&released)
+        .map(|&(_, r)| r)
+        .fold(report.rate, f64::max);
+    let rate_top = rate_max * 1.12;
+    let mut chart = ChartBuilder::on(area)
         .caption(
             format!(
                 "offered peak {} req/s, released peak {} req/s (busiest 1 s)",
@@ -122,14 +163,13 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         .y_label_formatter(&count_label)
         .draw()?;
     for phase in &report.phases {
-        let (start, end) = (phase.start.as_secs_f64(), phase.end.as_secs_f64());
-        chart.draw_series([Rectangle::new(
-            [(start, 0.0), (end, rate_top)],
-            shading(phase.rate).filled(),
-        )])?;
+        shade_phase(&mut chart, report, phase, rate_top)?;
         chart.draw_series([Text::new(
             phase.name.clone(),
-            (start + 0.05 * seconds / 20.0, rate_top * 0.97),
+            (
+                phase.start.as_secs_f64() + 0.05 * seconds / 20.0,
+                rate_top * 0.97,
+            ),
             (FONT, 13).into_font().color(&RATE),
         )])?;
     }
@@ -154,15 +194,13 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
                 + PathElement::new([(0, 0), (6, 0)], RATE.stroke_width(1))
                 + PathElement::new([(11, 0), (20, 0)], RATE.stroke_width(1))
         });
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(RATE.mix(0.5))
-        .label_font((FONT, 13))
-        .draw()?;
+    draw_legend(&mut chart)
+}
 
-    // Queue depth and drops.
+/// Bottom panel: the queue's depth per tick (left axis) and the requests
+/// answered 503 each whole second (bars, right axis).
+fn draw_queue(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> DrawResult {
+    let tick = TICK.as_secs_f64();
     let depth: Vec<(f64, f64)> = report
         .ticks
         .depth
@@ -172,7 +210,6 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         .map(|(i, &d)| ((i as f64 + 0.5) * tick, d as f64))
         .collect();
     let depth_top = depth.iter().map(|&(_, d)| d).fold(10.0, f64::max) * 1.15;
-    // Drops per whole second, one bar each.
     let per_second = (1.0 / tick).round() as usize;
     let drops: Vec<(f64, u64)> = report.ticks.shed[..ticks.min(report.ticks.shed.len())]
         .chunks(per_second)
@@ -180,7 +217,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         .map(|(s, chunk)| (s as f64, chunk.iter().sum()))
         .collect();
     let drops_top = drops.iter().map(|&(_, d)| d as f64).fold(10.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&bottom)
+    let mut chart = ChartBuilder::on(area)
         .caption(
             format!(
                 "queue: at most {} waiting (timeout {} ms); {} answered 503",
@@ -211,11 +248,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         .y_label_formatter(&count_label)
         .draw()?;
     for phase in &report.phases {
-        let (start, end) = (phase.start.as_secs_f64(), phase.end.as_secs_f64());
-        chart.draw_series([Rectangle::new(
-            [(start, 0.0), (end, depth_top)],
-            shading(phase.rate).filled(),
-        )])?;
+        shade_phase(&mut chart, report, phase, depth_top)?;
     }
     chart
         .draw_secondary_series(drops.iter().map(|&(s, d)| {
@@ -232,16 +265,7 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
         )?
         .label("queue depth (left axis)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], QUEUE.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(RATE.mix(0.5))
-        .label_font((FONT, 13))
-        .draw()?;
-
-    root.present()?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 #[cfg(test)]

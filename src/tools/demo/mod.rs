@@ -42,7 +42,7 @@ use parking_lot::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Config;
-use crate::config::TargetConfig;
+use crate::config::{LimitConfig, TargetConfig};
 pub use load::Phase;
 
 /// The demo's config, built in so the demo runs from any directory.
@@ -261,7 +261,54 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         .with_context(|| format!("cannot write the chart to {}", options.out.display()))?;
     let out = std::path::absolute(&options.out).unwrap_or_else(|_| options.out.clone());
 
-    let mut config = Config::parse(CONFIG, Path::new(CONFIG_NAME))?;
+    let (config, route) = demo_config()?;
+    let (backend, running) = start_both(config).await?;
+    // Tick 0 starts shortly after both servers are up.
+    let ticks = (options.duration + load::CLIENT_TIMEOUT).as_millis() / TICK.as_millis() + 10;
+    let recorder = Arc::new(Recorder::new(Instant::now() + START_DELAY, ticks as usize));
+    backend.record_into(recorder.clone());
+
+    let phases = load::schedule(options.duration, backend::capacity(), options.burst);
+    print_setup(options, &backend, &running, &route);
+    let admin = AdminClient::new(running.admin_addr());
+    let outcome = drive(&running, &admin, &phases, options.duration, &recorder).await;
+    let sluice_outcomes = if outcome.is_ok() {
+        admin.outcomes().await
+    } else {
+        BTreeMap::new()
+    };
+    drop(admin);
+
+    let backend_peak = stop_both(running, backend).await;
+    outcome?;
+
+    let report = Report::of(
+        options,
+        &recorder,
+        phases,
+        &route,
+        backend_peak,
+        sluice_outcomes,
+        out,
+    );
+    let svg =
+        chart::render(&report).map_err(|err| anyhow::anyhow!("cannot draw the chart: {err}"))?;
+    std::fs::write(&report.chart, svg)
+        .with_context(|| format!("cannot write the chart to {}", report.chart.display()))?;
+    print!("{report}");
+    std::io::stdout().flush().ok();
+    Ok(report)
+}
+
+/// The demo route's limit and queue timeout, as config/demo.toml sets them.
+struct DemoRoute {
+    limit: LimitConfig,
+    queue_timeout: Duration,
+}
+
+/// The built-in config, and its demo route's settings.
+fn demo_config() -> anyhow::Result<(Config, DemoRoute)> {
+    let config = Config::parse(CONFIG, Path::new(CONFIG_NAME))?;
     let route = config
         .routes
         .iter()
@@ -271,7 +318,18 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         .limit
         .with_context(|| format!("{CONFIG_NAME}: route {ROUTE:?} has no [routes.limit]"))?;
     let queue_timeout = route.queue.timeout;
+    Ok((
+        config,
+        DemoRoute {
+            limit,
+            queue_timeout,
+        },
+    ))
+}
 
+/// Starts the demo backend, then sluice with the backend as its upstream's
+/// one target (the backend is stopped again if sluice does not start).
+async fn start_both(mut config: Config) -> anyhow::Result<(backend::Backend, crate::Running)> {
     let backend = backend::Backend::start()
         .await
         .context("cannot start the demo backend")?;
@@ -285,19 +343,37 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         .get_mut(UPSTREAM)
         .with_context(|| format!("{CONFIG_NAME}: no upstream named {UPSTREAM:?}"))?
         .targets = vec![TargetConfig::new(target)];
-    let running = match crate::start(&config).await {
-        Ok(running) => running,
+    match crate::start(&config).await {
+        Ok(running) => Ok((backend, running)),
         Err(err) => {
             backend.stop().await;
-            return Err(err).context("cannot start sluice");
+            Err(err).context("cannot start sluice")
         }
-    };
-    // Tick 0 starts shortly after both servers are up.
-    let ticks = (options.duration + load::CLIENT_TIMEOUT).as_millis() / TICK.as_millis() + 10;
-    let recorder = Arc::new(Recorder::new(Instant::now() + START_DELAY, ticks as usize));
-    backend.record_into(recorder.clone());
+    }
+}
 
-    let phases = load::schedule(options.duration, backend::capacity(), options.burst);
+/// Stops sluice (warning if it takes over STOP_GRACE), then the backend;
+/// returns the most requests the backend held at once.
+async fn stop_both(running: crate::Running, backend: backend::Backend) -> u64 {
+    running.shutdown();
+    if tokio::time::timeout(STOP_GRACE, running.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sluice did not stop within {STOP_GRACE:?}");
+    }
+    let backend_peak = backend.peak_backlog();
+    backend.stop().await;
+    backend_peak
+}
+
+/// What runs where, before the load starts.
+fn print_setup(
+    options: &Options,
+    backend: &backend::Backend,
+    running: &crate::Running,
+    route: &DemoRoute,
+) {
     println!(
         "sluice demo: {} of load, all on 127.0.0.1",
         humantime::format_duration(options.duration)
@@ -312,70 +388,59 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     println!(
         "  sluice   {}  {CONFIG_NAME}: rate {}/s, burst {}, queue timeout {} ms",
         running.proxy_addr(),
-        limit.rate,
-        limit.burst,
-        queue_timeout.as_millis(),
+        route.limit.rate,
+        route.limit.burst,
+        route.queue_timeout.as_millis(),
     );
-    let admin = AdminClient::new(running.admin_addr());
-    let outcome = drive(&running, &admin, &phases, options.duration, &recorder).await;
-    let sluice_outcomes = if outcome.is_ok() {
-        admin.outcomes().await
-    } else {
-        BTreeMap::new()
-    };
-    drop(admin);
+}
 
-    running.shutdown();
-    if tokio::time::timeout(STOP_GRACE, running.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("sluice did not stop within {STOP_GRACE:?}");
+impl Report {
+    /// The report of a run: what `recorder` counted (totals, peaks, wait
+    /// percentiles, the ticks), beside what the run was asked to do and
+    /// what the backend and sluice counted.
+    fn of(
+        options: &Options,
+        recorder: &Recorder,
+        phases: Vec<Phase>,
+        route: &DemoRoute,
+        backend_peak: u64,
+        sluice_outcomes: BTreeMap<String, u64>,
+        chart: PathBuf,
+    ) -> Report {
+        let mut waits = std::mem::take(&mut *recorder.waits.lock());
+        waits.sort_unstable();
+        let ticks = Ticks {
+            offered: recorder.offered.values(),
+            released: recorder.released.values(),
+            shed: recorder.shed.values(),
+            depth: recorder.depth.values(),
+        };
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Report {
+            duration: options.duration,
+            phases,
+            burst_multiple: options.burst,
+            capacity: backend::capacity(),
+            rate: route.limit.rate,
+            burst: route.limit.burst.get(),
+            queue_timeout: route.queue_timeout,
+            offered: load(&recorder.offered_total),
+            ok: load(&recorder.ok),
+            shed: load(&recorder.shed_total),
+            limited: load(&recorder.limited),
+            failed: load(&recorder.failed),
+            released: load(&recorder.released_total),
+            offered_peak: peak(&ticks.offered),
+            released_peak: peak(&ticks.released),
+            queue_peak: ticks.depth.iter().copied().max().unwrap_or(0),
+            backend_peak,
+            wait_p50: percentile(&waits, 0.50),
+            wait_p99: percentile(&waits, 0.99),
+            sluice_outcomes,
+            ticks,
+            chart,
+        }
     }
-    let backend_peak = backend.peak_backlog();
-    backend.stop().await;
-    outcome?;
-
-    let mut waits = std::mem::take(&mut *recorder.waits.lock());
-    waits.sort_unstable();
-    let ticks = Ticks {
-        offered: recorder.offered.values(),
-        released: recorder.released.values(),
-        shed: recorder.shed.values(),
-        depth: recorder.depth.values(),
-    };
-    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-    let report = Report {
-        duration: options.duration,
-        phases,
-        burst_multiple: options.burst,
-        capacity: backend::capacity(),
-        rate: limit.rate,
-        burst: limit.burst.get(),
-        queue_timeout,
-        offered: load(&recorder.offered_total),
-        ok: load(&recorder.ok),
-        shed: load(&recorder.shed_total),
-        limited: load(&recorder.limited),
-        failed: load(&recorder.failed),
-        released: load(&recorder.released_total),
-        offered_peak: peak(&ticks.offered),
-        released_peak: peak(&ticks.released),
-        queue_peak: ticks.depth.iter().copied().max().unwrap_or(0),
-        backend_peak,
-        wait_p50: percentile(&waits, 0.50),
-        wait_p99: percentile(&waits, 0.99),
-        sluice_outcomes,
-        ticks,
-        chart: out,
-    };
-    let svg =
-        chart::render(&report).map_err(|err| anyhow::anyhow!("cannot draw the chart: {err}"))?;
-    std::fs::write(&report.chart, svg)
-        .with_context(|| format!("cannot write the chart to {}", report.chart.display()))?;
-    print!("{report}");
-    std::io::stdout().flush().ok();
-    Ok(report)
 }
 
 /// Sends the load while sampling the queue and showing the live view;

@@ -2,6 +2,7 @@
 //! over virtual time (top), and the queue depth (bottom). Drawn with
 //! plotters' SVG backend; the viewer renders the text.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::tools::chart::{CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH};
@@ -59,11 +60,10 @@ fn deepest(depths: &[u32], bucket: f64, factor: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn draw(
-    report: &Report,
-    routes: &[&RouteReport],
-    svg: &mut String,
-) -> Result<(), Box<dyn std::error::Error>> {
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn draw(report: &Report, routes: &[&RouteReport], svg: &mut String) -> DrawResult {
     let height = PANEL * routes.len().max(1) as u32 + 40;
     let root = SVGBackend::with_string(svg, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -77,81 +77,92 @@ fn draw(
     let seconds = report.virtual_seconds.max(0.001);
     let panels = root.split_evenly((routes.len().max(1), 1));
     for (area, route) in panels.iter().zip(routes) {
-        let s = &route.series;
-        let bucket = s.bucket_seconds;
-        let factor = s.offered.len().div_ceil(MAX_POINTS).max(1);
-        let lines = [
-            ("offered", &s.offered, OFFERED),
-            ("released", &s.released, RELEASED),
-            ("rejected (queue full)", &s.rejected, REFUSED),
-            ("dropped (timeout)", &s.dropped, DROPPED),
-            ("429 (per-key limit)", &s.rate_limited, LIMITED),
-        ]
-        .map(|(label, counts, color)| (label, per_second(counts, bucket, factor), color));
-        let top_rate = lines
-            .iter()
-            .flat_map(|(_, points, _)| points.iter().map(|&(_, y)| y))
-            .fold(0.0, f64::max);
+        let factor = route.series.offered.len().div_ceil(MAX_POINTS).max(1);
         let (upper, lower) = area.split_vertically(PANEL * 62 / 100);
-        let mut chart = ChartBuilder::on(&upper)
-            .caption(
-                format!(
-                    "route {}: offered {}, released {}, rejected {}, 429 {}, dropped {}",
-                    route.route,
-                    route.offered,
-                    route.released,
-                    route.outcomes.rejected_queue_full,
-                    route.outcomes.rejected_rate_limited,
-                    route.outcomes.dropped_timeout
-                ),
-                (FONT, CAPTION_SIZE),
-            )
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0f64..seconds, 0f64..(top_rate * 1.1).max(1.0))?;
-        chart
-            .configure_mesh()
-            .light_line_style(GRID)
-            .bold_line_style(GRID)
-            .y_desc("requests/s")
-            .draw()?;
-        for (label, points, color) in lines {
-            if points.iter().all(|&(_, y)| y == 0.0) {
-                continue;
-            }
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-
-        let depth_top = s.queue_depth.iter().copied().max().unwrap_or(0).max(1) as f64;
-        let mut chart = ChartBuilder::on(&lower)
-            .margin(8)
-            .x_label_area_size(32)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0f64..seconds, 0f64..depth_top * 1.1)?;
-        chart
-            .configure_mesh()
-            .light_line_style(GRID)
-            .bold_line_style(GRID)
-            .x_desc("virtual seconds")
-            .y_desc("queue depth")
-            .draw()?;
-        chart.draw_series(LineSeries::new(
-            deepest(&s.queue_depth, bucket, factor),
-            QUEUE.stroke_width(2),
-        ))?;
+        draw_rates(&upper, route, seconds, factor)?;
+        draw_depth(&lower, route, seconds, factor)?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// A route's upper panel: requests/s offered, released, rejected, dropped
+/// and limited (a line only if it is ever above zero), with a legend.
+fn draw_rates(area: &Area<'_>, route: &RouteReport, seconds: f64, factor: usize) -> DrawResult {
+    let s = &route.series;
+    let bucket = s.bucket_seconds;
+    let lines = [
+        ("offered", &s.offered, OFFERED),
+        ("released", &s.released, RELEASED),
+        ("rejected (queue full)", &s.rejected, REFUSED),
+        ("dropped (timeout)", &s.dropped, DROPPED),
+        ("429 (per-key limit)", &s.rate_limited, LIMITED),
+    ]
+    .map(|(label, counts, color)| (label, per_second(counts, bucket, factor), color));
+    let top_rate = lines
+        .iter()
+        .flat_map(|(_, points, _)| points.iter().map(|&(_, y)| y))
+        .fold(0.0, f64::max);
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "route {}: offered {}, released {}, rejected {}, 429 {}, dropped {}",
+                route.route,
+                route.offered,
+                route.released,
+                route.outcomes.rejected_queue_full,
+                route.outcomes.rejected_rate_limited,
+                route.outcomes.dropped_timeout
+            ),
+            (FONT, CAPTION_SIZE),
+        )
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..seconds, 0f64..(top_rate * 1.1).max(1.0))?;
+    chart
+        .configure_mesh()
+        .light_line_style(GRID)
+        .bold_line_style(GRID)
+        .y_desc("requests/s")
+        .draw()?;
+    for (label, points, color) in lines {
+        if points.iter().all(|&(_, y)| y == 0.0) {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
+}
+
+/// A route's lower panel: the deepest queue per point.
+fn draw_depth(area: &Area<'_>, route: &RouteReport, seconds: f64, factor: usize) -> DrawResult {
+    let s = &route.series;
+    let depth_top = s.queue_depth.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..seconds, 0f64..depth_top * 1.1)?;
+    chart
+        .configure_mesh()
+        .light_line_style(GRID)
+        .bold_line_style(GRID)
+        .x_desc("virtual seconds")
+        .y_desc("queue depth")
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        deepest(&s.queue_depth, s.bucket_seconds, factor),
+        QUEUE.stroke_width(2),
+    ))?;
     Ok(())
 }

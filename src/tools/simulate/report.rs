@@ -293,9 +293,34 @@ impl Report {
         self.routes.iter().find(|r| r.route == name)
     }
 
-    /// The text report `sluice simulate` prints.
+    /// The text report `sluice simulate` prints: what was replayed, the
+    /// outcomes per route, the queue waits, then notes.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        self.write_summary(&mut out);
+        let width = self
+            .routes
+            .iter()
+            .map(|r| r.route.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        let _ = writeln!(out);
+        self.write_outcomes(&mut out, width);
+        let _ = writeln!(out);
+        self.write_waits(&mut out, width);
+        let notes = self.notes();
+        if !notes.is_empty() {
+            let _ = writeln!(out);
+            for note in notes {
+                let _ = writeln!(out, "{note}");
+            }
+        }
+        out
+    }
+
+    /// The trace, the backend model, and the replay's own speed.
+    fn write_summary(&self, out: &mut String) {
         let t = &self.trace;
         let _ = writeln!(
             out,
@@ -323,14 +348,10 @@ impl Report {
             "simulated {:.3} s of virtual time in {:.3} s ({:.0} requests/s)",
             self.virtual_seconds, self.wall_seconds, self.requests_per_second
         );
-        let width = self
-            .routes
-            .iter()
-            .map(|r| r.route.len())
-            .max()
-            .unwrap_or(0)
-            .max(5);
-        let _ = writeln!(out);
+    }
+
+    /// One line per route: offered, released and each refusal outcome.
+    fn write_outcomes(&self, out: &mut String, width: usize) {
         let _ = writeln!(
             out,
             "{:<width$}  {:>9}  {:>9}  {:>19}  {:>21}  {:>15}  {:>8}",
@@ -356,7 +377,10 @@ impl Report {
                 o.no_route
             );
         }
-        let _ = writeln!(out);
+    }
+
+    /// One line per route with a queue: wait percentiles and peak depth.
+    fn write_waits(&self, out: &mut String, width: usize) {
         let _ = writeln!(
             out,
             "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>16}",
@@ -379,6 +403,11 @@ impl Report {
                 ),
             );
         }
+    }
+
+    /// What the tables do not say: why the queue refused, requests without
+    /// a key or with an unknown class, what a dry run would have limited.
+    fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
         for r in &self.routes {
             let f = &r.refusals;
@@ -412,12 +441,6 @@ impl Report {
                 ));
             }
         }
-        if !notes.is_empty() {
-            let _ = writeln!(out);
-            for note in notes {
-                let _ = writeln!(out, "{note}");
-            }
-        }
-        out
+        notes
     }
 }

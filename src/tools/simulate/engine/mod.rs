@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
+use http::Method;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -43,7 +44,9 @@ use tokio::time::Instant;
 use crate::config::{ClassMatch, Config};
 use crate::gateway::route::limits_of;
 use crate::gateway::router::Router;
-use crate::shaper::{Admission, Arrival, Gate, KeyedLimiter, Limiter, Limits, Shaper};
+use crate::shaper::{
+    Admission, Arrival, Gate, Grant, KeyedLimiter, Limiter, Limits, Shaper, Ticket,
+};
 
 use super::trace::{Record, Trace};
 
@@ -174,15 +177,66 @@ pub(crate) async fn replay(
     model: &BackendModel,
 ) -> anyhow::Result<Stats> {
     let origin = Instant::now();
-    let upstream_names: Vec<&String> = config.upstreams.keys().collect();
-    let upstreams: Vec<SimUpstream> = config
+    let upstreams = sim_upstreams(config, model);
+    let routes = sim_routes(config, trace, &upstreams)?;
+    let bucket = bucket_of(config, trace);
+    let recorder = Arc::new(Mutex::new(Recorder {
+        bucket_ns: bucket.as_nanos() as u64,
+        routes: (0..=routes.len()).map(|_| RouteStats::default()).collect(),
+    }));
+    let live = Arc::new(Live {
+        count: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    let mut replay = Replay {
+        trace,
+        model: *model,
+        router: Router::new(&config.routes),
+        routes,
+        upstreams,
+        recorder: recorder.clone(),
+        live: live.clone(),
+        clock: VirtualClock {
+            origin,
+            now: 0,
+            checked: false,
+        },
+        heap: BinaryHeap::new(),
+        rng: Rng(model.seed),
+        seq: 0,
+    };
+    replay.run().await;
+    live.wait_idle().await;
+    let virtual_time = origin.elapsed();
+    drop(replay);
+    let mut recorder = recorder.lock();
+    Ok(Stats {
+        routes: std::mem::take(&mut recorder.routes),
+        bucket,
+        virtual_time,
+    })
+}
+
+/// Each upstream's in-flight cap, and the backend model's own (if any).
+fn sim_upstreams(config: &Config, model: &BackendModel) -> Vec<SimUpstream> {
+    config
         .upstreams
         .values()
         .map(|u| SimUpstream {
             inflight: Arc::new(Semaphore::new(u.max_inflight.get())),
             backend: model.concurrency.map(|c| Arc::new(Semaphore::new(c.get()))),
         })
-        .collect();
+        .collect()
+}
+
+/// Each route's real shaper (on its upstream's in-flight cap) and limiters,
+/// and how the trace's classes map onto the route's.
+fn sim_routes(
+    config: &Config,
+    trace: &Trace,
+    upstreams: &[SimUpstream],
+) -> anyhow::Result<Vec<SimRoute>> {
+    let upstream_names: Vec<&String> = config.upstreams.keys().collect();
     let gate = Arc::new(Gate::new(true));
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
@@ -225,59 +279,68 @@ pub(crate) async fn replay(
             default_class: classes - 1,
         });
     }
-    let router = Router::new(&config.routes);
+    Ok(routes)
+}
+
+/// The time-series bucket: the trace's span plus the longest queue timeout
+/// (the last waiter's outcome) and a second's margin, over about a thousand.
+fn bucket_of(config: &Config, trace: &Trace) -> Duration {
     let longest_timeout = config
         .routes
         .iter()
         .map(|r| r.queue.timeout)
         .max()
         .unwrap_or_default();
-    let bucket = bucket_width(trace.duration() + longest_timeout + Duration::from_secs(1));
-    let recorder = Arc::new(Mutex::new(Recorder {
-        bucket_ns: bucket.as_nanos() as u64,
-        routes: (0..=routes.len()).map(|_| RouteStats::default()).collect(),
-    }));
-    let live = Arc::new(Live {
-        count: AtomicUsize::new(0),
-        idle: Notify::new(),
-    });
-    let mut replay = Replay {
-        trace,
-        model: *model,
-        router,
-        routes,
-        upstreams,
-        recorder: recorder.clone(),
-        live: live.clone(),
-        clock: VirtualClock {
-            origin,
-            now: 0,
-            checked: false,
-        },
-        heap: BinaryHeap::new(),
-        rng: Rng(model.seed),
-        seq: 0,
-    };
-    // Let the release tasks start waiting before the first arrival.
-    tokio::task::yield_now().await;
-    for record in trace.records() {
-        replay.complete_until(record.at).await;
-        replay.clock.goto(record.at).await;
-        if replay.arrive(record) {
-            tokio::task::yield_now().await;
+    bucket_width(trace.duration() + longest_timeout + Duration::from_secs(1))
+}
+
+impl SimRoute {
+    /// The request's class: the trace's, mapped onto the route's (a class
+    /// the route lacks counts and goes to the default), else the route's
+    /// path and method rules.
+    fn class_of(
+        &self,
+        record: &Record,
+        path: &str,
+        method: &Method,
+        stats: &mut RouteStats,
+    ) -> usize {
+        if record.class != 0 {
+            return self.trace_classes[usize::from(record.class)].unwrap_or_else(|| {
+                stats.unknown_class += 1;
+                self.default_class
+            });
         }
+        self.class_rules
+            .iter()
+            .position(|rule| match rule {
+                ClassMatch::PathPrefix(prefix) => path.starts_with(prefix.as_str()),
+                ClassMatch::Methods(methods) => methods.contains(method),
+                ClassMatch::Header { .. } => false,
+            })
+            .unwrap_or(self.default_class)
     }
-    replay.complete_until(u64::MAX).await;
-    replay.clock.align();
-    live.wait_idle().await;
-    let virtual_time = origin.elapsed();
-    drop(replay);
-    let mut recorder = recorder.lock();
-    Ok(Stats {
-        routes: std::mem::take(&mut recorder.routes),
-        bucket,
-        virtual_time,
-    })
+
+    /// The per-key limit, then the route's dry-run rate (counted only).
+    /// False if the key's limit turns the request away.
+    fn within_limits(&self, record: &Record, now: Instant, stats: &mut RouteStats) -> bool {
+        if let Some((dry_run, limiter)) = &self.key_limit {
+            if !record.has_key {
+                stats.keyless += 1;
+            } else if limiter.check(record.key, now).is_err() {
+                if !*dry_run {
+                    return false;
+                }
+                stats.dry_run_key += 1;
+            }
+        }
+        if let Some(limiter) = &self.dry_limit
+            && limiter.check(now).is_err()
+        {
+            stats.dry_run_route += 1;
+        }
+        true
+    }
 }
 
 struct Replay<'t> {
@@ -294,7 +357,31 @@ struct Replay<'t> {
     seq: u64,
 }
 
+/// A request the shaper let through or queued: its route, arrival and
+/// sampled service time.
+struct Admitted {
+    route: usize,
+    at: u64,
+    service: u64,
+}
+
 impl Replay<'_> {
+    /// The trace in order: inline completions due, the clock to the
+    /// arrival, the arrival; then the completions left.
+    async fn run(&mut self) {
+        // Let the release tasks start waiting before the first arrival.
+        tokio::task::yield_now().await;
+        for record in self.trace.records() {
+            self.complete_until(record.at).await;
+            self.clock.goto(record.at).await;
+            if self.arrive(record) {
+                tokio::task::yield_now().await;
+            }
+        }
+        self.complete_until(u64::MAX).await;
+        self.clock.align();
+    }
+
     /// Finishes, in time order, the inline requests due by `until`.
     async fn complete_until(&mut self, until: u64) {
         while let Some(Reverse(next)) = self.heap.peek() {
@@ -322,134 +409,125 @@ impl Replay<'_> {
 
     /// One arrival, now. True if it woke or started another task.
     fn arrive(&mut self, record: &Record) -> bool {
-        let Replay {
-            trace,
-            model,
-            router,
-            routes,
-            upstreams,
-            recorder: shared,
-            live,
-            clock,
-            heap,
-            rng,
-            seq,
-        } = self;
+        let Some((admitted, admission)) = self.admit(record) else {
+            return false;
+        };
+        let upstream = self.routes[admitted.route].upstream;
+        match admission {
+            Admission::Go(grant) => {
+                self.serve_inline(upstream, grant, admitted.at, admitted.service)
+            }
+            Admission::Queued(ticket) => {
+                self.wait_in_queue(&admitted, upstream, ticket);
+                true
+            }
+            // Recorded by `admit`.
+            Admission::Rejected(_) => false,
+        }
+    }
+
+    /// The request's phases up to the shaper's answer, as the proxy runs
+    /// them: route, classify, per-key and dry-run limits, admit; each
+    /// outcome recorded. `None` if it ends before the shaper, or the shaper
+    /// turns it away.
+    fn admit(&mut self, record: &Record) -> Option<(Admitted, Admission)> {
+        let trace = self.trace;
         let path = trace.path(record);
         let method = &trace.methods[usize::from(record.method)];
         let host = (record.host != 0).then(|| trace.hosts[usize::from(record.host)].as_str());
-        let at = clock.now;
-        let now = clock.instant();
-        let Some(index) = router.route(host, path, method) else {
-            shared.lock().no_route(routes.len(), at);
-            return false;
+        let at = self.clock.now;
+        let mut recorder = self.recorder.lock();
+        let Some(index) = self.router.route(host, path, method) else {
+            recorder.no_route(self.routes.len(), at);
+            return None;
         };
-        let route = &routes[index];
-        let mut recorder = shared.lock();
+        let route = &self.routes[index];
         recorder.offered(index, at);
-        let class = if record.class != 0 {
-            route.trace_classes[usize::from(record.class)].unwrap_or_else(|| {
-                recorder.routes[index].unknown_class += 1;
-                route.default_class
-            })
-        } else {
-            route
-                .class_rules
-                .iter()
-                .position(|rule| match rule {
-                    ClassMatch::PathPrefix(prefix) => path.starts_with(prefix.as_str()),
-                    ClassMatch::Methods(methods) => methods.contains(method),
-                    ClassMatch::Header { .. } => false,
-                })
-                .unwrap_or(route.default_class)
-        };
-        if let Some((dry_run, limiter)) = &route.key_limit {
-            if !record.has_key {
-                recorder.routes[index].keyless += 1;
-            } else if limiter.check(record.key, now).is_err() {
-                if *dry_run {
-                    recorder.routes[index].dry_run_key += 1;
-                } else {
-                    recorder.rate_limited(index, at);
-                    return false;
-                }
-            }
-        }
-        if let Some(limiter) = &route.dry_limit
-            && limiter.check(now).is_err()
-        {
-            recorder.routes[index].dry_run_route += 1;
+        let class = route.class_of(record, path, method, &mut recorder.routes[index]);
+        if !route.within_limits(record, self.clock.instant(), &mut recorder.routes[index]) {
+            recorder.rate_limited(index, at);
+            return None;
         }
         let arrival = Arrival {
             class,
             key: if record.has_key { record.key } else { 0 },
         };
-        let service = rng.service(model.service_time);
-        let upstream = &upstreams[route.upstream];
-        match route.shaper.admit(arrival) {
-            Admission::Go(grant) => {
-                recorder.fast(index, at);
-                drop(recorder);
-                let permit = grant.into_permit();
-                let slot = match &upstream.backend {
-                    None => None,
-                    Some(backend) => match backend.clone().try_acquire_owned() {
-                        Ok(slot) => Some(slot),
-                        Err(_) => {
-                            // The backend is busy: wait for it, in order, in a task.
-                            let backend = Some(backend.clone());
-                            let live = live.enter();
-                            tokio::spawn(async move {
-                                let _live = live;
-                                serve(backend, service).await;
-                                drop(permit);
-                            });
-                            return true;
-                        }
-                    },
-                };
-                *seq += 1;
-                heap.push(Reverse(Completion {
-                    at: at + service,
-                    seq: *seq,
-                    upstream: route.upstream,
-                    permit,
-                    backend: slot,
-                }));
-                false
-            }
-            Admission::Queued(ticket) => {
-                recorder.queued(index, at, route.shaper.depth());
-                drop(recorder);
-                let recorder = shared.clone();
-                let backend = upstream.backend.clone();
-                let origin = clock.origin;
-                let live = live.enter();
-                tokio::spawn(async move {
-                    let _live = live;
-                    let result = ticket.wait().await;
-                    let left = (Instant::now() - origin).as_nanos() as u64;
-                    let waited = left - at;
-                    match result {
-                        Ok(grant) => {
-                            recorder.lock().left_queue(index, left, waited, Ok(()));
-                            let permit = grant.into_permit();
-                            serve(backend, service).await;
-                            drop(permit);
-                        }
-                        Err(rejection) => {
-                            let reason = rejection.reason;
-                            recorder.lock().left_queue(index, left, waited, Err(reason));
-                        }
-                    }
-                });
-                true
-            }
+        let service = self.rng.service(self.model.service_time);
+        let admission = route.shaper.admit(arrival);
+        match &admission {
+            Admission::Go(_) => recorder.fast(index, at),
+            Admission::Queued(_) => recorder.queued(index, at, route.shaper.depth()),
             Admission::Rejected(rejection) => {
                 recorder.refused(index, at, rejection.reason);
-                false
+                return None;
             }
         }
+        let admitted = Admitted {
+            route: index,
+            at,
+            service,
+        };
+        Some((admitted, admission))
+    }
+
+    /// Let through at once: served inline (its completion on the heap), or
+    /// in a task if the backend model is busy. True if a task was started.
+    fn serve_inline(&mut self, upstream: usize, grant: Grant, at: u64, service: u64) -> bool {
+        let permit = grant.into_permit();
+        let slot = match &self.upstreams[upstream].backend {
+            None => None,
+            Some(backend) => match backend.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    // The backend is busy: wait for it, in order, in a task.
+                    let backend = Some(backend.clone());
+                    let live = self.live.enter();
+                    tokio::spawn(async move {
+                        let _live = live;
+                        serve(backend, service).await;
+                        drop(permit);
+                    });
+                    return true;
+                }
+            },
+        };
+        self.seq += 1;
+        self.heap.push(Reverse(Completion {
+            at: at + service,
+            seq: self.seq,
+            upstream,
+            permit,
+            backend: slot,
+        }));
+        false
+    }
+
+    /// Queued: a task awaits the ticket, records how the wait ended and,
+    /// if let through, holds the in-flight slot for the service time.
+    fn wait_in_queue(&self, admitted: &Admitted, upstream: usize, ticket: Ticket) {
+        let recorder = self.recorder.clone();
+        let backend = self.upstreams[upstream].backend.clone();
+        let origin = self.clock.origin;
+        let live = self.live.enter();
+        let (index, at, service) = (admitted.route, admitted.at, admitted.service);
+        tokio::spawn(async move {
+            let _live = live;
+            let result = ticket.wait().await;
+            let left = (Instant::now() - origin).as_nanos() as u64;
+            let waited = left - at;
+            match result {
+                Ok(grant) => {
+                    recorder.lock().left_queue(index, left, waited, Ok(()));
+                    let permit = grant.into_permit();
+                    serve(backend, service).await;
+                    drop(permit);
+                }
+                Err(rejection) => {
+                    let reason = rejection.reason;
+                    recorder.lock().left_queue(index, left, waited, Err(reason));
+                }
+            }
+        });
     }
 }
 
