@@ -316,6 +316,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         limit.burst,
         queue_timeout.as_millis(),
     );
+    println!(
+        "  status   http://{}/  live status page: open it in a browser while the demo runs",
+        running.admin_addr()
+    );
     let admin = AdminClient::new(running.admin_addr());
     let outcome = drive(&running, &admin, &phases, options.duration, &recorder).await;
     let sluice_outcomes = if outcome.is_ok() {
