@@ -4,10 +4,12 @@
 //! documented, and that it holds no client data. `status::browser` drives
 //! the page itself in a headless Chromium.
 
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+mod browser;
+mod cdp;
 
 use crate::common::*;
 use bytes::Bytes;
