@@ -228,9 +228,11 @@ async fn the_status_document_shows_routes_upstreams_and_process_under_load() {
     let target = &s["targets"][0];
     assert_eq!(target["name"], shop.addr.to_string());
     assert_eq!(target["healthy"], true);
-    // The backend answers after 2 ms: the median is above it, below a second.
+    // The backend answers after 2 ms, which lies in the 1 to 2.5 ms bucket:
+    // interpolated within buckets, the median is at least that bucket's
+    // lower bound, and well below a second.
     let p50 = s["latency_p50_seconds"].as_f64().unwrap();
-    assert!((0.002..1.0).contains(&p50), "p50 {p50}");
+    assert!((0.001..1.0).contains(&p50), "p50 {p50}");
     assert!(s["latency_p99_seconds"].as_f64().unwrap() >= p50);
     assert_eq!(
         upstream(&doc, "catalog")["routes"],
