@@ -9,8 +9,11 @@
 //! | `POST /admin/routes/{name}/resume` | release again at the route's rate |
 //! | `PUT /admin/routes/{name}/rate` | `{"rate": 50, "burst": 5, "ttl": "10m"}`: a temporary rate |
 //! | `DELETE /admin/routes/{name}/rate` | back to the configured rate now |
+//! | `GET /status.json` | the status page's figures and history (docs/status.md) |
+//! | `GET /` | the status page itself (no secret in it; it asks for the token) |
 //!
-//! When `admin.token` (or `token_file`, `token_env`) is set, `/admin/` needs
+//! When `admin.token` (or `token_file`, `token_env`) is set, `/admin/` and
+//! `/status.json` need
 //! `Authorization: Bearer <token>`: the scheme in any case (RFC 9110), the
 //! token compared in constant time. A body is read (at most 64 KiB) before
 //! any answer.
@@ -49,6 +52,7 @@ use super::connection::{
 use super::door::Door;
 use super::listen::Listener;
 use super::live::Live;
+use super::status::{PAGE, Status, sample_until_stopped};
 use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, ServerConfig, check_burst, check_rate};
 use crate::gateway::route::Route;
 use crate::http::{Body, local, text_body};
@@ -62,6 +66,7 @@ const MAX_OVERRIDE_TTL: Duration = MAX_DURATION;
 
 pub(crate) struct Admin {
     live: Arc<Live>,
+    status: Arc<Status>,
 }
 
 /// A failed admin call: status and a message, answered as JSON.
@@ -79,8 +84,8 @@ struct RateRequest {
 }
 
 impl Admin {
-    pub fn new(live: Arc<Live>) -> Admin {
-        Admin { live }
+    pub fn new(live: Arc<Live>, status: Arc<Status>) -> Admin {
+        Admin { live, status }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -92,7 +97,8 @@ impl Admin {
                 local(StatusCode::OK, "ready\n")
             }
             (&Method::GET, "/readyz") => local(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-            (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+            (&Method::GET, "/") => page(),
+            (_, p) if p == "/admin" || p.starts_with("/admin/") || p == "/status.json" => {
                 let (parts, body) = req.into_parts();
                 // The body is read (bounded) before any answer, a refusal
                 // included: answering and closing with request bytes still
@@ -105,11 +111,26 @@ impl Admin {
                 if let Err(failure) = self.authorize(&parts.headers) {
                     return failure.into_response();
                 }
+                if path == "/status.json" {
+                    return self.status_json(&parts.method);
+                }
                 self.api(&parts.method, &path, &body)
                     .unwrap_or_else(Failure::into_response)
             }
             _ => local(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    /// `GET /status.json`: the status page's document, never cached.
+    fn status_json(&self, method: &Method) -> Response<Body> {
+        if method != Method::GET {
+            return Failure(StatusCode::METHOD_NOT_ALLOWED, "GET only".into()).into_response();
+        }
+        let mut response = json_response(self.status.json(&self.live));
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
     }
 
     fn authorize(&self, headers: &http::HeaderMap) -> Result<(), Failure> {
@@ -272,6 +293,29 @@ fn json_response(value: Value) -> Response<Body> {
     response
 }
 
+/// The status page. Its content security policy lets it load nothing from
+/// anywhere (no script, style, font or image but its own inline ones) and
+/// fetch only from this listener.
+fn page() -> Response<Body> {
+    let mut response = Response::new(text_body(Bytes::from_static(PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
 fn metrics(text: String) -> Response<Body> {
     let mut response = Response::new(text_body(text));
     response.headers_mut().insert(
@@ -358,7 +402,13 @@ pub(super) async fn serve_admin(
     live: Arc<Live>,
     stopped: watch::Receiver<bool>,
 ) {
-    let admin = Arc::new(Admin::new(live.clone()));
+    let status = Arc::new(Status::new());
+    tokio::spawn(sample_until_stopped(
+        status.clone(),
+        live.clone(),
+        stopped.clone(),
+    ));
+    let admin = Arc::new(Admin::new(live.clone(), status));
     let deal = |conns: &mut Vec<(std::net::TcpStream, SocketAddr)>| {
         let server = &live.config.load().server;
         let builder = Arc::new(admin_connection_builder(server));

@@ -15,6 +15,7 @@
 //! - [`door`]: the connection cap (`max_connections`) and its refusals.
 //! - [`activity`]: a connection's activity (header and idle timeouts).
 //! - [`admin`]: the admin listener (`/metrics`, health, the admin API).
+//! - `status`: the status page and `/status.json`, sampled once a second.
 //! - [`watch`]: watching the config file for changes.
 //!
 //! Invariant: every accepted connection passes the door, is driven under
@@ -30,6 +31,7 @@ mod h1;
 pub mod listen;
 mod live;
 mod start;
+mod status;
 pub mod watch;
 mod workers;
 

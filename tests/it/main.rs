@@ -36,6 +36,7 @@ mod shaping;
 mod silent;
 #[cfg(feature = "tools")]
 mod simulate;
+mod status;
 mod tls;
 mod upstream_h1;
 mod upstream_tls;

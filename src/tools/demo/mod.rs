@@ -392,6 +392,10 @@ fn print_setup(
         route.limit.burst,
         route.queue_timeout.as_millis(),
     );
+    println!(
+        "  status   http://{}/  live status page: open it in a browser while the demo runs",
+        running.admin_addr()
+    );
 }
 
 impl Report {
