@@ -7,6 +7,11 @@ use std::time::Duration;
 pub(crate) const DEFAULT_SERVER_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sessions remembered for resumption by session id: a few hundred bytes
+/// each, so a few MiB at most.
+pub(crate) const DEFAULT_SESSION_CACHE: usize = 10_000;
+pub(crate) const MAX_SESSION_CACHE: usize = 1_000_000;
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// The default and largest `server.backlog`: the kernel caps what `listen`
 /// is given at `net.core.somaxconn` anyway, so asking for more than this

@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use http::uri::Authority;
 
+use crate::config::defaults::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SESSION_CACHE};
 use crate::config::secret::Secret;
 
 /// The whole validated configuration.
@@ -310,6 +311,29 @@ pub struct ServerTls {
     pub cert: PathBuf,
     /// `key`: PEM private key file (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// `handshake_timeout`, default 10s, from 100ms to 1day: a connection whose
+    /// TLS handshake is not done this long after accept is closed.
+    pub handshake_timeout: Duration,
+    /// `session_tickets`, default true: TLS 1.3 and TLS 1.2 session tickets,
+    /// encrypted with keys shared by the workers and rotated every 6 hours.
+    pub session_tickets: bool,
+    /// `session_cache`, default 10000, 0 turns it off: how many sessions
+    /// the server remembers for clients that resume by session id (TLS 1.2
+    /// without tickets; TLS 1.3 when tickets are off).
+    pub session_cache: usize,
+}
+
+impl ServerTls {
+    /// TLS with `cert` and `key` and every other key at its default.
+    pub fn new(cert: PathBuf, key: PathBuf) -> ServerTls {
+        ServerTls {
+            cert,
+            key,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            session_tickets: true,
+            session_cache: DEFAULT_SESSION_CACHE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -58,6 +58,9 @@ pub(crate) struct RawServer {
 pub(crate) struct RawServerTls {
     pub(crate) cert: Spanned<String>,
     pub(crate) key: Spanned<String>,
+    pub(crate) handshake_timeout: Option<Spanned<String>>,
+    pub(crate) session_tickets: Option<bool>,
+    pub(crate) session_cache: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

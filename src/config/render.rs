@@ -83,6 +83,9 @@ pub(crate) struct RenderedServer {
 pub(crate) struct RenderedServerTls {
     cert: String,
     key: String,
+    handshake_timeout: String,
+    session_tickets: bool,
+    session_cache: usize,
 }
 
 #[derive(Serialize)]
@@ -292,6 +295,9 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 tls: c.server.tls.as_ref().map(|tls| RenderedServerTls {
                     cert: path_str(&tls.cert),
                     key: path_str(&tls.key),
+                    handshake_timeout: human(tls.handshake_timeout),
+                    session_tickets: tls.session_tickets,
+                    session_cache: tls.session_cache,
                 }),
             },
             admin: RenderedAdmin {

@@ -14,13 +14,13 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use super::connection::{ProxyConnection, http1_settings, http2_builder};
 use super::door::{Door, Slot};
 use super::listen::{self, Listener};
 use super::live::Live;
 use super::workers::Workers;
+use crate::tls::Terminator;
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the
 /// loop does not spin while the connections already open keep being served.
@@ -119,7 +119,7 @@ fn door_max(live: &Live) -> usize {
 async fn serve_batch(
     batch: Vec<Accepted>,
     live: Arc<Live>,
-    tls: Option<Arc<TlsAcceptor>>,
+    tls: Option<Arc<Terminator>>,
     stopped: watch::Receiver<bool>,
 ) {
     let server = &live.config.load().server;
@@ -152,7 +152,7 @@ async fn serve_batch(
                 None => conn.serve_plain(stream, peer, at).await,
                 // Boxed: a TLS session is large, and a plain connection's
                 // task should not reserve room for one.
-                Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, peer, at)).await,
+                Some(terminator) => Box::pin(conn.serve_tls(terminator, stream, peer, at)).await,
             }
         });
     }

@@ -28,7 +28,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use super::accept::until_stopped_opt;
 use super::activity::{Activity, Expiry, Tracked};
@@ -38,16 +37,20 @@ use crate::config::ServerConfig;
 use crate::http::h1::request::HeadLimits;
 use crate::http::upgrade::Rewind;
 use crate::http::{ClientBody, WaitingSince};
-use crate::tls::{self, Secure, TlsError};
+use crate::tls::{self, Secure, Terminator, TlsError, TlsFamilies};
 
-/// The TLS acceptor for `[server.tls]` (reading its files now), or `None`
-/// when the listener speaks plain HTTP.
-pub(super) fn acceptor(server: &ServerConfig) -> Result<Option<Arc<TlsAcceptor>>, TlsError> {
+/// The TLS terminator for `[server.tls]` (reading its files now), or `None`
+/// when the listener speaks plain HTTP. `previous`, the terminator in force,
+/// hands over its session-resumption state.
+pub(super) fn terminator(
+    server: &ServerConfig,
+    families: &TlsFamilies,
+    previous: Option<&Terminator>,
+) -> Result<Option<Arc<Terminator>>, TlsError> {
     let Some(tls) = &server.tls else {
         return Ok(None);
     };
-    let config = tls::server_config(tls)?;
-    Ok(Some(Arc::new(TlsAcceptor::from(config))))
+    Terminator::new(tls, families, previous).map(|t| Some(Arc::new(t)))
 }
 
 /// hyper's default header count limit for HTTP/1.
@@ -194,21 +197,22 @@ impl ProxyConnection {
         }
     }
 
-    /// Completes the TLS handshake (within `header_timeout` of accept), then
-    /// serves HTTP/2 if ALPN chose it, else HTTP/1.
+    /// Completes the TLS handshake (within `handshake_timeout` of accept,
+    /// and within `header_timeout`, which also runs from accept), then
+    /// serves HTTP/2 if ALPN chose it, else HTTP/1. The connection holds
+    /// its place under `max_connections` from accept, handshake included.
     pub(super) async fn serve_tls(
         self,
-        acceptor: Arc<TlsAcceptor>,
+        terminator: Arc<Terminator>,
         stream: TcpStream,
         peer: SocketAddr,
         accepted: Instant,
     ) {
-        let deadline = accepted + self.http1.header_timeout;
-        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
-            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        let deadline = accepted + terminator.timeout().min(self.http1.header_timeout);
+        let Some(stream) = terminator.handshake(stream, peer, accepted, deadline).await else {
+            return;
         };
+        drop(terminator);
         if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
             return self.serve_http2(stream, peer, accepted, true).await;
         }

@@ -8,18 +8,20 @@
 use std::sync::atomic::AtomicBool;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::tls::{Terminator, TlsFamilies};
 
 /// What the listeners share: the current config generation and readiness.
 pub(crate) struct Live {
     pub gateway: ArcSwap<Gateway>,
     pub config: ArcSwap<Config>,
-    /// The TLS acceptor of the current generation's `[server.tls]`, if any.
-    pub tls: ArcSwapOption<TlsAcceptor>,
+    /// The TLS terminator of the current generation's `[server.tls]`, if any.
+    pub tls: ArcSwapOption<Terminator>,
+    /// The TLS families, registered once for every generation's terminator.
+    pub tls_families: TlsFamilies,
     pub ready: AtomicBool,
     pub metrics: Metrics,
 }

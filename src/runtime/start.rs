@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use super::accept::serve_proxy;
 use super::admin::{ADMIN_MAX_CONNECTIONS, serve_admin};
-use super::connection::acceptor;
+use super::connection::terminator;
 use super::door::Door;
 use super::listen::{self, Listener, ListenerProbe};
 use super::live::Live;
@@ -30,7 +29,7 @@ use crate::config::Backlog;
 use crate::config::{Config, ConfigError};
 use crate::gateway::{Gateway, Telemetry};
 use crate::metrics::Metrics;
-use crate::tls::TlsError;
+use crate::tls::{Terminator, TlsError, TlsFamilies};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +125,9 @@ impl Running {
             tracing::error!(error = %err, "config reload failed; keeping the running config");
             err
         };
-        let acceptor = acceptor(&config.server).map_err(|source| {
+        let previous = self.live.tls.load();
+        let terminator = terminator(&config.server, &self.live.tls_families, previous.as_deref())
+            .map_err(|source| {
             failed(ReloadError::Tls {
                 config: config.source.clone(),
                 source: Box::new(source),
@@ -169,7 +170,7 @@ impl Running {
         })?;
         self.live.gateway.store(Arc::new(gateway));
         self.live.config.store(Arc::new(config.clone()));
-        self.live.tls.store(acceptor);
+        self.live.tls.store(terminator);
         self.live.metrics.config_loaded(true);
         tracing::info!(file = %config.source.display(), routes = config.routes.len(), "config reloaded");
         Ok(())
@@ -223,10 +224,6 @@ impl Running {
 /// without cross-thread wake-ups. Routes, shapers and the admin listener run
 /// on the runtime that calls this.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let tls = acceptor(&config.server).map_err(|source| StartError::Tls {
-        config: config.source.clone(),
-        source: Box::new(source),
-    })?;
     let backlog = Backlog::probe(config.server.backlog);
     let proxy_listener = bind(config.server.listen, &backlog)?;
     let admin_listener = bind(config.admin.listen, &backlog)?;
@@ -239,6 +236,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .map_err(|source| StartError::Workers { source })?,
     );
     let metrics = metrics(&proxy_listener, &admin_listener)?;
+    let tls_families = TlsFamilies::register(metrics.registry())
+        .map_err(|source| StartError::Metrics { source })?;
+    let tls =
+        terminator(&config.server, &tls_families, None).map_err(|source| StartError::Tls {
+            config: config.source.clone(),
+            source: Box::new(source),
+        })?;
     let max = config.server.max_connections;
     metrics.connections_max(max);
     let proxy_door = Door::new(
@@ -251,7 +255,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None,
         metrics.connections_refused("admin"),
     );
-    let live = live(config, tls, metrics)?;
+    let live = live(config, (tls, tls_families), metrics)?;
     let (stop, stopped) = watch::channel(false);
     let proxy = tokio::spawn(serve_proxy(
         proxy_listener,
@@ -302,7 +306,7 @@ fn metrics(proxy: &Arc<Listener>, admin: &Arc<Listener>) -> Result<Metrics, Star
 /// The first generation, ready to serve.
 fn live(
     config: &Config,
-    tls: Option<Arc<TlsAcceptor>>,
+    (tls, tls_families): (Option<Arc<Terminator>>, TlsFamilies),
     metrics: Metrics,
 ) -> Result<Arc<Live>, StartError> {
     let telemetry =
@@ -315,6 +319,7 @@ fn live(
         gateway: ArcSwap::from_pointee(gateway),
         config: ArcSwap::from_pointee(config.clone()),
         tls: ArcSwapOption::new(tls),
+        tls_families,
         ready: AtomicBool::new(true),
         metrics,
     }))

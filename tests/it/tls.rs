@@ -225,13 +225,7 @@ async fn reload_rotates_the_certificate_and_a_bad_one_is_refused() {
 
     // A reload naming a missing key fails as a whole and names the file.
     let missing_key = b.key.with_file_name("no-such-key.pem");
-    let mut broken = tls_config(
-        backend.addr,
-        ServerTls {
-            cert: b.cert.clone(),
-            key: missing_key,
-        },
-    );
+    let mut broken = tls_config(backend.addr, ServerTls::new(b.cert.clone(), missing_key));
     broken.routes.clear(); // would be swapped in too, if the reload went through
     let err = sluice
         .try_reload(&broken)
@@ -256,10 +250,7 @@ async fn a_bad_certificate_is_a_start_error_naming_the_file() {
     let backend = Backend::start(Duration::ZERO).await;
     let config = tls_config(
         backend.addr,
-        ServerTls {
-            cert: pki.key.clone(), // a key, not a certificate
-            key: pki.key.clone(),
-        },
+        ServerTls::new(pki.key.clone(), pki.key.clone()),
     );
     let err = match sluice::start(&config).await {
         Ok(_) => panic!("started with a key as its certificate"),
@@ -267,4 +258,315 @@ async fn a_bad_certificate_is_a_start_error_naming_the_file() {
     };
     assert!(err.contains(&pki.key.display().to_string()), "{err}");
     assert!(err.contains("no certificate"), "{err}");
+}
+
+/// A rustls client config trusting `ca`, for the given protocol versions.
+fn client_tls(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA cert")).expect("CA accepted");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Connects with `tls`, sends one HTTP/1.1 request, reads the whole answer
+/// (which also takes in the session tickets a TLS 1.3 server sends after
+/// the handshake); the status line and whether the session was resumed.
+async fn one_request(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> (String, bool) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    stream
+        .write_all(b"GET /r HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // A peer that closes without close_notify is fine here.
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.lines().next().unwrap_or_default().to_string();
+    (status, resumed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_resume_with_tls13_and_tls12_even_after_a_reload() {
+    let pki = Pki::generate("resume");
+    let backend = Backend::start(Duration::ZERO).await;
+    let config = tls_config(backend.addr, pki.server_tls());
+    let sluice = TestSluice::start(&config).await;
+    let addr = sluice.proxy_addr();
+
+    for versions in [&[&rustls::version::TLS13], &[&rustls::version::TLS12]] {
+        let tls = client_tls(&pki.ca, versions);
+        let (status, resumed) = one_request(addr, &tls).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(!resumed, "the first connection cannot resume");
+        let (status, resumed) = one_request(addr, &tls).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(resumed, "the second connection did not resume");
+        // A reload with the same settings keeps the ticket keys and the
+        // session cache.
+        sluice.reload(&config);
+        let (_, resumed) = one_request(addr, &tls).await;
+        assert!(resumed, "resumption did not survive a reload");
+    }
+
+    let text = scrape(&client(), sluice.admin_addr()).await;
+    let sessions = samples(&text, "sluice_tls_sessions_total");
+    let get = |version: &str, resumed: &str| {
+        sessions
+            .get(&format!(
+                "alpn=\"http/1.1\",resumed=\"{resumed}\",version=\"{version}\""
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(get("TLSv1.3", "false"), 1.0, "{sessions:?}");
+    assert_eq!(get("TLSv1.3", "true"), 2.0, "{sessions:?}");
+    assert_eq!(get("TLSv1.2", "false"), 1.0, "{sessions:?}");
+    assert_eq!(get("TLSv1.2", "true"), 2.0, "{sessions:?}");
+    assert_eq!(
+        sum_of(&text, "sluice_tls_handshakes_total", &["result=\"ok\""]),
+        6.0
+    );
+    assert_eq!(
+        sum_of(&text, "sluice_tls_handshake_seconds_count", &[]),
+        6.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tickets_tls13_still_resumes_from_the_session_cache_and_with_neither_it_does_not() {
+    let pki = Pki::generate("resume-off");
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = tls_config(backend.addr, pki.server_tls());
+    if let Some(tls) = config.server.tls.as_mut() {
+        tls.session_tickets = false;
+    }
+    let sluice = TestSluice::start(&config).await;
+    let tls = client_tls(&pki.ca, &[&rustls::version::TLS13]);
+    let _first = one_request(sluice.proxy_addr(), &tls).await;
+    assert!(one_request(sluice.proxy_addr(), &tls).await.1);
+
+    if let Some(tls) = config.server.tls.as_mut() {
+        tls.session_cache = 0;
+    }
+    sluice.reload(&config);
+    let tls = client_tls(&pki.ca, &[&rustls::version::TLS13]);
+    let _first = one_request(sluice.proxy_addr(), &tls).await;
+    assert!(!one_request(sluice.proxy_addr(), &tls).await.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_holds_its_connection_slot_until_the_handshake_timeout() {
+    let pki = Pki::generate("handshake-timeout");
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = tls_config(backend.addr, pki.server_tls());
+    // The request-head timeout is far away: only the handshake timeout can
+    // close the stalled connection within the test's wait.
+    config.server.header_timeout = Duration::from_secs(600);
+    config.server.max_connections = 1;
+    if let Some(tls) = config.server.tls.as_mut() {
+        tls.handshake_timeout = Duration::from_millis(200);
+    }
+    let sluice = TestSluice::start(&config).await;
+    let admin = sluice.admin_addr();
+
+    // Opens TCP and sends nothing.
+    let mut stalled = TcpStream::connect(sluice.proxy_addr())
+        .await
+        .expect("connect");
+    let client = client();
+    until_metrics(&client, admin, |text| {
+        sum_of(text, "sluice_connections_open", &[]) == 1.0
+    })
+    .await;
+    // The stalled handshake holds the one place: the next connection is refused.
+    let mut refused = TcpStream::connect(sluice.proxy_addr())
+        .await
+        .expect("connect");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), refused.read_to_end(&mut answer));
+    assert!(
+        read.await.is_ok(),
+        "a connection beyond the cap was kept open"
+    );
+    assert!(answer.is_empty(), "a refused TLS connection gets no bytes");
+
+    let read = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut answer));
+    assert!(read.await.is_ok(), "a stalled handshake was kept open");
+    let text = until_metrics(&client, admin, |text| {
+        sum_of(text, "sluice_connections_open", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(
+        sum_of(
+            &text,
+            "sluice_tls_handshakes_total",
+            &["result=\"timed_out\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "sluice_connections_refused_total",
+            &["listener=\"proxy\""]
+        ),
+        1.0
+    );
+    // The place is free again.
+    let tls = client_tls(&pki.ca, &[&rustls::version::TLS13]);
+    let (status, _) = one_request(sluice.proxy_addr(), &tls).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(backend.count(), 1);
+}
+
+/// Opens a connection and sends a real TLS 1.3 ClientHello whose SNI is an
+/// IP address, as `wrk` and many health checkers send it (rustls's own
+/// client never does: the name it hands over is rewritten in the bytes, so
+/// the handshake then fails at its Finished check, after the server has
+/// read the hello).
+async fn hello_with_ip_sni(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) {
+    // "localhost" and "127.0.0.1" have the same length, so the record's
+    // lengths stay right.
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn = rustls::ClientConnection::new(tls.clone(), name).expect("client");
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).expect("hello");
+    }
+    let at = hello
+        .windows(9)
+        .position(|w| w == b"localhost")
+        .expect("SNI in the hello");
+    hello[at..at + 9].copy_from_slice(b"127.0.0.1");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(&hello).await.expect("write");
+    // The server answers its flight; the client gives up there.
+    let mut answer = [0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_handshakes_with_an_ip_address_as_sni_write_at_most_one_log_line() {
+    let pki = Pki::generate("sni-flood");
+    let backend = Backend::start(Duration::ZERO).await;
+    let dir = pki.cert.parent().expect("pki dir").to_path_buf();
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[server.tls]
+cert = "{cert}"
+key = "{key}"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+level = "info"
+access_log = false
+[upstreams.api]
+targets = ["{backend}"]
+[[routes]]
+name = "main"
+upstream = "api"
+"#,
+            cert = pki.cert.display(),
+            key = pki.key.display(),
+            backend = backend.addr,
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let pid = child.id();
+    let stop = move || {
+        // The process is ours; `kill` by its pid.
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    };
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let (proxy, admin) = loop {
+        let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(30)) else {
+            stop();
+            panic!("sluice did not say where it listens: {lines:?}");
+        };
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let fields = &record["fields"];
+        if let (Some(p), Some(a)) = (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str()) {
+            break (
+                p.parse::<SocketAddr>().expect("proxy"),
+                a.parse::<SocketAddr>().expect("admin"),
+            );
+        }
+        lines.push(line);
+    };
+
+    let tls = client_tls(&pki.ca, &[&rustls::version::TLS13]);
+    for _ in 0..100 {
+        hello_with_ip_sni(proxy, &tls).await;
+    }
+    let text = until_metrics(&client(), admin, |text| {
+        sum_of(text, "sluice_tls_handshakes_total", &["result=\"failed\""]) >= 100.0
+    })
+    .await;
+    stop();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(10)) {
+        lines.push(line);
+    }
+    assert!(status.success(), "{status:?}");
+    let warned = sum_of(
+        &text,
+        "sluice_client_warnings_total",
+        &["library=\"rustls\""],
+    );
+    assert!(
+        warned >= 100.0,
+        "the warnings were not counted: {warned}; {lines:#?}"
+    );
+    let sni: Vec<&String> = lines.iter().filter(|l| l.contains("SNI")).collect();
+    assert!(sni.len() <= 1, "{} SNI lines: {sni:#?}", sni.len());
+    // Nothing else was written per connection either.
+    assert!(lines.len() < 20, "{} log lines: {lines:#?}", lines.len());
 }

@@ -20,10 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// one route without a rate limit.
 fn tls_terminating(backend: SocketAddr, pki: &Pki) -> Config {
     let mut config = config(&[backend]);
-    config.server.tls = Some(ServerTls {
-        cert: pki.cert.clone(),
-        key: pki.key.clone(),
-    });
+    config.server.tls = Some(ServerTls::new(pki.cert.clone(), pki.key.clone()));
     config.routes = vec![route("main", "/", None, 1000, Duration::from_secs(10))];
     config
 }

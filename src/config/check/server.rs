@@ -13,10 +13,11 @@ use crate::config::bounds::{
 };
 use crate::config::defaults::{
     DEFAULT_ADMIN_LISTEN, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
-    DEFAULT_REQUEST_BUFFER_BYTES, DEFAULT_SEND_TIMEOUT, DEFAULT_SERVER_LISTEN, MAX_BACKLOG,
-    MAX_REQUEST_BUFFER_BYTES, MAX_WORKERS, MIN_MAX_HEADER_BYTES,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
+    DEFAULT_REQUEST_BUFFER_BYTES, DEFAULT_SEND_TIMEOUT, DEFAULT_SERVER_LISTEN,
+    DEFAULT_SESSION_CACHE, MAX_BACKLOG, MAX_REQUEST_BUFFER_BYTES, MAX_SESSION_CACHE, MAX_WORKERS,
+    MIN_MAX_HEADER_BYTES,
 };
 use crate::config::load::{Checked, Ctx};
 use crate::config::locate::line_column;
@@ -137,6 +138,19 @@ impl Ctx<'_> {
         Ok(ServerTls {
             cert: self.file_path(&raw.cert)?,
             key: self.file_path(&raw.key)?,
+            handshake_timeout: raw
+                .handshake_timeout
+                .as_ref()
+                .map_or(Ok(DEFAULT_HANDSHAKE_TIMEOUT), |v| {
+                    self.duration_at_least(v, MIN_CLIENT_TIMEOUT)
+                })?,
+            session_tickets: raw.session_tickets.unwrap_or(true),
+            session_cache: raw
+                .session_cache
+                .as_ref()
+                .map_or(Ok(DEFAULT_SESSION_CACHE), |v| {
+                    self.between(v, 0, MAX_SESSION_CACHE)
+                })?,
         })
     }
 

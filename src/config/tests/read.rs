@@ -209,11 +209,11 @@ fn full_config_reads_balancing_health_adaptive_and_tls() {
     let cwd = std::env::current_dir().expect("working directory");
     assert_eq!(
         cfg.server.tls,
-        Some(ServerTls {
+        Some(ServerTls::new(
             // Relative to the config file "test.toml", i.e. the working directory.
-            cert: cwd.join("certs/server.pem"),
-            key: PathBuf::from("/etc/sluice/server.key"),
-        })
+            cwd.join("certs/server.pem"),
+            PathBuf::from("/etc/sluice/server.key")
+        ))
     );
     let api = &cfg.upstreams["api"];
     assert_eq!(

@@ -63,9 +63,6 @@ impl Pki {
     }
 
     pub fn server_tls(&self) -> ServerTls {
-        ServerTls {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
+        ServerTls::new(self.cert.clone(), self.key.clone())
     }
 }

@@ -139,10 +139,10 @@ fn example_commented_tables_load_when_uncommented() {
     let cfg = Config::parse(&out, &path).unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert_eq!(
         cfg.server.tls,
-        Some(ServerTls {
-            cert: "/etc/sluice/cert.pem".into(),
-            key: "/etc/sluice/key.pem".into(),
-        })
+        Some(ServerTls::new(
+            "/etc/sluice/cert.pem".into(),
+            "/etc/sluice/key.pem".into()
+        ))
     );
     let api = &cfg.upstreams["api"];
     assert_eq!(

@@ -196,10 +196,10 @@ fn pool_config_reads_every_new_key() {
     let conf = std::env::current_dir().expect("cwd").join("conf");
     assert_eq!(
         cfg.server.tls,
-        Some(ServerTls {
-            cert: conf.join("certs/proxy.pem"),
-            key: PathBuf::from("/etc/sluice/proxy.key"),
-        })
+        Some(ServerTls::new(
+            conf.join("certs/proxy.pem"),
+            PathBuf::from("/etc/sluice/proxy.key")
+        ))
     );
     let api = &cfg.upstreams["api"];
     assert_eq!(

@@ -1,0 +1,72 @@
+//! TLS: terminating it on the proxy listener (`[server.tls]`) and speaking
+//! it to upstream targets (`[upstreams.NAME.tls]`), with rustls and the
+//! `ring` provider. Files are read whenever a config generation is built (at
+//! start and on each reload), so a rotated certificate takes effect on
+//! reload; session-ticket keys outlive reloads, so clients keep resuming.
+//!
+//! Contents: `files` (PEM reading and [`TlsError`]), `server` (the
+//! listener's rustls config and its [`Resumption`] state), `handshake` (the
+//! [`Terminator`]: a timed, counted handshake per accepted connection),
+//! `client` (upstream TLS), `metrics` (the TLS families), `noise` (keeping
+//! client-triggered warnings of rustls and h2 from flooding the log).
+
+mod client;
+mod files;
+mod handshake;
+mod metrics;
+pub mod noise;
+mod server;
+
+pub use self::client::client_config;
+pub use self::files::TlsError;
+pub use self::handshake::Terminator;
+pub use self::metrics::TlsFamilies;
+pub use self::server::{Resumption, server_config};
+
+/// Request extension set by the server on requests that arrived over TLS, so
+/// the proxy can say `X-Forwarded-Proto: https` (its absence means "http").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Secure;
+
+/// ALPN protocol ids.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// The crypto provider of every TLS config sluice builds, passed
+/// explicitly so no process-wide default is needed.
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Test helpers shared by the unit tests of this module's files.
+#[cfg(test)]
+mod testing {
+    use std::path::{Path, PathBuf};
+
+    use rcgen::{CertificateParams, KeyPair};
+
+    /// A fresh directory under the system temp dir for one test's files.
+    pub(super) fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir()
+            .join(format!("sluice-tls-unit-{}", std::process::id()))
+            .join(name);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        dir
+    }
+
+    /// A self-signed certificate for localhost and its key, as PEM.
+    pub(super) fn self_signed() -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub(super) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+}
