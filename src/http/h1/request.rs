@@ -32,12 +32,6 @@ use http::{Method, Request, StatusCode, Uri, Version};
 /// parses into a vector.
 const STACK_HEADERS: usize = 128;
 
-/// Room reserved in a request's header map beyond the client's headers,
-/// for those the gateway adds on the way to the backend (X-Request-Id,
-/// X-Forwarded-For, -Proto, -Host, Forwarded): the map then never grows
-/// (a reallocation of its index and entries) per request.
-pub const ADDED_HEADERS: usize = 5;
-
 /// The limits a head is parsed under.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -166,7 +160,7 @@ fn parse_into<'b>(
     };
     let uri = Uri::from_maybe_shared(slice(path.as_bytes()))
         .map_err(|_| HeadError::Malformed("request target"))?;
-    let mut map = HeaderMap::with_capacity(req.headers.len() + ADDED_HEADERS);
+    let mut map = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Malformed("header name"))?;
