@@ -499,8 +499,19 @@ impl Seen {
                 _ => {}
             }
         }
+        // The common Connection (`keep-alive` or `close`, one line) names
+        // nothing more, and is known without splitting it.
         if connection {
-            seen.named_by_connection = connection_tokens(headers).any(|token| !is_known(token));
+            let mut lines = headers.get_all(header::CONNECTION).iter();
+            let plain = match (lines.next(), lines.next()) {
+                (Some(line), None) => {
+                    let line = line.as_bytes();
+                    line.eq_ignore_ascii_case(b"keep-alive") || line.eq_ignore_ascii_case(b"close")
+                }
+                _ => false,
+            };
+            seen.named_by_connection =
+                !plain && connection_tokens(headers).any(|token| !is_known(token));
         }
         seen
     }
