@@ -4,17 +4,15 @@
 //! allocations the current thread makes while a flag is set; other tests
 //! running on other threads are not counted. The test drives a pass-through
 //! request through the gateway's phases as [`Gateway::handle`] runs them —
-//! path normalisation, request id, record open, screen, route, classify,
-//! admit, the rewrite for the backend (hop-by-hop strip, X-Forwarded-*,
-//! Forwarded, Host), the response's hop-by-hop strip and the record's
-//! finish — and counts each phase. The request is built the way an HTTP/1
-//! parser builds it: its URI and header values are slices of one shared
-//! buffer, so cloning them is a reference count, not a copy.
-//!
-//! What is not sluice's own is counted apart: a `HeaderMap` sized for
-//! exactly the client's headers grows (once) when the forwarding headers
-//! are added; a map with room for them ([`ADDED_REQUEST_HEADERS`]) does
-//! not.
+//! path normalisation, record open, screen, route, classify, admit, the
+//! rewrite for the backend (request id, hop-by-hop headers left out,
+//! X-Forwarded-*, Forwarded, Host: the head written as the HTTP/1.1 pool
+//! writes it, into a warm buffer), the response's hop-by-hop strip and the
+//! record's finish — and counts each phase. The request is built the way
+//! an HTTP/1 parser builds it: its URI and header values are slices of one
+//! shared buffer, so cloning them is a reference count, not a copy; its
+//! header map has room for exactly the client's headers (sluice adds none
+//! to it on the HTTP/1.1 path).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -31,15 +29,9 @@ use super::record::Record;
 use super::upgrade::requested_upgrade;
 use super::{Gateway, Telemetry};
 use crate::config::Config;
-use crate::http::headers::{check_host, ensure_request_id, request_host, strip_hop_by_hop};
+use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::shaper::Admission;
-
-/// How many headers sluice may add to a request on its way to the backend
-/// (X-Request-Id, X-Forwarded-For, -Proto, -Host, Forwarded): an HTTP/1
-/// parser that reserves this much room beyond the client's headers spares
-/// the header map a reallocation per request.
-const ADDED_REQUEST_HEADERS: usize = 5;
 
 struct Counting;
 
@@ -91,7 +83,6 @@ fn counted<T>(f: impl FnOnce() -> T) -> (usize, T) {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Phases {
     normalise: usize,
-    request_id: usize,
     record_open: usize,
     screen: usize,
     route: usize,
@@ -105,7 +96,6 @@ struct Phases {
 impl Phases {
     fn total(&self) -> usize {
         self.normalise
-            + self.request_id
             + self.record_open
             + self.screen
             + self.route
@@ -118,8 +108,8 @@ impl Phases {
 }
 
 /// A request as an HTTP/1 parser hands it on: URI and header values are
-/// slices of one shared buffer. `room` extra header slots are reserved.
-fn parsed_request(target: &str, headers: &[(&str, &str)], room: usize) -> Request<()> {
+/// slices of one shared buffer.
+fn parsed_request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
     let mut text = BytesMut::new();
     text.extend_from_slice(target.as_bytes());
     for (_, value) in headers {
@@ -128,7 +118,7 @@ fn parsed_request(target: &str, headers: &[(&str, &str)], room: usize) -> Reques
     // A split buffer is a shared one: its slices are reference counts.
     let buffer: Bytes = text.split().freeze();
     let mut at = target.len();
-    let mut map = HeaderMap::with_capacity(headers.len() + room);
+    let mut map = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let slice = buffer.slice(at..at + value.len());
         at += value.len();
@@ -166,15 +156,19 @@ fn response_headers() -> HeaderMap {
 
 /// Runs one request through the phases of [`Gateway::handle`] up to the
 /// backend, then the response's strip and the record's finish, counting
-/// each phase's allocations.
-fn one_request(gateway: &Gateway, mut req: Request<()>, client: SocketAddr) -> Phases {
+/// each phase's allocations. `head` is the upstream connection's write
+/// buffer; the head written into it is checked.
+fn one_request(
+    gateway: &Gateway,
+    mut req: Request<()>,
+    client: SocketAddr,
+    head: &mut BytesMut,
+) -> Phases {
     let mut phases = Phases::default();
     let (n, target) = counted(|| normalise_target(&mut req));
     phases.normalise = n;
     assert!(target.is_ok());
-    let (n, request_id) = counted(|| ensure_request_id(req.headers_mut()));
-    phases.request_id = n;
-    let (n, mut record) = counted(|| Record::open(gateway, &req, client, request_id));
+    let (n, mut record) = counted(|| Record::open(gateway, &req, client));
     phases.record_open = n;
     let (n, screened) = counted(|| req.method() != Method::CONNECT && check_host(&req).is_ok());
     phases.screen = n;
@@ -212,10 +206,15 @@ fn one_request(gateway: &Gateway, mut req: Request<()>, client: SocketAddr) -> P
         },
     );
     phases.admit = n;
+    let default_host = HeaderValue::from_static("127.0.0.1:9");
+    head.clear();
     let (n, upstream_req) = counted(|| {
         assert!(requested_upgrade(&req, &route.upgrades).is_none());
         let trusted = peer_is_trusted(client.ip(), &gateway.trusted_proxies);
-        prepare_upstream_request(req, client, host, trusted)
+        let id = record.request_id().cloned();
+        let (req, forwarding) = prepare_upstream_request(req, client, (host, id, None), trusted);
+        forwarding.write_fields(req.headers(), &default_host, head);
+        req
     });
     phases.rewrite = n;
     let mut response = response_headers();
@@ -224,13 +223,19 @@ fn one_request(gateway: &Gateway, mut req: Request<()>, client: SocketAddr) -> P
     let (n, line) = counted(|| record.finish_relayed(StatusCode::OK));
     phases.finish = n;
     assert!(line.is_none(), "the access log is off");
-    // What the backend would see, for the caller's checks.
-    let headers = upstream_req.headers();
-    assert!(headers.get("x-forwarded-proto").is_some());
-    assert!(headers.get("x-forwarded-for").is_some());
-    assert!(headers.get("forwarded").is_some());
-    assert!(headers.get("x-request-id").is_some());
-    assert!(headers.get("connection").is_none());
+    // What the backend would see.
+    let text = std::str::from_utf8(head).unwrap();
+    for field in [
+        "\r\nx-forwarded-proto: http",
+        "\r\nx-forwarded-for: ",
+        "\r\nforwarded: for=",
+        "\r\nx-request-id: ",
+    ] {
+        assert!(text.contains(field), "{field:?} in {text}");
+    }
+    assert!(text.starts_with("host: "), "{text}");
+    assert!(!text.contains("connection:"), "{text}");
+    assert_eq!(text.matches("x-request-id:").count(), 1, "{text}");
     drop((grant, record, upstream_req));
     phases
 }
@@ -269,11 +274,12 @@ fn run(
     client: SocketAddr,
 ) -> Vec<Phases> {
     let _inside = runtime.enter();
+    let mut head = BytesMut::with_capacity(1024);
     for _ in 0..10 {
-        one_request(gateway, make(), client);
+        one_request(gateway, make(), client, &mut head);
     }
     (0..1000)
-        .map(|_| one_request(gateway, make(), client))
+        .map(|_| one_request(gateway, make(), client, &mut head))
         .collect()
 }
 
@@ -284,7 +290,7 @@ fn client() -> SocketAddr {
 #[test]
 fn a_pass_through_request_allocates_nothing_on_sluices_own_path() {
     let (runtime, gateway) = gateway(CONFIG);
-    let make = || parsed_request("/api/items?page=2", &CLIENT_HEADERS, ADDED_REQUEST_HEADERS);
+    let make = || parsed_request("/api/items?page=2", &CLIENT_HEADERS);
     let phases = run(&gateway, &runtime, make, client());
     let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
     assert_eq!(*worst, Phases::default(), "allocations per phase");
@@ -298,7 +304,7 @@ fn a_client_request_id_and_a_wildcard_free_host_route_allocate_nothing() {
         ("x-request-id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
         ("accept", "*/*"),
     ];
-    let make = || parsed_request("/index.html", &headers, ADDED_REQUEST_HEADERS);
+    let make = || parsed_request("/index.html", &headers);
     let phases = run(&gateway, &runtime, make, client());
     let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
     assert_eq!(*worst, Phases::default(), "allocations per phase");
@@ -314,31 +320,31 @@ fn behind_a_trusted_proxy_the_chain_is_walked_and_extended_without_allocating() 
         ("forwarded", "for=203.0.113.9;proto=https"),
         ("x-forwarded-proto", "https"),
     ];
-    let make = || parsed_request("/api/x", &headers, ADDED_REQUEST_HEADERS);
+    let make = || parsed_request("/api/x", &headers);
     let phases = run(&gateway, &runtime, make, client());
     let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
     assert_eq!(*worst, Phases::default(), "allocations per phase");
 }
 
-/// Not sluice's own: a header map with no room for the headers sluice adds
-/// grows once (the `http` crate reallocates its index and entries). Listed
-/// so the figure is known; an HTTP/1 parser that reserves
-/// [`ADDED_REQUEST_HEADERS`] avoids it.
+/// The access log on: the id is made when the request arrives, and the
+/// backend is sent the same one; still nothing allocates but the id's
+/// share of its slab (none, with no request in flight).
 #[test]
-fn a_header_map_without_room_grows_when_the_forwarding_headers_are_added() {
-    let (runtime, gateway) = gateway(CONFIG);
-    let make = || parsed_request("/api/items", &CLIENT_HEADERS, 0);
-    let phases = run(&gateway, &runtime, make, client());
-    let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
-    let own = Phases {
-        rewrite: 0,
-        request_id: 0,
-        ..*worst
-    };
-    assert_eq!(own, Phases::default(), "only the header inserts allocate");
+fn with_the_access_log_on_the_logged_id_is_the_one_sent() {
+    let config = CONFIG.replace("access_log = false", "access_log = true");
+    let (runtime, gateway) = gateway(&config);
+    let _inside = runtime.enter();
+    let req = parsed_request("/api/items", &CLIENT_HEADERS);
+    let record = Record::open(&gateway, &req, client());
+    let id = record.request_id().cloned().expect("logged");
+    let (req, forwarding) =
+        prepare_upstream_request(req, client(), (None, Some(id.clone()), None), false);
+    let mut head = BytesMut::new();
+    forwarding.write_fields(req.headers(), &HeaderValue::from_static("t:1"), &mut head);
+    let text = std::str::from_utf8(&head).unwrap();
     assert!(
-        (1..=2).contains(&(worst.request_id + worst.rewrite)),
-        "the map's growth: {worst:?}"
+        text.contains(&format!("x-request-id: {}\r\n", id.to_str().unwrap())),
+        "{text}"
     );
 }
 
@@ -363,7 +369,7 @@ fn with_requests_in_flight_a_new_slab_is_taken_every_few_requests() {
     let (n, ()) = counted(|| {
         for i in 0..REQUESTS {
             headers.clear();
-            let id = ensure_request_id(&mut headers);
+            let id = crate::http::headers::request_id(&headers);
             crate::http::headers::write_forwarding_headers(&mut headers, &peer, Some(&host));
             let mut text = [0u8; 32];
             text.copy_from_slice(id.as_bytes());

@@ -8,42 +8,50 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Version};
 
 use super::classify::canonical_ip;
-use crate::http::headers::{Peer, strip_hop_by_hop, write_forwarding_headers};
+use crate::http::headers::{self, Forwarding, Peer};
 use crate::http::path::PathError;
 
-/// Rewrites the client's request for the upstream: HTTP/1.1, hop-by-hop
-/// headers gone, Host set to the host routed on, and the forwarding headers
-/// written (see [`write_forwarding_headers`]).
+/// The client's request as the upstream takes it: HTTP/1.1, and the
+/// rewrite of its head (hop-by-hop headers gone, Host set to the host
+/// routed on, the request id and the forwarding headers written, the
+/// upgrade asked for) as a [`Forwarding`], applied where the head is
+/// written. `request_id`: the one the access log shows, if it is on;
+/// otherwise it is decided here.
 pub(super) fn prepare_upstream_request<B>(
     mut req: Request<B>,
     client: SocketAddr,
-    host: Option<HeaderValue>,
+    (host, request_id, upgrade): (
+        Option<HeaderValue>,
+        Option<HeaderValue>,
+        Option<HeaderValue>,
+    ),
     peer_trusted: bool,
-) -> Request<B> {
+) -> (Request<B>, Forwarding) {
+    let request_id = request_id.unwrap_or_else(|| headers::request_id(req.headers()));
     let proto: &'static str = if req.extensions().get::<crate::tls::Secure>().is_some() {
         "https"
     } else {
         "http"
     };
     *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    // First, so that nothing the client's Connection names can touch what
-    // sluice adds below.
-    strip_hop_by_hop(headers);
     let peer = Peer {
         ip: canonical_ip(client.ip()),
         proto,
         trusted: peer_trusted,
     };
-    write_forwarding_headers(headers, &peer, host.as_ref());
-    if let Some(host) = host {
-        headers.insert(header::HOST, host);
-    }
-    req
+    (
+        req,
+        Forwarding {
+            peer,
+            request_id,
+            host,
+            upgrade,
+        },
+    )
 }
 
 /// The request's path in normal form (see [`crate::http::path`]), the query left

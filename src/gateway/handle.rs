@@ -23,7 +23,7 @@ use super::refusal::failure;
 use super::relay::Relay;
 use super::route::Route;
 use super::upgrade::{requested_upgrade, switch_is_allowed, tunnel};
-use crate::http::headers::{check_host, ensure_request_id, request_host, strip_hop_by_hop};
+use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
 use crate::http::upgrade::ClientUpgrade;
@@ -46,8 +46,7 @@ impl Gateway {
         // One spelling of the path before anything reads it: routing, the
         // key, the access log and the backend all see the same path.
         let target = normalise_target(&mut req);
-        let request_id = ensure_request_id(req.headers_mut());
-        let mut record = Record::open(self, &req, client, request_id);
+        let mut record = Record::open(self, &req, client);
         if let Break(response) = screen(&req, target) {
             return record.finish(Outcome::RejectedInvalid, response);
         }
@@ -176,17 +175,15 @@ impl Gateway {
         let upgrade = requested_upgrade(&req, &route.upgrades)
             .and_then(|protocol| Some((protocol, client_side?)));
         let peer_trusted = peer_is_trusted(client.ip(), &self.trusted_proxies);
-        let mut upstream_req = prepare_upstream_request(req, client, host, peer_trusted);
-        if let Some((protocol, _)) = &upgrade {
-            let headers = upstream_req.headers_mut();
-            headers.insert(header::UPGRADE, protocol.clone());
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+        let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
+        let request_id = record.request_id().cloned();
+        let (upstream_req, forwarding) =
+            prepare_upstream_request(req, client, (host, request_id, protocol), peer_trusted);
         let sent = Instant::now();
         let deadline = record.started + route.state.shaper.limits().timeout;
         let result = route
             .upstream
-            .send(upstream_req, deadline, &record.reached)
+            .send(upstream_req, &forwarding, deadline, &record.reached)
             .await;
         record.upstream_time = Some(sent.elapsed());
         match result {

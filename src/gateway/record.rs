@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::refusal::{body_failure, refusal};
 use super::route::Route;
+use crate::http::headers::request_id;
 use crate::http::request_body::ClientBodyError;
 use crate::http::{Body, STATUS_CLIENT_CLOSED};
 use crate::metrics::NO_ROUTE_LABEL;
@@ -57,13 +58,12 @@ impl<'g> Record<'g> {
         gateway: &'g Gateway,
         req: &Request<B>,
         client: SocketAddr,
-        request_id: HeaderValue,
     ) -> Record<'g> {
         Record {
             gateway,
             logged: gateway.access_log.then(|| Logged {
                 method: req.method().clone(),
-                request_id,
+                request_id: request_id(req.headers()),
                 uri: req.uri().clone(),
             }),
             route: None,
@@ -123,6 +123,12 @@ impl<'g> Record<'g> {
         self.finished = true;
         self.count(Outcome::Forwarded);
         self.line(Outcome::Forwarded, status)
+    }
+
+    /// The request id the access log shows, if it is on (the backend must
+    /// be sent the same).
+    pub(super) fn request_id(&self) -> Option<&HeaderValue> {
+        self.logged.as_ref().map(|logged| &logged.request_id)
     }
 
     pub(super) fn reached(&self) -> bool {

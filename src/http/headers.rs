@@ -11,18 +11,25 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
-/// Makes sure the request carries one `X-Request-Id` and returns it, for the
-/// access log and the backend. The client's is kept when it is one sane
-/// token (see [`is_sane_request_id`]); otherwise one is made here and
-/// replaces whatever was sent. Either way the value returned shares its
-/// bytes with the header (a clone is a reference count).
-pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+/// The request's `X-Request-Id`, for the access log and the backend: the
+/// client's when it sent one sane token (see [`is_sane_request_id`]),
+/// otherwise one made here, which replaces whatever was sent on the way to
+/// the backend ([`Forwarding::request_id`]). Either way the value shares
+/// its bytes (a clone is a reference count). The header map is not
+/// changed.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     let mut sent = headers.get_all(X_REQUEST_ID).iter();
     if let (Some(id), None) = (sent.next(), sent.next())
         && is_sane_request_id(id.as_bytes())
     {
         return id.clone();
     }
+    new_request_id()
+}
+
+/// A fresh request id: 32 lower-case hex digits, the process's 64-bit
+/// prefix then a counter, cut from this thread's id slab.
+fn new_request_id() -> HeaderValue {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     static PROCESS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
         let nanos = std::time::SystemTime::now()
@@ -31,7 +38,6 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         nanos ^ (u64::from(std::process::id()) << 32)
     });
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // 32 lower-case hex digits: the process's 64-bit prefix, then the counter.
     let prefix = *PROCESS;
     let mut text = [0u8; 32];
     for i in 0..16 {
@@ -39,13 +45,11 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         text[i] = HEX_DIGITS[((prefix >> shift) & 0xf) as usize];
         text[16 + i] = HEX_DIGITS[((n >> shift) & 0xf) as usize];
     }
-    let id = cut(&ID_SLAB, ID_SLAB_SIZE, |out| {
+    cut(&ID_SLAB, ID_SLAB_SIZE, |out| {
         out.extend_from_slice(&text);
         Ok(())
     })
-    .unwrap_or_else(|| HeaderValue::from_static("-"));
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
+    .unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -244,20 +248,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // hop-by-hop, not the `close` option and not a header sluice owns.
     let mut named: Vec<HeaderName> = Vec::new();
     if present[0] {
-        let tokens = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim);
-        for token in tokens {
-            let known = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .chain(&OWNED)
-                    .any(|h| h.as_str().eq_ignore_ascii_case(token));
-            if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+        for token in connection_tokens(headers) {
+            if !is_known(token)
+                && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            {
                 named.push(name);
             }
         }
@@ -337,22 +331,240 @@ pub(crate) fn write_forwarding_headers(
         if peer.trusted {
             append_lines(text, headers, &header::FORWARDED);
         }
-        text.extend_from_slice(b"for=");
-        write_ip(text, peer.ip, true)?;
-        text.extend_from_slice(b";proto=");
-        text.extend_from_slice(peer.proto.as_bytes());
-        if let Some(host) = host
-            && host
-                .as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(b))
-        {
-            text.extend_from_slice(b";host=");
-            text.extend_from_slice(host.as_bytes());
-        }
-        Ok(())
+        write_forwarded_element(text, peer, host)
     });
     set(headers, header::FORWARDED, forwarded);
+}
+
+/// What sluice changes in a request's head on its way to the backend,
+/// decided by the gateway and applied where the head is written: on the
+/// HTTP/1.1 path while the client's header lines are copied out
+/// ([`Forwarding::write_fields`], one pass, the header map untouched), on
+/// the general client's path to the header map ([`Forwarding::apply`]).
+/// Both give the backend the same fields.
+pub(crate) struct Forwarding {
+    pub(crate) peer: Peer,
+    /// Sent as the one `X-Request-Id` (see [`request_id`]).
+    pub(crate) request_id: HeaderValue,
+    /// The host routed on: sent as Host and X-Forwarded-Host (and in
+    /// Forwarded).
+    pub(crate) host: Option<HeaderValue>,
+    /// An Upgrade the route allows: sent as `Upgrade: <protocol>` with
+    /// `Connection: upgrade`, after every hop-by-hop field is gone.
+    pub(crate) upgrade: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    /// The rewrite on a header map: hop-by-hop fields gone, the forwarding
+    /// fields written, Host set, the upgrade asked for.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        // First, so that nothing the client's Connection names can touch
+        // what sluice adds below.
+        strip_hop_by_hop(headers);
+        write_forwarding_headers(headers, &self.peer, self.host.as_ref());
+        headers.insert(X_REQUEST_ID, self.request_id.clone());
+        if let Some(host) = &self.host {
+            headers.insert(header::HOST, host.clone());
+        }
+        if let Some(protocol) = &self.upgrade {
+            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+
+    /// Writes `headers` as HTTP/1.1 field lines, as [`Forwarding::apply`]
+    /// would have left them, except `Content-Length` and
+    /// `Transfer-Encoding` (the body's framing is the writer's). Host comes
+    /// first: the one routed on, else the client's, else `default_host`.
+    /// The client's lines are copied in their order; sluice's follow.
+    pub(crate) fn write_fields(
+        &self,
+        headers: &HeaderMap,
+        default_host: &HeaderValue,
+        dst: &mut BytesMut,
+    ) {
+        let seen = Seen::of(headers);
+        let trusted = self.peer.trusted;
+        match &self.host {
+            Some(host) => put_field(dst, b"host", host.as_bytes()),
+            None if seen.host => {
+                for host in headers.get_all(header::HOST) {
+                    put_field(dst, b"host", host.as_bytes());
+                }
+            }
+            None => put_field(dst, b"host", default_host.as_bytes()),
+        }
+        let keep_proto = trusted && seen.forwarded_proto;
+        let keep_host = trusted && seen.forwarded_host;
+        for (name, value) in headers {
+            let keep = match Field::of(name.as_str()) {
+                Field::Other => !(seen.named_by_connection && named_by(headers, name)),
+                Field::HopByHop | Field::Host | Field::Proxy | Field::RequestId => false,
+                Field::ForwardedFor | Field::Forwarded => false,
+                Field::ForwardedProto => keep_proto,
+                Field::ForwardedHost => keep_host,
+            };
+            if keep {
+                put_field(dst, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        put_field(dst, b"x-request-id", self.request_id.as_bytes());
+        dst.put_slice(b"x-forwarded-for: ");
+        if trusted {
+            append_lines(dst, headers, &X_FORWARDED_FOR);
+        }
+        let _ = write_ip(dst, self.peer.ip, false);
+        dst.put_slice(b"\r\n");
+        if !keep_proto {
+            put_field(dst, b"x-forwarded-proto", self.peer.proto.as_bytes());
+        }
+        if !keep_host && let Some(host) = &self.host {
+            put_field(dst, b"x-forwarded-host", host.as_bytes());
+        }
+        dst.put_slice(b"forwarded: ");
+        if trusted {
+            append_lines(dst, headers, &header::FORWARDED);
+        }
+        let _ = write_forwarded_element(dst, &self.peer, self.host.as_ref());
+        dst.put_slice(b"\r\n");
+        if let Some(protocol) = &self.upgrade {
+            put_field(dst, b"upgrade", protocol.as_bytes());
+            dst.put_slice(b"connection: upgrade\r\n");
+        }
+    }
+}
+
+fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
+    dst.put_slice(b"\r\n");
+}
+
+/// What a request's field name means to the rewrite.
+enum Field {
+    HopByHop,
+    Proxy,
+    Host,
+    RequestId,
+    ForwardedFor,
+    Forwarded,
+    ForwardedProto,
+    ForwardedHost,
+    Other,
+}
+
+impl Field {
+    /// By the name's text (lower case, as every `HeaderName` is).
+    fn of(name: &str) -> Field {
+        if hop_by_hop_index(name).is_some() || name == "content-length" {
+            return Field::HopByHop;
+        }
+        match name {
+            "host" => Field::Host,
+            "x-request-id" => Field::RequestId,
+            "x-forwarded-for" => Field::ForwardedFor,
+            "forwarded" => Field::Forwarded,
+            "x-forwarded-proto" => Field::ForwardedProto,
+            "x-forwarded-host" => Field::ForwardedHost,
+            "proxy" => Field::Proxy,
+            _ if name.starts_with("proxy-") => Field::Proxy,
+            _ => Field::Other,
+        }
+    }
+}
+
+/// What one pass over a request's field names finds.
+#[derive(Default)]
+struct Seen {
+    host: bool,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+    /// The Connection header names a field that is not hop-by-hop anyway
+    /// (nor `close`, nor one sluice owns): rare, and then each field is
+    /// checked against it.
+    named_by_connection: bool,
+}
+
+impl Seen {
+    fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        let mut connection = false;
+        for name in headers.keys() {
+            match name.as_str() {
+                "host" => seen.host = true,
+                "x-forwarded-proto" => seen.forwarded_proto = true,
+                "x-forwarded-host" => seen.forwarded_host = true,
+                "connection" => connection = true,
+                _ => {}
+            }
+        }
+        // The common Connection (`keep-alive` or `close`, one line) names
+        // nothing more, and is known without splitting it.
+        if connection {
+            let mut lines = headers.get_all(header::CONNECTION).iter();
+            let plain = match (lines.next(), lines.next()) {
+                (Some(line), None) => {
+                    let line = line.as_bytes();
+                    line.eq_ignore_ascii_case(b"keep-alive") || line.eq_ignore_ascii_case(b"close")
+                }
+                _ => false,
+            };
+            seen.named_by_connection =
+                !plain && connection_tokens(headers).any(|token| !is_known(token));
+        }
+        seen
+    }
+}
+
+/// The tokens of every Connection line.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// A Connection token that names no field to remove beyond the hop-by-hop
+/// ones: empty, `close`, hop-by-hop, or a field sluice owns.
+fn is_known(token: &str) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case("close")
+        || HOP_BY_HOP
+            .iter()
+            .chain(&OWNED)
+            .any(|h| h.as_str().eq_ignore_ascii_case(token))
+}
+
+/// Whether the Connection header names `name` (as a field to remove).
+fn named_by(headers: &HeaderMap, name: &HeaderName) -> bool {
+    connection_tokens(headers)
+        .any(|token| !is_known(token) && token.eq_ignore_ascii_case(name.as_str()))
+}
+
+/// This hop's element of Forwarded: `for=` the client, `proto=`, and
+/// `host=` when the host is plain enough to need no quoting.
+fn write_forwarded_element(
+    text: &mut BytesMut,
+    peer: &Peer,
+    host: Option<&HeaderValue>,
+) -> std::fmt::Result {
+    text.extend_from_slice(b"for=");
+    write_ip(text, peer.ip, true)?;
+    text.extend_from_slice(b";proto=");
+    text.extend_from_slice(peer.proto.as_bytes());
+    if let Some(host) = host
+        && host
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(b))
+    {
+        text.extend_from_slice(b";host=");
+        text.extend_from_slice(host.as_bytes());
+    }
+    Ok(())
 }
 
 /// Every line of a list header, in order, each followed by ", ".
@@ -465,9 +677,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(X_REQUEST_ID, HeaderValue::from_static("one"));
         headers.append(X_REQUEST_ID, HeaderValue::from_static("two"));
-        let id = ensure_request_id(&mut headers);
+        let id = request_id(&headers);
         assert_eq!(id.len(), 32);
-        assert_eq!(headers.get_all(X_REQUEST_ID).iter().count(), 1);
+        headers.remove(X_REQUEST_ID);
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
     }
 
     #[test]
@@ -510,10 +724,96 @@ mod tests {
         text.clear();
         write_ip(&mut text, "2001:db8::1".parse().unwrap(), false).unwrap();
         assert_eq!(&text[..], b"2001:db8::1");
-        let mut ids = HeaderMap::new();
-        let id = ensure_request_id(&mut ids);
+        let id = request_id(&HeaderMap::new());
         assert_eq!(id.len(), 32);
         assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
-        assert_eq!(ensure_request_id(&mut ids), id, "an id once made is kept");
+        assert_ne!(request_id(&HeaderMap::new()), id, "each id made is new");
+    }
+
+    /// The fields `apply` leaves in a map, as sorted `name: value` lines
+    /// (one per value), and those `write_fields` writes, must agree.
+    fn both_ways(pairs: &[(&str, &str)], forwarding: &Forwarding) -> (Vec<String>, Vec<String>) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let default_host = HeaderValue::from_static("target:80");
+        let mut written = BytesMut::new();
+        forwarding.write_fields(&headers, &default_host, &mut written);
+        let mut written: Vec<String> = std::str::from_utf8(&written)
+            .unwrap()
+            .split_terminator("\r\n")
+            .map(str::to_owned)
+            .collect();
+        forwarding.apply(&mut headers);
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, default_host);
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        let mut applied: Vec<String> = headers
+            .iter()
+            .map(|(n, v)| format!("{}: {}", n, v.to_str().unwrap()))
+            .collect();
+        written.sort();
+        applied.sort();
+        (written, applied)
+    }
+
+    #[test]
+    fn writing_the_fields_gives_what_applying_them_to_a_map_does() {
+        let requests: [&[(&str, &str)]; 5] = [
+            &[
+                ("host", "a.example"),
+                ("user-agent", "ab"),
+                ("accept", "*/*"),
+                ("connection", "keep-alive"),
+            ],
+            &[
+                ("host", "a.example"),
+                ("connection", "x-secret, close, X-Request-Id"),
+                ("x-secret", "1"),
+                ("x-request-id", "abc"),
+                ("x-request-id", "def"),
+                ("proxy-authorization", "Basic x"),
+                ("te", "trailers"),
+                ("content-length", "3"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+            ],
+            &[
+                ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+                ("x-forwarded-for", "10.0.0.2"),
+                ("forwarded", "for=203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "orig.example"),
+                ("upgrade", "h2c"),
+                ("keep-alive", "timeout=5"),
+            ],
+            &[("transfer-encoding", "chunked"), ("proxy", "http://evil")],
+            &[],
+        ];
+        for trusted in [false, true] {
+            for (i, pairs) in requests.iter().enumerate() {
+                for host in [None, Some(HeaderValue::from_static("routed.example:8080"))] {
+                    for upgrade in [None, Some(HeaderValue::from_static("websocket"))] {
+                        let forwarding = Forwarding {
+                            peer: Peer {
+                                ip: "192.0.2.7".parse().unwrap(),
+                                proto: "https",
+                                trusted,
+                            },
+                            request_id: HeaderValue::from_static("id-1"),
+                            host: host.clone(),
+                            upgrade,
+                        };
+                        let (written, applied) = both_ways(pairs, &forwarding);
+                        assert_eq!(written, applied, "request {i}, trusted {trusted}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::request::Parts;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
 use crate::http::BoxError;
 use crate::http::h1::{EncodeError, Encoder, HeadError, HeadLimits, ResponseHead, parse_response};
+use crate::http::headers::Forwarding;
 use crate::http::request_body::{ClientBodyError, RequestBody};
 
 /// Room made in the read buffer before each read.
@@ -124,7 +125,12 @@ impl Connection {
 
     /// Writes the request head (and how its body is framed) into the write
     /// buffer; returns the body as it goes out after the head.
-    pub(super) fn prepare(&mut self, parts: &Parts, body: RequestBody) -> Outgoing {
+    pub(super) fn prepare(
+        &mut self,
+        parts: &Parts,
+        rewrite: (Option<&Forwarding>, &HeaderValue),
+        body: RequestBody,
+    ) -> Outgoing {
         let dst = &mut self.write;
         dst.clear();
         // A request that said Content-Length: 0 says it again; one that said
@@ -152,7 +158,7 @@ impl Connection {
             } => {
                 // Trailers go out only on a chunked body (rare: framed here,
                 // after the head, with a copy).
-                write_head(dst, parts, BodyFraming::Chunked);
+                write_head(dst, parts, rewrite, BodyFraming::Chunked);
                 let mut encoder = Encoder::chunked();
                 let data = data.unwrap_or_default();
                 let framed = encoder
@@ -175,7 +181,7 @@ impl Connection {
                 }
             }
         };
-        write_head(dst, parts, framing);
+        write_head(dst, parts, rewrite, framing);
         outgoing
     }
 
@@ -266,22 +272,37 @@ enum BodyFraming {
 /// Writes the request line and header fields, then the framing header.
 /// Content-Length and Transfer-Encoding from the request are replaced by
 /// sluice's own: the body is framed here, whatever the client's framing.
-fn write_head(dst: &mut BytesMut, parts: &Parts, framing: BodyFraming) {
+/// With a [`Forwarding`] the fields are rewritten as they are copied;
+/// without one they go as they are, with `default_host` if there is no
+/// Host.
+fn write_head(
+    dst: &mut BytesMut,
+    parts: &Parts,
+    (forwarding, default_host): (Option<&Forwarding>, &HeaderValue),
+    framing: BodyFraming,
+) {
     let headers: &HeaderMap = &parts.headers;
-    dst.reserve(64 + headers.len() * 32);
+    // Room for the forwarding fields too: the buffer is the connection's,
+    // so once warm it holds a head without growing.
+    dst.reserve(320 + headers.len() * 32);
     dst.put_slice(parts.method.as_str().as_bytes());
     dst.put_u8(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     dst.put_slice(target.as_bytes());
     dst.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
+    match forwarding {
+        Some(forwarding) => forwarding.write_fields(headers, default_host, dst),
+        None => {
+            if !headers.contains_key(header::HOST) {
+                put_field(dst, b"host", default_host.as_bytes());
+            }
+            for (name, value) in headers {
+                if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                    continue;
+                }
+                put_field(dst, name.as_str().as_bytes(), value.as_bytes());
+            }
         }
-        dst.put_slice(name.as_str().as_bytes());
-        dst.put_slice(b": ");
-        dst.put_slice(value.as_bytes());
-        dst.put_slice(b"\r\n");
     }
     match framing {
         BodyFraming::None => {}
@@ -292,6 +313,13 @@ fn write_head(dst: &mut BytesMut, parts: &Parts, framing: BodyFraming) {
         }
         BodyFraming::Chunked => dst.put_slice(b"transfer-encoding: chunked\r\n"),
     }
+    dst.put_slice(b"\r\n");
+}
+
+fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
     dst.put_slice(b"\r\n");
 }
 

@@ -32,6 +32,7 @@ use super::h1body::H1Body;
 use super::h1conn::{Connection, ExchangeError};
 use crate::http::BoxError;
 use crate::http::h1::HeadLimits;
+use crate::http::headers::Forwarding;
 
 /// Why a request could not be relayed on this path.
 #[derive(Debug)]
@@ -144,14 +145,24 @@ impl H1Pool {
 
     /// Sends `req` (origin-form URI) and waits for the response head.
     /// `reached` turns true when the request is handed to a connection.
+    /// Its headers go as they are (but for the body's framing), with a
+    /// Host (the target's) if they have none.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
         reached: &AtomicBool,
     ) -> Result<(Response<H1Body>, Lease), H1Error> {
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, self.host.clone());
-        }
+        self.send_forwarded(req, None, reached).await
+    }
+
+    /// [`H1Pool::send`], the head rewritten by `forwarding` as it is
+    /// written.
+    pub(crate) async fn send_forwarded(
+        self: &Arc<Self>,
+        mut req: Request<ProxyBody>,
+        forwarding: Option<&Forwarding>,
+        reached: &AtomicBool,
+    ) -> Result<(Response<H1Body>, Lease), H1Error> {
         // Origin form only: an absolute-form target from the client
         // (`GET http://elsewhere/ HTTP/1.1`) must not reach the backend as one.
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -168,7 +179,7 @@ impl H1Pool {
             None => (self.connect().await?, Arc::default(), false),
         };
         reached.store(true, Ordering::Release);
-        let outgoing = conn.prepare(&parts, body);
+        let outgoing = conn.prepare(&parts, (forwarding, &self.host), body);
         if let Err(err) = conn.send_head(&outgoing).await {
             // Never sent: the idle connection was closed under us.
             if !(reused && err.is_unsent()) {

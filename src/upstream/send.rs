@@ -30,6 +30,7 @@ use super::h1pool::{H1Error, Lease};
 use super::target::{Target, TargetGuard};
 use super::{ProxyBody, Upstream, UpstreamBody, UpstreamError};
 use crate::http::BoxError;
+use crate::http::headers::Forwarding;
 use crate::http::request_body::{BodyWatch, ClientBodyError, RequestBody, client_fault};
 
 /// What one try on a target gave: a response head (and, on the HTTP/1.1
@@ -43,9 +44,10 @@ impl Upstream {
     /// bodiless requests that could not connect, on other targets, until
     /// `deadline`. `reached` turns true once the request has been handed to
     /// a connection to a target (from then on the backend may have it).
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
+        forwarding: &Forwarding,
         deadline: Instant,
         reached: &AtomicBool,
     ) -> Result<(Response<UpstreamBody>, TargetGuard), UpstreamError> {
@@ -73,7 +75,7 @@ impl Upstream {
             };
             let body = body.take().unwrap_or(RequestBody::Empty);
             let error = match self
-                .attempt(guard, parts, body, watch.as_ref(), reached)
+                .attempt(guard, (parts, forwarding), body, watch.as_ref(), reached)
                 .await
             {
                 Ok(sent) => return Ok(sent),
@@ -99,17 +101,19 @@ impl Upstream {
     async fn attempt(
         self: &Arc<Self>,
         mut guard: TargetGuard,
-        parts: Parts,
+        (parts, forwarding): (Parts, &Forwarding),
         body: RequestBody,
         watch: Option<&BodyWatch>,
         reached: &AtomicBool,
     ) -> Result<(Response<UpstreamBody>, TargetGuard), UpstreamError> {
         let target = &self.targets[guard.target];
-        let req = self.for_target(target, parts).map(|()| body);
+        let req = self.for_target(target, parts, forwarding).map(|()| body);
         let concurrency = self.inflight();
         let started = Instant::now();
         target.metrics.request();
-        let result = tokio::time::timeout(self.timeout, self.request(target, req, reached)).await;
+        let result =
+            tokio::time::timeout(self.timeout, self.request(target, req, forwarding, reached))
+                .await;
         let elapsed = started.elapsed();
         // The client's failure is its own outcome: the target is not
         // blamed (no health, error metric or adaptive sample), and the
@@ -150,11 +154,14 @@ impl Upstream {
         Err(error)
     }
 
-    /// The head as `target` gets it: through the general client, with the
-    /// target's URI (and, over HTTP/2, no Host).
-    fn for_target(&self, target: &Target, parts: Parts) -> Request<()> {
+    /// The head as `target` gets it: through the general client, rewritten
+    /// (see [`Forwarding::apply`]), with the target's URI (and, over
+    /// HTTP/2, no Host). On the HTTP/1.1 pool's path the head is rewritten
+    /// as it is written.
+    fn for_target(&self, target: &Target, parts: Parts, forwarding: &Forwarding) -> Request<()> {
         let mut req = Request::from_parts(parts, ());
         if target.h1.is_none() {
+            forwarding.apply(req.headers_mut());
             *req.uri_mut() = self.target_uri(req.uri(), &target.addr);
             // Over HTTP/2 the URI's authority (the target) is sent as
             // `:authority`, and a Host naming another host would make the
@@ -175,6 +182,7 @@ impl Upstream {
         &self,
         target: &Target,
         mut req: Request<ProxyBody>,
+        forwarding: &Forwarding,
         reached: &AtomicBool,
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), (BoxError, bool)> {
         let Some(pool) = &target.h1 else {
@@ -197,7 +205,7 @@ impl Upstream {
                 }
             };
         };
-        match pool.send(req, reached).await {
+        match pool.send_forwarded(req, Some(forwarding), reached).await {
             Ok((response, lease)) => Ok((response.map(UpstreamBody::H1), Some(lease))),
             Err(H1Error::Connect(err)) => Err((err, true)),
             Err(H1Error::Request(err)) => Err((Box::new(err), false)),

@@ -410,9 +410,9 @@ impl<S: ClientStream> Connection<S> {
     /// Phase 3: writes the response. Returns whether the connection closes
     /// after it.
     async fn answer(&mut self, response: Response<Body>, asked: Asked) -> std::io::Result<bool> {
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let mut out = buffers::take();
-        let (framing, close) = encode_head(&mut parts, &body.size_hint(), asked, &mut out);
+        let (framing, close) = encode_head(&parts, &body.size_hint(), asked, &mut out);
         let result = match framing {
             Framing::None => {
                 drop(body);

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header;
 use http::response::Parts;
 use http::{Method, StatusCode, Version};
 use http_body::SizeHint;
@@ -38,78 +38,139 @@ pub(super) enum Framing {
     Body(Encoder),
 }
 
+/// What the head says for one of the fields framing and connection control
+/// decide: the response's own line(s), none, or one line of sluice's in
+/// their place (where the first of them stood, else at the end), as
+/// `HeaderMap::insert` would have put it.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Keep,
+    Drop,
+    Set(&'a [u8]),
+}
+
 /// Writes the response head into `dst` and says how to frame the body and
-/// whether the connection closes afterwards.
+/// whether the connection closes afterwards. The response's header map is
+/// read, not changed: the framing and connection fields are decided first
+/// and written in place as the map is walked once.
 pub(super) fn encode_head(
-    parts: &mut Parts,
+    parts: &Parts,
     hint: &SizeHint,
     asked: Asked,
     dst: &mut BytesMut,
 ) -> (Framing, bool) {
     let status = parts.status;
-    let headers = &mut parts.headers;
+    let headers = &parts.headers;
     let mut close = !asked.keep_alive;
+    let mut digits = [0u8; 20];
     let bodiless_status = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless_status {
-        if status != StatusCode::NOT_MODIFIED {
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        headers.remove(header::TRANSFER_ENCODING);
-        Framing::None
+    let (framing, length, coding) = if bodiless_status {
+        let length = if status == StatusCode::NOT_MODIFIED {
+            Field::Keep
+        } else {
+            Field::Drop
+        };
+        (Framing::None, length, Field::Drop)
     } else if asked.head {
         // The answer to a HEAD says what a GET would get, as the backend
         // (or the local answer) said it.
-        if !headers.contains_key(header::CONTENT_LENGTH)
-            && let Some(n) = hint.exact()
-            && n > 0
-        {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        Framing::None
+        let length = match hint.exact() {
+            Some(n) if n > 0 && !headers.contains_key(header::CONTENT_LENGTH) => {
+                Field::Set(decimal(n, &mut digits))
+            }
+            _ => Field::Keep,
+        };
+        (Framing::None, length, Field::Keep)
     } else if let Some(n) = hint.exact() {
-        headers.remove(header::TRANSFER_ENCODING);
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        Framing::Body(Encoder::length(n))
+        let length = Field::Set(decimal(n, &mut digits));
+        (Framing::Body(Encoder::length(n)), length, Field::Drop)
     } else if let Some(n) = declared_length(headers) {
-        headers.remove(header::TRANSFER_ENCODING);
-        Framing::Body(Encoder::length(n))
+        (Framing::Body(Encoder::length(n)), Field::Keep, Field::Drop)
     } else if asked.version == Version::HTTP_11 {
-        headers.remove(header::CONTENT_LENGTH);
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        Framing::Body(Encoder::chunked())
+        (
+            Framing::Body(Encoder::chunked()),
+            Field::Drop,
+            Field::Set(b"chunked"),
+        )
     } else {
-        headers.remove(header::CONTENT_LENGTH);
         close = true;
-        Framing::Body(Encoder::close_delimited())
+        (
+            Framing::Body(Encoder::close_delimited()),
+            Field::Drop,
+            Field::Keep,
+        )
     };
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    let connection = if status == StatusCode::SWITCHING_PROTOCOLS {
         // Connection: upgrade stays; the connection is handed on.
+        Field::Keep
     } else if close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Field::Set(b"close")
     } else if asked.version == Version::HTTP_10 {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        Field::Set(b"keep-alive")
     } else {
-        headers.remove(header::CONNECTION);
-    }
+        Field::Drop
+    };
     write_status_line(status, dst);
     if !headers.contains_key(header::DATE) {
         dst.put_slice(b"date: ");
         put_date(dst);
         dst.put_slice(b"\r\n");
     }
-    for (name, value) in headers.iter() {
-        dst.put_slice(name.as_str().as_bytes());
-        dst.put_slice(b": ");
-        dst.put_slice(value.as_bytes());
-        dst.put_slice(b"\r\n");
+    // Whether each `Set` field has been written yet.
+    let mut written = [false; 3];
+    for (name, value) in headers {
+        let (field, slot) = if name == header::CONTENT_LENGTH {
+            (length, 0)
+        } else if name == header::TRANSFER_ENCODING {
+            (coding, 1)
+        } else if name == header::CONNECTION {
+            (connection, 2)
+        } else {
+            (Field::Keep, 3)
+        };
+        match field {
+            Field::Keep => put_field(dst, name.as_str().as_bytes(), value.as_bytes()),
+            Field::Drop => {}
+            Field::Set(text) => {
+                if !std::mem::replace(&mut written[slot], true) {
+                    put_field(dst, name.as_str().as_bytes(), text);
+                }
+            }
+        }
+    }
+    let names: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"connection"];
+    for (slot, field) in [length, coding, connection].into_iter().enumerate() {
+        if let Field::Set(text) = field
+            && !written[slot]
+        {
+            put_field(dst, names[slot], text);
+        }
     }
     dst.put_slice(b"\r\n");
     (framing, close)
+}
+
+fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
+    dst.put_slice(b"\r\n");
+}
+
+/// `n` in decimal, written into the end of `digits`.
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[at..]
 }
 
 /// A refusal written before any request reached the gateway (a head that
@@ -184,13 +245,14 @@ fn put_date(dst: &mut BytesMut) {
 mod tests {
     use bytes::Bytes;
     use http::Response;
+    use http::header::HeaderValue;
 
     use super::*;
 
     fn encode(response: Response<()>, hint: SizeHint, asked: Asked) -> (String, Framing, bool) {
-        let (mut parts, ()) = response.into_parts();
+        let (parts, ()) = response.into_parts();
         let mut dst = BytesMut::new();
-        let (framing, close) = encode_head(&mut parts, &hint, asked, &mut dst);
+        let (framing, close) = encode_head(&parts, &hint, asked, &mut dst);
         (String::from_utf8(dst.to_vec()).unwrap(), framing, close)
     }
 
