@@ -11,6 +11,8 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
+use crate::http::h1::write::put_field;
+
 /// The request's `X-Request-Id`, for the access log and the backend: the
 /// client's when it sent one sane token (see [`is_sane_request_id`]),
 /// otherwise one made here, which replaces whatever was sent on the way to
@@ -432,13 +434,6 @@ impl Forwarding {
             dst.put_slice(b"connection: upgrade\r\n");
         }
     }
-}
-
-fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
-    dst.put_slice(name);
-    dst.put_slice(b": ");
-    dst.put_slice(value);
-    dst.put_slice(b"\r\n");
 }
 
 /// What a request's field name means to the rewrite.

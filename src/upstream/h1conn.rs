@@ -26,6 +26,7 @@ use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
 use crate::http::BoxError;
+use crate::http::h1::write::{put_decimal, put_field};
 use crate::http::h1::{EncodeError, Encoder, HeadError, HeadLimits, ResponseHead, parse_response};
 use crate::http::headers::Forwarding;
 use crate::http::request_body::{ClientBodyError, RequestBody};
@@ -314,27 +315,6 @@ fn write_head(
         BodyFraming::Chunked => dst.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     dst.put_slice(b"\r\n");
-}
-
-fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
-    dst.put_slice(name);
-    dst.put_slice(b": ");
-    dst.put_slice(value);
-    dst.put_slice(b"\r\n");
-}
-
-fn put_decimal(dst: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.put_slice(&digits[at..]);
 }
 
 /// Reads until a final response head is in: interim 1xx heads are read

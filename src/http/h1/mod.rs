@@ -24,6 +24,7 @@ pub mod body;
 pub mod incoming;
 pub mod request;
 pub mod response;
+pub(crate) mod write;
 
 pub use body::{
     BodyError, Decoded, Decoder, DecoderLimits, EncodeError, Encoder, Frame, LAST_CHUNK,

@@ -19,6 +19,7 @@ use http_body::SizeHint;
 
 use crate::http::h1::body::Encoder;
 use crate::http::h1::request::parse_length;
+use crate::http::h1::write::{decimal, put_field};
 
 /// What the request decided about its response.
 #[derive(Debug, Clone, Copy)]
@@ -150,27 +151,6 @@ pub(super) fn encode_head(
     }
     dst.put_slice(b"\r\n");
     (framing, close)
-}
-
-fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
-    dst.put_slice(name);
-    dst.put_slice(b": ");
-    dst.put_slice(value);
-    dst.put_slice(b"\r\n");
-}
-
-/// `n` in decimal, written into the end of `digits`.
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &digits[at..]
 }
 
 /// A refusal written before any request reached the gateway (a head that
