@@ -94,12 +94,19 @@ impl Gateway {
 
     /// Updates the sampled gauges and renders the metrics text.
     pub fn render_metrics(&self) -> String {
+        self.sample_metrics();
+        self.telemetry.metrics.render()
+    }
+
+    /// Sets the gauges that are read rather than counted (queue depths,
+    /// in-flight requests, target health) on every route and upstream of
+    /// this generation, including upstreams no route names.
+    pub fn sample_metrics(&self) {
         for route in &self.routes {
             route.sample_metrics();
         }
         for upstream in &self.upstreams {
             upstream.sample_metrics();
         }
-        self.telemetry.metrics.render()
     }
 }

@@ -142,6 +142,19 @@ pub(super) struct UpstreamTrack {
     pub history: Ring<UpstreamSecond>,
 }
 
+/// The track `is` picks out, made by `new` when there is none yet (a route
+/// or upstream that appeared with a reload).
+fn track<T>(tracks: &mut Vec<T>, is: impl Fn(&T) -> bool, new: impl FnOnce() -> T) -> &mut T {
+    let index = match tracks.iter().position(is) {
+        Some(index) => index,
+        None => {
+            tracks.push(new());
+            tracks.len() - 1
+        }
+    };
+    &mut tracks[index]
+}
+
 impl UpstreamTrack {
     pub(super) fn targets(&self) -> impl Iterator<Item = &TargetNow> {
         self.targets.iter().map(|(_, now)| now)
@@ -197,18 +210,15 @@ impl Board {
         self.routes
             .retain(|t| routes.iter().any(|r| r.name == t.name));
         for route in routes {
-            let index = match self.routes.iter().position(|t| t.name == route.name) {
-                Some(index) => index,
-                None => {
-                    self.routes.push(RouteTrack {
-                        name: route.name.clone(),
-                        baseline: None,
-                        history: Ring::new(HISTORY),
-                    });
-                    self.routes.len() - 1
-                }
-            };
-            let track = &mut self.routes[index];
+            let track = track(
+                &mut self.routes,
+                |t| t.name == route.name,
+                || RouteTrack {
+                    name: route.name.clone(),
+                    baseline: None,
+                    history: Ring::new(HISTORY),
+                },
+            );
             let counts = ROUTE_OUTCOMES.map(|o| {
                 readings
                     .counter(
@@ -228,7 +238,12 @@ impl Board {
                 let grown = depth as f64 - then_depth as f64;
                 track.history.push(RouteSecond {
                     offered: (ended + grown / seconds).max(0.0),
-                    released: outcomes[0] + outcomes[5],
+                    released: ROUTE_OUTCOMES
+                        .iter()
+                        .zip(&outcomes)
+                        .filter(|(o, _)| matches!(o, Outcome::Forwarded | Outcome::UpstreamError))
+                        .map(|(_, rate)| rate)
+                        .sum(),
                     rate: shaper.limits().rate.map(|(rate, _)| rate),
                     depth,
                     oldest_wait: shaper.oldest_wait().as_secs_f64(),
@@ -244,22 +259,20 @@ impl Board {
         self.upstreams
             .retain(|t| configured.iter().any(|u| u.name == t.name));
         for upstream in configured {
-            let index = match self.upstreams.iter().position(|t| t.name == upstream.name) {
-                Some(index) => index,
-                None => {
-                    self.upstreams.push(UpstreamTrack {
-                        name: upstream.name.clone(),
-                        max_inflight: 0,
-                        adaptive: false,
-                        errors_total: [0; 3],
-                        series: Series::new(),
-                        targets: Vec::new(),
-                        history: Ring::new(HISTORY),
-                    });
-                    self.upstreams.len() - 1
-                }
-            };
-            self.upstreams[index].tick(upstream, readings, seconds);
+            track(
+                &mut self.upstreams,
+                |t| t.name == upstream.name,
+                || UpstreamTrack {
+                    name: upstream.name.clone(),
+                    max_inflight: 0,
+                    adaptive: false,
+                    errors_total: [0; 3],
+                    series: Series::new(),
+                    targets: Vec::new(),
+                    history: Ring::new(HISTORY),
+                },
+            )
+            .tick(upstream, readings, seconds);
         }
     }
 }

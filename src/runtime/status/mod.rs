@@ -57,23 +57,8 @@ impl Status {
     fn sample(&self, live: &Live) {
         let gateway = live.gateway.load_full();
         let config = live.config.load_full();
-        // Target in-flight and health are gauges set when sampled: set them
-        // now. An upstream no route names is reached only through the
-        // gateway's own sampling (which also renders the metrics text).
-        let mut reached: Vec<&str> = Vec::new();
-        for route in gateway.routes() {
-            if !reached.contains(&route.upstream.name()) {
-                route.upstream.sample_metrics();
-                reached.push(route.upstream.name());
-            }
-        }
-        if config
-            .upstreams
-            .keys()
-            .any(|name| !reached.contains(&name.as_str()))
-        {
-            drop(gateway.render_metrics());
-        }
+        // Target in-flight and health are gauges set when sampled.
+        gateway.sample_metrics();
         let readings = Readings::new(live.metrics.registry().gather());
         self.board
             .lock()
