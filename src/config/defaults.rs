@@ -77,3 +77,14 @@ pub(crate) const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const MAX_KEY_PREFIX_BYTES: usize = 128;
 pub(crate) const MAX_LEASE: u32 = 1000;
 pub(crate) const MAX_EXPECTED_INSTANCES: u32 = 10_000;
+
+/// `[dns] timeout`: one DNS query's longest wait.
+pub(crate) const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// `[dns] timeout` bounds.
+pub(crate) const MIN_DNS_TIMEOUT: Duration = Duration::from_millis(100);
+pub(crate) const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(60);
+/// `resolve_interval`: how often a discovered name is resolved again.
+pub(crate) const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+/// `resolve_interval` bounds.
+pub(crate) const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const MAX_RESOLVE_INTERVAL: Duration = Duration::from_secs(3600);

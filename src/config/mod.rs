@@ -39,7 +39,7 @@ pub use defaults::DEFAULT_UPGRADE;
 pub use load::ConfigError;
 pub use model::{
     ActiveHealth, AdaptiveConfig, AdminConfig, Balance, ClassConfig, ClassMatch, Config,
-    Discipline, Fairness, KeyLimitConfig, KeyPart, LimitBackend, LimitConfig, LogConfig, LogFormat,
+    DiscoveryConfig, Discipline, DnsConfig, Fairness, KeyLimitConfig, KeyPart, LimitBackend, LimitConfig, LogConfig, LogFormat,
     OnRedisError, PassiveHealth, QueueConfig, RedisConfig, RedisLimitConfig, RejectConfig,
     RouteConfig, ServerConfig, ServerTls, TargetConfig, UpstreamConfig, UpstreamTls,
 };

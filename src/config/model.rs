@@ -28,6 +28,38 @@ pub struct Config {
     /// `[redis]`, optional: where routes with `backend = "redis"` keep their
     /// shared limiter state. Required when any route's limit uses it.
     pub redis: Option<RedisConfig>,
+    /// `[dns]`, optional: the resolver upstreams with `discovery = "dns"` use.
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: where DNS discovery asks. Read at start; a change needs a restart
+/// only for upstreams whose discovery it serves (a reload rebuilds them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `nameservers`, default [] (the system's, from /etc/resolv.conf):
+    /// "IP:port" of the servers asked, over UDP (TCP when truncated).
+    pub nameservers: Vec<SocketAddr>,
+    /// `timeout`, default "2s", 100ms to 1 minute: the longest one query may
+    /// take before it counts as a failed resolution.
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: crate::config::defaults::DEFAULT_DNS_TIMEOUT,
+        }
+    }
+}
+
+/// `discovery = "dns"` on an upstream: each target given by host name
+/// stands for every address (A and AAAA) the name resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// `resolve_interval`, default "5s", 100ms to 1 hour: how often each
+    /// name is resolved again (sooner when the records' TTL is shorter).
+    pub interval: Duration,
 }
 
 /// `[redis]`, optional; required when any route's limit has backend = "redis".
@@ -165,6 +197,9 @@ pub struct UpstreamConfig {
     pub targets: Vec<TargetConfig>,
     /// `balance`, default "round_robin": or "least_inflight", "p2c_ewma".
     pub balance: Balance,
+    /// `discovery`, default "none": with "dns" (and `resolve_interval`),
+    /// targets given by host name are discovered by DNS.
+    pub discovery: Option<DiscoveryConfig>,
     /// `retries`, default 1: retries of an idempotent request (GET, HEAD,
     /// OPTIONS, PUT, DELETE, TRACE) that could not connect, on another target.
     pub retries: u32,
@@ -440,8 +475,14 @@ pub enum Fairness {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LimitConfig {
-    /// `rate`: requests per second released, finite and > 0 (integer or float).
+    /// `rate`: requests per second released, finite and > 0 (integer or float);
+    /// or, written `rate_per_target` (exactly one of the two), requests per
+    /// second per healthy target of the route's upstream.
     pub rate: f64,
+    /// True when written as `rate_per_target`: the rate in force is `rate`
+    /// times the upstream's healthy targets (at least one); `burst` stays
+    /// the route's, whatever the count.
+    pub per_target: bool,
     /// `burst`, default 1: requests that may go at once above the steady rate.
     pub burst: NonZeroU32,
     /// `dry_run`, default false: do not shape; count and log what would have

@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) log: RawLog,
     pub(crate) redis: Option<RawRedis>,
+    pub(crate) dns: Option<RawDns>,
     pub(crate) upstreams: Option<Spanned<BTreeMap<String, RawUpstream>>>,
     pub(crate) routes: Option<Spanned<Vec<RawRoute>>>,
 }
@@ -29,6 +30,13 @@ pub(crate) struct RawRedis {
     pub(crate) password_file: Option<Spanned<String>>,
     pub(crate) password_env: Option<Spanned<String>>,
     pub(crate) key_prefix: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    pub(crate) nameservers: Option<Vec<Spanned<String>>>,
     pub(crate) timeout: Option<Spanned<String>>,
 }
 
@@ -85,6 +93,8 @@ pub(crate) struct RawLog {
 pub(crate) struct RawUpstream {
     pub(crate) targets: Spanned<Vec<Spanned<String>>>,
     pub(crate) balance: Option<Spanned<String>>,
+    pub(crate) discovery: Option<Spanned<String>>,
+    pub(crate) resolve_interval: Option<Spanned<String>>,
     pub(crate) retries: Option<Spanned<i64>>,
     pub(crate) http2: Option<bool>,
     pub(crate) max_inflight: Option<Spanned<i64>>,
@@ -142,7 +152,7 @@ pub(crate) struct RawRoute {
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) methods: Option<Vec<Spanned<String>>>,
     pub(crate) upstream: Spanned<String>,
-    pub(crate) limit: Option<RawLimit>,
+    pub(crate) limit: Option<Spanned<RawLimit>>,
     #[serde(default)]
     pub(crate) queue: RawQueue,
     #[serde(default)]
@@ -193,7 +203,8 @@ impl<'de> Deserialize<'de> for RawKey {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimit {
-    pub(crate) rate: Spanned<f64>,
+    pub(crate) rate: Option<Spanned<f64>>,
+    pub(crate) rate_per_target: Option<Spanned<f64>>,
     pub(crate) burst: Option<Spanned<i64>>,
     pub(crate) dry_run: Option<Spanned<bool>>,
     pub(crate) backend: Option<Spanned<String>>,

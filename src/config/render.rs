@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::backlog::Backlog;
 use crate::config::model::{
-    Balance, ClassConfig, ClassMatch, Config, Discipline, Fairness, LimitBackend, LimitConfig,
+    Balance, ClassConfig, ClassMatch, Config, Discipline, DnsConfig, Fairness, LimitBackend, LimitConfig,
     LogFormat, OnRedisError, QueueConfig, RouteConfig, UpstreamConfig,
 };
 use crate::config::secret::{REDACTED, SecretSource};
@@ -53,8 +53,17 @@ pub(crate) struct RenderedConfig<'a> {
     log: RenderedLog<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<RenderedRedis<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns: Option<RenderedDns>,
     upstreams: BTreeMap<&'a str, RenderedUpstream>,
     routes: Vec<RenderedRoute<'a>>,
+}
+
+/// `[dns]`, rendered only when it differs from the defaults.
+#[derive(Serialize)]
+pub(crate) struct RenderedDns {
+    nameservers: Vec<String>,
+    timeout: String,
 }
 
 #[derive(Serialize)]
@@ -131,6 +140,10 @@ pub(crate) struct RenderedRedis<'a> {
 pub(crate) struct RenderedUpstream {
     targets: Vec<String>,
     balance: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovery: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolve_interval: Option<String>,
     retries: u32,
     http2: bool,
     max_inflight: usize,
@@ -203,7 +216,10 @@ pub(crate) struct RenderedRoute<'a> {
 
 #[derive(Serialize)]
 pub(crate) struct RenderedLimit {
-    rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_per_target: Option<f64>,
     burst: u32,
     dry_run: bool,
     backend: &'static str,
@@ -328,6 +344,10 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 key_prefix: &r.key_prefix,
                 timeout: human(r.timeout),
             }),
+            dns: (c.dns != DnsConfig::default()).then(|| RenderedDns {
+                nameservers: c.dns.nameservers.iter().map(ToString::to_string).collect(),
+                timeout: human(c.dns.timeout),
+            }),
             upstreams: c
                 .upstreams
                 .iter()
@@ -343,6 +363,8 @@ impl From<&UpstreamConfig> for RenderedUpstream {
         RenderedUpstream {
             targets: u.targets.iter().map(ToString::to_string).collect(),
             balance: balance_str(u.balance),
+            discovery: u.discovery.map(|_| "dns"),
+            resolve_interval: u.discovery.map(|d| human(d.interval)),
             retries: u.retries,
             http2: u.http2,
             max_inflight: u.max_inflight.get(),
@@ -410,7 +432,8 @@ impl From<LimitConfig> for RenderedLimit {
     /// would be errors.
     fn from(l: LimitConfig) -> Self {
         let mut limit = RenderedLimit {
-            rate: l.rate,
+            rate: (!l.per_target).then_some(l.rate),
+            rate_per_target: l.per_target.then_some(l.rate),
             burst: l.burst.get(),
             dry_run: l.dry_run,
             backend: "local",

@@ -63,8 +63,8 @@ fn upstreams(
         .map(|u| {
             let old = previous.and_then(|g| g.upstreams.iter().find(|o| o.name() == u.name));
             match old {
-                Some(old) if old.config() == u => Ok(old.clone()),
-                _ => Upstream::new(u, &telemetry.upstream, old.map(|o| o.as_ref())),
+                Some(old) if old.serves(u, &config.dns) => Ok(old.clone()),
+                _ => Upstream::new(u, &config.dns, &telemetry.upstream, old.map(|o| o.as_ref())),
             }
         })
         .collect()

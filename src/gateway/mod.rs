@@ -80,6 +80,18 @@ impl Gateway {
         Gateway::build(config, self.telemetry.clone(), Some(self))
     }
 
+    /// Waits for the first DNS resolution of every discovered name and
+    /// returns those ("upstream: host:port") that gave no address.
+    pub async fn first_resolution(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        for upstream in &self.upstreams {
+            for name in upstream.first_resolution().await {
+                missing.push(format!("{}: {name}", upstream.name()));
+            }
+        }
+        missing
+    }
+
     /// The routes of this generation.
     pub fn routes(&self) -> &[Route] {
         &self.routes

@@ -4,7 +4,10 @@
 //! On reload a route that keeps its name and upstream keeps its [`RouteState`]:
 //! queued requests keep their places, in-flight accounting is untouched, and a
 //! new rate applies to the requests already queued. A rate override from the
-//! admin API lasts until it expires, across reloads.
+//! admin API lasts until it expires, across reloads. A `rate_per_target`
+//! route follows its upstream's healthy target count the same way: each
+//! change of the count pushes the new rate to the shaper, queued requests
+//! included.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -61,6 +64,13 @@ pub struct RouteState {
     /// A global route's store: kept across reloads while the link and key
     /// stay the same, so the shaper keeps its leased tokens.
     store: Mutex<Option<Arc<RedisStore>>>,
+    /// With `rate_per_target`: the upstream's healthy targets, as last told.
+    healthy_targets: Mutex<Option<usize>>,
+    /// The task following the upstream's healthy count (`rate_per_target`).
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// `sluice_route_rate_limit`, set to the rate in force by a route whose
+    /// rate follows its upstream.
+    rate_gauge: Mutex<Option<prometheus::Gauge>>,
 }
 
 /// A temporary rate set through the admin API.
@@ -99,6 +109,12 @@ pub fn limits_of(r: &RouteConfig, classes: usize) -> Limits {
             _ => None,
         },
     }
+}
+
+/// `rate` per target times `targets` healthy ones (at least one), within
+/// the largest rate a limiter takes.
+pub fn scaled_rate(rate: f64, targets: usize) -> f64 {
+    (rate * targets.max(1) as f64).min(crate::config::MAX_RATE)
 }
 
 fn dry_limit_of(r: &RouteConfig) -> Option<Arc<Limiter>> {
@@ -143,6 +159,8 @@ impl Route {
                 })
             });
         let dyn_store = store.clone().map(|s| s as Arc<dyn TokenStore>);
+        // Published first: a rate that follows the upstream is set after.
+        let metrics = telemetry.metrics.route(r);
         let state = match previous.filter(|s| s.upstream_name == r.upstream) {
             Some(state) => {
                 *state.store.lock() = store;
@@ -168,14 +186,22 @@ impl Route {
                     configured: Mutex::new(limits),
                     rate_override: Mutex::new(None),
                     upstream_name: r.upstream.clone(),
+                    healthy_targets: Mutex::new(None),
+                    follower: Mutex::new(None),
+                    rate_gauge: Mutex::new(None),
                 })
             }
         };
+        let per_target = r.limit.is_some_and(|l| l.per_target && !l.dry_run);
+        *state.rate_gauge.lock() =
+            per_target.then(|| telemetry.metrics.route_rate_limit(&r.name));
+        state.follow(&upstream, per_target);
+        state.apply();
         Route {
             name: r.name.clone(),
             upstream,
             reject: r.reject,
-            metrics: telemetry.metrics.route(r),
+            metrics,
             upgrades: r.upgrades.clone(),
             redis_metrics,
             state,
@@ -250,7 +276,43 @@ impl RouteState {
         if !unchanged {
             self.key_limit.store(key_limit_of(r));
         }
-        self.apply();
+        // `Route::new` applies the limits once the upstream's count is known.
+    }
+
+    /// With `per_target`, follows `upstream`'s healthy target count: each
+    /// change applies the new rate. Replaces the previous follower (the
+    /// route's upstream may be a new generation's).
+    fn follow(self: &Arc<Self>, upstream: &Upstream, per_target: bool) {
+        let mut follower = self.follower.lock();
+        if let Some(task) = follower.take() {
+            task.abort();
+        }
+        if !per_target {
+            *self.healthy_targets.lock() = None;
+            return;
+        }
+        let mut healthy = upstream.healthy_targets();
+        *self.healthy_targets.lock() = Some(*healthy.borrow_and_update());
+        let state = Arc::downgrade(self);
+        *follower = Some(tokio::spawn(async move {
+            // Ends when the upstream (the sender) is gone.
+            while healthy.changed().await.is_ok() {
+                let count = *healthy.borrow_and_update();
+                let Some(state) = state.upgrade() else {
+                    return;
+                };
+                *state.healthy_targets.lock() = Some(count);
+                state.apply();
+            }
+        }));
+    }
+
+    /// With `rate_per_target`: the figure per target and the healthy
+    /// targets it is multiplied by now.
+    pub fn per_target(&self) -> Option<(f64, usize)> {
+        let healthy = (*self.healthy_targets.lock())?;
+        let (rate, _) = self.configured.lock().rate?;
+        Some((rate, healthy))
     }
 
     /// The classifier of the current generation.
@@ -259,8 +321,18 @@ impl RouteState {
     }
 
     /// Pushes the effective limits (configured, or overridden) to the shaper.
+    /// A rate per target is multiplied by the healthy targets (at least
+    /// one: with none the gate holds everything anyway).
     fn apply(&self) {
         let mut limits = *self.configured.lock();
+        if let Some(healthy) = *self.healthy_targets.lock() {
+            limits.rate = limits
+                .rate
+                .map(|(rate, burst)| (scaled_rate(rate, healthy), burst));
+            if let (Some(gauge), Some((rate, _))) = (&*self.rate_gauge.lock(), limits.rate) {
+                gauge.set(rate);
+            }
+        }
         if let Some(o) = *self.rate_override.lock()
             && o.expires_at > Instant::now()
         {
@@ -322,5 +394,13 @@ impl RouteState {
             .load()
             .as_deref()
             .map_or(0, |(_, l)| l.keys())
+    }
+}
+
+impl Drop for RouteState {
+    fn drop(&mut self) {
+        if let Some(task) = self.follower.lock().take() {
+            task.abort();
+        }
     }
 }

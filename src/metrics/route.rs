@@ -121,7 +121,7 @@ impl LimitFamilies {
             rate: gauge_vec(
                 r,
                 "sluice_route_rate_limit",
-                "Configured release rate of the route, requests per second (0: no rate limit).",
+                "Release rate of the route in force from its config, requests per second (0: no rate limit); with rate_per_target, the figure times the upstream's healthy targets.",
                 route,
             )?,
             burst: int_gauge_vec(
@@ -195,6 +195,12 @@ pub enum DryRunLimit {
 }
 
 impl Metrics {
+    /// The `sluice_route_rate_limit` series of `route`, for a rate that
+    /// moves while the route runs (`rate_per_target`).
+    pub fn route_rate_limit(&self, route: &str) -> Gauge {
+        self.route.limits.rate.with_label_values(&[route])
+    }
+
     /// Handles for one route, with its configured limits published.
     pub fn route(&self, route: &RouteConfig) -> RouteMetrics {
         self.route.limits.publish(route);

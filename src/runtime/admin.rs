@@ -249,6 +249,10 @@ fn route_json(route: &Route) -> Value {
         "oldest_wait_seconds": state.shaper.oldest_wait().as_secs_f64(),
         "configured_rate": configured.rate.map(|(rate, _)| rate),
         "configured_burst": configured.rate.map(|(_, burst)| burst.get()),
+        // `rate_per_target`: the figure (also `configured_rate`) and the
+        // healthy targets of the upstream it is multiplied by now.
+        "rate_per_target": state.per_target().map(|(rate, _)| rate),
+        "healthy_targets": state.per_target().map(|(_, healthy)| healthy),
         "effective_rate": limits.rate.map(|(rate, _)| rate),
         "effective_burst": limits.rate.map(|(_, burst)| burst.get()),
         "rate_override": override_json,

@@ -60,6 +60,10 @@ pub enum StartError {
         #[source]
         source: prometheus::Error,
     },
+    /// A target name of an upstream with `discovery = "dns"` gave no
+    /// address at start (and none was ever known).
+    #[error("{config}: DNS discovery: no address for {}", names.join(", "))]
+    Discovery { config: PathBuf, names: Vec<String> },
     /// The worker threads could not be started.
     #[error("cannot start the worker threads: {source}")]
     Workers {
@@ -256,6 +260,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics.connections_refused("admin"),
     );
     let live = live(config, (tls, tls_families), metrics)?;
+    // Every discovered name resolved once, before the first request.
+    let missing = live.gateway.load().first_resolution().await;
+    if !missing.is_empty() {
+        return Err(StartError::Discovery {
+            config: config.source.clone(),
+            names: missing,
+        });
+    }
     let (stop, stopped) = watch::channel(false);
     let proxy = tokio::spawn(serve_proxy(
         proxy_listener,

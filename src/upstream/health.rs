@@ -13,6 +13,7 @@ use http::{Request, Uri};
 use tokio::time::Instant;
 
 use super::Upstream;
+use super::target::Target;
 use crate::config::{ActiveHealth, PassiveHealth};
 use crate::http::request_body::RequestBody;
 
@@ -38,8 +39,7 @@ impl Health {
 impl Upstream {
     /// Passive health: counts one attempt's verdict on a target, and ejects
     /// it after `consecutive_failures` failures in a row.
-    pub(super) fn passive(self: &Arc<Self>, index: usize, failed: bool) {
-        let target = &self.targets[index];
+    pub(super) fn passive(self: &Arc<Self>, target: &Target, failed: bool) {
         let passive: PassiveHealth = self.config.passive_health;
         let mut health = target.health.lock();
         if !failed {
@@ -68,20 +68,20 @@ impl Upstream {
         drop(health);
         tracing::warn!(upstream = %self.name, target = %target.addr, ?ejection, "target ejected after consecutive failures");
         target.metrics.healthy(false);
-        self.update_gate();
-        // Re-open the gate when the ejection ends, if it closed it.
+        self.refresh_health();
+        // Count the target again (and re-open the gate if it closed it)
+        // when the ejection ends.
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep_until(until).await;
             if let Some(upstream) = weak.upgrade() {
-                upstream.update_gate();
+                upstream.refresh_health();
             }
         });
     }
 
     /// Records an active probe's verdict on one target.
-    fn probed(&self, index: usize, ok: bool, active: &ActiveHealth) {
-        let target = &self.targets[index];
+    fn probed(&self, target: &Target, ok: bool, active: &ActiveHealth) {
         let mut health = target.health.lock();
         if ok {
             health.probe_failures = 0;
@@ -101,16 +101,36 @@ impl Upstream {
             }
         }
         drop(health);
-        self.update_gate();
+        self.refresh_health();
+    }
+
+    /// Targets of the current set that take traffic now.
+    pub(super) fn available_count(&self, now: Instant) -> usize {
+        self.members
+            .load()
+            .targets
+            .iter()
+            .filter(|t| t.health.lock().available(now))
+            .count()
     }
 
     pub(super) fn any_available(&self, now: Instant) -> bool {
-        self.targets.iter().any(|t| t.health.lock().available(now))
+        self.available_count(now) > 0
     }
 
-    /// Opens the gate while some target is available, shuts it otherwise.
-    pub(super) fn update_gate(&self) {
-        self.gate.set(self.any_available(Instant::now()));
+    /// Counts the healthy targets again: opens the gate while some target
+    /// is available, shuts it otherwise, and tells the routes whose rate
+    /// follows the count. Called on every verdict, when an ejection ends
+    /// and when the set changes.
+    pub(super) fn refresh_health(&self) {
+        let healthy = self.available_count(Instant::now());
+        self.gate.set(healthy > 0);
+        self.metrics.healthy_targets(healthy);
+        self.healthy.send_if_modified(|count| {
+            let changed = *count != healthy;
+            *count = healthy;
+            changed
+        });
     }
 }
 
@@ -123,12 +143,12 @@ pub(super) async fn probe(upstream: Weak<Upstream>, active: ActiveHealth) {
         let Some(pool) = upstream.upgrade() else {
             return;
         };
-        for index in 0..pool.targets.len() {
-            let target = pool.targets[index].addr.clone();
+        let members = pool.members.load_full();
+        for target in &members.targets {
             let uri = pool.target_uri(
                 &Uri::from_maybe_shared(active.path.clone())
                     .unwrap_or_else(|_| Uri::from_static("/")),
-                &target,
+                &target.addr,
             );
             let mut req = Request::new(RequestBody::Empty);
             *req.uri_mut() = uri;
@@ -136,7 +156,7 @@ pub(super) async fn probe(upstream: Weak<Upstream>, active: ActiveHealth) {
                 tokio::time::timeout(active.timeout, pool.client.request(req)).await,
                 Ok(Ok(response)) if response.status().is_success()
             );
-            pool.probed(index, ok, &active);
+            pool.probed(target, ok, &active);
         }
     }
 }

@@ -31,6 +31,33 @@ pub struct UpstreamFamilies {
     target_latency: HistogramVec,
     target_healthy: IntGaugeVec,
     target_inflight: IntGaugeVec,
+    upstream_targets: IntGaugeVec,
+    upstream_healthy_targets: IntGaugeVec,
+    dns_resolutions: IntCounterVec,
+}
+
+/// How a DNS resolution of a discovered name ended, as counted in
+/// `sluice_dns_resolutions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Addresses were found (the set takes them).
+    Ok,
+    /// The name has no A or AAAA record (NXDOMAIN or no data): the last
+    /// known addresses are kept.
+    Empty,
+    /// No answer (timeout, refused, server failure): the last known
+    /// addresses are kept.
+    Error,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Ok => "ok",
+            Resolution::Empty => "empty",
+            Resolution::Error => "error",
+        }
+    }
 }
 
 impl UpstreamFamilies {
@@ -108,7 +135,52 @@ impl UpstreamFamilies {
                 "Requests in flight to the target.",
                 target,
             )?,
+            upstream_targets: int_gauge_vec(
+                r,
+                "sluice_upstream_targets",
+                "Targets in the upstream's set by origin: \"static\" (written as an address) or \"dns\" (the addresses of `name`).",
+                &["upstream", "origin", "name"],
+            )?,
+            upstream_healthy_targets: int_gauge_vec(
+                r,
+                "sluice_upstream_healthy_targets",
+                "Targets of the upstream taking traffic now (not ejected, not failing the active check).",
+                upstream,
+            )?,
+            dns_resolutions: counter_vec(
+                r,
+                "sluice_dns_resolutions_total",
+                "DNS resolutions of each discovered name by result (ok, empty, error); empty and error keep the last known addresses.",
+                &["upstream", "name", "result"],
+            )?,
         })
+    }
+
+    /// Sets how many targets `name` (None: the static ones) gives.
+    pub(super) fn targets(&self, upstream: &str, name: Option<&str>, count: usize) {
+        let (origin, name) = name.map_or(("static", ""), |n| ("dns", n));
+        self.upstream_targets
+            .with_label_values(&[upstream, origin, name])
+            .set(gauge_value(count));
+    }
+
+    /// Counts one resolution of `name`.
+    pub(super) fn resolution(&self, upstream: &str, name: &str, result: Resolution) {
+        self.dns_resolutions
+            .with_label_values(&[upstream, name, result.as_str()])
+            .inc();
+    }
+
+    /// Drops the series of a discovered target that left the set, so
+    /// addresses coming and going do not pile up series.
+    pub(super) fn forget_target(&self, upstream: &str, target: &str) {
+        let labels = [upstream, target];
+        // A series not there (never touched) is not an error worth reporting.
+        let _requests = self.target_requests.remove_label_values(&labels);
+        let _errors = self.target_errors.remove_label_values(&labels);
+        let _latency = self.target_latency.remove_label_values(&labels);
+        let _healthy = self.target_healthy.remove_label_values(&labels);
+        let _inflight = self.target_inflight.remove_label_values(&labels);
     }
 }
 
@@ -122,6 +194,7 @@ pub struct UpstreamMetrics {
     errors_timeout: IntCounter,
     errors_other: IntCounter,
     inflight: IntGauge,
+    healthy_targets: IntGauge,
 }
 
 /// One target's handles.
@@ -158,7 +231,13 @@ impl UpstreamMetrics {
             errors_timeout: errors("timeout"),
             errors_other: errors("other"),
             inflight: families.upstream_inflight.with_label_values(&[name]),
+            healthy_targets: families.upstream_healthy_targets.with_label_values(&[name]),
         }
+    }
+
+    /// The targets taking traffic now.
+    pub fn healthy_targets(&self, count: usize) {
+        self.healthy_targets.set(gauge_value(count));
     }
 
     pub fn retry(&self) {

@@ -15,6 +15,8 @@
 //! - `send`: the attempt loop, one attempt, retries, what each teaches;
 //! - `balance`: choosing a target (one file per algorithm);
 //! - `target`: a target and the claim a request holds on it;
+//! - `members`: the set of targets in force, rebuilt when it changes;
+//! - `discovery`: targets discovered by DNS, resolved again periodically;
 //! - `health`: passive ejection, the active probe, the gate;
 //! - `capacity`: the in-flight cap and its resizing;
 //! - [`adaptive`]: the latency-driven limit;
@@ -31,11 +33,13 @@ mod balance;
 pub mod body;
 mod capacity;
 mod client;
+mod discovery;
 mod error;
 pub mod h1body;
 mod h1conn;
 pub mod h1pool;
 mod health;
+mod members;
 pub mod metrics;
 mod send;
 mod target;
@@ -44,22 +48,24 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::uri::Scheme;
 use hyper_util::client::legacy::Client;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 
 use self::adaptive::GradientLimit;
-use self::balance::Balancer;
 pub use self::body::{UpstreamBody, UpstreamIo, upgrade};
 use self::capacity::Capacity;
 use self::client::Connector;
 pub use self::error::UpstreamError;
-pub use self::metrics::{TargetMetrics, UpstreamErrorKind, UpstreamFamilies, UpstreamMetrics};
-use self::target::Target;
+use self::members::{Entry, Members};
+pub use self::metrics::{
+    Resolution, TargetMetrics, UpstreamErrorKind, UpstreamFamilies, UpstreamMetrics,
+};
 pub use self::target::TargetGuard;
-use crate::config::UpstreamConfig;
+use crate::config::{DnsConfig, UpstreamConfig};
 use crate::http::request_body::RequestBody;
 use crate::shaper::Gate;
 
@@ -70,9 +76,18 @@ pub type ProxyBody = RequestBody;
 /// One upstream pool.
 pub struct Upstream {
     config: UpstreamConfig,
+    /// `[dns]`, when some target is discovered.
+    dns: Option<DnsConfig>,
     name: String,
-    targets: Vec<Target>,
-    balancer: Balancer,
+    /// The targets in force (swapped whole when discovery changes them).
+    members: ArcSwap<Members>,
+    /// `targets` as written, with what discovery last learnt of each name.
+    entries: Mutex<Vec<Entry>>,
+    /// Healthy targets now; routes with `rate_per_target` follow it.
+    healthy: watch::Sender<usize>,
+    /// Discovery rounds completed.
+    rounds: watch::Sender<u64>,
+    families: UpstreamFamilies,
     client: Client<Connector, ProxyBody>,
     scheme: Scheme,
     timeout: Duration,
@@ -87,14 +102,18 @@ pub struct Upstream {
     target_freed: Notify,
     metrics: UpstreamMetrics,
     checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    discoverer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Upstream {
-    /// A pool for `config`. Given the `previous` generation of the same
-    /// upstream, its in-flight accounting carries over (resized to the new
-    /// cap), and so does its gate.
+    /// A pool for `config` (`dns`: where discovery asks). Given the
+    /// `previous` generation of the same upstream, its in-flight accounting
+    /// carries over (resized to the new cap), and so do its gate, the
+    /// addresses it knew for each name, and each target that stays as it
+    /// was (health, idle connections, in-flight count).
     pub fn new(
         config: &UpstreamConfig,
+        dns: &DnsConfig,
         metrics: &UpstreamFamilies,
         previous: Option<&Upstream>,
     ) -> Result<Arc<Upstream>, crate::tls::TlsError> {
@@ -107,12 +126,21 @@ impl Upstream {
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name, max_inflight);
         upstream_metrics.adaptive_limit(limit);
         let (inflight, capacity) = Capacity::carry_over(previous, limit);
-        let targets = Target::all(config, metrics);
+        let entries = members::entries(config, previous);
+        let reuse = previous
+            .filter(|old| members::pools_alike(&old.config, config))
+            .map(|old| old.members.load_full().targets.clone())
+            .unwrap_or_default();
+        let targets = members::targets(config, metrics, &entries, &reuse);
         let upstream = Arc::new(Upstream {
             config: config.clone(),
+            dns: config.discovery.map(|_| dns.clone()),
             name: config.name.clone(),
-            balancer: Balancer::new(config.balance, &targets),
-            targets,
+            members: ArcSwap::from_pointee(Members::new(config.balance, targets)),
+            entries: Mutex::new(entries),
+            healthy: watch::Sender::new(0),
+            rounds: watch::Sender::new(0),
+            families: metrics.clone(),
             client,
             scheme,
             timeout: config.timeout,
@@ -124,13 +152,40 @@ impl Upstream {
             target_freed: Notify::new(),
             metrics: upstream_metrics,
             checker: Mutex::new(None),
+            discoverer: Mutex::new(None),
         });
-        upstream.update_gate();
-        if let Some(active) = &config.active_health {
-            let task = tokio::spawn(health::probe(Arc::downgrade(&upstream), active.clone()));
-            *upstream.checker.lock() = Some(task);
-        }
+        upstream.publish_origins(&upstream.members.load().targets);
+        upstream.refresh_health();
+        upstream.start_tasks();
         Ok(upstream)
+    }
+
+    /// The active health check and the discovery, when configured.
+    fn start_tasks(self: &Arc<Self>) {
+        if let Some(active) = &self.config.active_health {
+            let task = tokio::spawn(health::probe(Arc::downgrade(self), active.clone()));
+            *self.checker.lock() = Some(task);
+        }
+        if let (Some(discovery), Some(dns), true) =
+            (self.config.discovery, &self.dns, self.discovering())
+        {
+            let task = tokio::spawn(discovery::discover(
+                Arc::downgrade(self),
+                dns.clone(),
+                discovery.interval,
+            ));
+            *self.discoverer.lock() = Some(task);
+        }
+    }
+
+    /// Whether a pool built for `config` and `dns` would be this one.
+    pub fn serves(&self, config: &UpstreamConfig, dns: &DnsConfig) -> bool {
+        self.config == *config && self.dns.as_ref().is_none_or(|d| d == dns)
+    }
+
+    /// Healthy targets now, and each change of that count.
+    pub fn healthy_targets(&self) -> watch::Receiver<usize> {
+        self.healthy.subscribe()
     }
 
     pub fn name(&self) -> &str {
@@ -164,7 +219,9 @@ impl Upstream {
 
     /// Requests in flight now.
     pub fn inflight(&self) -> usize {
-        self.targets
+        self.members
+            .load()
+            .targets
             .iter()
             .map(|t| t.inflight.load(Ordering::Relaxed))
             .sum()
@@ -178,7 +235,7 @@ impl Upstream {
     pub fn sample_metrics(&self) {
         self.metrics.sample_inflight(self.inflight());
         let now = Instant::now();
-        for target in &self.targets {
+        for target in &self.members.load().targets {
             target
                 .metrics
                 .sample_inflight(target.inflight.load(Ordering::Relaxed));
@@ -189,8 +246,10 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        if let Some(task) = self.checker.lock().take() {
-            task.abort();
+        for task in [&self.checker, &self.discoverer] {
+            if let Some(task) = task.lock().take() {
+                task.abort();
+            }
         }
     }
 }

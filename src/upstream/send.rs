@@ -58,15 +58,15 @@ impl Upstream {
         let retryable = is_idempotent(&parts.method)
             && body.is_end_stream()
             && self.config.retries > 0
-            && self.targets.len() > 1;
+            && self.target_count() > 1;
         let spare = retryable.then(|| parts.clone());
         let mut first = Some(parts);
         let mut body = Some(body);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: Vec<Arc<Target>> = Vec::new();
         let mut attempt = 0;
         loop {
             let guard = self.claim_target(&tried).await?;
-            tried.push(guard.target);
+            tried.push(guard.target.clone());
             // (A retry happens only when `retryable`, so a spare head exists.)
             let Some(parts) = first.take().or_else(|| spare.clone()) else {
                 return Err(UpstreamError::NoTarget {
@@ -85,7 +85,7 @@ impl Upstream {
             if matches!(error, UpstreamError::Connect { .. })
                 && retryable
                 && attempt <= self.config.retries
-                && tried.len() < self.targets.len()
+                && tried.len() < self.target_count()
                 && Instant::now() < deadline
             {
                 self.metrics.retry();
@@ -106,7 +106,8 @@ impl Upstream {
         watch: Option<&BodyWatch>,
         reached: &AtomicBool,
     ) -> Result<(Response<UpstreamBody>, TargetGuard), UpstreamError> {
-        let target = &self.targets[guard.target];
+        let target = guard.target.clone();
+        let target = target.as_ref();
         let req = self.for_target(target, parts, forwarding).map(|()| body);
         let concurrency = self.inflight();
         let started = Instant::now();
@@ -125,7 +126,7 @@ impl Upstream {
         let error = match result {
             Ok(Ok((response, lease))) => {
                 let failed = response.status().is_server_error();
-                self.observe(guard.target, Some(elapsed), failed, concurrency);
+                self.observe(target, Some(elapsed), failed, concurrency);
                 self.metrics.latency(elapsed.as_secs_f64());
                 target.metrics.latency(elapsed.as_secs_f64());
                 guard.lease = lease;
@@ -147,7 +148,7 @@ impl Upstream {
         // Out of descriptors or memory here says nothing about the
         // target: it must not be ejected for sluice's own shortage.
         if !is_local_shortage(&error) {
-            self.observe(guard.target, None, true, concurrency);
+            self.observe(target, None, true, concurrency);
         }
         target.metrics.error();
         self.metrics.error(error.kind());
@@ -227,12 +228,11 @@ impl Upstream {
     /// Learns from one attempt: latency, passive health, adaptive limit.
     fn observe(
         self: &Arc<Self>,
-        index: usize,
+        target: &Target,
         latency: Option<Duration>,
         failed: bool,
         concurrency: usize,
     ) {
-        let target = &self.targets[index];
         if let Some(latency) = latency {
             let sample = latency.as_nanos().min(u128::from(u64::MAX)) as u64;
             let old = target.ewma_nanos.load(Ordering::Relaxed);
@@ -248,7 +248,7 @@ impl Upstream {
             let limit = adaptive.lock().on_sample(rtt, concurrency, failed);
             self.set_limit(limit.min(self.max_inflight));
         }
-        self.passive(index, failed);
+        self.passive(target, failed);
     }
 }
 

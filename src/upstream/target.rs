@@ -21,11 +21,20 @@ use super::h1pool::{H1Pool, Lease};
 use super::health::Health;
 use super::metrics::{TargetMetrics, UpstreamFamilies};
 use super::{Upstream, UpstreamError};
-use crate::config::UpstreamConfig;
+use crate::config::{TargetConfig, UpstreamConfig};
+
+/// Where a target came from: written in `targets`, or one address of a
+/// name discovered by DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Origin {
+    Static,
+    Dns(Arc<str>),
+}
 
 /// One backend of an upstream.
 pub(super) struct Target {
     pub(super) addr: Authority,
+    pub(super) origin: Origin,
     /// Idle connections, for a plain HTTP/1.1 upstream.
     pub(super) h1: Option<Arc<H1Pool>>,
     pub(super) weight: u32,
@@ -38,35 +47,46 @@ pub(super) struct Target {
 }
 
 impl Target {
-    /// The targets of `config`, each healthy until shown otherwise.
-    pub(super) fn all(config: &UpstreamConfig, metrics: &UpstreamFamilies) -> Vec<Target> {
+    /// A target at `addr` with `spec`'s options, healthy until shown
+    /// otherwise.
+    pub(super) fn new(
+        config: &UpstreamConfig,
+        metrics: &UpstreamFamilies,
+        spec: &TargetConfig,
+        addr: Authority,
+        origin: Origin,
+    ) -> Target {
         // Plain HTTP/1.1 targets get a pool of their own.
         let h1 = config.tls.is_none() && !config.http2;
-        config
-            .targets
-            .iter()
-            .map(|t| {
-                let target = Target {
-                    h1: h1.then(|| {
-                        H1Pool::new(
-                            &t.addr,
-                            config.pool_max_idle_per_target,
-                            config.pool_idle_timeout,
-                            config.connect_timeout,
-                        )
-                    }),
-                    addr: t.addr.clone(),
-                    weight: t.weight.get(),
-                    max_inflight: t.max_inflight.map(|m| m.get()),
-                    inflight: AtomicUsize::new(0),
-                    ewma_nanos: AtomicU64::new(0),
-                    health: Mutex::new(Health::default()),
-                    metrics: TargetMetrics::new(metrics, &config.name, t.addr.as_str()),
-                };
-                target.metrics.healthy(true);
-                target
-            })
-            .collect()
+        let target = Target {
+            h1: h1.then(|| {
+                H1Pool::new(
+                    &addr,
+                    config.pool_max_idle_per_target,
+                    config.pool_idle_timeout,
+                    config.connect_timeout,
+                )
+            }),
+            metrics: TargetMetrics::new(metrics, &config.name, addr.as_str()),
+            addr,
+            origin,
+            weight: spec.weight.get(),
+            max_inflight: spec.max_inflight.map(|m| m.get()),
+            inflight: AtomicUsize::new(0),
+            ewma_nanos: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
+        };
+        target.metrics.healthy(true);
+        target
+    }
+
+    /// Whether this target can stand for `spec` at `addr` from `origin`
+    /// (same options), so it keeps its health, pool and in-flight count.
+    pub(super) fn is(&self, spec: &TargetConfig, addr: &Authority, origin: &Origin) -> bool {
+        self.addr == *addr
+            && self.origin == *origin
+            && self.weight == spec.weight.get()
+            && self.max_inflight == spec.max_inflight.map(|m| m.get())
     }
 
     /// Takes a slot on the target; false (and nothing taken) if it lost the
@@ -95,7 +115,9 @@ impl Target {
 /// to its end).
 pub struct TargetGuard {
     pub(super) upstream: Arc<Upstream>,
-    pub(super) target: usize,
+    /// Held by the claim, so a target that left the set drains: it lives
+    /// until its last request is done.
+    pub(super) target: Arc<Target>,
     pub(super) lease: Option<Lease>,
 }
 
@@ -110,8 +132,7 @@ impl TargetGuard {
 
 impl Drop for TargetGuard {
     fn drop(&mut self) {
-        let target = &self.upstream.targets[self.target];
-        target.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.target.inflight.fetch_sub(1, Ordering::AcqRel);
         self.upstream.pay_owed_permits();
         self.upstream.target_freed.notify_one();
     }
@@ -122,15 +143,15 @@ impl Upstream {
     /// slot if every healthy target is at its own cap (at most `timeout`).
     pub(super) async fn claim_target(
         self: &Arc<Self>,
-        tried: &[usize],
+        tried: &[Arc<Target>],
     ) -> Result<TargetGuard, UpstreamError> {
         let give_up = Instant::now() + self.timeout;
         loop {
             let freed = self.target_freed.notified();
-            if let Some(index) = self.pick(tried) {
+            if let Some(target) = self.pick(tried) {
                 return Ok(TargetGuard {
                     upstream: self.clone(),
-                    target: index,
+                    target,
                     lease: None,
                 });
             }

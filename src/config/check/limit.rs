@@ -15,8 +15,9 @@ use crate::config::raw::{RawKeyLimit, RawLimit};
 impl Ctx<'_> {
     /// `redis` says whether the file has a `[redis]` section, which a
     /// `backend = "redis"` needs.
-    pub(crate) fn limit(&self, raw: &RawLimit, redis: bool) -> Checked<LimitConfig> {
-        let rate = self.rate(&raw.rate)?;
+    pub(crate) fn limit(&self, table: &Spanned<RawLimit>, redis: bool) -> Checked<LimitConfig> {
+        let raw = table.get_ref();
+        let (rate, per_target) = self.limit_rate(table)?;
         let burst = self.burst(raw.burst.as_ref())?;
         let backend = self.limit_backend(raw, redis)?;
         let dry_run = raw.dry_run.as_ref().is_some_and(|v| *v.get_ref());
@@ -28,12 +29,45 @@ impl Ctx<'_> {
                 "dry run is local-only: not allowed with backend = \"redis\" (try the rate with backend = \"local\" first)",
             ));
         }
+        if let (true, Some(v)) = (per_target, &raw.dry_run)
+            && *v.get_ref()
+        {
+            // The dry-run limiter is built once from the file; it would not
+            // follow the target count.
+            return Err(self.invalid(
+                v.span(),
+                "dry run needs a fixed `rate`: not allowed with rate_per_target",
+            ));
+        }
         Ok(LimitConfig {
             rate,
+            per_target,
             burst,
             dry_run,
             backend,
         })
+    }
+
+    /// Exactly one of `rate` and `rate_per_target`: the figure, and whether
+    /// it is per healthy target.
+    fn limit_rate(&self, table: &Spanned<RawLimit>) -> Checked<(f64, bool)> {
+        let raw = table.get_ref();
+        match (&raw.rate, &raw.rate_per_target) {
+            (Some(rate), None) => Ok((self.rate(rate)?, false)),
+            (None, Some(per_target)) => Ok((self.rate(per_target)?, true)),
+            (Some(a), Some(b)) => {
+                // Blame the later of the two.
+                let later = if a.span().start > b.span().start { a } else { b };
+                Err(self.invalid(
+                    later.span(),
+                    "give either `rate` (the route's) or `rate_per_target` (per healthy target of its upstream), not both",
+                ))
+            }
+            (None, None) => Err(self.invalid(
+                table.span(),
+                "needs `rate` (requests per second) or `rate_per_target` (per healthy target of the upstream)",
+            )),
+        }
     }
 
     /// `backend`, and the keys that only go with "redis": `lease`,

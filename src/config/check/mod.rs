@@ -7,6 +7,7 @@
 //! checker spells or threads a key. Only a key that is not written (it has no
 //! span) is named explicitly, with `invalid_key`.
 
+mod dns;
 mod limit;
 mod queue;
 mod redis;
@@ -36,6 +37,7 @@ impl Ctx<'_> {
         self.distinct_listeners(&server, &admin, server_span, admin_span)?;
         let log = self.log(raw.log)?;
         let redis = raw.redis.map(|v| self.redis(&v)).transpose()?;
+        let dns = self.dns(raw.dns.as_ref())?;
         let upstreams = self.upstreams(raw.upstreams)?;
         let routes = self.routes(raw.routes, &upstreams, redis.is_some())?;
         Ok(Config {
@@ -46,6 +48,7 @@ impl Ctx<'_> {
             upstreams,
             routes,
             redis,
+            dns,
         })
     }
 

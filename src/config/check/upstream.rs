@@ -52,6 +52,8 @@ impl Ctx<'_> {
 
     pub(crate) fn upstream(&self, name: String, raw: RawUpstream) -> Checked<UpstreamConfig> {
         let targets = self.targets(&raw.targets)?;
+        let tls = raw.tls.as_ref().map(|v| self.upstream_tls(v)).transpose()?;
+        let discovery = self.discovery(&raw, tls.as_ref())?;
         let balance = raw
             .balance
             .map_or(Ok(Balance::RoundRobin), |v| self.balance(&v))?;
@@ -64,6 +66,7 @@ impl Ctx<'_> {
         Ok(UpstreamConfig {
             targets,
             balance,
+            discovery,
             retries,
             http2: raw.http2.unwrap_or(false),
             passive_health: raw
@@ -77,7 +80,7 @@ impl Ctx<'_> {
                 .adaptive
                 .map(|v| self.adaptive(&v, max_inflight))
                 .transpose()?,
-            tls: raw.tls.map(|v| self.upstream_tls(&v)).transpose()?,
+            tls,
             max_inflight,
             connect_timeout: raw
                 .connect_timeout

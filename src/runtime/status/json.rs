@@ -66,6 +66,8 @@ fn route_json(route: &Route, history: Vec<&RouteSecond>) -> Value {
             "on_fallback": on_fallback,
         })),
         "configured_rate": configured.rate.map(|(rate, _)| rate),
+        "rate_per_target": state.per_target().map(|(rate, _)| rate),
+        "healthy_targets": state.per_target().map(|(_, healthy)| healthy),
         "configured_burst": configured.rate.map(|(_, burst)| burst.get()),
         "effective_rate": limits.rate.map(|(rate, _)| rate),
         "effective_burst": limits.rate.map(|(_, burst)| burst.get()),

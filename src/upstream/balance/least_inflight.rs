@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use super::super::target::Target;
 use super::load;
 
@@ -23,7 +25,7 @@ impl LeastInflight {
 
     pub(super) fn choose(
         &self,
-        targets: &[Target],
+        targets: &[Arc<Target>],
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);

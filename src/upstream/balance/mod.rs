@@ -15,6 +15,7 @@ mod least_inflight;
 mod p2c_ewma;
 mod round_robin;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
@@ -34,7 +35,7 @@ pub(super) enum Balancer {
 }
 
 impl Balancer {
-    pub(super) fn new(balance: Balance, targets: &[Target]) -> Balancer {
+    pub(super) fn new(balance: Balance, targets: &[Arc<Target>]) -> Balancer {
         match balance {
             Balance::RoundRobin => Balancer::RoundRobin(RoundRobin::new(targets)),
             Balance::LeastInflight => Balancer::LeastInflight(LeastInflight::new()),
@@ -43,7 +44,7 @@ impl Balancer {
     }
 
     /// The algorithm's choice among the targets for which `eligible` holds.
-    fn choose(&self, targets: &[Target], eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    fn choose(&self, targets: &[Arc<Target>], eligible: impl Fn(usize) -> bool) -> Option<usize> {
         match self {
             Balancer::RoundRobin(rr) => rr.choose(eligible),
             Balancer::LeastInflight(least) => least.choose(targets, eligible),
@@ -53,18 +54,23 @@ impl Balancer {
 }
 
 impl Upstream {
-    /// Chooses a target by the balance policy and takes a slot on it.
-    pub(super) fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// Chooses a target of the current set by the balance policy and takes
+    /// a slot on it.
+    pub(super) fn pick(&self, tried: &[Arc<Target>]) -> Option<Arc<Target>> {
         let now = Instant::now();
+        let members = self.members.load();
+        let targets = &members.targets;
         for avoid_tried in [true, false] {
-            let eligible =
-                |i: usize| (!avoid_tried || !tried.contains(&i)) && self.targets[i].has_room(now);
-            if let Some(index) = self.balancer.choose(&self.targets, eligible) {
-                if !self.targets[index].take_slot() {
+            let eligible = |i: usize| {
+                (!avoid_tried || !tried.iter().any(|t| Arc::ptr_eq(t, &targets[i])))
+                    && targets[i].has_room(now)
+            };
+            if let Some(index) = members.balancer.choose(targets, eligible) {
+                if !targets[index].take_slot() {
                     // Lost a race for the last slot; look again.
                     return self.pick(tried);
                 }
-                return Some(index);
+                return Some(targets[index].clone());
             }
             if tried.is_empty() {
                 break;
@@ -97,13 +103,14 @@ mod tests {
     use crate::upstream::metrics::{TargetMetrics, UpstreamFamilies};
 
     /// Targets with these weights, in-flight counts and latency EWMAs.
-    fn targets(spec: &[(u32, usize, u64)]) -> Vec<Target> {
+    fn targets(spec: &[(u32, usize, u64)]) -> Vec<Arc<Target>> {
         let metrics = Metrics::new().unwrap();
         let families = UpstreamFamilies::register(metrics.registry()).unwrap();
         spec.iter()
             .enumerate()
             .map(|(i, &(weight, inflight, ewma))| Target {
                 addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                origin: crate::upstream::target::Origin::Static,
                 h1: None,
                 weight,
                 max_inflight: None,
@@ -112,12 +119,13 @@ mod tests {
                 health: Mutex::new(Health::default()),
                 metrics: TargetMetrics::new(&families, "api", &format!("t{i}")),
             })
+            .map(Arc::new)
             .collect()
     }
 
     fn picks(
         balancer: &Balancer,
-        targets: &[Target],
+        targets: &[Arc<Target>],
         eligible: impl Fn(usize) -> bool,
     ) -> Vec<usize> {
         (0..6)

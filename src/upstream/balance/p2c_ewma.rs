@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use super::super::target::Target;
 use super::load;
 
@@ -24,7 +26,7 @@ impl P2cEwma {
 
     pub(super) fn choose(
         &self,
-        targets: &[Target],
+        targets: &[Arc<Target>],
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let candidates: Vec<usize> = (0..targets.len()).filter(|&i| eligible(i)).collect();

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use super::super::target::Target;
 
 /// The cycle and where the next pick starts in it.
@@ -16,7 +18,7 @@ pub(in crate::upstream) struct RoundRobin {
 }
 
 impl RoundRobin {
-    pub(super) fn new(targets: &[Target]) -> RoundRobin {
+    pub(super) fn new(targets: &[Arc<Target>]) -> RoundRobin {
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         RoundRobin {
             schedule: smooth_weighted_order(&weights),
