@@ -39,9 +39,10 @@ pub use defaults::DEFAULT_UPGRADE;
 pub use load::ConfigError;
 pub use model::{
     ActiveHealth, AdaptiveConfig, AdminConfig, Balance, ClassConfig, ClassMatch, Config,
-    DiscoveryConfig, Discipline, DnsConfig, Fairness, KeyLimitConfig, KeyPart, LimitBackend, LimitConfig, LogConfig, LogFormat,
-    OnRedisError, PassiveHealth, QueueConfig, RedisConfig, RedisLimitConfig, RejectConfig,
-    RouteConfig, ServerConfig, ServerTls, TargetConfig, UpstreamConfig, UpstreamTls,
+    Discipline, DiscoveryConfig, DnsConfig, Fairness, KeyLimitConfig, KeyPart, LimitBackend,
+    LimitConfig, LogConfig, LogFormat, OnRedisError, PassiveHealth, QueueConfig, RedisConfig,
+    RedisLimitConfig, RejectConfig, RouteConfig, ServerConfig, ServerTls, TargetConfig,
+    UpstreamConfig, UpstreamTls,
 };
 pub use redis_url::{redact_url, url_password, validate_url};
 pub use secret::{REDACTED, Secret, SecretSource};

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::config::backlog::Backlog;
 use crate::config::model::{
-    Balance, ClassConfig, ClassMatch, Config, Discipline, DnsConfig, Fairness, LimitBackend, LimitConfig,
-    LogFormat, OnRedisError, QueueConfig, RouteConfig, UpstreamConfig,
+    Balance, ClassConfig, ClassMatch, Config, Discipline, DnsConfig, Fairness, LimitBackend,
+    LimitConfig, LogFormat, OnRedisError, QueueConfig, RouteConfig, UpstreamConfig,
 };
 use crate::config::secret::{REDACTED, SecretSource};
 use crate::config::values::{human, key_part_str};

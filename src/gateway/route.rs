@@ -193,8 +193,7 @@ impl Route {
             }
         };
         let per_target = r.limit.is_some_and(|l| l.per_target && !l.dry_run);
-        *state.rate_gauge.lock() =
-            per_target.then(|| telemetry.metrics.route_rate_limit(&r.name));
+        *state.rate_gauge.lock() = per_target.then(|| telemetry.metrics.route_rate_limit(&r.name));
         state.follow(&upstream, per_target);
         state.apply();
         Route {

@@ -40,11 +40,11 @@ mod tests {
     use crate::config::Config;
     use crate::metrics::NO_ROUTE_LABEL;
     use crate::store::{RedisCallResult, RedisRouteMetrics};
-    use crate::upstream::{TargetMetrics, UpstreamMetrics};
+    use crate::upstream::{Resolution, TargetMetrics, UpstreamMetrics};
 
     /// Every family sluice exports, by name; dashboards and alert rules
     /// (tests/it/dashboards.rs) depend on these.
-    const FAMILIES: [&str; 35] = [
+    const FAMILIES: [&str; 38] = [
         "sluice_build_info",
         "sluice_class_queue_depth",
         "sluice_class_requests_total",
@@ -53,6 +53,7 @@ mod tests {
         "sluice_connections_max",
         "sluice_connections_open",
         "sluice_connections_refused_total",
+        "sluice_dns_resolutions_total",
         "sluice_dry_run_limited_total",
         "sluice_key_evictions_total",
         "sluice_keys_tracked",
@@ -76,10 +77,12 @@ mod tests {
         "sluice_target_errors_total",
         "sluice_upstream_concurrency_limit",
         "sluice_upstream_errors_total",
+        "sluice_upstream_healthy_targets",
         "sluice_upstream_inflight",
         "sluice_upstream_max_inflight",
         "sluice_upstream_response_seconds",
         "sluice_upstream_retries_total",
+        "sluice_upstream_targets",
     ];
 
     #[test]
@@ -96,6 +99,10 @@ mod tests {
         let upstream = UpstreamMetrics::new(&telemetry.upstream, "api", 10);
         upstream.latency(0.1);
         TargetMetrics::new(&telemetry.upstream, "api", "127.0.0.1:9000").latency(0.1);
+        telemetry.upstream.targets("api", Some("api.internal"), 2);
+        telemetry
+            .upstream
+            .resolution("api", "api.internal", Resolution::Ok);
         RedisRouteMetrics::new(&telemetry.redis, "default").call(RedisCallResult::Ok, 0.001);
         metrics.connections_max(1024);
         let rendered = metrics.render();

@@ -99,9 +99,9 @@ pub(super) fn targets(
             return;
         }
         let kept = reuse.iter().find(|t| t.is(spec, &addr, &origin)).cloned();
-        out.push(kept.unwrap_or_else(|| {
-            Arc::new(Target::new(config, families, spec, addr, origin))
-        }));
+        out.push(
+            kept.unwrap_or_else(|| Arc::new(Target::new(config, families, spec, addr, origin))),
+        );
     };
     for entry in entries {
         match entry {
@@ -164,11 +164,18 @@ impl Upstream {
             let entries = self.entries.lock();
             targets(&self.config, &self.families, &entries, &old.targets)
         };
-        for gone in old.targets.iter().filter(|t| !targets.iter().any(|n| n.addr == t.addr)) {
+        for gone in old
+            .targets
+            .iter()
+            .filter(|t| !targets.iter().any(|n| n.addr == t.addr))
+        {
             tracing::info!(upstream = %self.name, target = %gone.addr, inflight = gone.inflight.load(std::sync::atomic::Ordering::Relaxed), "target left the set; draining");
             self.families.forget_target(&self.name, gone.addr.as_str());
         }
-        for joined in targets.iter().filter(|t| !old.targets.iter().any(|o| o.addr == t.addr)) {
+        for joined in targets
+            .iter()
+            .filter(|t| !old.targets.iter().any(|o| o.addr == t.addr))
+        {
             tracing::info!(upstream = %self.name, target = %joined.addr, "target joined the set");
         }
         self.publish_origins(&targets);

@@ -157,7 +157,7 @@ impl UpstreamFamilies {
     }
 
     /// Sets how many targets `name` (None: the static ones) gives.
-    pub(super) fn targets(&self, upstream: &str, name: Option<&str>, count: usize) {
+    pub fn targets(&self, upstream: &str, name: Option<&str>, count: usize) {
         let (origin, name) = name.map_or(("static", ""), |n| ("dns", n));
         self.upstream_targets
             .with_label_values(&[upstream, origin, name])
@@ -165,7 +165,7 @@ impl UpstreamFamilies {
     }
 
     /// Counts one resolution of `name`.
-    pub(super) fn resolution(&self, upstream: &str, name: &str, result: Resolution) {
+    pub fn resolution(&self, upstream: &str, name: &str, result: Resolution) {
         self.dns_resolutions
             .with_label_values(&[upstream, name, result.as_str()])
             .inc();

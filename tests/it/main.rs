@@ -22,6 +22,7 @@ mod crowd;
 mod dashboards;
 #[cfg(feature = "tools")]
 mod demo;
+mod discovery;
 mod fairness;
 mod global;
 mod h1diff;

@@ -27,10 +27,9 @@ impl Ctx<'_> {
         if let Some(servers) = &raw.nameservers {
             for v in servers {
                 if dns.nameservers.len() == MAX_NAMESERVERS {
-                    return Err(self.invalid(
-                        v.span(),
-                        format!("at most {MAX_NAMESERVERS} nameservers"),
-                    ));
+                    return Err(
+                        self.invalid(v.span(), format!("at most {MAX_NAMESERVERS} nameservers"))
+                    );
                 }
                 dns.nameservers.push(self.socket_addr(v)?);
             }
@@ -87,7 +86,12 @@ impl Ctx<'_> {
     }
 
     /// A duration from `min` to `max`.
-    fn duration_within(&self, v: &Spanned<String>, min: Duration, max: Duration) -> Checked<Duration> {
+    fn duration_within(
+        &self,
+        v: &Spanned<String>,
+        min: Duration,
+        max: Duration,
+    ) -> Checked<Duration> {
         let d = self.duration(v)?;
         if d < min || d > max {
             return Err(self.invalid(

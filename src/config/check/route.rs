@@ -63,7 +63,11 @@ impl Ctx<'_> {
                 })?,
             methods: raw.methods.map_or(Ok(Vec::new()), |v| self.methods(&v))?,
             upstream: self.upstream_ref(&raw.upstream, upstreams)?,
-            limit: raw.limit.as_ref().map(|v| self.limit(v, redis)).transpose()?,
+            limit: raw
+                .limit
+                .as_ref()
+                .map(|v| self.limit(v, redis))
+                .transpose()?,
             queue: self.queue(&raw.queue)?,
             reject: self.reject(&raw.reject)?,
             key: raw

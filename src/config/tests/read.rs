@@ -391,6 +391,7 @@ fn full_config_reads_redis_and_global_limits() {
         limit("global"),
         LimitConfig {
             rate: 500.0,
+            per_target: false,
             burst: NonZeroU32::new(50).expect("not zero"),
             dry_run: false,
             backend: LimitBackend::Redis(RedisLimitConfig {
