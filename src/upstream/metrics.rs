@@ -31,9 +31,41 @@ pub struct UpstreamFamilies {
     target_latency: HistogramVec,
     target_healthy: IntGaugeVec,
     target_inflight: IntGaugeVec,
-    upstream_targets: IntGaugeVec,
-    upstream_healthy_targets: IntGaugeVec,
-    dns_resolutions: IntCounterVec,
+    targets: TargetSetFamilies,
+}
+
+/// The families of the target set: targets by origin, healthy targets and
+/// DNS resolutions.
+#[derive(Clone)]
+struct TargetSetFamilies {
+    by_origin: IntGaugeVec,
+    healthy: IntGaugeVec,
+    resolutions: IntCounterVec,
+}
+
+impl TargetSetFamilies {
+    fn register(r: &Registry) -> Result<TargetSetFamilies, prometheus::Error> {
+        Ok(TargetSetFamilies {
+            by_origin: int_gauge_vec(
+                r,
+                "sluice_upstream_targets",
+                "Targets in the upstream's set by origin: \"static\" (written as an address) or \"dns\" (the addresses of `name`).",
+                &["upstream", "origin", "name"],
+            )?,
+            healthy: int_gauge_vec(
+                r,
+                "sluice_upstream_healthy_targets",
+                "Targets of the upstream taking traffic now (not ejected, not failing the active check).",
+                &["upstream"],
+            )?,
+            resolutions: counter_vec(
+                r,
+                "sluice_dns_resolutions_total",
+                "DNS resolutions of each discovered name by result (ok, empty, error); empty and error keep the last known addresses.",
+                &["upstream", "name", "result"],
+            )?,
+        })
+    }
 }
 
 /// How a DNS resolution of a discovered name ended, as counted in
@@ -135,38 +167,23 @@ impl UpstreamFamilies {
                 "Requests in flight to the target.",
                 target,
             )?,
-            upstream_targets: int_gauge_vec(
-                r,
-                "sluice_upstream_targets",
-                "Targets in the upstream's set by origin: \"static\" (written as an address) or \"dns\" (the addresses of `name`).",
-                &["upstream", "origin", "name"],
-            )?,
-            upstream_healthy_targets: int_gauge_vec(
-                r,
-                "sluice_upstream_healthy_targets",
-                "Targets of the upstream taking traffic now (not ejected, not failing the active check).",
-                upstream,
-            )?,
-            dns_resolutions: counter_vec(
-                r,
-                "sluice_dns_resolutions_total",
-                "DNS resolutions of each discovered name by result (ok, empty, error); empty and error keep the last known addresses.",
-                &["upstream", "name", "result"],
-            )?,
+            targets: TargetSetFamilies::register(r)?,
         })
     }
 
     /// Sets how many targets `name` (None: the static ones) gives.
     pub fn targets(&self, upstream: &str, name: Option<&str>, count: usize) {
         let (origin, name) = name.map_or(("static", ""), |n| ("dns", n));
-        self.upstream_targets
+        self.targets
+            .by_origin
             .with_label_values(&[upstream, origin, name])
             .set(gauge_value(count));
     }
 
     /// Counts one resolution of `name`.
     pub fn resolution(&self, upstream: &str, name: &str, result: Resolution) {
-        self.dns_resolutions
+        self.targets
+            .resolutions
             .with_label_values(&[upstream, name, result.as_str()])
             .inc();
     }
@@ -231,7 +248,7 @@ impl UpstreamMetrics {
             errors_timeout: errors("timeout"),
             errors_other: errors("other"),
             inflight: families.upstream_inflight.with_label_values(&[name]),
-            healthy_targets: families.upstream_healthy_targets.with_label_values(&[name]),
+            healthy_targets: families.targets.healthy.with_label_values(&[name]),
         }
     }
 

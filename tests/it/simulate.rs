@@ -514,6 +514,7 @@ fn run_writes_json_and_svg() {
         skip_bad,
         json: Some(dir.join("report.json")),
         svg: Some(dir.join("chart.svg")),
+        targets: None,
     };
     let err = sluice::simulate::run(args(false)).unwrap_err().to_string();
     assert!(
@@ -649,4 +650,35 @@ async fn outcome_counts_agree_with_a_real_run() {
     assert!((350..=500).contains(&forwarded), "{simulated:?}");
     let limited = simulated.get("rejected_rate_limited").copied().unwrap_or(0);
     assert!((20..=60).contains(&limited), "{simulated:?}");
+}
+
+// ---- rate_per_target ----
+
+#[test]
+fn a_rate_per_target_is_multiplied_by_the_listed_or_given_targets() {
+    // 50/s per target, two targets listed: 100/s, so 500 queued at t = 0
+    // leave over about 5 s; told there are 4 targets, over about 2.5 s.
+    let text = "[upstreams.api]\ntargets = [\"127.0.0.1:9\", \"127.0.0.1:10\"]\n\n\
+                [[routes]]\nname = \"main\"\nupstream = \"api\"\n\
+                [routes.limit]\nrate_per_target = 50\n\
+                [routes.queue]\ncapacity = 1000\ntimeout = \"30s\"\n";
+    let config = Config::parse(text, Path::new("simulate-test.toml")).expect("valid");
+    let trace = csv(&at(0.0, 500, "/x"));
+    let listed = run(&config, &trace, fixed(1));
+    assert_eq!(counts(&listed, "main"), expect(&[("forwarded", 500)]));
+    let wait = listed.route("main").unwrap().queue_wait.max;
+    assert!(
+        (wait - 4.99).abs() < 0.02,
+        "two targets: last left after {wait} s"
+    );
+
+    let four = sluice::simulate::fixed_per_target(&config, NonZeroUsize::new(4));
+    let limit = four.routes[0].limit.unwrap();
+    assert_eq!((limit.rate, limit.per_target), (200.0, false));
+    let given = run(&four, &trace, fixed(1));
+    let wait = given.route("main").unwrap().queue_wait.max;
+    assert!(
+        (wait - 2.495).abs() < 0.02,
+        "four targets: last left after {wait} s"
+    );
 }

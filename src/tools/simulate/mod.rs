@@ -64,6 +64,11 @@ pub struct SimulateArgs {
     /// Also draw an SVG chart (rates and queue depth over time) to this file.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
+    /// Healthy targets that `rate_per_target` routes multiply their figure
+    /// by (default: each upstream's `targets` as written, a name counting
+    /// as one).
+    #[arg(long, value_name = "N")]
+    pub targets: Option<NonZeroUsize>,
 }
 
 /// Replays `trace` through `config`'s routes with `backend` standing in for
@@ -72,6 +77,8 @@ pub struct SimulateArgs {
 /// Builds its own current-thread runtime with a paused clock, so it must not
 /// be called from inside a tokio runtime (use `spawn_blocking` there).
 pub fn simulate(config: &Config, trace: &Trace, backend: &BackendModel) -> anyhow::Result<Report> {
+    let fixed = fixed_per_target(config, None);
+    let config = &fixed;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -87,7 +94,7 @@ pub fn simulate(config: &Config, trace: &Trace, backend: &BackendModel) -> anyho
 /// `sluice simulate`: reads the config and the trace, replays, prints the
 /// text report and writes `--json` and `--svg` if asked.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    let config = fixed_per_target(&Config::load(&args.config)?, args.targets);
     let trace = Trace::load(&args.trace, args.format, args.skip_bad)?;
     if let Some(bad) = trace.first_bad() {
         eprintln!(
@@ -113,6 +120,26 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `config` with each `rate_per_target` route's rate fixed at its figure
+/// times `targets` healthy targets, or, without a count, the targets its
+/// upstream lists (a name discovered by DNS counts as one): the simulation
+/// has no health checks or DNS to follow.
+pub fn fixed_per_target(config: &Config, targets: Option<NonZeroUsize>) -> Config {
+    let mut fixed = config.clone();
+    for route in &mut fixed.routes {
+        let listed = config
+            .upstreams
+            .get(&route.upstream)
+            .map_or(1, |u| u.targets.len());
+        let count = targets.map_or(listed, NonZeroUsize::get);
+        if let Some(limit) = route.limit.as_mut().filter(|l| l.per_target) {
+            limit.rate = crate::gateway::route::scaled_rate(limit.rate, count);
+            limit.per_target = false;
+        }
+    }
+    fixed
 }
 
 /// The SVG chart of a report (what `--svg` writes).
