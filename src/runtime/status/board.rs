@@ -277,6 +277,39 @@ impl Board {
     }
 }
 
+/// The targets of an upstream and their own caps: as written, or with DNS
+/// discovery, as the target series show them (a discovered target's cap
+/// is not shown).
+fn targets_of(config: &UpstreamConfig, readings: &Readings) -> Vec<(String, Option<usize>)> {
+    let written = config
+        .targets
+        .iter()
+        .map(|t| (t.addr.to_string(), t.max_inflight.map(|m| m.get())));
+    if config.discovery.is_none() {
+        return written.collect();
+    }
+    let mut targets: Vec<(String, Option<usize>)> = written
+        .filter(|(addr, _)| {
+            readings
+                .gauge(
+                    "sluice_target_healthy",
+                    &[("upstream", &config.name), ("target", addr)],
+                )
+                .is_some()
+        })
+        .collect();
+    for addr in readings.label_values(
+        "sluice_target_healthy",
+        &[("upstream", &config.name)],
+        "target",
+    ) {
+        if !targets.iter().any(|(a, _)| *a == addr) {
+            targets.push((addr, None));
+        }
+    }
+    targets
+}
+
 impl UpstreamTrack {
     fn tick(&mut self, config: &UpstreamConfig, readings: &Readings, seconds: Option<f64>) {
         let name = config.name.as_str();
@@ -291,10 +324,11 @@ impl UpstreamTrack {
                 )
                 .unwrap_or(0)
         });
-        // Targets come and go with reloads: keep the series of those that stay.
+        // Targets come and go with reloads and DNS discovery: keep the
+        // series of those that stay.
         let mut old = std::mem::take(&mut self.targets);
-        for target in &config.targets {
-            let addr = target.addr.as_str();
+        for (addr, max_inflight) in targets_of(config, readings) {
+            let addr = addr.as_str();
             let labels = [("upstream", name), ("target", addr)];
             let mut series = match old.iter().position(|(_, now)| now.name == addr) {
                 Some(i) => old.swap_remove(i).0,
@@ -314,7 +348,7 @@ impl UpstreamTrack {
             let gauge = |family| readings.gauge(family, &labels);
             let now = TargetNow {
                 name: addr.to_string(),
-                max_inflight: target.max_inflight.map(|m| m.get()),
+                max_inflight,
                 inflight: gauge("sluice_target_inflight").map_or(0, count),
                 healthy: gauge("sluice_target_healthy").is_none_or(|h| h > 0.0),
                 requests,

@@ -37,6 +37,36 @@ impl Readings {
         })
     }
 
+    /// The values of label `name` over the series of `family` whose labels
+    /// include every `labels` pair (e.g. the targets of an upstream).
+    pub(super) fn label_values(
+        &self,
+        family: &str,
+        labels: &[(&str, &str)],
+        name: &str,
+    ) -> Vec<String> {
+        let Some(family) = self.families.get(family) else {
+            return Vec::new();
+        };
+        family
+            .get_metric()
+            .iter()
+            .filter(|m| {
+                labels.iter().all(|(n, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *n && l.value() == *v)
+                })
+            })
+            .filter_map(|m| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            })
+            .collect()
+    }
+
     /// A counter's value, as the integer it counts.
     pub(super) fn counter(&self, family: &str, labels: &[(&str, &str)]) -> Option<u64> {
         let value = self.series(family, labels)?.get_counter().get_value();
