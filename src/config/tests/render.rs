@@ -148,3 +148,59 @@ fn to_toml_fills_in_defaults_in_file_shape() {
         );
     }
 }
+
+/// DNS discovery and a rate per target: read into the model, rendered in
+/// the file's shape, and read back the same.
+#[test]
+fn discovery_and_rate_per_target_render_and_round_trip() {
+    let src = r#"
+[dns]
+nameservers = ["127.0.0.1:5353", "[::1]:53"]
+timeout = "500ms"
+
+[upstreams.api]
+targets = ["api.internal:9000 weight=2", "10.0.0.9:9000"]
+discovery = "dns"
+resolve_interval = "1s"
+
+[[routes]]
+name = "default"
+upstream = "api"
+limit = { rate_per_target = 50, burst = 5 }
+"#;
+    let cfg = parse(src).expect("parses");
+    assert_eq!(
+        cfg.dns.nameservers,
+        [
+            "127.0.0.1:5353".parse().unwrap(),
+            "[::1]:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(cfg.dns.timeout, Duration::from_millis(500));
+    assert_eq!(
+        cfg.upstreams["api"].discovery.map(|d| d.interval),
+        Some(Duration::from_secs(1))
+    );
+    let limit = cfg.routes[0].limit.unwrap();
+    assert_eq!((limit.rate, limit.per_target), (50.0, true));
+    let rendered = cfg.to_toml();
+    for expected in [
+        "[dns]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\ntimeout = \"500ms\"\n",
+        "discovery = \"dns\"\nresolve_interval = \"1s\"\n",
+        "rate_per_target = 50.0\nburst = 5\n",
+    ] {
+        assert!(
+            rendered.contains(expected),
+            "{expected:?} missing in:\n{rendered}"
+        );
+    }
+    assert!(!rendered.contains("\nrate = "), "{rendered}");
+    let again = Config::parse(&rendered, Path::new("test.toml")).expect("reads back");
+    assert_eq!(again, cfg);
+    // Without them, nothing new is rendered.
+    let plain = parse(MINIMAL).expect("parses").to_toml();
+    assert!(
+        !plain.contains("[dns]") && !plain.contains("discovery"),
+        "{plain}"
+    );
+}
