@@ -25,6 +25,8 @@ mod build;
 pub mod classify;
 mod forward;
 mod handle;
+#[cfg(test)]
+mod per_target_tests;
 mod record;
 mod refusal;
 pub mod relay;

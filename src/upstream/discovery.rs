@@ -38,7 +38,7 @@ pub(super) const MIN_TTL_WAIT: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What one lookup gave.
-enum Answer {
+pub(super) enum Answer {
     /// Addresses (sorted, no duplicates), and how long the records hold.
     Found(Vec<IpAddr>, Duration),
     Failed(Resolution, String),
@@ -160,7 +160,7 @@ impl Upstream {
     }
 
     /// Takes in one name's answer; true if its addresses changed.
-    fn learn(&self, index: usize, answer: Answer) -> bool {
+    pub(super) fn learn(&self, index: usize, answer: Answer) -> bool {
         let mut entries = self.entries.lock();
         let Some(Entry::Named(named)) = entries.get_mut(index) else {
             return false;

@@ -202,3 +202,126 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Config, DnsConfig};
+    use crate::metrics::Metrics;
+    use crate::upstream::discovery::Answer;
+    use crate::upstream::target::TargetGuard;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, n))
+    }
+
+    /// An upstream discovering `api.test:9000` beside the static
+    /// 10.0.0.9:9000, ejecting at the first failure for 5 s; its discovery
+    /// task stopped, so the test gives the answers.
+    fn upstream() -> Arc<Upstream> {
+        let src = "[upstreams.api]\ntargets = [\"api.test:9000\", \"10.0.0.9:9000\"]\n\
+                   discovery = \"dns\"\n\
+                   passive_health = { consecutive_failures = 1, base_ejection = \"5s\" }\n\
+                   [[routes]]\nname = \"r\"\nupstream = \"api\"\n";
+        let config = Config::parse(src, Path::new("t.toml")).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let families = UpstreamFamilies::register(metrics.registry()).unwrap();
+        let dns = DnsConfig {
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            ..DnsConfig::default()
+        };
+        let up = Upstream::new(&config.upstreams["api"], &dns, &families, None).unwrap();
+        if let Some(task) = up.discoverer.lock().take() {
+            task.abort();
+        }
+        up
+    }
+
+    fn member(up: &Upstream, addr: &str) -> Option<Arc<Target>> {
+        let members = up.members.load();
+        members.targets.iter().find(|t| t.addr == addr).cloned()
+    }
+
+    fn answer(up: &Upstream, addrs: &[IpAddr]) {
+        let found = Answer::Found(addrs.to_vec(), Duration::from_secs(300));
+        if up.learn(0, found) {
+            up.rebuild_members();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_address_set_keeps_what_stays_and_drains_what_leaves() {
+        let up = upstream();
+        let healthy = up.healthy_targets();
+        // Nothing resolved yet: the static target alone.
+        assert_eq!(up.target_count(), 1);
+        assert_eq!(*healthy.borrow(), 1);
+
+        answer(&up, &[ip(2), ip(3)]);
+        assert_eq!(up.target_count(), 3);
+        assert_eq!(*healthy.borrow(), 3);
+        let two = member(&up, "10.0.0.2:9000").unwrap();
+        let three = member(&up, "10.0.0.3:9000").unwrap();
+        // A request in flight on .3; .2 ejected.
+        assert!(three.take_slot());
+        let in_flight = TargetGuard {
+            upstream: up.clone(),
+            target: three.clone(),
+            lease: None,
+        };
+        up.passive(&two, true);
+        assert_eq!(*healthy.borrow(), 2);
+
+        // .3 leaves, .4 joins: .2 is the same target, still ejected; .3
+        // takes nothing new but lives while its request does.
+        answer(&up, &[ip(2), ip(4)]);
+        assert!(Arc::ptr_eq(&member(&up, "10.0.0.2:9000").unwrap(), &two));
+        assert!(member(&up, "10.0.0.3:9000").is_none());
+        assert!(member(&up, "10.0.0.4:9000").is_some());
+        assert_eq!(*healthy.borrow(), 2, ".4 and the static one");
+        assert_eq!(three.inflight.load(Ordering::SeqCst), 1);
+        for _ in 0..10 {
+            let picked = up.pick(&[]).unwrap();
+            assert!(!Arc::ptr_eq(&picked, &three));
+            picked.inflight.fetch_sub(1, Ordering::SeqCst);
+        }
+        drop(in_flight);
+        assert_eq!(three.inflight.load(Ordering::SeqCst), 0);
+        assert_eq!(Arc::strong_count(&three), 1, "only the test holds it now");
+
+        // A failed lookup changes nothing.
+        let failed = Answer::Failed(crate::upstream::Resolution::Error, "timeout".into());
+        assert!(!up.learn(0, failed));
+        assert_eq!(up.target_count(), 3);
+
+        // The ejection ends: counted again.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(*healthy.borrow(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_generation_takes_over_the_addresses_and_targets() {
+        let up = upstream();
+        answer(&up, &[ip(2), ip(3)]);
+        let two = member(&up, "10.0.0.2:9000").unwrap();
+        up.passive(&two, true);
+        let next = Upstream::new(
+            up.config(),
+            up.dns.as_ref().unwrap(),
+            &up.families,
+            Some(&up),
+        )
+        .unwrap();
+        if let Some(task) = next.discoverer.lock().take() {
+            task.abort();
+        }
+        assert_eq!(next.target_count(), 3);
+        assert!(Arc::ptr_eq(&member(&next, "10.0.0.2:9000").unwrap(), &two));
+        assert_eq!(*next.healthy_targets().borrow(), 2, ".2 is still ejected");
+    }
+}
