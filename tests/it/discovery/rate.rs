@@ -155,3 +155,87 @@ async fn the_rate_follows_a_target_added_by_a_reload() {
     assert_near(rate, 150.0, "three targets");
     assert_eq!(admin_route(&client, admin).await["effective_rate"], 150.0);
 }
+
+/// Sends `n` requests to `path` on each instance at once, waits for every
+/// answer (all 200) and returns the fleet's drain rate at `backends`.
+async fn fleet_drain_rate(
+    client: &TestClient,
+    fleet: &[TestSluice],
+    backends: &[Backend],
+    path: &str,
+    n: usize,
+) -> f64 {
+    let bursts: Vec<_> = fleet
+        .iter()
+        .map(|s| {
+            let (client, url) = (client.clone(), format!("http://{}{path}", s.proxy_addr()));
+            tokio::spawn(async move { burst(&client, &url, n).await })
+        })
+        .collect();
+    for b in bursts {
+        let seen = b.await.unwrap();
+        assert_eq!(by_status(&seen), [(200, n)].into(), "{path}");
+    }
+    let mut at: Vec<u64> = backends
+        .iter()
+        .flat_map(|b| b.arrivals())
+        .filter(|a| a.path == path)
+        .map(|a| a.at)
+        .collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), n * fleet.len());
+    let drain = &at[2..];
+    let span = (drain[drain.len() - 1] - drain[0]) as f64 / 1e6;
+    let rate = (drain.len() - 1) as f64 / span;
+    eprintln!(
+        "{path}: fleet of {}, drain {rate:.2}/s over {span:.2} s",
+        fleet.len()
+    );
+    rate
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_redis_kept_limit_the_fleet_rate_follows_the_targets() {
+    let _serial = serial().await;
+    let backends = [
+        Backend::start(Duration::ZERO).await,
+        Backend::start(Duration::ZERO).await,
+        Backend::start(Duration::ZERO).await,
+    ];
+    let prefix = crate::common::redis::unique_prefix("per-target");
+    let url = crate::common::redis::shared_url();
+    let with = |targets: &[&Backend]| {
+        let mut config = config(&targets.iter().map(|b| b.addr).collect::<Vec<_>>());
+        let shared = parse_config(&format!(
+            "[redis]\nurl = {url:?}\nkey_prefix = {prefix:?}\n\
+             [upstreams.api]\ntargets = [\"127.0.0.1:1\"]\n{}",
+            ROUTES.replace(
+                "rate_per_target = 50 }",
+                "rate_per_target = 50, backend = \"redis\", expected_instances = 2 }"
+            )
+        ));
+        config.routes = shared.routes;
+        config.redis = shared.redis;
+        config
+    };
+    let two = with(&[&backends[0], &backends[1]]);
+    let fleet = [TestSluice::start(&two).await, TestSluice::start(&two).await];
+    let client = client();
+    for sluice in &fleet {
+        burst(&client, &format!("http://{}/warm", sluice.proxy_addr()), 20).await;
+    }
+    // Two instances, two targets: 100/s for the fleet, not per instance.
+    let rate = fleet_drain_rate(&client, &fleet, &backends, "/two", 150).await;
+    assert_near(rate, 100.0, "fleet, two targets");
+
+    // Both learn of a third target: 150/s for the fleet.
+    let three = with(&[&backends[0], &backends[1], &backends[2]]);
+    for sluice in &fleet {
+        sluice.reload(&three);
+        let text = until_metrics(&client, sluice.admin_addr(), |t| rate_limit(t) == 150.0).await;
+        assert_eq!(rate_limit(&text), 150.0);
+        burst(&client, &format!("http://{}/warm", sluice.proxy_addr()), 20).await;
+    }
+    let rate = fleet_drain_rate(&client, &fleet, &backends, "/three", 225).await;
+    assert_near(rate, 150.0, "fleet, three targets");
+}
