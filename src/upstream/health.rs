@@ -69,8 +69,12 @@ impl Upstream {
         tracing::warn!(upstream = %self.name, target = %target.addr, ?ejection, "target ejected after consecutive failures");
         target.metrics.healthy(false);
         self.refresh_health();
-        // Count the target again (and re-open the gate if it closed it)
-        // when the ejection ends.
+        self.refresh_at(until);
+    }
+
+    /// Counts the targets again (re-opening the gate if it closed) at
+    /// `until`, when an ejection ends.
+    fn refresh_at(self: &Arc<Self>, until: Instant) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep_until(until).await;
@@ -78,6 +82,22 @@ impl Upstream {
                 upstream.refresh_health();
             }
         });
+    }
+
+    /// For targets taken over from the previous generation while ejected:
+    /// this generation counts them again when their ejection ends.
+    pub(super) fn refresh_after_ejections(self: &Arc<Self>) {
+        let now = Instant::now();
+        let ends: Vec<Instant> = self
+            .members
+            .load()
+            .targets
+            .iter()
+            .filter_map(|t| t.health.lock().ejected_until.filter(|&until| until > now))
+            .collect();
+        for until in ends {
+            self.refresh_at(until);
+        }
     }
 
     /// Records an active probe's verdict on one target.

@@ -322,6 +322,12 @@ mod tests {
         }
         assert_eq!(next.target_count(), 3);
         assert!(Arc::ptr_eq(&member(&next, "10.0.0.2:9000").unwrap(), &two));
-        assert_eq!(*next.healthy_targets().borrow(), 2, ".2 is still ejected");
+        let healthy = next.healthy_targets();
+        assert_eq!(*healthy.borrow(), 2, ".2 is still ejected");
+        // The old generation gone, the new one counts .2 again when its
+        // ejection ends.
+        drop(up);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(*healthy.borrow(), 3);
     }
 }

@@ -156,6 +156,7 @@ impl Upstream {
         });
         upstream.publish_origins(&upstream.members.load().targets);
         upstream.refresh_health();
+        upstream.refresh_after_ejections();
         upstream.start_tasks();
         Ok(upstream)
     }

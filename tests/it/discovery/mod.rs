@@ -45,9 +45,14 @@ pub async fn backends(hosts: &[u8], started: &[u8], delay: Duration) -> (u16, Ve
     panic!("no port free on every loopback address");
 }
 
-/// One upstream `api` whose only target is the discovered name, and one
-/// route `main` with `limit` (a TOML inline table, or "" for none).
+/// One upstream `api` whose only target is the discovered [`NAME`], with
+/// `extra` keys (TOML) after its own; the routes are the caller's.
 pub fn discovery_config(dns: SocketAddr, port: u16, interval: &str, extra: &str) -> String {
+    named_config(NAME, dns, port, interval, extra)
+}
+
+/// [`discovery_config`] for another name.
+pub fn named_config(name: &str, dns: SocketAddr, port: u16, interval: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -66,7 +71,7 @@ nameservers = ["{dns}"]
 timeout = "300ms"
 
 [upstreams.api]
-targets = ["{NAME}:{port}"]
+targets = ["{name}:{port}"]
 discovery = "dns"
 resolve_interval = "{interval}"
 max_inflight = 1000
@@ -78,10 +83,14 @@ pool_max_idle_per_target = 1024
 
 /// The targets `text` shows for the discovered name.
 fn dns_targets(text: &str) -> f64 {
+    named_targets(text, NAME)
+}
+
+fn named_targets(text: &str, name: &str) -> f64 {
     sum_of(
         text,
         "sluice_upstream_targets",
-        &["origin=\"dns\"", &format!("name=\"{NAME}\"")],
+        &["origin=\"dns\"", &format!("name=\"{name}\"")],
     )
 }
 
@@ -144,6 +153,7 @@ async fn targets_follow_the_name_and_a_removed_one_drains() {
     })
     .await;
     let took = changed.elapsed();
+    eprintln!("set changed {took:?} after the zone did (interval 200 ms)");
     assert!(lists_target(&text, addr(4)) && !lists_target(&text, addr(3)));
     assert!(
         took < Duration::from_millis(700),
@@ -169,12 +179,15 @@ async fn an_unchanged_address_keeps_its_health_and_an_outage_keeps_the_set() {
     // Nothing listens on .3: it fails and is ejected (for a minute).
     let (port, backends) = backends(&[2, 3, 4], &[2, 4], Duration::ZERO).await;
     let addr = |h: u8| SocketAddr::from((ip(h), port));
-    let dns = DnsServer::start(NAME, &[ip(2), ip(3)]).await;
+    // A name of its own: the test counts its log lines.
+    const OUTAGE: &str = "outage.sluice.test";
+    let logs = log_capture();
+    let dns = DnsServer::start(OUTAGE, &[ip(2), ip(3)]).await;
     let health =
         "[upstreams.api.passive_health]\nconsecutive_failures = 1\nbase_ejection = \"60s\"\n";
     let config = parse_config(&format!(
         "{}{MAIN_ROUTE}",
-        discovery_config(dns.addr, port, "200ms", health)
+        named_config(OUTAGE, dns.addr, port, "200ms", health)
     ));
     let sluice = TestSluice::start(&config).await;
     let client = client();
@@ -189,9 +202,9 @@ async fn an_unchanged_address_keeps_its_health_and_an_outage_keeps_the_set() {
     assert_eq!(healthy(&text, addr(3)), Some(0.0), "{text}");
 
     // .4 joins; .3 stays, and stays ejected.
-    dns.zone.set(NAME, &[ip(2), ip(3), ip(4)]);
+    dns.zone.set(OUTAGE, &[ip(2), ip(3), ip(4)]);
     let text = until_metrics(&client, sluice.admin_addr(), |t| lists_target(t, addr(4))).await;
-    assert_eq!(dns_targets(&text), 3.0);
+    assert_eq!(named_targets(&text, OUTAGE), 3.0);
     assert_eq!(healthy(&text, addr(3)), Some(0.0), "health lost: {text}");
     assert_eq!(
         sum_of(
@@ -220,7 +233,7 @@ async fn an_unchanged_address_keeps_its_health_and_an_outage_keeps_the_set() {
     dns.zone.set_down(true);
     let text = until_metrics(&client, sluice.admin_addr(), |t| errors(t) >= before + 3.0).await;
     assert!(errors(&text) >= before + 3.0, "{text}");
-    assert_eq!(dns_targets(&text), 3.0);
+    assert_eq!(named_targets(&text, OUTAGE), 3.0);
     assert!(lists_target(&text, addr(2)) && lists_target(&text, addr(4)));
     let seen = burst(
         &client,
@@ -236,6 +249,13 @@ async fn an_unchanged_address_keeps_its_health_and_an_outage_keeps_the_set() {
             &["upstream=\"api\"", "result=\"ok\""]
         ) >= 2.0
     );
+    // Three failures and more, one warning: at most one a minute.
+    let warned = logs
+        .containing("keeping the last known addresses")
+        .into_iter()
+        .filter(|line| line.contains(OUTAGE))
+        .count();
+    assert_eq!(warned, 1, "{:?}", logs.containing(OUTAGE));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
