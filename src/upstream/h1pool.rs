@@ -19,6 +19,7 @@
 //! it was idle) is sent again once on a new connection, which is safe for any
 //! method: not a byte of it reached the backend.
 
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -109,16 +110,20 @@ impl Drop for Lease {
 }
 
 impl H1Pool {
-    /// A pool for `authority` (a port of 80 if none). Must be called inside
-    /// a tokio runtime: a task closes connections idle for too long.
+    /// A pool for `authority` (a port of 80 if none), its idle connections
+    /// kept in `stacks` stacks (one per worker thread; a worker takes the
+    /// stack of its index, modulo the count) that share `max_idle` between
+    /// them. Must be called inside a tokio runtime: a task closes
+    /// connections idle for too long.
     pub fn new(
         authority: &http::uri::Authority,
+        stacks: NonZeroUsize,
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
     ) -> Arc<H1Pool> {
         let port = authority.port_u16().unwrap_or(80);
-        let stacks = crate::worker::worker_count().max(1);
+        let stacks = stacks.get();
         let pool = Arc::new(H1Pool {
             addr: format!("{}:{port}", authority.host()),
             host: header::HeaderValue::from_str(authority.as_str())
@@ -373,6 +378,7 @@ mod tests {
     fn pool(addr: &str) -> Arc<H1Pool> {
         H1Pool::new(
             &addr.parse().unwrap(),
+            NonZeroUsize::MIN,
             8,
             Duration::from_secs(60),
             Duration::from_secs(1),

@@ -10,6 +10,7 @@
 //! lowered once, on the guard's drop, which also wakes one request waiting
 //! for room and repays permits a lowered cap is owed.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -58,10 +59,13 @@ impl Target {
     ) -> Target {
         // Plain HTTP/1.1 targets get a pool of their own.
         let h1 = config.tls.is_none() && !config.http2;
+        // One idle stack per worker thread (the workers are started first).
+        let stacks = NonZeroUsize::new(crate::worker::worker_count()).unwrap_or(NonZeroUsize::MIN);
         let target = Target {
             h1: h1.then(|| {
                 H1Pool::new(
                     &addr,
+                    stacks,
                     config.pool_max_idle_per_target,
                     config.pool_idle_timeout,
                     config.connect_timeout,

@@ -4,8 +4,7 @@
 //!
 //! They share one process: tests that measure wall-clock time take
 //! `common::serial()`, and log capture goes through one subscriber
-//! (`common::log_capture()`). The one test file outside it,
-//! `tests/h1pool.rs`, needs a process in which no sluice runs (it says why).
+//! (`common::log_capture()`).
 
 // Test helpers (not `#[test]` functions, which clippy.toml already
 // covers) unwrap, expect and panic too: a failure should fail the test.
@@ -26,6 +25,7 @@ mod discovery;
 mod fairness;
 mod global;
 mod h1diff;
+mod h1pool;
 mod hostile_body;
 mod hostile_requests;
 mod operate;

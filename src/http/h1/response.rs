@@ -118,6 +118,15 @@ impl ResponseHead {
 #[derive(Clone, Copy, Default)]
 struct Field([u32; 4]);
 
+/// What [`locate`] found at the front of the buffer: the head's length,
+/// its status code and minor version, and how many of the fields it filled.
+struct Located {
+    len: usize,
+    code: u16,
+    minor: u8,
+    count: usize,
+}
+
 /// Takes one response head off the front of `buf` (`None`: not all of it
 /// has arrived). `head_request`: the request was a HEAD, so no body follows
 /// whatever the head says.
@@ -126,62 +135,93 @@ pub fn parse_response(
     head_request: bool,
     limits: &HeadLimits,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    // httparse fills only what it parses: no need to set up all 100.
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut fields = [Field::default(); MAX_HEADERS];
-    let max_headers = limits.max_headers.clamp(1, MAX_HEADERS);
-    let max_head_bytes = limits.max_head_bytes.min(u32::MAX as usize);
-    let (len, code, minor, count) = {
-        let bytes: &[u8] = buf;
-        let mut response = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            bytes,
-            &mut storage[..max_headers],
-        );
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                if bytes.len() >= max_head_bytes {
-                    return Err(HeadError::TooLarge);
-                }
-                return Ok(None);
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-            Err(err) => return Err(HeadError::Malformed(err)),
-        };
-        if len > max_head_bytes {
-            return Err(HeadError::TooLarge);
-        }
-        let start = bytes.as_ptr() as usize;
-        // Within the head, so below `max_head_bytes`, so within u32.
-        let offset = |part: &[u8]| {
-            let at = part.as_ptr() as usize - start;
-            [at as u32, (at + part.len()) as u32]
-        };
-        for (field, parsed) in fields.iter_mut().zip(response.headers.iter()) {
-            let [name_start, name_end] = offset(parsed.name.as_bytes());
-            let [value_start, value_end] = offset(parsed.value);
-            *field = Field([name_start, name_end, value_start, value_end]);
-        }
-        (
-            len,
-            response.code.unwrap_or_default(),
-            response.version.unwrap_or_default(),
-            response.headers.len(),
-        )
+    let Some(located) = locate(buf, limits, &mut fields)? else {
+        return Ok(None);
     };
-    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status)?;
-    let version = if minor == 1 {
+    let status = StatusCode::from_u16(located.code).map_err(|_| HeadError::Status)?;
+    let version = if located.minor == 1 {
         Version::HTTP_11
     } else {
         Version::HTTP_10
     };
-    let head: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let head: Bytes = buf.split_to(located.len).freeze();
+    let (headers, mut keep_alive) = fields_of(&head, &fields[..located.count], version)?;
+    let framing = framing(status, version, &headers, head_request)?;
+    if framing == Framing::Close || status == StatusCode::SWITCHING_PROTOCOLS {
+        keep_alive = false;
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Parses the head at the front of `buf` in place, within `limits`, noting
+/// where each field lies in `fields`; takes nothing off the buffer.
+#[inline]
+fn locate(
+    buf: &BytesMut,
+    limits: &HeadLimits,
+    fields: &mut [Field; MAX_HEADERS],
+) -> Result<Option<Located>, HeadError> {
+    // httparse fills only what it parses: no need to set up all 100.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let max_headers = limits.max_headers.clamp(1, MAX_HEADERS);
+    let max_head_bytes = limits.max_head_bytes.min(u32::MAX as usize);
+    let bytes: &[u8] = buf;
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        bytes,
+        &mut storage[..max_headers],
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if bytes.len() >= max_head_bytes => {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(err) => return Err(HeadError::Malformed(err)),
+    };
+    if len > max_head_bytes {
+        return Err(HeadError::TooLarge);
+    }
+    let start = bytes.as_ptr() as usize;
+    // Within the head, so below `max_head_bytes`, so within u32.
+    let offset = |part: &[u8]| {
+        let at = part.as_ptr() as usize - start;
+        [at as u32, (at + part.len()) as u32]
+    };
+    for (field, parsed) in fields.iter_mut().zip(response.headers.iter()) {
+        let [name_start, name_end] = offset(parsed.name.as_bytes());
+        let [value_start, value_end] = offset(parsed.value);
+        *field = Field([name_start, name_end, value_start, value_end]);
+    }
+    Ok(Some(Located {
+        len,
+        code: response.code.unwrap_or_default(),
+        minor: response.version.unwrap_or_default(),
+        count: response.headers.len(),
+    }))
+}
+
+/// The header map of `head`'s `fields` (values share `head`'s bytes), and
+/// whether its Connection fields let the connection be kept alive.
+#[inline]
+fn fields_of(
+    head: &Bytes,
+    fields: &[Field],
+    version: Version,
+) -> Result<(HeaderMap, bool), HeadError> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
     let mut keep_alive = version == Version::HTTP_11;
     let mut saw_close = false;
-    for &Field([name_start, name_end, value_start, value_end]) in &fields[..count] {
+    for &Field([name_start, name_end, value_start, value_end]) in fields {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| HeadError::Field)?;
         let value =
@@ -199,17 +239,7 @@ pub fn parse_response(
         }
         headers.append(name, value);
     }
-    let framing = framing(status, version, &headers, head_request)?;
-    if framing == Framing::Close || status == StatusCode::SWITCHING_PROTOCOLS {
-        keep_alive = false;
-    }
-    Ok(Some(ResponseHead {
-        status,
-        version,
-        headers,
-        framing,
-        keep_alive,
-    }))
+    Ok((headers, keep_alive))
 }
 
 /// The framing of a response's body (RFC 9112 §6.3).

@@ -527,6 +527,16 @@ async fn read_more<S: ClientStream>(
     std::future::poll_fn(|cx| poll_read_buf(io, cx, b)).await
 }
 
+/// What one step of an exchange's poll came to.
+enum Step {
+    /// Progress was made: poll again.
+    Again,
+    /// Waiting on the socket or the body's reader (a waker is set).
+    Wait,
+    /// The client left.
+    Gone,
+}
+
 /// One poll of an exchange: the gateway's future first, then the body
 /// feed, then the watch for the client leaving.
 fn poll_exchange<S: ClientStream>(
@@ -540,101 +550,142 @@ fn poll_exchange<S: ClientStream>(
         return Poll::Ready(Served::Response(response));
     }
     loop {
-        if let Some(feed) = exchange.feed.as_mut() {
-            match feed.sender.poll_want(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Want::Gone) => {
-                    // Nobody will read the rest: the connection cannot be
-                    // framed past it and closes after the response.
-                    exchange.feed = None;
-                    return Poll::Pending;
-                }
-                Poll::Ready(Want::More) => {}
+        let step = if exchange.feed.is_some() {
+            poll_feed(io, buf, exchange, cx)
+        } else if exchange.watch {
+            poll_watch(io, buf, settings, cx)
+        } else {
+            Step::Wait
+        };
+        match step {
+            Step::Again => {}
+            Step::Wait => return Poll::Pending,
+            Step::Gone => return Poll::Ready(Served::ClientGone),
+        }
+    }
+}
+
+/// One step of feeding the request body from the socket to its reader:
+/// `100 Continue` first if asked for, then what the buffer holds, then a
+/// read. Ends the feed (and says how) when the body ends or breaks off.
+fn poll_feed<S: ClientStream>(
+    io: &mut S,
+    buf: &mut Option<BytesMut>,
+    exchange: &mut Exchange,
+    cx: &mut Context<'_>,
+) -> Step {
+    let Some(feed) = exchange.feed.as_mut() else {
+        return Step::Again;
+    };
+    match feed.sender.poll_want(cx) {
+        Poll::Pending => return Step::Wait,
+        Poll::Ready(Want::Gone) => {
+            // Nobody will read the rest: the connection cannot be framed
+            // past it and closes after the response.
+            exchange.feed = None;
+            return Step::Wait;
+        }
+        Poll::Ready(Want::More) => {}
+    }
+    if let Some(at) = feed.continue_at.as_mut() {
+        match poll_write_all(io, cx, CONTINUE, at) {
+            Poll::Ready(Ok(())) => feed.continue_at = None,
+            Poll::Ready(Err(_)) => {
+                feed.sender.finish(Err(ClientBodyError::Gone));
+                exchange.feed = None;
+                return Step::Again;
             }
-            if let Some(at) = feed.continue_at.as_mut() {
-                match poll_write_all(io, cx, CONTINUE, at) {
-                    Poll::Ready(Ok(())) => feed.continue_at = None,
-                    Poll::Ready(Err(_)) => {
-                        feed.sender.finish(Err(ClientBodyError::Gone));
-                        exchange.feed = None;
-                        continue;
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            let decoded = match buf.as_mut() {
-                Some(b) if !b.is_empty() => feed.decoder.decode(b),
-                _ => Ok(Decoded::NeedMore),
+            Poll::Pending => return Step::Wait,
+        }
+    }
+    let decoded = match buf.as_mut() {
+        Some(b) if !b.is_empty() => feed.decoder.decode(b),
+        _ => Ok(Decoded::NeedMore),
+    };
+    match decoded {
+        Ok(Decoded::Data(data)) => feed.sender.send_data(data),
+        Ok(Decoded::Trailers(trailers)) => feed.sender.send_trailers(trailers),
+        Ok(Decoded::End) => {
+            feed.sender.finish(Ok(()));
+            exchange.feed = None;
+            exchange.body_done = true;
+            exchange.watch = true;
+            buffers::give_if_empty(buf);
+        }
+        Ok(Decoded::NeedMore) => return poll_feed_read(io, buf, exchange, cx),
+        Err(err) => {
+            tracing::debug!(%err, "malformed request body");
+            feed.sender.finish(Err(ClientBodyError::Malformed));
+            exchange.feed = None;
+        }
+    }
+    Step::Again
+}
+
+/// Reads more of the request body; at the client's close, ends the feed
+/// (whole if the body's framing allows it to end there).
+fn poll_feed_read<S: ClientStream>(
+    io: &mut S,
+    buf: &mut Option<BytesMut>,
+    exchange: &mut Exchange,
+    cx: &mut Context<'_>,
+) -> Step {
+    let Some(feed) = exchange.feed.as_mut() else {
+        return Step::Again;
+    };
+    let b = buf.get_or_insert_with(buffers::take);
+    match poll_read_buf(io, cx, b) {
+        Poll::Ready(Ok(0)) => {
+            let failure = match feed.decoder.eof() {
+                Ok(Decoded::End) => None,
+                _ => Some(ClientBodyError::Gone),
             };
-            match decoded {
-                Ok(Decoded::Data(data)) => feed.sender.send_data(data),
-                Ok(Decoded::Trailers(trailers)) => feed.sender.send_trailers(trailers),
-                Ok(Decoded::End) => {
-                    feed.sender.finish(Ok(()));
-                    exchange.feed = None;
-                    exchange.body_done = true;
-                    exchange.watch = true;
-                    buffers::give_if_empty(buf);
-                }
-                Ok(Decoded::NeedMore) => {
-                    let b = buf.get_or_insert_with(buffers::take);
-                    match poll_read_buf(io, cx, b) {
-                        Poll::Ready(Ok(0)) => {
-                            let end = feed.decoder.eof();
-                            let failure = match end {
-                                Ok(Decoded::End) => None,
-                                _ => Some(ClientBodyError::Gone),
-                            };
-                            feed.sender.finish(failure.map_or(Ok(()), Err));
-                            exchange.body_done = failure.is_none();
-                            exchange.feed = None;
-                        }
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(_)) => {
-                            feed.sender.finish(Err(ClientBodyError::Gone));
-                            exchange.feed = None;
-                        }
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                Err(err) => {
-                    tracing::debug!(%err, "malformed request body");
-                    feed.sender.finish(Err(ClientBodyError::Malformed));
-                    exchange.feed = None;
-                }
-            }
-            continue;
+            feed.sender.finish(failure.map_or(Ok(()), Err));
+            exchange.body_done = failure.is_none();
+            exchange.feed = None;
         }
-        if !exchange.watch {
-            return Poll::Pending;
+        Poll::Ready(Ok(_)) => {}
+        Poll::Ready(Err(_)) => {
+            feed.sender.finish(Err(ClientBodyError::Gone));
+            exchange.feed = None;
         }
-        // The request is in the gateway and its body read: watch for the
-        // client leaving, keeping what it sends meanwhile (pipelining) up
-        // to a head's worth.
-        if buf
-            .as_ref()
-            .is_some_and(|b| b.len() >= settings.limits.max_bytes)
-        {
-            return Poll::Pending;
+        Poll::Pending => return Step::Wait,
+    }
+    Step::Again
+}
+
+/// One step of watching for the client leaving while the request is in the
+/// gateway and its body read, keeping what it sends meanwhile (pipelining)
+/// up to a head's worth.
+fn poll_watch<S: ClientStream>(
+    io: &mut S,
+    buf: &mut Option<BytesMut>,
+    settings: Settings,
+    cx: &mut Context<'_>,
+) -> Step {
+    if buf
+        .as_ref()
+        .is_some_and(|b| b.len() >= settings.limits.max_bytes)
+    {
+        return Step::Wait;
+    }
+    if buf.as_ref().is_none_or(BytesMut::is_empty) {
+        match io.poll_wait_readable(cx, buf) {
+            Poll::Pending => return Step::Wait,
+            Poll::Ready(Err(_)) => return Step::Gone,
+            Poll::Ready(Ok(())) => {}
         }
-        if buf.as_ref().is_none_or(BytesMut::is_empty) {
-            match io.poll_wait_readable(cx, buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(Served::ClientGone),
-                Poll::Ready(Ok(())) => {}
-            }
-            if buf.as_ref().is_some_and(|b| !b.is_empty()) {
-                continue;
-            }
+        if buf.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Step::Again;
         }
-        let b = buf.get_or_insert_with(buffers::take);
-        match poll_read_buf(io, cx, b) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Served::ClientGone),
-            Poll::Ready(Ok(_)) => {}
-            Poll::Pending => {
-                buffers::give_if_empty(buf);
-                return Poll::Pending;
-            }
+    }
+    let b = buf.get_or_insert_with(buffers::take);
+    match poll_read_buf(io, cx, b) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Step::Gone,
+        Poll::Ready(Ok(_)) => Step::Again,
+        Poll::Pending => {
+            buffers::give_if_empty(buf);
+            Step::Wait
         }
     }
 }

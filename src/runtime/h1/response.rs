@@ -50,6 +50,19 @@ enum Field<'a> {
     Set(&'a [u8]),
 }
 
+/// The fields framing and connection control decide, in the order
+/// content-length, transfer-encoding, connection.
+const DECIDED: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"connection"];
+
+/// What a response's head says about its body and its connection.
+struct Plan<'a> {
+    framing: Framing,
+    /// The [`DECIDED`] fields.
+    fields: [Field<'a>; 3],
+    /// The connection closes after this response.
+    close: bool,
+}
+
 /// Writes the response head into `dst` and says how to frame the body and
 /// whether the connection closes afterwards. The response's header map is
 /// read, not changed: the framing and connection fields are decided first
@@ -60,10 +73,25 @@ pub(super) fn encode_head(
     asked: Asked,
     dst: &mut BytesMut,
 ) -> (Framing, bool) {
+    let mut digits = [0u8; 20];
+    let plan = plan(parts, hint, asked, &mut digits);
+    write_status_line(parts.status, dst);
+    if !parts.headers.contains_key(header::DATE) {
+        dst.put_slice(b"date: ");
+        put_date(dst);
+        dst.put_slice(b"\r\n");
+    }
+    write_fields(&parts.headers, plan.fields, dst);
+    dst.put_slice(b"\r\n");
+    (plan.framing, plan.close)
+}
+
+/// Decides the body's framing and the [`DECIDED`] fields (`digits` holds a
+/// length written out).
+fn plan<'a>(parts: &Parts, hint: &SizeHint, asked: Asked, digits: &'a mut [u8; 20]) -> Plan<'a> {
     let status = parts.status;
     let headers = &parts.headers;
     let mut close = !asked.keep_alive;
-    let mut digits = [0u8; 20];
     let bodiless_status = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -79,29 +107,23 @@ pub(super) fn encode_head(
         // (or the local answer) said it.
         let length = match hint.exact() {
             Some(n) if n > 0 && !headers.contains_key(header::CONTENT_LENGTH) => {
-                Field::Set(decimal(n, &mut digits))
+                Field::Set(decimal(n, digits))
             }
             _ => Field::Keep,
         };
         (Framing::None, length, Field::Keep)
     } else if let Some(n) = hint.exact() {
-        let length = Field::Set(decimal(n, &mut digits));
+        let length = Field::Set(decimal(n, digits));
         (Framing::Body(Encoder::length(n)), length, Field::Drop)
     } else if let Some(n) = declared_length(headers) {
         (Framing::Body(Encoder::length(n)), Field::Keep, Field::Drop)
     } else if asked.version == Version::HTTP_11 {
-        (
-            Framing::Body(Encoder::chunked()),
-            Field::Drop,
-            Field::Set(b"chunked"),
-        )
+        let chunked = Framing::Body(Encoder::chunked());
+        (chunked, Field::Drop, Field::Set(b"chunked"))
     } else {
         close = true;
-        (
-            Framing::Body(Encoder::close_delimited()),
-            Field::Drop,
-            Field::Keep,
-        )
+        let to_close = Framing::Body(Encoder::close_delimited());
+        (to_close, Field::Drop, Field::Keep)
     };
     let connection = if status == StatusCode::SWITCHING_PROTOCOLS {
         // Connection: upgrade stays; the connection is handed on.
@@ -113,25 +135,30 @@ pub(super) fn encode_head(
     } else {
         Field::Drop
     };
-    write_status_line(status, dst);
-    if !headers.contains_key(header::DATE) {
-        dst.put_slice(b"date: ");
-        put_date(dst);
-        dst.put_slice(b"\r\n");
+    Plan {
+        framing,
+        fields: [length, coding, connection],
+        close,
     }
+}
+
+/// Writes the response's fields, each [`DECIDED`] one as `decided` says:
+/// a `Set` one in place of the first line it replaces, else at the end.
+fn write_fields(headers: &http::HeaderMap, decided: [Field<'_>; 3], dst: &mut BytesMut) {
     // Whether each `Set` field has been written yet.
     let mut written = [false; 3];
     for (name, value) in headers {
-        let (field, slot) = if name == header::CONTENT_LENGTH {
-            (length, 0)
+        let slot = if name == header::CONTENT_LENGTH {
+            0
         } else if name == header::TRANSFER_ENCODING {
-            (coding, 1)
+            1
         } else if name == header::CONNECTION {
-            (connection, 2)
+            2
         } else {
-            (Field::Keep, 3)
+            put_field(dst, name.as_str().as_bytes(), value.as_bytes());
+            continue;
         };
-        match field {
+        match decided[slot] {
             Field::Keep => put_field(dst, name.as_str().as_bytes(), value.as_bytes()),
             Field::Drop => {}
             Field::Set(text) => {
@@ -141,16 +168,13 @@ pub(super) fn encode_head(
             }
         }
     }
-    let names: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"connection"];
-    for (slot, field) in [length, coding, connection].into_iter().enumerate() {
+    for (slot, field) in decided.into_iter().enumerate() {
         if let Field::Set(text) = field
             && !written[slot]
         {
-            put_field(dst, names[slot], text);
+            put_field(dst, DECIDED[slot], text);
         }
     }
-    dst.put_slice(b"\r\n");
-    (framing, close)
 }
 
 /// A refusal written before any request reached the gateway (a head that

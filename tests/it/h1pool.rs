@@ -3,16 +3,11 @@
 //! backend closed while idle costs the client nothing, and the idle stack is
 //! bounded in count and age.
 //!
-//! A test binary of its own, not a module of `tests/it`: the pool divides
-//! its idle connections into one stack per worker thread, counted by the
-//! process-wide `server::worker_count`, which every sluice started in the
-//! process raises. The sluices of the other tests would change the stacks
-//! (and so the idle bound) that this file measures.
+//! Every pool here keeps one idle stack, whatever the worker count of the
+//! sluices that other tests start in this process, so the idle bound it
+//! measures is the one it asked for.
 
-// Test helpers (not `#[test]` functions, which clippy.toml already
-// covers) unwrap, expect and panic too: a failure should fail the test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -121,7 +116,13 @@ async fn serve(mut stream: TcpStream, manner: Manner) {
 
 fn pool(backend: &RawBackend, max_idle: usize, idle_timeout: Duration) -> Arc<H1Pool> {
     let authority = backend.addr.to_string().parse().unwrap();
-    H1Pool::new(&authority, max_idle, idle_timeout, Duration::from_secs(1))
+    H1Pool::new(
+        &authority,
+        NonZeroUsize::MIN,
+        max_idle,
+        idle_timeout,
+        Duration::from_secs(1),
+    )
 }
 
 /// A free port on 127.0.0.1 with nothing listening on it.
@@ -223,6 +224,7 @@ async fn an_unreachable_target_is_a_connect_error() {
     let addr = dead_addr().await;
     let pool = H1Pool::new(
         &addr.to_string().parse().unwrap(),
+        NonZeroUsize::MIN,
         8,
         Duration::from_secs(60),
         Duration::from_secs(1),
