@@ -164,14 +164,21 @@ impl Upstream {
             let entries = self.entries.lock();
             targets(&self.config, &self.families, &entries, &old.targets)
         };
+        let mut draining = self.draining.lock();
+        draining.retain(|t| t.strong_count() > 0);
         for gone in old
             .targets
             .iter()
             .filter(|t| !targets.iter().any(|n| n.addr == t.addr))
         {
-            tracing::info!(upstream = %self.name, target = %gone.addr, inflight = gone.inflight.load(std::sync::atomic::Ordering::Relaxed), "target left the set; draining");
+            let inflight = gone.inflight.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(upstream = %self.name, target = %gone.addr, inflight, "target left the set; draining");
             self.families.forget_target(&self.name, gone.addr.as_str());
+            if inflight > 0 {
+                draining.push(Arc::downgrade(gone));
+            }
         }
+        drop(draining);
         for joined in targets
             .iter()
             .filter(|t| !old.targets.iter().any(|o| o.addr == t.addr))
@@ -285,6 +292,7 @@ mod tests {
         assert!(member(&up, "10.0.0.4:9000").is_some());
         assert_eq!(*healthy.borrow(), 2, ".4 and the static one");
         assert_eq!(three.inflight.load(Ordering::SeqCst), 1);
+        assert_eq!(up.inflight(), 1, "the draining request still counts");
         for _ in 0..10 {
             let picked = up.pick(&[]).unwrap();
             assert!(!Arc::ptr_eq(&picked, &three));
@@ -292,6 +300,7 @@ mod tests {
         }
         drop(in_flight);
         assert_eq!(three.inflight.load(Ordering::SeqCst), 0);
+        assert_eq!(up.inflight(), 0);
         assert_eq!(Arc::strong_count(&three), 1, "only the test holds it now");
 
         // A failed lookup changes nothing.

@@ -83,6 +83,9 @@ pub struct Upstream {
     members: ArcSwap<Members>,
     /// `targets` as written, with what discovery last learnt of each name.
     entries: Mutex<Vec<Entry>>,
+    /// Targets that left the set while requests were in flight to them,
+    /// counted in [`Upstream::inflight`] until they are gone.
+    draining: Mutex<Vec<std::sync::Weak<target::Target>>>,
     /// Healthy targets now; routes with `rate_per_target` follow it.
     healthy: watch::Sender<usize>,
     /// Discovery rounds completed.
@@ -138,6 +141,7 @@ impl Upstream {
             name: config.name.clone(),
             members: ArcSwap::from_pointee(Members::new(config.balance, targets)),
             entries: Mutex::new(entries),
+            draining: Mutex::new(Vec::new()),
             healthy: watch::Sender::new(0),
             rounds: watch::Sender::new(0),
             families: metrics.clone(),
@@ -218,14 +222,23 @@ impl Upstream {
         self.gate.clone()
     }
 
-    /// Requests in flight now.
+    /// Requests in flight now, to targets of the set and to those draining.
     pub fn inflight(&self) -> usize {
-        self.members
+        let draining: usize = self
+            .draining
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|t| t.inflight.load(Ordering::Relaxed))
+            .sum();
+        let members: usize = self
+            .members
             .load()
             .targets
             .iter()
             .map(|t| t.inflight.load(Ordering::Relaxed))
-            .sum()
+            .sum();
+        members + draining
     }
 
     pub fn metrics(&self) -> &UpstreamMetrics {
