@@ -132,29 +132,40 @@ async fn serve_batch(
             http1,
             stopped: stopped.clone(),
         };
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let Accepted {
-                stream,
-                peer,
-                slot,
-                at,
-            } = accepted;
-            let _slot = slot;
-            let stream = match TcpStream::from_std(stream) {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::warn!(%peer, %err, "cannot serve the connection");
-                    return;
-                }
-            };
-            match tls {
-                None => conn.serve_plain(stream, peer, at).await,
-                // Boxed: a TLS session is large, and a plain connection's
-                // task should not reserve room for one.
-                Some(terminator) => Box::pin(conn.serve_tls(terminator, stream, peer, at)).await,
+        tokio::spawn(serve_accepted(conn, accepted, tls.clone()));
+    }
+}
+
+/// The task of one accepted connection. A block over its captured
+/// arguments, read in place (an `async fn`, or moving them into locals,
+/// would hold a second copy for the connection's life).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` holds its arguments twice (rustc #62958)"
+)]
+fn serve_accepted(
+    conn: ProxyConnection,
+    accepted: Accepted,
+    tls: Option<Arc<Terminator>>,
+) -> impl Future<Output = ()> {
+    async move {
+        let stream = match TcpStream::from_std(accepted.stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(peer = %accepted.peer, %err, "cannot serve the connection");
+                return;
             }
-        });
+        };
+        let (peer, at) = (accepted.peer, accepted.at);
+        match tls {
+            None => conn.serve_plain(stream, peer, at).await,
+            // Boxed: a TLS session is large, and a plain connection's
+            // task should not reserve room for one.
+            Some(terminator) => Box::pin(conn.serve_tls(terminator, stream, peer, at)).await,
+        }
+        // The connection's place under `max_connections` is given back
+        // when it ends.
+        drop(accepted.slot);
     }
 }
 

@@ -174,49 +174,60 @@ impl<S: ClientStream> Connection<S> {
 
     /// Serves requests until the connection ends. With `detect_h2`, the
     /// HTTP/2 preface as the first bytes hands the stream back for HTTP/2.
-    pub(crate) async fn run(mut self, detect_h2: bool) -> Start<S> {
-        let mut first = true;
-        loop {
-            let head = match self.next_head(first, detect_h2 && first).await {
-                Next::Head(head) => head,
-                Next::Http2 => {
-                    let read = self.buf.take().map_or_else(Bytes::new, BytesMut::freeze);
-                    return Start::Http2(self.io, read);
-                }
-                Next::Refused(err) => {
-                    self.refuse(err).await;
+    ///
+    /// Written as a block over its captured arguments rather than an `async
+    /// fn`, which would keep a second copy of `self` in its future (the
+    /// arguments as captured and as moved into the body; rustc #62958):
+    /// this future is most of what an idle connection holds.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice (rustc #62958)"
+    )]
+    pub(crate) fn run(mut self, detect_h2: bool) -> impl Future<Output = Start<S>> {
+        async move {
+            let mut first = true;
+            loop {
+                let head = match self.next_head(first, detect_h2 && first).await {
+                    Next::Head(head) => head,
+                    Next::Http2 => {
+                        let read = self.buf.take().map_or_else(Bytes::new, BytesMut::freeze);
+                        return Start::Http2(self.io, read);
+                    }
+                    Next::Refused(err) => {
+                        self.refuse(err).await;
+                        break;
+                    }
+                    Next::End => break,
+                };
+                // Boxed: the connection's own future, all an idle connection
+                // holds, is not sized by serving a request.
+                let keep_open = match Box::pin(self.serve(head, first)).await {
+                    Ok(After::Next) => true,
+                    Ok(After::Close) => false,
+                    Ok(After::Switch(upgrade)) => {
+                        // After a 101: the socket, and what was read past the
+                        // request, go to the tunnel waiting for them.
+                        let Connection { io, buf, peer, .. } = self;
+                        let read = buf.map_or_else(Bytes::new, BytesMut::freeze);
+                        if upgrade.send(Upgraded::new(Box::new(io), read)).is_err() {
+                            tracing::debug!(%peer, "no tunnel took the switched connection");
+                        }
+                        return Start::Done;
+                    }
+                    Err(err) => {
+                        tracing::debug!(peer = %self.peer, %err, "connection ended with an error");
+                        false
+                    }
+                };
+                first = false;
+                buffers::give_if_empty(&mut self.buf);
+                if !keep_open || self.stopping || self.poll_stop_now() {
                     break;
                 }
-                Next::End => break,
-            };
-            // Boxed: the connection's own future, all an idle connection
-            // holds, is not sized by serving a request.
-            let keep_open = match Box::pin(self.serve(head, first)).await {
-                Ok(After::Next) => true,
-                Ok(After::Close) => false,
-                Ok(After::Switch(upgrade)) => {
-                    // After a 101: the socket, and what was read past the
-                    // request, go to the tunnel waiting for them.
-                    let Connection { io, buf, peer, .. } = self;
-                    let read = buf.map_or_else(Bytes::new, BytesMut::freeze);
-                    if upgrade.send(Upgraded::new(Box::new(io), read)).is_err() {
-                        tracing::debug!(%peer, "no tunnel took the switched connection");
-                    }
-                    return Start::Done;
-                }
-                Err(err) => {
-                    tracing::debug!(peer = %self.peer, %err, "connection ended with an error");
-                    false
-                }
-            };
-            first = false;
-            buffers::give_if_empty(&mut self.buf);
-            if !keep_open || self.stopping || self.poll_stop_now() {
-                break;
             }
+            self.close().await;
+            Start::Done
         }
-        self.close().await;
-        Start::Done
     }
 
     /// Whether shutdown has been asked for, without waiting.
@@ -297,7 +308,7 @@ impl<S: ClientStream> Connection<S> {
         let gateway = self.live.gateway.load_full();
         let peer = self.peer;
         let mut exchange = Exchange {
-            response: Box::pin(async move { gateway.handle(req, peer).await }),
+            response: Box::pin(gateway.handle_owned(req, peer)),
             body_done: exchange_feed.is_none(),
             watch: exchange_feed.is_none(),
             feed: exchange_feed,
