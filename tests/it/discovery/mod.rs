@@ -172,6 +172,34 @@ async fn targets_follow_the_name_and_a_removed_one_drains() {
     assert_eq!(backends[0].completed_for("/after"), 3);
     assert_eq!(backends[1].completed_for("/after"), 0);
     assert_eq!(backends[2].completed_for("/after"), 3);
+
+    // The status page lists the targets of the set (it samples each second).
+    let want = vec![addr(2).to_string(), addr(4).to_string()];
+    let mut listed = Vec::new();
+    for _ in 0..50 {
+        listed = status_targets(&client, sluice.admin_addr()).await;
+        if listed == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed, want);
+}
+
+/// The target names `/status.json` shows for upstream `api`, sorted.
+async fn status_targets(client: &TestClient, admin: SocketAddr) -> Vec<String> {
+    let seen = get(client, &format!("http://{admin}/status.json")).await;
+    let json: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    let mut names: Vec<String> = json["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["name"] == "api")
+        .flat_map(|u| u["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +277,22 @@ async fn an_unchanged_address_keeps_its_health_and_an_outage_keeps_the_set() {
             &["upstream=\"api\"", "result=\"ok\""]
         ) >= 2.0
     );
-    // Three failures and more, one warning: at most one a minute.
+    // The name loses its records (NOERROR, no data): counted as empty, the
+    // set stays.
+    let empty = |t: &str| {
+        sum_of(
+            t,
+            "sluice_dns_resolutions_total",
+            &["upstream=\"api\"", "result=\"empty\""],
+        )
+    };
+    dns.zone.set(OUTAGE, &[]);
+    dns.zone.set_down(false);
+    let text = until_metrics(&client, sluice.admin_addr(), |t| empty(t) >= 2.0).await;
+    assert!(empty(&text) >= 2.0, "{text}");
+    assert_eq!(named_targets(&text, OUTAGE), 3.0);
+    // Three failures and more, one warning: at most one a minute (the
+    // empty answers continue the same run of failures).
     let warned = logs
         .containing("keeping the last known addresses")
         .into_iter()
