@@ -117,16 +117,14 @@ impl Gateway {
     /// Returns the request and how long its client took to send the body.
     async fn read_body(
         &self,
-        req: Request<ClientBody>,
+        incoming: ClientBody,
         record: &mut Record<'_>,
-    ) -> Phase<(Request<RequestBody>, Duration)> {
-        let (parts, incoming) = req.into_parts();
+    ) -> Phase<(RequestBody, Duration)> {
         let reading = Instant::now();
-        let body = match RequestBody::read(incoming, self.body_limits).await {
-            Ok(body) => body,
-            Err(err) => return Break(record.body_failed(err)),
-        };
-        Continue((Request::from_parts(parts, body), reading.elapsed()))
+        match RequestBody::read(incoming, self.body_limits).await {
+            Ok(body) => Continue((body, reading.elapsed())),
+            Err(err) => Break(record.body_failed(err)),
+        }
     }
 
     /// Forward. An Upgrade to a protocol the route allows (WebSocket by
@@ -345,15 +343,14 @@ where
         };
         // A request without a body (most) needs no body phase; the phase is
         // boxed for the others, so a request waiting in the queue holds no
-        // room for reading a body.
-        let (req, sending) = if req.body().is_end_stream() {
-            let (parts, _) = req.into_parts();
-            (
-                Request::from_parts(parts, RequestBody::Empty),
-                Duration::ZERO,
-            )
+        // room for reading a body. The head stays where it was captured
+        // (a copy would be held for the whole wait); only the body moves.
+        let incoming = std::mem::replace(req.body_mut(), ClientBody::Empty);
+        let (body, sending) = if incoming.is_end_stream() {
+            drop(incoming);
+            (RequestBody::Empty, Duration::ZERO)
         } else {
-            match Box::pin(this.read_body(req, &mut record)).await {
+            match Box::pin(this.read_body(incoming, &mut record)).await {
                 Continue(read) => read,
                 Break(response) => return response,
             }
@@ -369,6 +366,7 @@ where
             Continue(grant) => grant,
             Break(response) => return response,
         };
+        let req = req.map(|_| body);
         // Boxed: a request waiting in the queue holds only the phases so
         // far, not room for forwarding and relaying (the larger part).
         Box::pin(this.forward(req, route, grant, (client, host), &mut record)).await
@@ -392,11 +390,9 @@ mod tests {
             |(g, r, c): (&'static Gateway, Request<ClientBody>, SocketAddr)| g.handle(r, c),
         );
         let read = size_of_output(
-            |(g, r, rec): (
-                &'static Gateway,
-                Request<ClientBody>,
-                &'static mut Record<'static>,
-            )| { g.read_body(r, rec) },
+            |(g, b, rec): (&'static Gateway, ClientBody, &'static mut Record<'static>)| {
+                g.read_body(b, rec)
+            },
         );
         eprintln!("handle {handle} B, body phase {read} B");
         assert!(handle <= 1536, "{handle}");

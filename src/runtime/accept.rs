@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::connection::{ProxyConnection, http1_settings, http2_builder};
 use super::door::{Door, Slot};
+use super::h1::Start;
 use super::listen::{self, Listener};
 use super::live::Live;
 use super::workers::Workers;
@@ -158,7 +159,13 @@ fn serve_accepted(
         };
         let (peer, at) = (accepted.peer, accepted.at);
         match tls {
-            None => conn.serve_plain(stream, peer, at).await,
+            None => {
+                let served = conn.serve_plain(stream, peer, at).await;
+                if let Start::Http2(stream, read) = served {
+                    conn.serve_preface(stream, read, accepted.peer, accepted.at)
+                        .await;
+                }
+            }
             // Boxed: a TLS session is large, and a plain connection's
             // task should not reserve room for one.
             Some(terminator) => Box::pin(conn.serve_tls(terminator, stream, peer, at)).await,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -180,36 +181,38 @@ pub(super) struct ProxyConnection {
 }
 
 impl ProxyConnection {
-    /// Serves a plain connection: HTTP/1, or HTTP/2 if it starts with the
-    /// HTTP/2 preface (boxed: a plain HTTP/1 connection's task should not
-    /// reserve room for an HTTP/2 connection).
-    ///
-    /// A block over its captured arguments, not an `async fn` (which would
-    /// hold them twice; see `h1::Connection::run`): this future is the task
-    /// an idle plain connection is.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an `async fn` holds its arguments twice (rustc #62958)"
-    )]
+    /// The HTTP/1 side of a plain connection: served to its end, or handed
+    /// back at an HTTP/2 preface (see [`ProxyConnection::serve_preface`]).
+    /// The connection's future, made here rather than inside the caller's
+    /// block, so that the task holds the stream, address and times once.
     pub(super) fn serve_plain(
-        self,
+        &self,
         stream: TcpStream,
         peer: SocketAddr,
         accepted: Instant,
-    ) -> impl Future<Output = ()> {
-        async move {
-            let conn = h1::Connection::new(
-                stream,
-                self.live.clone(),
-                (peer, accepted, false),
-                self.http1,
-                self.stopped.clone(),
-            );
-            if let Start::Http2(stream, read) = conn.run(true).await {
-                let stream = Rewind::new(stream, read);
-                Box::pin(self.serve_http2(stream, peer, accepted, false)).await;
-            }
-        }
+    ) -> impl Future<Output = Start<TcpStream>> + use<> {
+        h1::Connection::new(
+            stream,
+            self.live.clone(),
+            (peer, accepted, false),
+            self.http1,
+            self.stopped.clone(),
+        )
+        .run(true)
+    }
+
+    /// Serves HTTP/2 on a plain connection that began with its preface
+    /// (`read`: the bytes already read). Boxed: a plain HTTP/1 connection's
+    /// task should not reserve room for an HTTP/2 connection.
+    pub(super) async fn serve_preface(
+        self,
+        stream: TcpStream,
+        read: Bytes,
+        peer: SocketAddr,
+        accepted: Instant,
+    ) {
+        let stream = Rewind::new(stream, read);
+        Box::pin(self.serve_http2(stream, peer, accepted, false)).await;
     }
 
     /// Completes the TLS handshake (within `handshake_timeout` of accept,
@@ -295,7 +298,7 @@ mod tests {
     #[test]
     fn a_plain_connections_future_is_not_sized_by_the_request_path() {
         let serve = size_of_output(
-            |(c, s, p, a): (ProxyConnection, TcpStream, SocketAddr, Instant)| {
+            |(c, s, p, a): (&ProxyConnection, TcpStream, SocketAddr, Instant)| {
                 c.serve_plain(s, p, a)
             },
         );

@@ -304,14 +304,18 @@ impl<S: ClientStream> Connection<S> {
             version: head.parts.version,
             keep_alive: head.keep_alive,
         };
-        let (req, exchange_feed, upgrade) = self.request(*head, first);
+        // The head's box is freed here, not held while the request waits.
+        let head: Head = {
+            let boxed = head;
+            *boxed
+        };
+        let (req, feed, upgrade) = self.request(head, first);
         let gateway = self.live.gateway.load_full();
-        let peer = self.peer;
         let mut exchange = Exchange {
-            response: Box::pin(gateway.handle_owned(req, peer)),
-            body_done: exchange_feed.is_none(),
-            watch: exchange_feed.is_none(),
-            feed: exchange_feed,
+            response: Box::pin(gateway.handle_owned(req, self.peer)),
+            body_done: feed.is_none(),
+            watch: feed.is_none(),
+            feed,
         };
         let response = match self.exchange(&mut exchange).await {
             Served::Response(response) => response,
