@@ -32,6 +32,12 @@
 //! `--out FILE` also writes one TSV line per connection: `i start_us
 //! connected_us sent_us answered_us status error` (unix microseconds, `-`
 //! for a stage not reached; status 0 = no answer).
+//!
+//! `--tls` (bench/https/run, issue 21): a crowd of TLS clients. Each one,
+//! once connected, makes a full TLS handshake (`bench/tls_client.rs`: no
+//! resumption, TLS 1.3, or 1.2 with `--tls12`), then sends its request over
+//! it; the JSON then has the handshake time (connect done to handshake
+//! done) too, and a failed handshake is the error `handshake_*`.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
@@ -39,10 +45,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use rustls::pki_types::ServerName;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout_at;
+use tokio_rustls::TlsConnector;
+
+#[path = "tls_client.rs"]
+mod tls_client;
 
 #[derive(Parser, Debug)]
 #[command(about = "A flash crowd: N connections at once, one GET each (bench/run scenario 5)")]
@@ -67,6 +78,12 @@ struct Args {
     /// Write one TSV line per connection here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Speak HTTPS: a full TLS handshake (SNI localhost) before the request.
+    #[arg(long)]
+    tls: bool,
+    /// With `--tls`: TLS 1.2 only (else TLS 1.3 only).
+    #[arg(long, requires = "tls")]
+    tls12: bool,
 }
 
 /// What one connection went through, in microseconds since the Unix epoch.
@@ -74,6 +91,7 @@ struct Args {
 struct Record {
     start: Option<u64>,
     connected: Option<u64>,
+    handshaken: Option<u64>,
     sent: Option<u64>,
     answered: Option<u64>,
     status: u16,
@@ -149,19 +167,21 @@ fn complete(buf: &[u8]) -> bool {
     false
 }
 
-/// One client of the crowd: connect, send, read the answer.
+/// One client of the crowd: connect, (with `tls`) shake hands, send, read
+/// the answer.
 async fn client(
     socket: TcpSocket,
     addr: SocketAddr,
     path: String,
     clock: Clock,
     deadline: tokio::time::Instant,
+    tls: Option<TlsConnector>,
 ) -> Record {
     let mut rec = Record {
         start: Some(clock.now_us()),
         ..Record::default()
     };
-    let mut stream: TcpStream = match timeout_at(deadline, socket.connect(addr)).await {
+    let stream: TcpStream = match timeout_at(deadline, socket.connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             rec.error = Some(error_name("connect", &err));
@@ -173,6 +193,37 @@ async fn client(
         }
     };
     rec.connected = Some(clock.now_us());
+    let Some(tls) = tls else {
+        return exchange(stream, rec, path, clock, deadline).await;
+    };
+    let Ok(name) = ServerName::try_from("localhost") else {
+        rec.error = Some("handshake_bad_name".to_string());
+        return rec;
+    };
+    match timeout_at(deadline, tls.connect(name, stream)).await {
+        Ok(Ok(stream)) => {
+            rec.handshaken = Some(clock.now_us());
+            exchange(stream, rec, path, clock, deadline).await
+        }
+        Ok(Err(err)) => {
+            rec.error = Some(error_name("handshake", &err));
+            rec
+        }
+        Err(_) => {
+            rec.error = Some("handshake_timeout".to_string());
+            rec
+        }
+    }
+}
+
+/// The request and its answer on a connected (and maybe TLS) stream.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut rec: Record,
+    path: String,
+    clock: Clock,
+    deadline: tokio::time::Instant,
+) -> Record {
     let sent_at = clock.now_us();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: bench\r\nX-Sent-At: {sent_at}\r\nConnection: close\r\n\r\n"
@@ -216,6 +267,13 @@ async fn client(
                     rec.error = Some("read_response_too_large".to_string());
                     return rec;
                 }
+            }
+            // A TLS server that closes without close_notify after its
+            // whole answer (no Content-Length): the answer still counts.
+            Ok(Err(err)) if err.kind() == ErrorKind::UnexpectedEof && status_of(&buf).is_some() => {
+                rec.status = status_of(&buf).unwrap_or(0);
+                rec.answered = Some(clock.now_us());
+                return rec;
             }
             Ok(Err(err)) => {
                 rec.error = Some(error_name("read", &err));
@@ -290,6 +348,12 @@ fn main() -> anyhow::Result<()> {
     // the event loop looks at any socket (event_interval), and the other
     // core is left to the server.
     let ticks = u32::try_from(args.n.saturating_add(64)).unwrap_or(u32::MAX);
+    let tls = if args.tls {
+        let config = tls_client::full_handshakes(args.tls12, b"http/1.1")?;
+        Some(TlsConnector::from(config))
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .event_interval(ticks)
@@ -314,7 +378,14 @@ fn main() -> anyhow::Result<()> {
             .enumerate()
             .map(|(i, socket)| {
                 let path = format!("{}{i}", args.path);
-                tokio::spawn(client(socket, args.addr, path, clock, deadline))
+                tokio::spawn(client(
+                    socket,
+                    args.addr,
+                    path,
+                    clock,
+                    deadline,
+                    tls.clone(),
+                ))
             })
             .collect();
         let mut records = Vec::with_capacity(tasks.len());
@@ -357,6 +428,7 @@ fn main() -> anyhow::Result<()> {
     let mut by_error: BTreeMap<String, usize> = BTreeMap::new();
     let mut answer: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
     let mut connect = Vec::new();
+    let mut handshake = Vec::new();
     for r in &records {
         if let Some(e) = &r.error {
             *by_error.entry(e.clone()).or_default() += 1;
@@ -366,6 +438,9 @@ fn main() -> anyhow::Result<()> {
         }
         if let (Some(s), Some(c)) = (r.start, r.connected) {
             connect.push(c.saturating_sub(s));
+        }
+        if let (Some(c), Some(h)) = (r.connected, r.handshaken) {
+            handshake.push(h.saturating_sub(c));
         }
         if let (Some(s), Some(a)) = (r.start, r.answered) {
             answer
@@ -388,6 +463,8 @@ fn main() -> anyhow::Result<()> {
             .map(|(status, us)| (status.to_string(), spread(us.clone())))
             .collect::<BTreeMap<_, _>>(),
         "connect": spread(connect),
+        "tls": args.tls.then_some(if args.tls12 { "1.2" } else { "1.3" }),
+        "handshake": args.tls.then(|| spread(handshake)),
         "connects_over_900ms": slow_connects,
         "last_answer_after_ms": last_answer.map(|a| a.saturating_sub(first_start) as f64 / 1000.0),
         "listen_overflows": listen.map(|l| l.0),

@@ -1,6 +1,6 @@
 //! TLS: terminating it on the proxy listener (`[server.tls]`) and speaking
 //! it to upstream targets (`[upstreams.NAME.tls]`), with rustls and the
-//! `ring` provider. Files are read whenever a config generation is built (at
+//! aws-lc-rs provider. Files are read whenever a config generation is built (at
 //! start and on each reload), so a rotated certificate takes effect on
 //! reload; session-ticket keys outlive reloads, so clients keep resuming.
 //!
@@ -34,8 +34,21 @@ const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// The crypto provider of every TLS config sluice builds, passed
 /// explicitly so no process-wide default is needed.
+///
+/// The first call also draws a few random bytes: aws-lc seeds its
+/// process-wide random generator from CPU jitter on first use, hundreds of
+/// millions of instructions (bench/HTTPS.md). Configs are built at start
+/// and on reload, so that cost is paid there, once per process, and not by
+/// the first client's handshake.
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    static SEEDED: std::sync::Once = std::sync::Once::new();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    SEEDED.call_once(|| {
+        // A failure here is not ours to handle: the handshake that needs
+        // randomness reports it.
+        let _ = provider.secure_random.fill(&mut [0u8; 16]);
+    });
+    std::sync::Arc::new(provider)
 }
 
 /// Test helpers shared by the unit tests of this module's files.

@@ -53,7 +53,7 @@ impl Resumption {
             return Ok(previous.clone());
         }
         let ticketer = if tls.session_tickets {
-            Some(rustls::crypto::ring::Ticketer::new().map_err(TlsError::Setup)?)
+            Some(rustls::crypto::aws_lc_rs::Ticketer::new().map_err(TlsError::Setup)?)
         } else {
             None
         };

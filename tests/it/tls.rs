@@ -50,7 +50,7 @@ fn https_client(ca: &Path, offer: Offer) -> HttpsClient {
         roots.add(cert.expect("CA cert")).expect("CA accepted");
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("protocol versions")
@@ -270,7 +270,7 @@ fn client_tls(
         roots.add(cert.expect("CA cert")).expect("CA accepted");
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(versions)
     .expect("protocol versions")
