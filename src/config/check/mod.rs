@@ -7,6 +7,7 @@
 //! checker spells or threads a key. Only a key that is not written (it has no
 //! span) is named explicitly, with `invalid_key`.
 
+mod deferred;
 mod limit;
 mod queue;
 mod redis;
@@ -37,7 +38,12 @@ impl Ctx<'_> {
         let log = self.log(raw.log)?;
         let redis = raw.redis.map(|v| self.redis(&v)).transpose()?;
         let upstreams = self.upstreams(raw.upstreams)?;
-        let routes = self.routes(raw.routes, &upstreams, redis.is_some())?;
+        let storage = self.storage(raw.storage.as_ref())?;
+        let routes = self.routes(
+            raw.routes,
+            &upstreams,
+            (redis.is_some(), storage.dir.is_some()),
+        )?;
         Ok(Config {
             source: self.path.to_path_buf(),
             server,
@@ -46,6 +52,7 @@ impl Ctx<'_> {
             upstreams,
             routes,
             redis,
+            storage,
         })
     }
 
