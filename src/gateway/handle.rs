@@ -50,6 +50,9 @@ impl Gateway {
         if let Break(response) = screen(&req, target) {
             return record.finish(Outcome::RejectedInvalid, response);
         }
+        if self.is_ticket_lookup(req.uri().path()) {
+            return self.ticket(&req, &mut record);
+        }
         let host = request_host(&req);
         let route = match self.route(&req, host.as_ref(), &mut record) {
             Continue(route) => route,
@@ -59,6 +62,9 @@ impl Gateway {
             Continue(classified) => classified,
             Break(response) => return response,
         };
+        if route.asynchronous {
+            return Box::pin(self.accept(req, route, (client, host), &mut record)).await;
+        }
         // A request without a body (most) needs no body phase; the phase is
         // boxed for the others, so a request waiting in the queue holds no
         // room for reading a body.

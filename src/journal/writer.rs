@@ -80,52 +80,8 @@ impl Writer {
         options: Options,
         mut visit: impl FnMut(Replayed<'_>),
     ) -> Result<(Writer, Vec<CutTail>), JournalError> {
-        let mut live: HashMap<u64, u64> = HashMap::new();
-        let mut next_seq = 1;
-        let mut cut = Vec::new();
         let numbers = segment::list(dir)?;
-        for &number in &numbers {
-            let found = segment::scan(dir, number, |f, body_at| {
-                let seq = f.seq;
-                match f.kind {
-                    Kind::Entry => {
-                        live.insert(seq, number);
-                        next_seq = next_seq.max(seq + 1);
-                        let at = Location {
-                            segment: number,
-                            offset: body_at,
-                            len: f.body.len() as u32,
-                        };
-                        visit(Replayed::Entry {
-                            seq,
-                            at,
-                            body: f.body,
-                        });
-                    }
-                    Kind::Done => {
-                        live.remove(&seq);
-                        visit(Replayed::Done { seq, body: f.body });
-                    }
-                    Kind::Note => visit(Replayed::Note { seq, body: f.body }),
-                }
-            })?;
-            if let Some(c) = found {
-                let path = segment::path(dir, number);
-                tracing::warn!(
-                    segment = %path.display(),
-                    at = c.at,
-                    bytes_cut = c.bytes,
-                    why = c.why,
-                    "journal: cut a torn or corrupt tail back to the last whole record"
-                );
-                cut.push(CutTail {
-                    segment: path,
-                    at: c.at,
-                    bytes: c.bytes,
-                    why: c.why,
-                });
-            }
-        }
+        let (live, next_seq, cut) = replay(dir, &numbers, &mut visit)?;
         let mut segments: VecDeque<Segment> = numbers
             .iter()
             .map(|&number| Segment {
@@ -360,4 +316,64 @@ impl Writer {
             .segments
             .store(self.segments.len(), Ordering::Relaxed);
     }
+}
+
+/// What replaying the segments found: each live entry's segment, the next
+/// sequence number, the tails cut.
+type Replay = (HashMap<u64, u64>, u64, Vec<CutTail>);
+
+/// Reads segments `numbers` back, oldest first, calling `visit` with each
+/// record; cuts and logs bad tails. The live entries (with their segment),
+/// the next sequence number and the tails cut.
+fn replay(
+    dir: &Path,
+    numbers: &[u64],
+    visit: &mut impl FnMut(Replayed<'_>),
+) -> Result<Replay, JournalError> {
+    let mut live: HashMap<u64, u64> = HashMap::new();
+    let mut next_seq = 1;
+    let mut cut = Vec::new();
+    for &number in numbers {
+        let found = segment::scan(dir, number, |f, body_at| {
+            let seq = f.seq;
+            match f.kind {
+                Kind::Entry => {
+                    live.insert(seq, number);
+                    next_seq = next_seq.max(seq + 1);
+                    let at = Location {
+                        segment: number,
+                        offset: body_at,
+                        len: f.body.len() as u32,
+                    };
+                    visit(Replayed::Entry {
+                        seq,
+                        at,
+                        body: f.body,
+                    });
+                }
+                Kind::Done => {
+                    live.remove(&seq);
+                    visit(Replayed::Done { seq, body: f.body });
+                }
+                Kind::Note => visit(Replayed::Note { seq, body: f.body }),
+            }
+        })?;
+        if let Some(c) = found {
+            let path = segment::path(dir, number);
+            tracing::warn!(
+                segment = %path.display(),
+                at = c.at,
+                bytes_cut = c.bytes,
+                why = c.why,
+                "journal: cut a torn or corrupt tail back to the last whole record"
+            );
+            cut.push(CutTail {
+                segment: path,
+                at: c.at,
+                bytes: c.bytes,
+                why: c.why,
+            });
+        }
+    }
+    Ok((live, next_seq, cut))
 }

@@ -14,6 +14,7 @@
 mod common;
 
 mod adaptive;
+mod async_route;
 mod bounds;
 mod cli;
 mod codec;
