@@ -136,6 +136,8 @@ impl From<io::Error> for JournalError {
 /// Figures the writer keeps up to date, read without asking it.
 #[derive(Debug, Default)]
 pub(crate) struct Gauges {
+    /// The most live entries (changeable while open).
+    capacity: AtomicUsize,
     live: AtomicUsize,
     bytes: AtomicU64,
     segments: AtomicUsize,
@@ -148,7 +150,6 @@ pub struct Journal {
     tx: std::sync::mpsc::Sender<Command>,
     gauges: Arc<Gauges>,
     cut: Vec<CutTail>,
-    capacity: usize,
 }
 
 impl Journal {
@@ -161,7 +162,6 @@ impl Journal {
         visit: impl FnMut(Replayed<'_>),
     ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir)?;
-        let capacity = options.capacity;
         let (writer, cut) = Writer::open(dir, options, visit)?;
         let gauges = writer.gauges();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -177,7 +177,6 @@ impl Journal {
             tx,
             gauges,
             cut,
-            capacity,
         })
     }
 
@@ -197,6 +196,38 @@ impl Journal {
     /// Writes a note on the live entry `seq`; resolves once synced.
     pub async fn note(&self, seq: u64, body: Vec<u8>) -> Result<(), JournalError> {
         self.mark(Kind::Note, seq, body).await
+    }
+
+    /// Retires many entries at once: they share syncs, rather than one
+    /// sync each. Resolves once all are synced.
+    pub async fn done_many(&self, done: Vec<(u64, Vec<u8>)>) -> Result<(), JournalError> {
+        self.mark_many(Kind::Done, done).await
+    }
+
+    /// Writes many notes at once (see [`Journal::done_many`]).
+    pub async fn note_many(&self, notes: Vec<(u64, Vec<u8>)>) -> Result<(), JournalError> {
+        self.mark_many(Kind::Note, notes).await
+    }
+
+    async fn mark_many(&self, kind: Kind, marks: Vec<(u64, Vec<u8>)>) -> Result<(), JournalError> {
+        let mut replies = Vec::with_capacity(marks.len());
+        for (seq, body) in marks {
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::Mark {
+                kind,
+                seq,
+                body,
+                reply,
+            })?;
+            replies.push(rx);
+        }
+        let mut result = Ok(());
+        for rx in replies {
+            if let Err(err) = rx.await.map_err(|_| JournalError::Closed).and_then(|r| r) {
+                result = Err(err);
+            }
+        }
+        result
     }
 
     async fn mark(&self, kind: Kind, seq: u64, body: Vec<u8>) -> Result<(), JournalError> {
@@ -230,7 +261,13 @@ impl Journal {
 
     /// The most entries that may be live.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.gauges.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Changes the most live entries from now on (entries already live
+    /// beyond a lowered capacity stay).
+    pub fn set_capacity(&self, capacity: usize) {
+        self.gauges.capacity.store(capacity, Ordering::Relaxed);
     }
 
     /// Bytes in the segment files now.

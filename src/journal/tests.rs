@@ -170,10 +170,14 @@ async fn beyond_capacity_nothing_is_written_until_an_entry_is_done() {
     assert_eq!(journal.bytes(), bytes);
     journal.done(seqs[0], vec![]).await.unwrap();
     journal.append(b"c".to_vec()).await.unwrap();
+    // A raised capacity takes effect at once.
+    journal.set_capacity(4);
+    journal.append(b"e".to_vec()).await.unwrap();
+    journal.set_capacity(3);
     // Capacity counts what replays too.
     drop(journal);
     let (journal, back) = open(&dir, Options::new(3));
-    assert_eq!(back.len(), 3);
+    assert_eq!(back.len(), 4);
     assert!(journal.append(b"d".to_vec()).await.is_err());
 }
 

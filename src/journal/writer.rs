@@ -112,6 +112,10 @@ impl Writer {
             gauges: Arc::new(Gauges::default()),
             must_roll: false,
         };
+        writer
+            .gauges
+            .capacity
+            .store(writer.options.capacity, Ordering::Relaxed);
         writer.reclaim();
         writer.publish();
         Ok((writer, cut))
@@ -149,7 +153,8 @@ impl Writer {
         for command in batch {
             match command {
                 Command::Append { body, reply } => {
-                    if self.live.len() + added >= self.options.capacity {
+                    let capacity = self.gauges.capacity.load(Ordering::Relaxed);
+                    if self.live.len() + added >= capacity {
                         let _refused = reply.send(Err(JournalError::Full(self.live.len())));
                         continue;
                     }

@@ -110,11 +110,19 @@ impl Deferred {
             }
             expired
         };
-        for seq in expired {
+        if expired.is_empty() {
+            return;
+        }
+        for _ in &expired {
             self.metrics.count(Event::Expired);
-            if let Err(err) = self.journal.done(seq, Ended::Expired.encode()).await {
-                tracing::error!(route = %self.name, error = %err, "async route: cannot record an expiry");
-            }
+        }
+        tracing::info!(route = %self.name, expired = expired.len(), "async route: requests not delivered within deliver_within expired");
+        let done = expired
+            .into_iter()
+            .map(|seq| (seq, Ended::Expired.encode()))
+            .collect();
+        if let Err(err) = self.journal.done_many(done).await {
+            tracing::error!(route = %self.name, error = %err, "async route: cannot record an expiry");
         }
     }
 }
@@ -268,4 +276,20 @@ fn request(accepted: Accepted) -> Result<(Request<RequestBody>, Forwarding), Str
         upgrade: None,
     };
     Ok((req, forwarding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_half_to_all_of_its_step_up_to_five_minutes() {
+        for (attempts, full) in [(1, 1), (2, 2), (3, 4), (9, 256), (10, 300), (40, 300)] {
+            for _ in 0..50 {
+                let wait = backoff(attempts);
+                let full = Duration::from_secs(full);
+                assert!(wait >= full / 2 && wait <= full, "{attempts}: {wait:?}");
+            }
+        }
+    }
 }

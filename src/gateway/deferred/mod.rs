@@ -134,6 +134,7 @@ impl Deferred {
         self.book
             .lock()
             .set_limits(config.deliver_within, config.capacity.get());
+        self.journal.set_capacity(config.capacity.get());
         self.metrics
             .configured(config.capacity.get(), config.deliver_within.as_secs());
         self.wiring.store(Arc::new(wiring));
@@ -274,12 +275,17 @@ impl Deferred {
     /// `deliver_within` counted from now); how many went.
     pub async fn redrive(&self) -> Result<usize, JournalError> {
         let letters = self.book.lock().dead_letters(usize::MAX);
-        let at_ms = unix_ms();
+        let note = Note::Redriven { at_ms: unix_ms() };
+        let notes = letters
+            .iter()
+            .map(|(seq, _)| (*seq, note.encode()))
+            .collect();
+        self.journal.note_many(notes).await?;
+        let mut book = self.book.lock();
         for (seq, _) in &letters {
-            let note = Note::Redriven { at_ms };
-            self.journal.note(*seq, note.encode()).await?;
-            self.book.lock().note(*seq, note, Instant::now());
+            book.note(*seq, note, Instant::now());
         }
+        drop(book);
         self.changed.notify_one();
         Ok(letters.len())
     }
@@ -287,9 +293,14 @@ impl Deferred {
     /// Drops every dead letter for good; how many went.
     pub async fn discard(&self) -> Result<usize, JournalError> {
         let letters = self.book.lock().dead_letters(usize::MAX);
+        let done = letters
+            .iter()
+            .map(|(seq, _)| (*seq, Ended::Discarded.encode()))
+            .collect();
+        self.journal.done_many(done).await?;
+        let mut book = self.book.lock();
         for (seq, _) in &letters {
-            self.journal.done(*seq, Ended::Discarded.encode()).await?;
-            self.book.lock().end(*seq, Ended::Discarded, Instant::now());
+            book.end(*seq, Ended::Discarded, Instant::now());
         }
         Ok(letters.len())
     }
