@@ -192,6 +192,9 @@ impl Book {
             Note::Parked { attempts } => {
                 if let Some(entry) = self.entries.get_mut(&seq) {
                     entry.attempts = attempts;
+                    // A dead letter does not expire: out of the deadline
+                    // index until re-driven.
+                    self.deadlines.remove(&(entry.deadline, seq));
                 }
                 self.set_state(seq, State::Parked);
             }
@@ -431,5 +434,17 @@ mod tests {
         book.retry(2, 1, now + Duration::from_secs(1));
         assert_eq!(book.expired(now + Duration::from_secs(61)), vec![2]);
         assert_eq!(book.len(), 2);
+        // A dead letter never expires; re-driven, it has deliver_within again.
+        book.note(3, Note::Parked { attempts: 5 }, now);
+        assert!(matches!(
+            book.status(TicketId(3)),
+            Some(Status::DeadLetter { attempts: 5 })
+        ));
+        assert!(!book.expired(now + Duration::from_secs(3600)).contains(&3));
+        assert_eq!(book.parked(), 1);
+        book.note(3, Note::Redriven { at_ms: unix_ms() }, now);
+        assert_eq!((book.parked(), book.queued()), (0, 2));
+        assert!(!book.expired(now + Duration::from_secs(59)).contains(&3));
+        assert!(book.expired(now + Duration::from_secs(61)).contains(&3));
     }
 }
