@@ -1,6 +1,6 @@
 //! The delivery task of an async route, and one delivery.
 //!
-//! The task takes the oldest ready request once the route's shaper grants
+//! Each of a few pacer tasks takes the oldest ready request once the route's shaper grants
 //! it leave (a token of the route's rate and one of the upstream's
 //! in-flight slots — the same limits a synchronous request meets), and
 //! sends it in a task of its own, holding the grant until the backend's
@@ -30,6 +30,10 @@ use crate::shaper::{Admission, Arrival, Grant, Shaper};
 
 /// The header that tells the backend which ticket it is being sent.
 pub(crate) const X_SLUICE_TICKET: HeaderName = HeaderName::from_static("x-sluice-ticket");
+
+/// Delivery tasks per route, each waiting on the route's shaper for its
+/// next grant.
+pub(super) const PACERS: usize = 4;
 
 /// The first retry's back-off; each further one doubles, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -159,7 +163,7 @@ async fn deliver(d: Arc<Deferred>, seq: u64, entry: Entry, grant: Grant) {
                 d.metrics.count(Event::Retried);
                 Note::Failed { attempts }
             };
-            d.changed.notify_one();
+            d.wake();
             if let Err(err) = d.journal.note(seq, note.encode()).await {
                 tracing::error!(route = %d.name, error = %err, "async route: cannot record a failed attempt");
             }

@@ -66,7 +66,7 @@ pub struct Deferred {
     /// or the route is resumed.
     changed: Arc<Notify>,
     metrics: AsyncMetrics,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Why a request was not accepted.
@@ -113,13 +113,20 @@ impl Deferred {
             wiring: ArcSwap::from_pointee(wiring),
             changed: Arc::new(Notify::new()),
             metrics,
-            task: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(delivery::run(
-            Arc::downgrade(&deferred),
-            deferred.changed.clone(),
-        ));
-        *deferred.task.lock() = Some(task);
+        // Several pacers wait on the shaper at once, so its release task
+        // hands out grants on the rate's schedule whatever one pacer's
+        // latency (as many synchronous requests would wait in its queue).
+        let tasks = (0..delivery::PACERS)
+            .map(|_| {
+                tokio::spawn(delivery::run(
+                    Arc::downgrade(&deferred),
+                    deferred.changed.clone(),
+                ))
+            })
+            .collect();
+        *deferred.tasks.lock() = tasks;
         Ok(deferred)
     }
 
@@ -138,7 +145,7 @@ impl Deferred {
         self.metrics
             .configured(config.capacity.get(), config.deliver_within.as_secs());
         self.wiring.store(Arc::new(wiring));
-        self.changed.notify_one();
+        self.wake();
     }
 
     /// Makes `accepted` durable; its ticket once it is. A request carrying
@@ -164,7 +171,7 @@ impl Deferred {
                 .lock()
                 .add(appended.seq, &summary, appended.at, Instant::now());
             this.metrics.count(Event::Accepted);
-            this.changed.notify_one();
+            this.wake();
             Ok(())
         });
         let appended = appending.await.unwrap_or(Err(JournalError::Closed));
@@ -181,6 +188,12 @@ impl Deferred {
                 })
             }
         }
+    }
+
+    /// Wakes every pacer (and the next to wait, should none be waiting).
+    fn wake(&self) {
+        self.changed.notify_waiters();
+        self.changed.notify_one();
     }
 
     /// About how long until a delivery frees a place: one release interval
@@ -286,7 +299,7 @@ impl Deferred {
             book.note(*seq, note, Instant::now());
         }
         drop(book);
-        self.changed.notify_one();
+        self.wake();
         Ok(letters.len())
     }
 
@@ -318,7 +331,7 @@ impl Deferred {
 
 impl Drop for Deferred {
     fn drop(&mut self) {
-        if let Some(task) = self.task.lock().take() {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
     }
