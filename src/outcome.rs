@@ -24,10 +24,16 @@ pub enum Outcome {
     /// Refused for what it is: a CONNECT (405), a bad Host (400), a body over
     /// `max_body_bytes` (413), malformed (400) or not sent in time (408).
     RejectedInvalid = 7,
+    /// On an async route: made durable and answered 202 with a ticket; its
+    /// delivery is counted in `sluice_async_requests_total`.
+    Accepted = 8,
+    /// A ticket's status asked for and answered by sluice (200, or 404 for
+    /// an unknown ticket).
+    TicketStatus = 9,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::RejectedQueueFull,
         Outcome::RejectedRateLimited,
@@ -36,6 +42,8 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::NoRoute,
         Outcome::RejectedInvalid,
+        Outcome::Accepted,
+        Outcome::TicketStatus,
     ];
 
     /// The `outcome` label value.
@@ -49,6 +57,8 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::NoRoute => "no_route",
             Outcome::RejectedInvalid => "rejected_invalid",
+            Outcome::Accepted => "accepted",
+            Outcome::TicketStatus => "ticket_status",
         }
     }
 }

@@ -38,11 +38,11 @@ pub use bounds::{
 pub use defaults::DEFAULT_UPGRADE;
 pub use load::ConfigError;
 pub use model::{
-    ActiveHealth, AdaptiveConfig, AdminConfig, Balance, ClassConfig, ClassMatch, Config,
-    Discipline, DiscoveryConfig, DnsConfig, Fairness, KeyLimitConfig, KeyPart, LimitBackend,
-    LimitConfig, LogConfig, LogFormat, OnRedisError, PassiveHealth, QueueConfig, RedisConfig,
-    RedisLimitConfig, RejectConfig, RouteConfig, ServerConfig, ServerTls, TargetConfig,
-    UpstreamConfig, UpstreamTls,
+    ActiveHealth, AdaptiveConfig, AdminConfig, AsyncConfig, AsyncStore, Balance, ClassConfig,
+    ClassMatch, Config, Discipline, DiscoveryConfig, DnsConfig, Fairness, KeyLimitConfig, KeyPart,
+    LimitBackend, LimitConfig, LogConfig, LogFormat, OnRedisError, PassiveHealth, QueueConfig,
+    RedisConfig, RedisLimitConfig, RejectConfig, RouteConfig, ServerConfig, ServerTls,
+    StorageConfig, TargetConfig, UpstreamConfig, UpstreamTls,
 };
 pub use redis_url::{redact_url, url_password, validate_url};
 pub use secret::{REDACTED, Secret, SecretSource};

@@ -30,6 +30,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// `[dns]`, optional: the resolver upstreams with `discovery = "dns"` use.
     pub dns: DnsConfig,
+    /// `[storage]`, optional: where async routes keep their journals.
+    pub storage: StorageConfig,
 }
 
 /// `[dns]`: where DNS discovery asks. Read at start; a change needs a restart
@@ -60,6 +62,48 @@ pub struct DiscoveryConfig {
     /// `resolve_interval`, default "5s", 100ms to 1 hour: how often each
     /// name is resolved again (sooner when the records' TTL is shorter).
     pub interval: Duration,
+}
+
+/// `[storage]`: the disk async routes with `store = "local"` write to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// `dir`, required when a route has `[routes.async]` with `store =
+    /// "local"`: each such route keeps its journal in `dir/async/ROUTE/`.
+    /// Relative paths are taken from the config file's directory.
+    pub dir: Option<PathBuf>,
+    /// `segment_bytes`, default 67108864 (64 MiB), 65536 to 1 GiB: a
+    /// journal segment past this size is closed and a new one begun; a
+    /// segment's disk is given back once every request in it (and before
+    /// it) is delivered, expired or discarded.
+    pub segment_bytes: u64,
+}
+
+/// `[routes.async]`: the request is made durable, answered `202 Accepted`
+/// with a ticket, and delivered later at the route's rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AsyncConfig {
+    /// `store`, default "local": the journal on disk under `[storage] dir`.
+    pub store: AsyncStore,
+    /// `deliver_within`, default "10m", 1s to 7 days: a request not
+    /// delivered by then (counted from its acceptance) expires: dropped and
+    /// counted, never sent.
+    pub deliver_within: Duration,
+    /// `max_attempts`, default 5, 1 to 100: attempts (5xx, connect failure,
+    /// timeout) before the request goes to the dead letters.
+    pub max_attempts: NonZeroU32,
+    /// `capacity`, default 100000, 1 to 100000000: requests held at most
+    /// (queued, in flight and dead letters); beyond, 503 + Retry-After.
+    pub capacity: NonZeroUsize,
+    /// `keep_response_bytes`, default 0, at most 65536: the start of the
+    /// backend's response body kept for the ticket's status.
+    pub keep_response_bytes: usize,
+}
+
+/// Where an async route's requests are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncStore {
+    /// "local": a journal on this machine's disk.
+    Local,
 }
 
 /// `[redis]`, optional; required when any route's limit has backend = "redis".
@@ -406,6 +450,9 @@ pub struct RouteConfig {
     /// to on this route (lower-cased `Upgrade` tokens, without version);
     /// [] refuses every upgrade. "h2c" is never allowed.
     pub upgrades: Vec<String>,
+    /// `[routes.async]`, optional: accept now (202 and a ticket), deliver
+    /// later at the route's rate.
+    pub deferred: Option<AsyncConfig>,
 }
 
 /// One part of a client key.

@@ -21,6 +21,26 @@ pub(crate) struct RawConfig {
     pub(crate) dns: Option<RawDns>,
     pub(crate) upstreams: Option<Spanned<BTreeMap<String, RawUpstream>>>,
     pub(crate) routes: Option<Spanned<Vec<RawRoute>>>,
+    pub(crate) storage: Option<RawStorage>,
+}
+
+/// `[storage]`: where async routes keep their journals.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStorage {
+    pub(crate) dir: Option<Spanned<String>>,
+    pub(crate) segment_bytes: Option<Spanned<i64>>,
+}
+
+/// `[routes.async]`: accept now, deliver later.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAsync {
+    pub(crate) store: Option<Spanned<String>>,
+    pub(crate) deliver_within: Option<Spanned<String>>,
+    pub(crate) max_attempts: Option<Spanned<i64>>,
+    pub(crate) capacity: Option<Spanned<i64>>,
+    pub(crate) keep_response_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +181,8 @@ pub(crate) struct RawRoute {
     pub(crate) key_limit: Option<RawKeyLimit>,
     pub(crate) classes: Option<Spanned<Vec<Spanned<RawClass>>>>,
     pub(crate) upgrades: Option<Vec<Spanned<String>>>,
+    #[serde(rename = "async")]
+    pub(crate) deferred: Option<Spanned<RawAsync>>,
 }
 
 /// `key = "client_ip"` or `key = ["client_ip", "header:x-api-key"]`. Written by

@@ -57,6 +57,24 @@ pub(crate) struct RenderedConfig<'a> {
     dns: Option<RenderedDns>,
     upstreams: BTreeMap<&'a str, RenderedUpstream>,
     routes: Vec<RenderedRoute<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<RenderedStorage>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct RenderedStorage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<String>,
+    segment_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct RenderedAsync {
+    store: &'static str,
+    deliver_within: String,
+    max_attempts: u32,
+    capacity: usize,
+    keep_response_bytes: usize,
 }
 
 /// `[dns]`, rendered only when it differs from the defaults.
@@ -212,6 +230,8 @@ pub(crate) struct RenderedRoute<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     classes: Vec<RenderedClass<'a>>,
     upgrades: &'a [String],
+    #[serde(rename = "async", skip_serializing_if = "Option::is_none")]
+    deferred: Option<RenderedAsync>,
 }
 
 #[derive(Serialize)]
@@ -354,6 +374,11 @@ impl<'a> From<&'a Config> for RenderedConfig<'a> {
                 .map(|(name, up)| (name.as_str(), RenderedUpstream::from(up)))
                 .collect(),
             routes: c.routes.iter().map(RenderedRoute::from).collect(),
+            storage: (c.storage.dir.is_some() || c.routes.iter().any(|r| r.deferred.is_some()))
+                .then(|| RenderedStorage {
+                    dir: c.storage.dir.as_deref().map(path_str),
+                    segment_bytes: c.storage.segment_bytes,
+                }),
         }
     }
 }
@@ -423,6 +448,15 @@ impl<'a> From<&'a RouteConfig> for RenderedRoute<'a> {
             },
             classes: r.classes.iter().map(RenderedClass::from).collect(),
             upgrades: &r.upgrades,
+            deferred: r.deferred.map(|a| RenderedAsync {
+                store: match a.store {
+                    crate::config::model::AsyncStore::Local => "local",
+                },
+                deliver_within: human(a.deliver_within),
+                max_attempts: a.max_attempts.get(),
+                capacity: a.capacity.get(),
+                keep_response_bytes: a.keep_response_bytes,
+            }),
         }
     }
 }

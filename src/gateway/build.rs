@@ -9,10 +9,11 @@
 
 use std::sync::Arc;
 
+use super::deferred::{AsyncMetrics, Deferred, Wiring};
 use super::route::{RedisShared, Route};
 use super::router::Router;
 use super::{Gateway, Telemetry};
-use crate::config::{Config, RedisConfig, RouteConfig};
+use crate::config::{Config, RedisConfig, RouteConfig, StorageConfig};
 use crate::http::request_body::BodyLimits;
 use crate::metrics::NO_ROUTE_LABEL;
 use crate::store::RedisLink;
@@ -29,7 +30,10 @@ impl Gateway {
         let upstreams = upstreams(config, &telemetry, previous)?;
         let kept = known_routes(config, &upstreams);
         let redis = config.redis.as_ref().and_then(|c| redis_link(c, previous));
-        let routes = routes(&kept, &upstreams, &telemetry, previous, redis.as_ref());
+        let mut routes = routes(&kept, &upstreams, &telemetry, previous, redis.as_ref());
+        for (route, r) in routes.iter_mut().zip(kept.iter()) {
+            route.deferred = deferred(r, route, &config.storage, &telemetry, previous);
+        }
         Ok(Gateway {
             router: Router::new(&kept),
             routes,
@@ -131,4 +135,39 @@ fn routes(
             Some(Route::new(r, upstream, telemetry, previous_state, redis))
         })
         .collect()
+}
+
+/// An async route's journal and delivery: the previous generation's when
+/// the route keeps its name and journal (rewired to this generation's
+/// upstream and limits), else opened (and replayed) now. A journal that
+/// cannot be opened is logged, and the route answers every request `503`.
+fn deferred(
+    r: &RouteConfig,
+    route: &Route,
+    storage: &StorageConfig,
+    telemetry: &Telemetry,
+    previous: Option<&Gateway>,
+) -> Option<Arc<Deferred>> {
+    let config = r.deferred?;
+    let wiring = Wiring {
+        upstream: route.upstream.clone(),
+        state: route.state.clone(),
+        config,
+    };
+    let kept = previous
+        .and_then(|g| g.routes.iter().find(|old| old.name == r.name))
+        .and_then(|old| old.deferred.clone())
+        .filter(|d| d.uses(storage));
+    if let Some(kept) = kept {
+        kept.rewire(wiring);
+        return Some(kept);
+    }
+    let metrics = AsyncMetrics::new(&telemetry.deferred, &r.name);
+    match Deferred::open(&r.name, storage, wiring, metrics) {
+        Ok(deferred) => Some(deferred),
+        Err(error) => {
+            tracing::error!(route = %r.name, %error, "async route: cannot open its journal; every request is answered 503");
+            None
+        }
+    }
 }

@@ -332,6 +332,9 @@ where
         if let Break(response) = screen(&req, target) {
             return record.finish(Outcome::RejectedInvalid, response);
         }
+        if this.is_ticket_lookup(req.uri().path()) {
+            return this.ticket(&req, &mut record);
+        }
         let host = request_host(&req);
         let route = match this.route(&req, host.as_ref(), &mut record) {
             Continue(route) => route,
@@ -341,6 +344,9 @@ where
             Continue(classified) => classified,
             Break(response) => return response,
         };
+        if route.asynchronous {
+            return Box::pin(this.accept(req, route, (client, host), &mut record)).await;
+        }
         // A request without a body (most) needs no body phase; the phase is
         // boxed for the others, so a request waiting in the queue holds no
         // room for reading a body. The head stays where it was captured

@@ -3,6 +3,7 @@
 //!
 //! - [`handle`]: [`Gateway::handle`], the request's named phases (screen,
 //!   route, classify, read the body, admit, forward, relay).
+//! - `accept`: an async route's accept phase (202 and a ticket) and ticket lookups.
 //! - [`build`]: building a generation, keeping live state across reloads.
 //! - [`record`]: the outcome and access log line of each request.
 //! - [`refusal`]: error to outcome and status, in one place.
@@ -13,16 +14,19 @@
 //! - [`router`]: host / path / method to a route.
 //! - [`classify`]: client address, key and priority class.
 //! - [`telemetry`]: the metric families each component registered.
+//! - [`deferred`]: async routes — accept now (202 and a ticket), deliver later.
 //!
 //! Invariant: every request ends with exactly one [`Outcome`]; none is
 //! forwarded after its deadline, none whose client left, none twice.
 //!
 //! [`Outcome`]: crate::outcome::Outcome
 
+mod accept;
 #[cfg(test)]
 mod alloc_tests;
 mod build;
 pub mod classify;
+pub mod deferred;
 mod forward;
 mod handle;
 #[cfg(test)]
@@ -106,6 +110,14 @@ impl Gateway {
         }
     }
 
+    /// The async route holding `ticket`, and the ticket's state as JSON.
+    pub fn ticket_status(&self, ticket: deferred::record::TicketId) -> Option<serde_json::Value> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.deferred.as_ref())
+            .find_map(|d| d.status_json(ticket))
+    }
+
     /// Updates the sampled gauges and renders the metrics text.
     pub fn render_metrics(&self) -> String {
         self.sample_metrics();
@@ -118,6 +130,9 @@ impl Gateway {
     pub fn sample_metrics(&self) {
         for route in &self.routes {
             route.sample_metrics();
+            if let Some(deferred) = &route.deferred {
+                deferred.sample_metrics();
+            }
         }
         for upstream in &self.upstreams {
             upstream.sample_metrics();

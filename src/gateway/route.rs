@@ -36,6 +36,11 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// The protocols a client may switch to (`upgrades`), lower case.
     pub upgrades: Vec<String>,
+    /// An async route's journal, book and delivery task (kept across
+    /// reloads while the route keeps its name).
+    pub deferred: Option<Arc<super::deferred::Deferred>>,
+    /// The route has `[routes.async]` (its journal may have failed to open).
+    pub asynchronous: bool,
     /// The Redis metrics of a global route.
     redis_metrics: Option<RedisRouteMetrics>,
     pub state: Arc<RouteState>,
@@ -87,8 +92,16 @@ pub fn limits_of(r: &RouteConfig, classes: usize) -> Limits {
     let dry_run = r.limit.is_some_and(|l| l.dry_run);
     Limits {
         rate: r.limit.filter(|_| !dry_run).map(|l| (l.rate, l.burst)),
-        capacity: r.queue.capacity,
-        timeout: r.queue.timeout,
+        // An async route's queue holds only its delivery task, waiting for
+        // its next token (up to `deliver_within`, e.g. while paused).
+        capacity: match r.deferred {
+            Some(_) => r.queue.capacity.max(1),
+            None => r.queue.capacity,
+        },
+        timeout: match r.deferred {
+            Some(a) => r.queue.timeout.max(a.deliver_within),
+            None => r.queue.timeout,
+        },
         classes,
         per_key: r.queue.fairness == Fairness::PerKey,
         aging: r.queue.aging,
@@ -202,6 +215,8 @@ impl Route {
             reject: r.reject,
             metrics,
             upgrades: r.upgrades.clone(),
+            deferred: None,
+            asynchronous: r.deferred.is_some(),
             redis_metrics,
             state,
         }

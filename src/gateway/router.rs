@@ -127,6 +127,7 @@ mod tests {
             key_limit: None,
             classes: vec![],
             upgrades: vec![crate::config::DEFAULT_UPGRADE.into()],
+            deferred: None,
         }
     }
 

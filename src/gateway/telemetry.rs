@@ -6,6 +6,7 @@
 //! handles (per route, upstream, target, global route) from these when it
 //! is built, so the request path never looks a label up.
 
+use super::deferred::AsyncFamilies;
 use crate::metrics::Metrics;
 use crate::store::RedisFamilies;
 use crate::upstream::UpstreamFamilies;
@@ -16,6 +17,7 @@ pub struct Telemetry {
     pub metrics: Metrics,
     pub(super) upstream: UpstreamFamilies,
     pub(super) redis: RedisFamilies,
+    pub(super) deferred: AsyncFamilies,
 }
 
 impl Telemetry {
@@ -26,6 +28,7 @@ impl Telemetry {
         Ok(Telemetry {
             upstream: UpstreamFamilies::register(metrics.registry())?,
             redis: RedisFamilies::register(metrics.registry())?,
+            deferred: AsyncFamilies::register(metrics.registry())?,
             metrics,
         })
     }
@@ -44,7 +47,15 @@ mod tests {
 
     /// Every family sluice exports, by name; dashboards and alert rules
     /// (tests/it/dashboards.rs) depend on these.
-    const FAMILIES: [&str; 38] = [
+    const FAMILIES: [&str; 46] = [
+        "sluice_async_capacity",
+        "sluice_async_dead_letters",
+        "sluice_async_deliver_within_seconds",
+        "sluice_async_depth",
+        "sluice_async_depth_bytes",
+        "sluice_async_fsync_seconds",
+        "sluice_async_oldest_age_seconds",
+        "sluice_async_requests_total",
         "sluice_build_info",
         "sluice_class_queue_depth",
         "sluice_class_requests_total",
@@ -105,6 +116,8 @@ mod tests {
             .resolution("api", "api.internal", Resolution::Ok);
         RedisRouteMetrics::new(&telemetry.redis, "default").call(RedisCallResult::Ok, 0.001);
         metrics.connections_max(1024);
+        let deferred = crate::gateway::deferred::AsyncMetrics::new(&telemetry.deferred, "default");
+        deferred.count(crate::gateway::deferred::Event::Accepted);
         let rendered = metrics.render();
         let helped: Vec<&str> = rendered
             .lines()

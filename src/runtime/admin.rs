@@ -9,6 +9,10 @@
 //! | `POST /admin/routes/{name}/resume` | release again at the route's rate |
 //! | `PUT /admin/routes/{name}/rate` | `{"rate": 50, "burst": 5, "ttl": "10m"}`: a temporary rate |
 //! | `DELETE /admin/routes/{name}/rate` | back to the configured rate now |
+//! | `GET /admin/routes/{name}/async` | an async route: depth, oldest age, expected drain time |
+//! | `GET /admin/routes/{name}/dead-letters` | its dead letters (at most 1000) |
+//! | `POST /admin/routes/{name}/dead-letters/redrive` | every dead letter back to the queue |
+//! | `DELETE /admin/routes/{name}/dead-letters` | discard them |
 //! | `GET /status.json` | the status page's figures and history (docs/status.md) |
 //! | `GET /` | the status page itself (no secret in it; it asks for the token) |
 //!
@@ -114,6 +118,9 @@ impl Admin {
                 if path == "/status.json" {
                     return self.status_json(&parts.method);
                 }
+                if let Some(answer) = self.async_api(&parts.method, &path).await {
+                    return answer.unwrap_or_else(Failure::into_response);
+                }
                 self.api(&parts.method, &path, &body)
                     .unwrap_or_else(Failure::into_response)
             }
@@ -200,6 +207,64 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// The async route calls: `GET .../async` (depth, oldest age, expected
+    /// drain time), `GET .../dead-letters`, `POST .../dead-letters/redrive`,
+    /// `DELETE .../dead-letters`. `None` for any other path.
+    async fn async_api(&self, method: &Method, path: &str) -> Option<Answer> {
+        let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let (name, call) = match parts.as_slice() {
+            ["admin", "routes", name, "async"] => (*name, "async"),
+            ["admin", "routes", name, "dead-letters"] => (*name, "dead-letters"),
+            ["admin", "routes", name, "dead-letters", "redrive"] => (*name, "redrive"),
+            _ => return None,
+        };
+        let gateway = self.live.gateway.load_full();
+        let Some(route) = gateway.routes().iter().find(|r| r.name == name) else {
+            return Some(Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no route named {name:?}"),
+            )));
+        };
+        let Some(deferred) = route.deferred.clone() else {
+            return Some(Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("route {name:?} is not async (or its journal could not be opened)"),
+            )));
+        };
+        let store_failed = |err: crate::journal::JournalError| {
+            Failure(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+        };
+        Some(match (method.clone(), call) {
+            (Method::GET, "async") => Ok(json_response(deferred.summary_json())),
+            (Method::GET, "dead-letters") => Ok(json_response(json!({
+                "dead_letters": deferred.dead_letters_json(MAX_LISTED_DEAD_LETTERS),
+            }))),
+            (Method::POST, "redrive") => match deferred.redrive().await {
+                Ok(n) => {
+                    tracing::info!(route = %route.name, redriven = n, "dead letters re-driven through the admin API");
+                    Ok(json_response(json!({ "redriven": n })))
+                }
+                Err(err) => Err(store_failed(err)),
+            },
+            (Method::DELETE, "dead-letters") => match deferred.discard().await {
+                Ok(n) => {
+                    tracing::info!(route = %route.name, discarded = n, "dead letters discarded through the admin API");
+                    Ok(json_response(json!({ "discarded": n })))
+                }
+                Err(err) => Err(store_failed(err)),
+            },
+            _ => Err(Failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "see the admin API in README.md".into(),
+            )),
+        })
+    }
+}
+
+/// Dead letters listed at most by one call.
+const MAX_LISTED_DEAD_LETTERS: usize = 1000;
+
 fn validate_override(
     route: &Route,
     body: &RateRequest,
@@ -265,6 +330,8 @@ fn route_json(route: &Route) -> Value {
             "store": "redis",
             "on_fallback": on_fallback,
         })),
+        // An async route: held, queued, dead letters, oldest age, drain time.
+        "async": route.deferred.as_ref().map(|d| d.summary_json()),
     })
 }
 

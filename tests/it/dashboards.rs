@@ -46,6 +46,7 @@ const ROUTE_METRICS: &[&str] = &[
     "sluice_keys_tracked",
     "sluice_key_evictions_total",
     "sluice_dry_run_limited_total",
+    "sluice_async_",
 ];
 
 /// Load is offered for at most this long, in at most `LOAD_ROUNDS` rounds.
@@ -107,6 +108,7 @@ async fn dashboard_panels_and_alert_rules_work_against_a_real_prometheus() {
         "sum by (limit) (rate(sluice_dry_run_limited_total[10s])) > 0".to_string(),
         "sum(rate(sluice_redis_calls_total{result=\"ok\"}[10s])) > 0".to_string(),
         "sum(rate(sluice_class_requests_total{class=\"gold\"}[10s])) > 0".to_string(),
+        "sum(rate(sluice_async_fsync_seconds_count[10s])) > 0".to_string(),
     ]
     .into_iter()
     .chain(
@@ -309,8 +311,29 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
         timeout: Duration::from_millis(100),
     });
 
+    // Async: accepted (202), delivered later at 20/s.
+    let mut orders = route(
+        "orders",
+        "/orders",
+        Some((20.0, 2)),
+        10,
+        Duration::from_secs(1),
+    );
+    orders.upgrades = vec![];
+    orders.deferred = Some(sluice::config::AsyncConfig {
+        store: sluice::config::AsyncStore::Local,
+        deliver_within: Duration::from_secs(60),
+        max_attempts: NonZeroU32::new(3).unwrap(),
+        capacity: NonZeroUsize::new(10_000).unwrap(),
+        keep_response_bytes: 0,
+    });
+    let journal = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dashboards-journal-{}", std::process::id()));
+    let _fresh = std::fs::remove_dir_all(&journal);
+    config.storage.dir = Some(journal);
+
     // No route on "/": anything else is `no_route`.
-    config.routes = vec![checkout, search, broken, shadow, global];
+    config.routes = vec![checkout, search, broken, shadow, global, orders];
     config
 }
 
@@ -323,6 +346,7 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
 /// - broken: 2 (502, connection refused);
 /// - shadow: 5, over its dry-run limits (all forwarded, counted);
 /// - global: 3, over its Redis-kept limit of 20/s (queued, some 503);
+/// - orders: 2 POSTs to the async route (202, delivered later);
 /// - one request no route matches (404).
 async fn offer_load(proxy: SocketAddr, stop: Arc<AtomicBool>) -> usize {
     let client = client();
@@ -360,9 +384,17 @@ async fn offer_load(proxy: SocketAddr, stop: Arc<AtomicBool>) -> usize {
         for _ in 0..3 {
             requests.push((format!("{base}/global"), vec![]));
         }
+        for _ in 0..2 {
+            requests.push((format!("{base}/orders"), vec![("x-method", "POST".into())]));
+        }
         requests.push((format!("{base}/nowhere"), vec![]));
         for (url, headers) in requests {
-            let mut req = Request::get(url);
+            let post = headers.iter().any(|(n, _)| *n == "x-method");
+            let mut req = if post {
+                Request::post(url)
+            } else {
+                Request::get(url)
+            };
             for (name, value) in headers {
                 req = req.header(name, value);
             }

@@ -7,6 +7,7 @@
 //! checker spells or threads a key. Only a key that is not written (it has no
 //! span) is named explicitly, with `invalid_key`.
 
+mod deferred;
 mod dns;
 mod limit;
 mod queue;
@@ -39,7 +40,12 @@ impl Ctx<'_> {
         let redis = raw.redis.map(|v| self.redis(&v)).transpose()?;
         let dns = self.dns(raw.dns.as_ref())?;
         let upstreams = self.upstreams(raw.upstreams)?;
-        let routes = self.routes(raw.routes, &upstreams, redis.is_some())?;
+        let storage = self.storage(raw.storage.as_ref())?;
+        let routes = self.routes(
+            raw.routes,
+            &upstreams,
+            (redis.is_some(), storage.dir.is_some()),
+        )?;
         Ok(Config {
             source: self.path.to_path_buf(),
             server,
@@ -49,6 +55,7 @@ impl Ctx<'_> {
             routes,
             redis,
             dns,
+            storage,
         })
     }
 

@@ -7,6 +7,7 @@ use std::ops::Range;
 use http::StatusCode;
 use toml::Spanned;
 
+use super::deferred::async_upgrades;
 use crate::config::defaults::{DEFAULT_PATH_PREFIX, DEFAULT_UPGRADE};
 use crate::config::load::{Checked, Ctx};
 use crate::config::locate::line_column;
@@ -19,7 +20,7 @@ impl Ctx<'_> {
         &self,
         raw: Option<Spanned<Vec<RawRoute>>>,
         upstreams: &BTreeMap<String, UpstreamConfig>,
-        redis: bool,
+        (redis, storage): (bool, bool),
     ) -> Checked<Vec<RouteConfig>> {
         const NONE: &str = "at least one route is required: add a [[routes]] table";
         let Some(raw) = raw else {
@@ -42,7 +43,7 @@ impl Ctx<'_> {
                 ));
             }
             seen.insert(name.clone(), (i, route.name.span()));
-            routes.push(self.route(route, upstreams, redis)?);
+            routes.push(self.route(route, upstreams, (redis, storage))?);
         }
         Ok(routes)
     }
@@ -51,8 +52,9 @@ impl Ctx<'_> {
         &self,
         raw: RawRoute,
         upstreams: &BTreeMap<String, UpstreamConfig>,
-        redis: bool,
+        (redis, storage): (bool, bool),
     ) -> Checked<RouteConfig> {
+        let deferred = self.deferred(&raw, storage)?;
         Ok(RouteConfig {
             name: self.route_name(&raw.name)?,
             host: raw.host.map(|v| self.host(&v)).transpose()?,
@@ -75,10 +77,14 @@ impl Ctx<'_> {
                 .map_or(Ok(vec![KeyPart::ClientIp]), |v| self.key(&v))?,
             key_limit: raw.key_limit.map(|v| self.key_limit(&v)).transpose()?,
             classes: raw.classes.map_or(Ok(Vec::new()), |v| self.classes(&v))?,
-            upgrades: raw.upgrades.map_or_else(
-                || Ok(vec![DEFAULT_UPGRADE.to_string()]),
-                |v| self.upgrades(&v),
-            )?,
+            upgrades: async_upgrades(
+                raw.upgrades.map_or_else(
+                    || Ok(vec![DEFAULT_UPGRADE.to_string()]),
+                    |v| self.upgrades(&v),
+                )?,
+                deferred.is_some(),
+            ),
+            deferred,
         })
     }
 
