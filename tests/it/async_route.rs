@@ -781,12 +781,15 @@ async fn bench_durable_accepts_and_delivery_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_journal_tail_is_cut_and_logged_and_the_rest_delivered() {
     let inbox = Inbox::start().await;
-    inbox.status.store(503, Ordering::SeqCst);
     let dir = temp_dir("corrupt");
-    // Paused by failures: nothing completes before the kill.
     let path = binary_config(inbox.addr, &dir, 50, "max_attempts = 100");
     let mut first = Process::start(&path, "");
     let client = client();
+    // Delivery paused (accepting goes on): nothing is attempted, so nothing
+    // completes or waits out a back-off before the kill. The pause is not
+    // kept across the restart.
+    let admin_base = format!("http://{}/admin/routes/orders", first.admin);
+    admin(&client, Method::POST, &format!("{admin_base}/pause")).await;
     let url = format!("http://{}/orders", first.proxy);
     for i in 0..5 {
         let (status, _, _) = post(&client, &url, &format!("{i}"), &[]).await;
@@ -799,7 +802,6 @@ async fn a_corrupt_journal_tail_is_cut_and_logged_and_the_rest_delivered() {
     bytes.extend_from_slice(&[0x5a; 40]);
     std::fs::write(&segment, &bytes).unwrap();
 
-    inbox.status.store(200, Ordering::SeqCst);
     let second = Process::start(&path, "");
     let seen = inbox.wait_for(5, Duration::from_secs(10)).await;
     let bodies: BTreeSet<Bytes> = seen.iter().map(|d| d.body.clone()).collect();
