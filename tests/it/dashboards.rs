@@ -240,9 +240,15 @@ fn shaped_config(backend: SocketAddr, dead: SocketAddr) -> Config {
     broken_upstream.name = "broken".into();
     // Never ejected, so it keeps answering 502 for the upstream-error panels.
     broken_upstream.passive_health.consecutive_failures = 0;
+    // Named, and discovered through the system's resolver (localhost from
+    // /etc/hosts), for the DNS resolution panel; every address it resolves
+    // to refuses connections.
     broken_upstream.targets = vec![sluice::config::TargetConfig::new(
-        dead.to_string().parse().unwrap(),
+        format!("localhost:{}", dead.port()).parse().unwrap(),
     )];
+    broken_upstream.discovery = Some(sluice::config::DiscoveryConfig {
+        interval: Duration::from_millis(500),
+    });
     config
         .upstreams
         .insert("broken".to_string(), broken_upstream);
