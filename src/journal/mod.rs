@@ -231,14 +231,7 @@ impl Journal {
     }
 
     async fn mark(&self, kind: Kind, seq: u64, body: Vec<u8>) -> Result<(), JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Mark {
-            kind,
-            seq,
-            body,
-            reply,
-        })?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.mark_many(kind, vec![(seq, body)]).await
     }
 
     fn send(&self, command: Command) -> Result<(), JournalError> {

@@ -4,7 +4,6 @@
 //! the real binary: SIGKILL mid-delivery, a corrupt journal tail, a full disk.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +16,9 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::common::{TestClient, TestSluice, client, parse_config, scrape, sum_of};
+use crate::common::{TestClient, TestSluice, client, parse_config, scrape, serve_http1, sum_of};
 
 /// What the backend saw of one delivery.
 #[derive(Debug, Clone)]
@@ -50,22 +47,9 @@ impl Inbox {
             status: Arc::new(AtomicU16::new(200)),
         };
         let serving = inbox.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let inbox = serving.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let inbox = inbox.clone();
-                        async move { Ok::<_, Infallible>(inbox.serve(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        serve_http1(listener, move |req| {
+            let inbox = serving.clone();
+            async move { inbox.serve(req).await }
         });
         inbox
     }

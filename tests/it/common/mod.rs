@@ -281,23 +281,9 @@ impl Backend {
     async fn serve(state: Arc<BackendState>, addr: SocketAddr) -> SocketAddr {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let serving = state;
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = serving.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.serve(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        serve_http1(listener, move |req| {
+            let state = state.clone();
+            async move { state.serve(req).await }
         });
         addr
     }
@@ -735,4 +721,30 @@ impl LogCapture {
         }
         self.for_path(path)
     }
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle`, a task per connection, until
+/// the runtime ends.
+pub fn serve_http1<H, F>(listener: TcpListener, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let reply = handle(req);
+                    async move { Ok::<_, Infallible>(reply.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
 }
