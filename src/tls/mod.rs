@@ -58,13 +58,28 @@ mod testing {
 
     use rcgen::{CertificateParams, KeyPair};
 
-    /// A fresh directory under the system temp dir for one test's files.
-    pub(super) fn dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir()
-            .join(format!("sluice-tls-unit-{}", std::process::id()))
-            .join(name);
+    /// A fresh directory under the system temp dir for one test's files,
+    /// removed when the test drops it.
+    pub(super) struct TestDir(PathBuf);
+
+    impl std::ops::Deref for TestDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _gone = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(super) fn dir(name: &str) -> TestDir {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-tls-unit-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create test dir");
-        dir
+        TestDir(dir)
     }
 
     /// A self-signed certificate for localhost and its key, as PEM.
