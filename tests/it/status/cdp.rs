@@ -217,8 +217,15 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Its own PID only.
+        // Its own PID only. The profile is removed once the browser has
+        // exited (up to a second), so that it does not write it back.
         let _ = self.child.start_kill();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
