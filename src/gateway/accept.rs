@@ -25,7 +25,7 @@ use super::refusal::refusal;
 use super::route::Route;
 use crate::http::headers::{request_id, strip_hop_by_hop};
 use crate::http::request_body::{BodyLimits, ClientBodyError, RequestBody};
-use crate::http::{Body, ClientBody, text_body};
+use crate::http::{Body, ClientBody, local_json};
 use crate::outcome::Outcome;
 
 /// The header a client repeats a submission with to get its first ticket.
@@ -186,14 +186,11 @@ fn accepted_response(ticket: TicketId) -> Response<Body> {
     response
 }
 
+/// A JSON answer about a ticket, never cached (its state changes).
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(text_body(value.to_string() + "\n"));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = local_json(status, value);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -29,3 +29,14 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<Body> {
     );
     response
 }
+
+/// A local response with a JSON body (one line, newline-terminated).
+pub fn local_json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(text_body(value.to_string() + "\n"));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -26,7 +26,7 @@ pub mod path;
 pub mod request_body;
 pub mod upgrade;
 
-pub use body::{Body, local, text_body};
+pub use body::{Body, local, local_json, text_body};
 pub use client_body::ClientBody;
 pub use error::BoxError;
 pub(crate) use error::{STATUS_CLIENT_CLOSED, causes, error_chain};

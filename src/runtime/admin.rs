@@ -59,7 +59,7 @@ use super::live::Live;
 use super::status::{PAGE, Status, sample_until_stopped};
 use crate::config::{MAX_DURATION, MAX_TOKEN_BYTES, ServerConfig, check_burst, check_rate};
 use crate::gateway::route::Route;
-use crate::http::{Body, local, text_body};
+use crate::http::{Body, local, local_json, text_body};
 
 /// Largest admin request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -356,12 +356,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
 }
 
 fn json_response(value: Value) -> Response<Body> {
-    let mut response = Response::new(text_body(Bytes::from(value.to_string() + "\n")));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    local_json(StatusCode::OK, &value)
 }
 
 /// The status page. Its content security policy lets it load nothing from

@@ -4,10 +4,9 @@
 //! the real binary: SIGKILL mid-delivery, a corrupt journal tail, a full disk.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::common::{TestClient, TestSluice, client, parse_config, scrape, serve_http1, sum_of};
+use crate::common::{
+    TestClient, TestSluice, client, parse_config, scrape, serve_http1, spawn_serving, sum_of,
+};
 
 /// What the backend saw of one delivery.
 #[derive(Debug, Clone)]
@@ -102,6 +103,16 @@ fn temp_dir(name: &str) -> PathBuf {
     let _fresh = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A sluice with the async route `orders` in front of `inbox`, its journal
+/// in a fresh directory named after `name`.
+async fn start_async(inbox: &Inbox, name: &str, limit: &str, deferred: &str) -> TestSluice {
+    let dir = temp_dir(name);
+    TestSluice::start(&parse_config(&config_text(
+        inbox.addr, &dir, limit, deferred,
+    )))
+    .await
 }
 
 /// A config with one async route `orders` on `/orders` to `backend`.
@@ -224,14 +235,13 @@ fn async_table_loads_with_its_defaults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_at_once_then_delivered_at_the_rate_with_ticket_and_request_id() {
     let inbox = Inbox::start().await;
-    let dir = temp_dir("deliver");
-    let config = parse_config(&config_text(
-        inbox.addr,
-        &dir,
+    let mut sluice = start_async(
+        &inbox,
+        "deliver",
         "rate = 20, burst = 1",
         "keep_response_bytes = 64",
-    ));
-    let mut sluice = TestSluice::start(&config).await;
+    )
+    .await;
     let client = client();
     let base = format!("http://{}", sluice.proxy_addr());
     let n = 20;
@@ -316,14 +326,7 @@ async fn accepted_at_once_then_delivered_at_the_rate_with_ticket_and_request_id(
 async fn failures_are_retried_then_dead_lettered_and_a_redrive_delivers_them() {
     let inbox = Inbox::start().await;
     inbox.status.store(503, Ordering::SeqCst);
-    let dir = temp_dir("dead");
-    let config = parse_config(&config_text(
-        inbox.addr,
-        &dir,
-        "rate = 50, burst = 5",
-        "max_attempts = 2",
-    ));
-    let mut sluice = TestSluice::start(&config).await;
+    let mut sluice = start_async(&inbox, "dead", "rate = 50, burst = 5", "max_attempts = 2").await;
     let client = client();
     let base = format!("http://{}", sluice.proxy_addr());
     let admin_base = format!("http://{}/admin/routes/orders", sluice.admin_addr());
@@ -367,14 +370,13 @@ async fn failures_are_retried_then_dead_lettered_and_a_redrive_delivers_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_delivery_keeps_accepting_and_what_waits_too_long_expires() {
     let inbox = Inbox::start().await;
-    let dir = temp_dir("expire");
-    let config = parse_config(&config_text(
-        inbox.addr,
-        &dir,
+    let mut sluice = start_async(
+        &inbox,
+        "expire",
         "rate = 50, burst = 5",
         "deliver_within = \"1s\"\ncapacity = 3",
-    ));
-    let mut sluice = TestSluice::start(&config).await;
+    )
+    .await;
     let client = client();
     let base = format!("http://{}", sluice.proxy_addr());
     let admin_base = format!("http://{}/admin/routes/orders", sluice.admin_addr());
@@ -423,9 +425,7 @@ async fn paused_delivery_keeps_accepting_and_what_waits_too_long_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_idempotency_key_gets_the_first_ticket() {
     let inbox = Inbox::start().await;
-    let dir = temp_dir("idem");
-    let config = parse_config(&config_text(inbox.addr, &dir, "rate = 50, burst = 5", ""));
-    let mut sluice = TestSluice::start(&config).await;
+    let mut sluice = start_async(&inbox, "idem", "rate = 50, burst = 5", "").await;
     let client = client();
     let url = format!("http://{}/orders", sluice.proxy_addr());
     let key = [("idempotency-key", "order-7")];
@@ -489,42 +489,25 @@ struct Process {
 
 impl Process {
     fn start(config: &Path, prelude: &str) -> Process {
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(format!("{prelude} exec \"$0\" run --config \"$1\""))
             .arg(env!("CARGO_BIN_EXE_sluice"))
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let (proxy, admin) = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                panic!("sluice exited before serving: {:?}", kept.lock().unwrap());
-            };
-            kept.lock().unwrap().push(line.clone());
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let fields = &record["fields"];
-            if let (Some(p), Some(a)) =
-                (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str())
-            {
-                break (p.parse().unwrap(), a.parse().unwrap());
-            }
-        };
+            .arg(config);
+        let serving = spawn_serving(command);
+        let kept = Arc::new(Mutex::new(serving.before));
         let sink = kept.clone();
+        let lines = serving.lines;
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
         Process {
-            child,
-            proxy,
-            admin,
+            child: serving.child,
+            proxy: serving.proxy,
+            admin: serving.admin,
             lines: kept,
         }
     }

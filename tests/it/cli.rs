@@ -1,8 +1,8 @@
 //! The `sluice` binary as a user runs it: `check` and `run`.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -256,32 +256,8 @@ fn spawn_run(
 ) {
     let mut command = sluice();
     command.args(["run", "--config"]).arg(path);
-    spawn_command(command)
-}
-
-/// As [`spawn_run`], for any command that ends up running `sluice run`.
-fn spawn_command(
-    mut command: Command,
-) -> (
-    std::process::Child,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-    // Killed if no serving line comes; the caller guards it afterwards.
-    let guard = KillOnDrop(child.id());
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
-        let line = lines.next().expect("a log line").unwrap();
-        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let fields = &record["fields"];
-        if let (Some(p), Some(a)) = (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str()) {
-            break (p.parse().unwrap(), a.parse().unwrap());
-        }
-    };
-    std::mem::forget(guard);
-    (child, lines, proxy, admin)
+    let serving = spawn_serving(command);
+    (serving.child, serving.lines, serving.proxy, serving.admin)
 }
 
 /// Kills the process if the test fails before it exits (a no-op after).
@@ -308,7 +284,12 @@ async fn out_of_file_descriptors_it_backs_off_and_keeps_serving() {
         .arg("ulimit -n 48 && exec \"$0\" run --config \"$1\"")
         .arg(env!("CARGO_BIN_EXE_sluice"))
         .arg(&path);
-    let (mut child, lines, proxy, _admin) = spawn_command(command);
+    let Serving {
+        mut child,
+        lines,
+        proxy,
+        ..
+    } = spawn_serving(command);
     let _reap = KillOnDrop(child.id());
     let (saw_failure, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -393,7 +374,9 @@ async fn a_panic_in_a_task_is_logged_and_ends_the_process() {
         .args(["run", "--config"])
         .arg(&path)
         .env("SLUICE_DEBUG_PANIC_IN_TASK", "1");
-    let (mut child, lines, _proxy, _admin) = spawn_command(command);
+    let Serving {
+        mut child, lines, ..
+    } = spawn_serving(command);
     let _reap = KillOnDrop(child.id());
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     // A panicked task would otherwise leave the process up, half alive.

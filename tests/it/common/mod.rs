@@ -748,3 +748,54 @@ where
         }
     });
 }
+
+/// A `sluice run` process (JSON logs on stderr) that has said it serves.
+pub struct Serving {
+    pub child: std::process::Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    /// The log lines before the one saying it serves (start-up work such as
+    /// replaying a journal is logged there).
+    pub before: Vec<String>,
+    /// The rest of its stderr.
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+}
+
+/// Spawns `command`, which ends up running `sluice run` with JSON logs, and
+/// reads its stderr until the line that gives its proxy and admin
+/// addresses. Kills it and fails if it ends before that line.
+pub fn spawn_serving(mut command: std::process::Command) -> Serving {
+    use std::io::BufRead;
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut before = Vec::new();
+    loop {
+        let line = lines.next().and_then(Result::ok);
+        let record = line
+            .as_deref()
+            .map(serde_json::from_str::<serde_json::Value>);
+        let Some(Ok(record)) = record else {
+            // Its own PID only.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "sluice ended, or wrote a line that is not JSON, before serving: {line:?} after {before:?}"
+            );
+        };
+        let line = line.unwrap_or_default();
+        let fields = &record["fields"];
+        if let (Some(p), Some(a)) = (fields["proxy_addr"].as_str(), fields["admin_addr"].as_str()) {
+            return Serving {
+                child,
+                proxy: p.parse().unwrap(),
+                admin: a.parse().unwrap(),
+                before,
+                lines,
+            };
+        }
+        before.push(line);
+    }
+}

@@ -44,6 +44,12 @@ async fn drain_rate(
 ) -> f64 {
     let seen = burst(client, &format!("http://{proxy}{path}"), n).await;
     assert_eq!(by_status(&seen), [(200, n)].into(), "{path}");
+    arrival_rate(backends, path, n)
+}
+
+/// The rate at which `n` requests to `path` reached `backends` once the
+/// first [`BURST`] had gone.
+fn arrival_rate(backends: &[Backend], path: &str, n: usize) -> f64 {
     let mut at: Vec<u64> = backends
         .iter()
         .flat_map(|b| b.arrivals())
@@ -181,22 +187,7 @@ async fn fleet_drain_rate(
         let seen = b.await.unwrap();
         assert_eq!(by_status(&seen), [(200, n)].into(), "{path}");
     }
-    let mut at: Vec<u64> = backends
-        .iter()
-        .flat_map(|b| b.arrivals())
-        .filter(|a| a.path == path)
-        .map(|a| a.at)
-        .collect();
-    at.sort_unstable();
-    assert_eq!(at.len(), n * fleet.len());
-    let drain = &at[BURST..];
-    let span = (drain[drain.len() - 1] - drain[0]) as f64 / 1e6;
-    let rate = (drain.len() - 1) as f64 / span;
-    eprintln!(
-        "{path}: fleet of {}, drain {rate:.2}/s over {span:.2} s",
-        fleet.len()
-    );
-    rate
+    arrival_rate(backends, path, n * fleet.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
