@@ -25,6 +25,7 @@ use super::refusal::failure;
 use super::relay::Relay;
 use super::route::Route;
 use super::upgrade::{requested_upgrade, switch_is_allowed, tunnel};
+use crate::http::h1::Fields;
 use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
@@ -188,6 +189,10 @@ impl Gateway {
     ) -> Response<Body> {
         let status = response.status();
         let tunnel = if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The switch reads the backend's fields: as a map.
+            if let Some(fields) = response.extensions_mut().remove::<Fields>() {
+                *response.headers_mut() = fields.to_header_map();
+            }
             match switch(&mut response, route, upgrade) {
                 Some(protocol) => Some(protocol),
                 None => {
@@ -202,6 +207,9 @@ impl Gateway {
         };
         // `Trailer` names the fields the body ends with: end to end (RFC
         // 9110 §6.6.2), and hyper's server sends only the trailers it names.
+        // (Fields that came as they arrived from an HTTP/1 backend were
+        // classified as they were parsed, Trailer kept: see `Fields`. The
+        // map then holds nothing yet.)
         let trailer = response.headers_mut().remove(header::TRAILER);
         strip_hop_by_hop(response.headers_mut());
         if let Some(trailer) = trailer {

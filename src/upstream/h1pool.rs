@@ -212,7 +212,8 @@ impl H1Pool {
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
+        // The fields go as they came: no header map on the way through.
+        response.extensions_mut().insert(head.fields);
         // A switched protocol owns the connection from now on.
         let lease = Lease {
             pool: self.clone(),
