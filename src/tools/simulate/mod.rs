@@ -27,7 +27,8 @@ use crate::config::Config;
 
 pub use engine::{BackendModel, Rng, ServiceTime};
 pub use report::{
-    BackendSummary, Notes, Outcomes, QueueWait, Refusals, Report, RouteReport, Series, TraceSummary,
+    AsyncReport, BackendSummary, Notes, Outcomes, QueueWait, Refusals, Report, RouteReport, Series,
+    TraceSummary,
 };
 pub use trace::{Trace, TraceError, TraceFormat};
 
