@@ -682,3 +682,123 @@ fn a_rate_per_target_is_multiplied_by_the_listed_or_given_targets() {
         "four targets: last left after {wait} s"
     );
 }
+
+// ---- async routes ----
+
+/// `sluice simulate` (the binary) on an async route: 40 at once into room
+/// for 30, 5 more at 1 s, 5 more at 4 s; 10/s, burst 1, 1 ms of service,
+/// `deliver_within` 2 s. The route's limiter tolerates a release 20 ms late
+/// at 10/s, so after one at 0 s the next goes at 0.08 s, then one every
+/// 100 ms: by 2 s, 21 of the first 30 are sent (the last at 1.98 s) and the
+/// other 9 expire at 2 s; the 5 from 1 s go at 2.08 ... 2.48 s (the backlog
+/// is empty at 2.481 s); the 5 from 4 s at 4.0 ... 4.38 s.
+#[test]
+fn the_cli_reports_an_async_routes_backlog_and_expiry() {
+    let dir = temp_dir("async");
+    let config = dir.join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[storage]\ndir = \"journal\"\n\n\
+         [upstreams.api]\ntargets = [\"127.0.0.1:9\"]\n\n\
+         [[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nmethods = [\"POST\"]\n\
+         upstream = \"api\"\nlimit = { rate = 10, burst = 1 }\n\n\
+         [routes.async]\ndeliver_within = \"2s\"\ncapacity = 30\n",
+    )
+    .unwrap();
+    let trace = dir.join("trace.csv");
+    let mut text = String::from("time,path,method\n");
+    for (t, n) in [(0.0, 40), (1.0, 5), (4.0, 5)] {
+        for _ in 0..n {
+            let _ = writeln!(text, "{t},/orders,POST");
+        }
+    }
+    std::fs::write(&trace, text).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("simulate")
+        .arg("--config")
+        .arg(&config)
+        .arg("--trace")
+        .arg(&trace)
+        .args(["--service-time", "1ms"])
+        .arg("--json")
+        .arg(dir.join("report.json"))
+        .arg("--svg")
+        .arg(dir.join("chart.svg"))
+        .output()
+        .expect("the sluice binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{stdout}");
+    for line in [
+        "orders (async): 40 accepted (202), 10 refused (503, capacity 30), 31 delivered, 9 expired (not delivered within 2s)",
+        "orders (async): backlog peak 30 at 0.000 s, empty at 2.481 s (2.481 s after the peak); delay to delivery p50",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let orders = &json["routes"][0];
+    assert_eq!(orders["offered"], 50);
+    assert_eq!(orders["released"], 31);
+    assert_eq!(orders["outcomes"]["accepted"], 40);
+    assert_eq!(orders["outcomes"]["rejected_queue_full"], 10);
+    let a = &orders["async"];
+    assert_eq!(
+        [
+            &a["accepted"],
+            &a["refused"],
+            &a["delivered"],
+            &a["expired"]
+        ],
+        [40, 10, 31, 9]
+    );
+    assert_eq!(a["peak_backlog"], 30);
+    let seconds = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert!(
+        (seconds(&a["drained_at_seconds"]) - 2.481).abs() < 1e-6,
+        "{a}"
+    );
+    // The longest wait: accepted at 0 s, sent at 1.98 s.
+    assert!(
+        (seconds(&a["delivery_delay"]["max"]) - 1.98).abs() < 1e-6,
+        "{a}"
+    );
+    assert!(
+        (seconds(&json["virtual_seconds"]) - 4.381).abs() < 1e-6,
+        "{json}"
+    );
+    let series = &orders["series"];
+    let sum = |name: &str| -> u64 {
+        series[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (
+            sum("accepted"),
+            sum("released"),
+            sum("dropped"),
+            sum("rejected")
+        ),
+        (40, 31, 9, 10)
+    );
+    let svg = std::fs::read_to_string(dir.join("chart.svg")).unwrap();
+    roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    for label in [
+        "route orders (async)",
+        "accepted (202)",
+        "delivered",
+        "expired",
+        "backlog (held)",
+    ] {
+        assert!(svg.contains(label), "no {label:?} in the chart");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,7 +95,8 @@ pub struct AsyncReport {
     /// The most requests held at once (queued or in flight), and when.
     pub peak_backlog: usize,
     pub peak_at_seconds: f64,
-    /// When the backlog was last empty again, and how long after its peak.
+    /// When the backlog was first empty again after its peak, and how long
+    /// after the peak that was.
     pub drained_at_seconds: f64,
     pub drain_seconds: f64,
     /// From `202` to being sent, of the delivered requests.
@@ -337,11 +338,7 @@ fn quantiles(zeros: u64, mut waits: Vec<u64>) -> QueueWait {
 /// An async route's part of the report, beside its outcomes.
 fn async_report(config: &AsyncConfig, route: &RouteReport, stats: DeferredStats) -> AsyncReport {
     let seconds = |ns: u64| ns as f64 / 1e9;
-    let drained_at = if stats.peak_held == 0 {
-        0.0
-    } else {
-        seconds(stats.drained_at)
-    };
+    let drained_at = stats.drained_at.map_or(0.0, seconds);
     AsyncReport {
         capacity: config.capacity.get(),
         deliver_within_seconds: config.deliver_within.as_secs_f64(),
@@ -499,7 +496,7 @@ impl Report {
                 a.capacity,
                 a.delivered,
                 a.expired,
-                wait(a.deliver_within_seconds),
+                humantime::format_duration(Duration::from_secs_f64(a.deliver_within_seconds)),
             );
             let d = &a.delivery_delay;
             let _ = writeln!(
@@ -549,7 +546,8 @@ impl Report {
         let mut notes = Vec::new();
         for r in &self.routes {
             let f = &r.refusals;
-            if f.queue_full + f.wait_too_long + f.displaced > 0 {
+            // (An async route's refusals are in its own lines.)
+            if r.deferred.is_none() && f.queue_full + f.wait_too_long + f.displaced > 0 {
                 notes.push(format!(
                     "{}: rejected_queue_full {}: no room in the queue {}, expected wait over the timeout {}, displaced by a higher class {}",
                     r.route,

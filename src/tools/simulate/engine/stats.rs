@@ -63,8 +63,8 @@ pub(crate) struct DeferredStats {
     /// The most requests held at once, and when that was first reached (ns).
     pub peak_held: usize,
     pub peak_at: u64,
-    /// When the backlog last became empty (ns).
-    pub drained_at: u64,
+    /// When the backlog was first empty again after its peak (ns).
+    pub drained_at: Option<u64>,
 }
 
 pub(crate) fn reason_index(reason: RejectReason) -> usize {
@@ -117,12 +117,14 @@ impl RouteStats {
 
     /// An async route now holds `held`: the depth, its peak, and when it drained.
     fn held(&mut self, bucket_ns: u64, at: u64, held: usize) {
-        if held > self.deferred.peak_held {
-            self.deferred.peak_held = held;
-            self.deferred.peak_at = at;
+        let d = &mut self.deferred;
+        if held > d.peak_held {
+            d.peak_held = held;
+            d.peak_at = at;
+            d.drained_at = None;
         }
-        if held == 0 {
-            self.deferred.drained_at = at;
+        if held == 0 && d.drained_at.is_none() {
+            d.drained_at = Some(at);
         }
         self.peak_depth = self.peak_depth.max(held);
         self.set_depth(bucket_ns, at, u32::try_from(held).unwrap_or(u32::MAX));
