@@ -887,6 +887,33 @@ mod tests {
     }
 
     #[test]
+    fn the_built_in_async_config_is_the_same_route_made_async() {
+        let (config, route) = demo_config(true).unwrap();
+        let (sync, _) = demo_config(false).unwrap();
+        assert_eq!(config.server.listen, sync.server.listen);
+        assert_eq!(config.admin.listen, sync.admin.listen);
+        assert_eq!(route.limit.rate, backend::capacity());
+        let deferred = route.deferred.expect("an async route");
+        // The drain after the load is bounded by deliver_within.
+        assert!(deferred.deliver_within <= Duration::from_secs(60));
+        assert!(config.storage.dir.is_some());
+        assert!(demo_config(false).unwrap().1.deferred.is_none());
+    }
+
+    #[test]
+    fn the_async_schedule_is_a_burst_then_a_valley() {
+        let phases = load::schedule_async(Duration::from_secs(20), 200.0, 20);
+        let bounds: Vec<(u128, u128, f64)> = phases
+            .iter()
+            .map(|p| (p.start.as_millis(), p.end.as_millis(), p.rate))
+            .collect();
+        assert_eq!(
+            bounds,
+            [(0, 3000, 100.0), (3000, 4000, 4000.0), (4000, 20000, 50.0)]
+        );
+    }
+
+    #[test]
     fn options_are_bounded() {
         let ok = Options::default();
         assert!(ok.validate().is_ok());
