@@ -23,8 +23,13 @@
 //! (a request queued, a slot freed for a waiter) it yields, so that task
 //! runs at the same virtual instant.
 //!
+//! An async route (`[routes.async]`) takes its arrivals into a backlog
+//! instead of the shaper, and its delivery draws on the same shaper: see
+//! `deferred`.
+//!
 //! Here the replay loop; the backend model in `backend`, what is counted in
-//! `stats`, and the clock the main task moves in `clock`.
+//! `stats`, the clock the main task moves in `clock`, async routes in
+//! `deferred`.
 
 mod backend;
 mod clock;
