@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{ClassMatch, Config};
+use crate::config::{AsyncConfig, ClassMatch, Config};
 use crate::gateway::route::limits_of;
 use crate::gateway::router::Router;
 use crate::shaper::{
@@ -304,19 +304,31 @@ fn sim_routes(
 }
 
 /// The time-series bucket: the trace's span plus the longest queue timeout
-/// or `deliver_within` (the last waiter's outcome) and a second's margin,
-/// over about a thousand.
+/// (the last waiter's outcome) or async backlog (see [`backlog_horizon`])
+/// and a second's margin, over about a thousand.
 fn bucket_of(config: &Config, trace: &Trace) -> Duration {
     let longest_timeout = config
         .routes
         .iter()
         .map(|r| {
             r.deferred
-                .map_or(r.queue.timeout, |a| a.deliver_within.max(r.queue.timeout))
+                .map_or(r.queue.timeout, |a| backlog_horizon(r, &a))
         })
         .max()
         .unwrap_or_default();
     bucket_width(trace.duration() + longest_timeout + Duration::from_secs(1))
+}
+
+/// How long after the last arrival an async route's backlog can last: at
+/// most `deliver_within` (then it expires), and, at its rate, no longer than
+/// a full backlog (`capacity`) takes to deliver.
+fn backlog_horizon(route: &crate::config::RouteConfig, deferred: &AsyncConfig) -> Duration {
+    let full = route
+        .limit
+        .map(|l| Duration::from_secs_f64(deferred.capacity.get() as f64 / l.rate));
+    full.map_or(deferred.deliver_within, |full| {
+        full.min(deferred.deliver_within)
+    })
 }
 
 impl SimRoute {
