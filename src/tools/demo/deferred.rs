@@ -59,6 +59,14 @@ pub struct AsyncFigures {
     pub drained_after: Option<Duration>,
 }
 
+/// A `202`'s latency, often under a millisecond: to a tenth of one.
+fn fine_millis(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "-".to_string(),
+        |d| format!("{:.1} ms", d.as_secs_f64() * 1e3),
+    )
+}
+
 impl AsyncFigures {
     /// The report's lines for an async run.
     pub(super) fn write(&self, f: &mut fmt::Formatter<'_>, report: &super::Report) -> fmt::Result {
@@ -67,8 +75,8 @@ impl AsyncFigures {
             "accepted: {} answered 202 at once (busiest 1 s: {} req/s; p50 {}, p99 {}), {} refused 503 (capacity {})",
             report.ok,
             self.accepted_peak,
-            super::millis(report.wait_p50),
-            super::millis(report.wait_p99),
+            fine_millis(report.wait_p50),
+            fine_millis(report.wait_p99),
             report.shed,
             self.capacity
         )?;
