@@ -4,11 +4,15 @@
 //! TLS). An HTTP/2 connection is driven under the watch that closes one
 //! that starts no request within `header_timeout` of accept and shuts one
 //! down gracefully when idle for `idle_timeout` or when shutdown is asked
-//! for; an HTTP/1 connection keeps the same rules itself. The admin
-//! listener's hyper builder is made here too.
+//! for; an HTTP/1 connection keeps the same rules itself. An HTTP/2
+//! connection's streams (each request's handling and response) are polled
+//! by the connection's own task ([`StreamTasks`], [`WithStreams`]), not
+//! spawned as a task each. The admin listener's hyper builder is made here
+//! too.
 //!
 //! Invariant: every connection is driven under its watch, so none stays
-//! open doing nothing; the first request of a connection carries
+//! open doing nothing; an HTTP/2 connection's task ends only when its
+//! streams have too; the first request of a connection carries
 //! [`WaitingSince`] (its accept), and with TLS every request carries
 //! [`Secure`].
 
