@@ -524,7 +524,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// A Connection token that names no field to remove beyond the hop-by-hop
 /// ones: empty, `close`, hop-by-hop, or a field sluice owns.
-fn is_known(token: &str) -> bool {
+pub(crate) fn is_known(token: &str) -> bool {
     token.is_empty()
         || token.eq_ignore_ascii_case("close")
         || HOP_BY_HOP

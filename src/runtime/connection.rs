@@ -44,6 +44,7 @@ use super::activity::{Activity, Expiry, Tracked};
 use super::h1::{self, Start};
 use super::live::Live;
 use crate::config::ServerConfig;
+use crate::http::h1::Fields;
 use crate::http::h1::request::HeadLimits;
 use crate::http::upgrade::Rewind;
 use crate::http::{ClientBody, WaitingSince};
@@ -392,13 +393,16 @@ impl ProxyConnection {
                 req.extensions_mut().insert(WaitingSince(accepted));
             }
             // The request keeps the generation it started with. Boxed:
-            // hyper spawns a task per stream, and tokio moves a task's
-            // future whole several times (into the task, and its stage
-            // when it completes); a pointer moves cheaper than the
-            // gateway's kilobytes (bench/README.md, HTTPS).
+            // hyper's stream future, which holds this one, is moved whole
+            // into its box and its place among the connection's streams; a
+            // pointer moves cheaper than the gateway's kilobytes
+            // (bench/README.md, HTTPS).
             let handling = Box::pin(live.gateway.load_full().handle_owned(req, peer));
             async move {
                 let mut response = handling.await;
+                // hyper writes the header map: a backend's fields that came
+                // as they arrived go into it.
+                Fields::restore(&mut response);
                 never_index_date(&mut response);
                 Ok::<_, Infallible>(response)
             }
