@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::connection::{ProxyConnection, http1_settings, http2_builder};
+use super::connection::{ProxyConnection, http1_settings, http2_settings};
 use super::door::{Door, Slot};
 use super::h1::Start;
 use super::listen::{self, Listener};
@@ -124,12 +124,12 @@ async fn serve_batch(
     stopped: watch::Receiver<bool>,
 ) {
     let server = &live.config.load().server;
-    let http2 = Arc::new(http2_builder(server));
+    let http2 = http2_settings(server);
     let http1 = http1_settings(server);
     for accepted in batch {
         let conn = ProxyConnection {
             live: live.clone(),
-            http2: http2.clone(),
+            http2,
             http1,
             stopped: stopped.clone(),
         };

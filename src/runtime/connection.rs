@@ -4,27 +4,36 @@
 //! TLS). An HTTP/2 connection is driven under the watch that closes one
 //! that starts no request within `header_timeout` of accept and shuts one
 //! down gracefully when idle for `idle_timeout` or when shutdown is asked
-//! for; an HTTP/1 connection keeps the same rules itself. The admin
-//! listener's hyper builder is made here too.
+//! for; an HTTP/1 connection keeps the same rules itself. An HTTP/2
+//! connection's streams (each request's handling and response) are polled
+//! by the connection's own task ([`StreamTasks`], [`WithStreams`]), not
+//! spawned as a task each. The admin listener's hyper builder is made here
+//! too.
 //!
 //! Invariant: every connection is driven under its watch, so none stays
-//! open doing nothing; the first request of a connection carries
+//! open doing nothing; an HTTP/2 connection's task ends only when its
+//! streams have too; the first request of a connection carries
 //! [`WaitingSince`] (its accept), and with TLS every request carries
 //! [`Secure`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -58,14 +67,121 @@ pub(super) fn terminator(
 /// hyper's default header count limit for HTTP/1.
 pub(super) const HYPER_MAX_HEADERS: usize = 100;
 
-/// The HTTP/2 connection builder for the proxy, with the configured limit
-/// on request heads.
-pub(super) fn http2_builder(server: &ServerConfig) -> http2::Builder<TokioExecutor> {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+/// The HTTP/2 settings of the proxy's connections: the configured limit on
+/// request heads.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Http2Settings {
+    max_header_list_size: u32,
+}
+
+/// The HTTP/2 settings of the proxy's connections under `server`.
+pub(super) fn http2_settings(server: &ServerConfig) -> Http2Settings {
+    Http2Settings {
+        max_header_list_size: u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX),
+    }
+}
+
+/// The HTTP/2 connection builder of one proxy connection, whose streams
+/// `streams` runs.
+fn http2_builder(settings: Http2Settings, streams: StreamTasks) -> http2::Builder<StreamTasks> {
+    let mut builder = http2::Builder::new(streams);
     builder
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(settings.max_header_list_size);
     builder
+}
+
+/// A stream's future, as hyper hands it over.
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor of one HTTP/2 connection's streams: hyper hands it each
+/// stream's future (the request's handling and its response), and the
+/// connection's own task polls them ([`WithStreams`]) rather than tokio
+/// spawning a task per stream: no task to allocate, schedule and free per
+/// request, and a response is written by the same poll that made it
+/// (bench/README.md, HTTPS).
+#[derive(Clone, Default)]
+pub(super) struct StreamTasks(Arc<Mutex<Vec<StreamFuture>>>);
+
+impl<F> hyper::rt::Executor<F> for StreamTasks
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.lock().push(Box::pin(fut));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 connection and the streams it has started, driven by one
+    /// task. It is done when the connection is and every stream has
+    /// finished (a stream outlives its connection as a spawned task would:
+    /// its request still ends in exactly one outcome).
+    pub(super) struct WithStreams<C> {
+        #[pin]
+        conn: C,
+        ended: Option<hyper::Result<()>>,
+        inbox: StreamTasks,
+        streams: FuturesUnordered<StreamFuture>,
+    }
+
+    impl<C> PinnedDrop for WithStreams<C> {
+        fn drop(this: Pin<&mut Self>) {
+            // The futures not yet taken hold the inbox: drop them here, not
+            // in a cycle that never ends.
+            this.project().inbox.0.lock().clear();
+        }
+    }
+}
+
+impl<C> WithStreams<C> {
+    fn new(conn: C, inbox: StreamTasks) -> Self {
+        WithStreams {
+            conn,
+            ended: None,
+            inbox,
+            streams: FuturesUnordered::new(),
+        }
+    }
+}
+
+impl<C> WithStreams<C> {
+    /// The connection, to start its graceful shutdown (its streams finish).
+    pub(super) fn conn(self: Pin<&mut Self>) -> Pin<&mut C> {
+        self.project().conn
+    }
+}
+
+impl<C: Future<Output = hyper::Result<()>>> Future for WithStreams<C> {
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        let mut this = self.project();
+        loop {
+            if this.ended.is_none()
+                && let Poll::Ready(ended) = this.conn.as_mut().poll(cx)
+            {
+                *this.ended = Some(ended);
+            }
+            this.streams.extend(this.inbox.0.lock().drain(..));
+            let mut finished = false;
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {
+                finished = true;
+            }
+            // A finished stream has queued its response's last frame: the
+            // connection writes it now rather than in another poll. A
+            // stream may also have started another (an upgrade).
+            if (finished && this.ended.is_none()) || !this.inbox.0.lock().is_empty() {
+                continue;
+            }
+            if this.streams.is_empty()
+                && let Some(ended) = this.ended.take()
+            {
+                return Poll::Ready(ended);
+            }
+            return Poll::Pending;
+        }
+    }
 }
 
 /// The settings of the proxy's HTTP/1 connections.
@@ -103,6 +219,19 @@ pub(super) fn builder_with_limits(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     builder
+}
+
+/// Marks a response's `Date` for HPACK's "never indexed" form. h2's encoder
+/// otherwise adds every new `Date` value (one a second) to the connection's
+/// dynamic table, where entries are chained by name: a long-lived connection
+/// fills its 4 KiB table with old dates, and every response then compares
+/// its `Date` with each of them before finding the newest. Sent literally,
+/// a `Date` costs a few bytes more per response and no lookup
+/// (bench/README.md, HTTPS).
+fn never_index_date<B>(response: &mut http::Response<B>) {
+    if let Some(date) = response.headers_mut().get_mut(http::header::DATE) {
+        date.set_sensitive(true);
+    }
 }
 
 /// What to do with a connection, as its watch decides.
@@ -153,7 +282,8 @@ impl ConnectionWatch<'_> {
 /// types' trait bounds defeat the compiler's `Send` proof for a spawned
 /// generic future.
 macro_rules! drive_connection {
-    ($conn:expr, $watch:expr) => {{
+    // `$inner`: the method giving the hyper connection inside `$conn`.
+    ($conn:expr, $watch:expr $(, $inner:ident)?) => {{
         let conn = $conn;
         let mut watch = $watch;
         tokio::pin!(conn);
@@ -162,7 +292,7 @@ macro_rules! drive_connection {
                 result = conn.as_mut() => break Some(result),
                 watched = watch.next() => match watched {
                     Watched::Close => break None,
-                    Watched::ShutDown => conn.as_mut().graceful_shutdown(),
+                    Watched::ShutDown => conn.as_mut()$(.$inner())?.graceful_shutdown(),
                 },
             }
         };
@@ -176,7 +306,7 @@ pub(super) use drive_connection;
 /// What serving one proxy connection needs.
 pub(super) struct ProxyConnection {
     pub(super) live: Arc<Live>,
-    pub(super) http2: Arc<http2::Builder<TokioExecutor>>,
+    pub(super) http2: Http2Settings,
     pub(super) http1: h1::Settings,
     pub(super) stopped: watch::Receiver<bool>,
 }
@@ -262,21 +392,28 @@ impl ProxyConnection {
             if first.swap(false, Ordering::Relaxed) {
                 req.extensions_mut().insert(WaitingSince(accepted));
             }
-            // The request keeps the generation it started with.
-            let handling = live.gateway.load_full().handle_owned(req, peer);
+            // The request keeps the generation it started with. Boxed:
+            // hyper's stream future, which holds this one, is moved whole
+            // into its box and its place among the connection's streams; a
+            // pointer moves cheaper than the gateway's kilobytes
+            // (bench/README.md, HTTPS).
+            let handling = Box::pin(live.gateway.load_full().handle_owned(req, peer));
             async move {
                 let mut response = handling.await;
                 // hyper writes the header map: a backend's fields that came
                 // as they arrived go into it.
                 Fields::restore(&mut response);
+                never_index_date(&mut response);
                 Ok::<_, Infallible>(response)
             }
         });
         let activity = Activity::new(accepted, self.http1.header_timeout, self.http1.idle_timeout);
-        let conn = self.http2.serve_connection(
+        let streams = StreamTasks::default();
+        let conn = http2_builder(self.http2, streams.clone()).serve_connection(
             TokioIo::new(stream),
             Tracked::new(service, activity.clone()),
         );
+        let conn = WithStreams::new(conn, streams);
         drive_connection!(
             conn,
             ConnectionWatch {
@@ -284,7 +421,8 @@ impl ProxyConnection {
                 stopped: Some(self.stopped),
                 done: false,
                 peer,
-            }
+            },
+            conn
         );
     }
 }
@@ -293,6 +431,74 @@ impl ProxyConnection {
 mod tests {
     use super::*;
     use crate::gateway::Gateway;
+
+    use hyper::rt::Executor;
+
+    /// A connection's streams run to their end in its task, even after the
+    /// connection itself has ended, and the connection's result comes last.
+    #[tokio::test]
+    async fn a_connections_streams_finish_before_it_is_done() {
+        let streams = StreamTasks::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let answered = Arc::new(AtomicBool::new(false));
+        let executor = streams.clone();
+        let seen = answered.clone();
+        // The "connection" starts one stream, then ends at once.
+        let conn = async move {
+            executor.execute(async move {
+                let _ = rx.await;
+                seen.store(true, Ordering::Relaxed);
+            });
+            Ok(())
+        };
+        let driven = tokio::spawn(WithStreams::new(conn, streams));
+        tokio::task::yield_now().await;
+        assert!(!driven.is_finished(), "done while its stream waits");
+        tx.send(()).expect("the stream waits");
+        let result = driven.await.expect("no panic");
+        assert!(result.is_ok());
+        assert!(
+            answered.load(Ordering::Relaxed),
+            "the stream ran to its end"
+        );
+    }
+
+    /// Streams handed over but never polled are dropped with the
+    /// connection (they hold its inbox: no cycle keeps them alive).
+    #[test]
+    fn streams_never_taken_are_dropped_with_the_connection() {
+        let streams = StreamTasks::default();
+        let held = Arc::new(());
+        let in_stream = held.clone();
+        streams.execute(async move {
+            let _held = in_stream;
+        });
+        let inbox = streams.clone();
+        drop(WithStreams::new(
+            std::future::pending::<hyper::Result<()>>(),
+            streams,
+        ));
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "the stream's future was dropped"
+        );
+        assert!(inbox.0.lock().is_empty());
+    }
+
+    #[test]
+    fn a_responses_date_is_never_indexed() {
+        let mut response = http::Response::new(());
+        response.headers_mut().insert(
+            http::header::DATE,
+            http::HeaderValue::from_static("Sun, 06 Dec 2026 23:00:00 GMT"),
+        );
+        never_index_date(&mut response);
+        assert!(response.headers()[http::header::DATE].is_sensitive());
+        let mut without = http::Response::new(());
+        never_index_date(&mut without);
+        assert!(without.headers().is_empty());
+    }
 
     /// The size of what `f` returns (a future), without making one.
     fn size_of_output<A, R>(_f: impl FnOnce(A) -> R) -> usize {
