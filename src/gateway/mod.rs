@@ -111,11 +111,16 @@ impl Gateway {
     }
 
     /// The async route holding `ticket`, and the ticket's state as JSON.
-    pub fn ticket_status(&self, ticket: deferred::record::TicketId) -> Option<serde_json::Value> {
-        self.routes
-            .iter()
-            .filter_map(|r| r.deferred.as_ref())
-            .find_map(|d| d.status_json(ticket))
+    pub async fn ticket_status(
+        &self,
+        ticket: deferred::record::TicketId,
+    ) -> Option<serde_json::Value> {
+        for deferred in self.routes.iter().filter_map(|r| r.deferred.as_ref()) {
+            if let Some(status) = deferred.status_json(ticket).await {
+                return Some(status);
+            }
+        }
+        None
     }
 
     /// Updates the sampled gauges and renders the metrics text.
