@@ -301,6 +301,48 @@ async fn dead_letters_live_in_redis_and_are_redriven_or_discarded() {
     sluice.shutdown().await;
 }
 
+/// `capacity` counts what Redis holds (503 beyond it, never 202), and what
+/// waited past `deliver_within` expires: dropped, counted, never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_the_streams_and_what_waits_too_long_expires() {
+    let inbox = Inbox::start().await;
+    let mut sluice = start(
+        &inbox,
+        &shared_url(),
+        "rate = 50, burst = 5",
+        "deliver_within = \"1s\"\ncapacity = 3",
+    )
+    .await;
+    let client = client();
+    let base = format!("http://{}", sluice.proxy_addr());
+    let admin_base = format!("http://{}/admin/routes/orders", sluice.admin_addr());
+    admin(&client, Method::POST, &format!("{admin_base}/pause")).await;
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let (status, _, json) = post(&client, &format!("{base}/orders"), "x", &[]).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        urls.push(format!("{base}{}", json["status_url"].as_str().unwrap()));
+    }
+    let (status, headers, _) = post(&client, &format!("{base}/orders"), "x", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    // Past deliver_within while paused; resumed, the pacers expire them.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    admin(&client, Method::POST, &format!("{admin_base}/resume")).await;
+    for url in &urls {
+        let json = until_state(&client, url, "expired", Duration::from_secs(3)).await;
+        assert_eq!(json["state"], "expired", "{json}");
+    }
+    assert!(inbox.seen().is_empty(), "nothing expired is sent");
+    let metrics = scrape(&client, sluice.admin_addr()).await;
+    assert_eq!(event(&metrics, "expired"), 3.0);
+    // Room again.
+    let (status, _, _) = post(&client, &format!("{base}/orders"), "x", &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    inbox.wait_for(1, Duration::from_secs(5)).await;
+    sluice.shutdown().await;
+}
+
 // -- a fleet of real binaries sharing one Redis
 
 /// A config file for one instance of the fleet (JSON logs, one worker).

@@ -43,6 +43,11 @@ const GROUP: &str = "sluice";
 /// fetch, few enough that a crash leaves little for the others to claim.
 pub(super) const WINDOW: usize = 16;
 
+/// A consumer (an instance that stopped) holding nothing and silent this
+/// long (or ten times `claim_idle`, if longer) leaves the group, so the
+/// group does not list every instance that ever ran.
+const FORGET_CONSUMERS: Duration = Duration::from_secs(600);
+
 /// Dead letters moved per script call by a re-drive or a discard.
 const BATCH: usize = 500;
 
@@ -66,6 +71,15 @@ redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 local entries
 if ARGV[5] == 'claim' then
   entries = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[6], '0-0', 'COUNT', ARGV[3])[2]
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local name, pending, idle = nil, 1, 0
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'pending' then pending = c[i + 1] elseif c[i] == 'idle' then idle = c[i + 1] end
+    end
+    if name and name ~= ARGV[2] and pending == 0 and idle > tonumber(ARGV[7]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    end
+  end
 else
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
   if not r then return {} end
@@ -418,6 +432,7 @@ impl Stream {
                 b"new".to_vec()
             },
             millis(claim.unwrap_or_default()),
+            millis(claim.map_or(FORGET_CONSUMERS, |idle| (idle * 10).max(FORGET_CONSUMERS))),
         ];
         let reply = self.link.eval(&self.scripts.fetch, &keys, &args).await?;
         Ok(array(&reply)
