@@ -470,3 +470,104 @@ async fn a_fleet_delivers_at_the_routes_rate() {
         (counted as f64 / want - 1.0) * 100.0
     );
 }
+
+/// The figures of bench/ASYNC.md for the redis store (not a test: no
+/// assertion on time): accepts per second and accept latency with 64
+/// concurrent clients on one instance (each answered once Redis has the
+/// request), then two instances delivering the backlog at the route's
+/// fleet-wide rate, against the configured one. `bench/async/run` runs it
+/// on a release build, with a redis-server of its own (no persistence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/async/run"]
+async fn bench_redis_accepts_and_fleet_delivery() {
+    const N: usize = 10_000;
+    const CLIENTS: usize = 64;
+    const RATE: u32 = 1000;
+    let inbox = Inbox::start().await;
+    let redis = RedisServer::start();
+    let dir = temp_dir("redis-bench");
+    let text = config_text(
+        inbox.addr,
+        &redis.url(),
+        &unique_prefix("async-bench"),
+        &format!("rate = {RATE}, burst = 1, backend = \"redis\", expected_instances = 2"),
+        "capacity = 1000000",
+    )
+    .replace("max_inflight = 4", "max_inflight = 64");
+    let a = Process::start(&fleet_config(&dir, "a", &text), "");
+    let b = Process::start(&fleet_config(&dir, "b", &text), "");
+    let client = client();
+    let admin_a = format!("http://{}/admin/routes/orders", a.admin);
+    let admin_b = format!("http://{}/admin/routes/orders", b.admin);
+    for base in [&admin_a, &admin_b] {
+        admin(&client, Method::POST, &format!("{base}/pause")).await;
+    }
+    let url = format!("http://{}/orders", a.proxy);
+    let body = "x".repeat(200);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (client, url, body, next) = (client.clone(), url.clone(), body.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < N {
+                let sent = std::time::Instant::now();
+                let (status, _, _) = post(&client, &url, &body, &[]).await;
+                assert_eq!(status, StatusCode::ACCEPTED);
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done.unwrap());
+    }
+    let took = started.elapsed();
+    latencies.sort();
+    let q = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "accept: {N} accepts into redis by {CLIENTS} clients in {took:.2?}: {:.0} /s; latency p50 {:.2?} p99 {:.2?} max {:.2?}",
+        N as f64 / took.as_secs_f64(),
+        q(0.5),
+        q(0.99),
+        latencies[latencies.len() - 1]
+    );
+    // Sampled each second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let summary = admin(&client, Method::GET, &format!("{admin_a}/async")).await;
+    println!(
+        "redis: {} bytes for {} records = {:.0} bytes per record (a 200-byte body and the client's headers)",
+        summary["bytes_in_redis"],
+        summary["held"],
+        summary["bytes_in_redis"].as_f64().unwrap() / summary["held"].as_f64().unwrap()
+    );
+    for base in [&admin_a, &admin_b] {
+        admin(&client, Method::POST, &format!("{base}/resume")).await;
+    }
+    let seen = inbox
+        .wait_for(N, Duration::from_secs(N as u64 / u64::from(RATE) + 20))
+        .await;
+    let times: Vec<std::time::Instant> = seen.iter().map(|d| d.at).collect();
+    let span = times[times.len() - 1] - times[0];
+    let counted = |from: std::time::Instant, secs: u64| {
+        times
+            .iter()
+            .filter(|t| **t >= from && **t < from + Duration::from_secs(secs))
+            .count()
+    };
+    let window = counted(times[0] + Duration::from_secs(1), 8);
+    let unique: BTreeSet<&str> = seen.iter().map(|d| d.ticket.as_str()).collect();
+    println!(
+        "delivery: {} delivered ({} unique) by two instances in {span:.2?} = {:.1} /s against a fleet rate of {RATE} /s ({:+.2}%); \
+         8 s window from 1 s in: {window} against {} ({:+.2}%)",
+        seen.len(),
+        unique.len(),
+        (seen.len() - 1) as f64 / span.as_secs_f64(),
+        ((seen.len() - 1) as f64 / span.as_secs_f64() / f64::from(RATE) - 1.0) * 100.0,
+        RATE * 8,
+        (window as f64 / f64::from(RATE * 8) - 1.0) * 100.0
+    );
+    drop((a, b, redis));
+}
