@@ -115,12 +115,17 @@ impl Gateway {
         &self,
         ticket: deferred::record::TicketId,
     ) -> Option<serde_json::Value> {
+        // A route whose store cannot be asked (Redis down) answers
+        // "unknown" only if no other route knows the ticket.
+        let mut unknown = None;
         for deferred in self.routes.iter().filter_map(|r| r.deferred.as_ref()) {
-            if let Some(status) = deferred.status_json(ticket).await {
-                return Some(status);
+            match deferred.status_json(ticket).await {
+                Some(status) if status["state"] == "unknown" => unknown = Some(status),
+                Some(status) => return Some(status),
+                None => {}
             }
         }
-        None
+        unknown
     }
 
     /// Updates the sampled gauges and renders the metrics text.
