@@ -46,6 +46,11 @@ enum Command {
         /// Where to write the SVG chart.
         #[arg(long, value_name = "FILE", default_value = "sluice-demo.svg")]
         out: PathBuf,
+        /// Make the route asynchronous (config/demo-async.toml): the burst
+        /// is answered 202 at once and delivered over time; the journal
+        /// lives in a temporary directory, removed at the end.
+        #[arg(long = "async")]
+        asynchronous: bool,
     },
     /// Replay a request trace through the shaper in virtual time: what would
     /// this config have done to that traffic? No sockets, no sleeping.
@@ -68,10 +73,12 @@ fn main() -> ExitCode {
             duration,
             burst,
             out,
+            asynchronous,
         } => demo(sluice::demo::Options {
             duration,
             burst,
             out,
+            asynchronous,
         }),
         #[cfg(feature = "tools")]
         Command::Simulate(args) => sluice::simulate::run(args),

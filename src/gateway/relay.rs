@@ -56,69 +56,78 @@ pub(crate) struct Relay {
 impl Relay {
     /// The backend's response as the client will get it. Hop-by-hop headers
     /// must already be gone.
-    pub(crate) async fn response(self, response: Response<UpstreamBody>) -> Response<Body> {
-        let (parts, body) = response.into_parts();
-        let mut log = LogOnEnd(self.line);
-        let mut target = self.target;
-        if body.is_end_stream() {
-            target.finish();
-            log.done();
-            let body = Empty::new().map_err(|never| match never {}).boxed();
-            return Response::from_parts(parts, body);
-        }
-        if body
-            .size_hint()
-            .exact()
-            .is_some_and(|len| len <= SMALL_RESPONSE_BYTES)
-        {
-            let body = match read_whole(body).await {
-                Ok((data, trailers)) => {
-                    target.finish();
-                    Whole {
-                        data: Some(data),
-                        trailers,
-                        log,
-                    }
-                    .boxed()
-                }
-                // The backend broke off mid-body: the client's response
-                // breaks off too (not a complete message, whatever it says).
-                Err(err) => {
-                    log.done();
-                    Broken {
-                        error: Some(err),
-                        head_sent: false,
-                    }
-                    .boxed()
-                }
-            };
-            // Slot and connection go now (dropping them here), before the
-            // client has read anything.
-            drop(target);
-            drop(self.grant);
-            return Response::from_parts(parts, body);
-        }
-        let hint = body.size_hint();
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(pump(
-            body,
-            tx,
-            Held {
-                _permit: self.grant.into_permit(),
-                target,
-            },
-            log,
-            self.send_timeout,
-        ));
-        Response::from_parts(
-            parts,
-            Relayed {
-                rx,
-                hint,
-                done: false,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice (rustc #62958)"
+    )]
+    pub(crate) fn response(
+        self,
+        response: Response<UpstreamBody>,
+    ) -> impl Future<Output = Response<Body>> {
+        async move {
+            let (parts, body) = response.into_parts();
+            let mut log = LogOnEnd(self.line);
+            let mut target = self.target;
+            if body.is_end_stream() {
+                target.finish();
+                log.done();
+                let body = Empty::new().map_err(|never| match never {}).boxed();
+                return Response::from_parts(parts, body);
             }
-            .boxed(),
-        )
+            if body
+                .size_hint()
+                .exact()
+                .is_some_and(|len| len <= SMALL_RESPONSE_BYTES)
+            {
+                let body = match read_whole(body).await {
+                    Ok((data, trailers)) => {
+                        target.finish();
+                        Whole {
+                            data: Some(data),
+                            trailers,
+                            log,
+                        }
+                        .boxed()
+                    }
+                    // The backend broke off mid-body: the client's response
+                    // breaks off too (not a complete message, whatever it says).
+                    Err(err) => {
+                        log.done();
+                        Broken {
+                            error: Some(err),
+                            head_sent: false,
+                        }
+                        .boxed()
+                    }
+                };
+                // Slot and connection go now (dropping them here), before the
+                // client has read anything.
+                drop(target);
+                drop(self.grant);
+                return Response::from_parts(parts, body);
+            }
+            let hint = body.size_hint();
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(pump(
+                body,
+                tx,
+                Held {
+                    _permit: self.grant.into_permit(),
+                    target,
+                },
+                log,
+                self.send_timeout,
+            ));
+            Response::from_parts(
+                parts,
+                Relayed {
+                    rx,
+                    hint,
+                    done: false,
+                }
+                .boxed(),
+            )
+        }
     }
 }
 

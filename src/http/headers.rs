@@ -33,20 +33,17 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// prefix then a counter, cut from this thread's id slab.
 fn new_request_id() -> HeaderValue {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    static PROCESS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    // The prefix's 16 digits are written once per process.
+    static PROCESS: std::sync::LazyLock<[u8; 16]> = std::sync::LazyLock::new(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        nanos ^ (u64::from(std::process::id()) << 32)
+        hex16(nanos ^ (u64::from(std::process::id()) << 32))
     });
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let prefix = *PROCESS;
     let mut text = [0u8; 32];
-    for i in 0..16 {
-        let shift = 60 - 4 * i;
-        text[i] = HEX_DIGITS[((prefix >> shift) & 0xf) as usize];
-        text[16 + i] = HEX_DIGITS[((n >> shift) & 0xf) as usize];
-    }
+    text[..16].copy_from_slice(&*PROCESS);
+    text[16..].copy_from_slice(&hex16(n));
     cut(&ID_SLAB, ID_SLAB_SIZE, |out| {
         out.extend_from_slice(&text);
         Ok(())
@@ -55,6 +52,15 @@ fn new_request_id() -> HeaderValue {
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// `n` as 16 lower-case hex digits.
+fn hex16(n: u64) -> [u8; 16] {
+    let mut text = [0u8; 16];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX_DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    text
+}
 
 /// How big a thread's slab is, and how little room left in it makes the
 /// next value start a fresh one (or, once every value cut from it is gone,
@@ -524,7 +530,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// A Connection token that names no field to remove beyond the hop-by-hop
 /// ones: empty, `close`, hop-by-hop, or a field sluice owns.
-fn is_known(token: &str) -> bool {
+pub(crate) fn is_known(token: &str) -> bool {
     token.is_empty()
         || token.eq_ignore_ascii_case("close")
         || HOP_BY_HOP

@@ -35,6 +35,7 @@ use super::activity::{Activity, Expiry, Tracked};
 use super::h1::{self, Start};
 use super::live::Live;
 use crate::config::ServerConfig;
+use crate::http::h1::Fields;
 use crate::http::h1::request::HeadLimits;
 use crate::http::upgrade::Rewind;
 use crate::http::{ClientBody, WaitingSince};
@@ -263,7 +264,13 @@ impl ProxyConnection {
             }
             // The request keeps the generation it started with.
             let handling = live.gateway.load_full().handle_owned(req, peer);
-            async move { Ok::<_, Infallible>(handling.await) }
+            async move {
+                let mut response = handling.await;
+                // hyper writes the header map: a backend's fields that came
+                // as they arrived go into it.
+                Fields::restore(&mut response);
+                Ok::<_, Infallible>(response)
+            }
         });
         let activity = Activity::new(accepted, self.http1.header_timeout, self.http1.idle_timeout);
         let conn = self.http2.serve_connection(

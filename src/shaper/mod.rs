@@ -465,29 +465,37 @@ impl Drop for Shaper {
 }
 
 impl Ticket {
-    /// Waits for a grant, or until the deadline.
-    pub async fn wait(mut self) -> Result<Grant, Rejection> {
-        let deadline = tokio::time::sleep_until(self.deadline);
-        tokio::select! {
-            biased;
-            answer = &mut self.rx => {
-                self.done = true;
-                match answer {
-                    // A grant made in time can still reach a busy waiter
-                    // after its deadline: it is given back, never used.
-                    Ok(Ok(_late)) if Instant::now() > self.deadline => Err(self.shared.gone()),
-                    Ok(answer) => answer,
-                    Err(_) => Err(self.shared.gone()),
+    /// Waits for a grant, or until the deadline. (A block over the ticket
+    /// rather than an `async fn`, which would hold the ticket twice: rustc
+    /// #62958; a waiting request holds this future.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice (rustc #62958)"
+    )]
+    pub fn wait(mut self) -> impl Future<Output = Result<Grant, Rejection>> {
+        async move {
+            let deadline = tokio::time::sleep_until(self.deadline);
+            tokio::select! {
+                biased;
+                answer = &mut self.rx => {
+                    self.done = true;
+                    match answer {
+                        // A grant made in time can still reach a busy waiter
+                        // after its deadline: it is given back, never used.
+                        Ok(Ok(_late)) if Instant::now() > self.deadline => Err(self.shared.gone()),
+                        Ok(answer) => answer,
+                        Err(_) => Err(self.shared.gone()),
+                    }
                 }
-            }
-            () = deadline => {
-                self.done = true;
-                if self.shared.leave(self.slot) {
-                    Err(self.shared.gone())
-                } else {
-                    // Answered in the same instant the deadline fired (a grant
-                    // made in time stands).
-                    self.rx.try_recv().unwrap_or_else(|_| Err(self.shared.gone()))
+                () = deadline => {
+                    self.done = true;
+                    if self.shared.leave(self.slot) {
+                        Err(self.shared.gone())
+                    } else {
+                        // Answered in the same instant the deadline fired (a grant
+                        // made in time stands).
+                        self.rx.try_recv().unwrap_or_else(|_| Err(self.shared.gone()))
+                    }
                 }
             }
         }

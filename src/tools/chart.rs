@@ -19,6 +19,9 @@ pub const OFFERED: RGBColor = RGBColor(214, 39, 40);
 /// Requests released to the backend.
 pub const RELEASED: RGBColor = RGBColor(31, 119, 180);
 
+/// Requests an async route accepted (`202`).
+pub const ACCEPTED: RGBColor = RGBColor(44, 160, 44);
+
 /// Requests refused at once (queue full; the demo's shed requests).
 pub const REFUSED: RGBColor = RGBColor(148, 103, 189);
 

@@ -162,64 +162,71 @@ impl H1Pool {
 
     /// [`H1Pool::send`], the head rewritten by `forwarding` as it is
     /// written.
-    pub(crate) async fn send_forwarded(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice (rustc #62958)"
+    )]
+    pub(crate) fn send_forwarded(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         forwarding: Option<&Forwarding>,
         reached: &AtomicBool,
-    ) -> Result<(Response<H1Body>, Lease), H1Error> {
-        // Origin form only: an absolute-form target from the client
-        // (`GET http://elsewhere/ HTTP/1.1`) must not reach the backend as one.
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            *req.uri_mut() = match req.uri().path_and_query() {
-                Some(pq) => Uri::from(pq.clone()),
-                None => Uri::from_static("/"),
-            };
-        } else if req.uri().path_and_query().is_none() {
-            *req.uri_mut() = Uri::from_static("/");
-        }
-        let (parts, body) = req.into_parts();
-        let (mut conn, mut handoff, reused) = match self.checkout() {
-            Some((conn, handoff)) => (conn, handoff, true),
-            None => (self.connect().await?, Arc::default(), false),
-        };
-        reached.store(true, Ordering::Release);
-        let outgoing = conn.prepare(&parts, (forwarding, &self.host), body);
-        if let Err(err) = conn.send_head(&outgoing).await {
-            // Never sent: the idle connection was closed under us.
-            if !(reused && err.is_unsent()) {
-                return Err(H1Error::Request(err));
+    ) -> impl Future<Output = Result<(Response<H1Body>, Lease), H1Error>> {
+        async move {
+            // Origin form only: an absolute-form target from the client
+            // (`GET http://elsewhere/ HTTP/1.1`) must not reach the backend as one.
+            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                *req.uri_mut() = match req.uri().path_and_query() {
+                    Some(pq) => Uri::from(pq.clone()),
+                    None => Uri::from_static("/"),
+                };
+            } else if req.uri().path_and_query().is_none() {
+                *req.uri_mut() = Uri::from_static("/");
             }
-            reached.store(false, Ordering::Release);
-            let fresh = self.connect().await?;
+            let (parts, body) = req.into_parts();
+            let (mut conn, mut handoff, reused) = match self.checkout() {
+                Some((conn, handoff)) => (conn, handoff, true),
+                None => (self.connect().await?, Arc::default(), false),
+            };
             reached.store(true, Ordering::Release);
-            conn = conn.replaced_by(fresh);
-            handoff = Arc::default();
-            conn.send_head(&outgoing).await.map_err(H1Error::Request)?;
+            let outgoing = conn.prepare(&parts, (forwarding, &self.host), body);
+            if let Err(err) = conn.send_head(&outgoing).await {
+                // Never sent: the idle connection was closed under us.
+                if !(reused && err.is_unsent()) {
+                    return Err(H1Error::Request(err));
+                }
+                reached.store(false, Ordering::Release);
+                let fresh = self.connect().await?;
+                reached.store(true, Ordering::Release);
+                conn = conn.replaced_by(fresh);
+                handoff = Arc::default();
+                conn.send_head(&outgoing).await.map_err(H1Error::Request)?;
+            }
+            let head_request = parts.method == Method::HEAD;
+            let (head, sent_whole) = conn
+                .exchange(outgoing, head_request, &self.limits)
+                .await
+                .map_err(H1Error::Request)?;
+            let switching = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
+            let body = H1Body::new(
+                conn,
+                head.framing.decoder(),
+                head.keep_alive && sent_whole,
+                (self.clone(), handoff.clone()),
+            );
+            let mut response = Response::new(body);
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            // The fields go as they came: no header map on the way through.
+            response.extensions_mut().insert(head.fields);
+            // A switched protocol owns the connection from now on.
+            let lease = Lease {
+                pool: self.clone(),
+                handoff: (!switching).then_some(handoff),
+                finished: false,
+            };
+            Ok((response, lease))
         }
-        let head_request = parts.method == Method::HEAD;
-        let (head, sent_whole) = conn
-            .exchange(outgoing, head_request, &self.limits)
-            .await
-            .map_err(H1Error::Request)?;
-        let switching = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        let body = H1Body::new(
-            conn,
-            head.framing.decoder(),
-            head.keep_alive && sent_whole,
-            (self.clone(), handoff.clone()),
-        );
-        let mut response = Response::new(body);
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        // A switched protocol owns the connection from now on.
-        let lease = Lease {
-            pool: self.clone(),
-            handoff: (!switching).then_some(handoff),
-            finished: false,
-        };
-        Ok((response, lease))
     }
 
     /// The most recently used live connection, if any, with its handoff

@@ -44,115 +44,127 @@ impl Upstream {
     /// bodiless requests that could not connect, on other targets, until
     /// `deadline`. `reached` turns true once the request has been handed to
     /// a connection to a target (from then on the backend may have it).
-    pub(crate) async fn send(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice (rustc #62958)"
+    )]
+    pub(crate) fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         forwarding: &Forwarding,
         deadline: Instant,
         reached: &AtomicBool,
-    ) -> Result<(Response<UpstreamBody>, TargetGuard), UpstreamError> {
-        let (parts, body) = req.into_parts();
-        let watch = body.watch();
-        // A copy of the head is kept only when a retry could use it: the
-        // first attempt consumes the original.
-        let retryable = is_idempotent(&parts.method)
-            && body.is_end_stream()
-            && self.config.retries > 0
-            && self.target_count() > 1;
-        let spare = retryable.then(|| parts.clone());
-        let mut first = Some(parts);
-        let mut body = Some(body);
-        let mut tried: Vec<Arc<Target>> = Vec::new();
-        let mut attempt = 0;
-        loop {
-            let guard = self.claim_target(&tried).await?;
-            tried.push(guard.target.clone());
-            // (A retry happens only when `retryable`, so a spare head exists.)
-            let Some(parts) = first.take().or_else(|| spare.clone()) else {
-                return Err(UpstreamError::NoTarget {
-                    upstream: self.name.clone(),
-                });
-            };
-            let body = body.take().unwrap_or(RequestBody::Empty);
-            let error = match self
-                .attempt(guard, (parts, forwarding), body, watch.as_ref(), reached)
-                .await
-            {
-                Ok(sent) => return Ok(sent),
-                Err(error) => error,
-            };
-            attempt += 1;
-            if matches!(error, UpstreamError::Connect { .. })
-                && retryable
-                && attempt <= self.config.retries
-                && tried.len() < self.target_count()
-                && Instant::now() < deadline
-            {
-                self.metrics.retry();
-                tracing::debug!(upstream = %self.name, error = %error, attempt, "retrying on another target");
-                continue;
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, TargetGuard), UpstreamError>> {
+        async move {
+            let (parts, body) = req.into_parts();
+            let watch = body.watch();
+            // A copy of the head is kept only when a retry could use it: the
+            // first attempt consumes the original.
+            let retryable = is_idempotent(&parts.method)
+                && body.is_end_stream()
+                && self.config.retries > 0
+                && self.target_count() > 1;
+            let spare = retryable.then(|| parts.clone());
+            let mut first = Some(parts);
+            let mut body = Some(body);
+            let mut tried: Vec<Arc<Target>> = Vec::new();
+            let mut attempt = 0;
+            loop {
+                let guard = self.claim_target(&tried).await?;
+                tried.push(guard.target.clone());
+                // (A retry happens only when `retryable`, so a spare head exists.)
+                let Some(parts) = first.take().or_else(|| spare.clone()) else {
+                    return Err(UpstreamError::NoTarget {
+                        upstream: self.name.clone(),
+                    });
+                };
+                let body = body.take().unwrap_or(RequestBody::Empty);
+                let error = match self
+                    .attempt(guard, (parts, forwarding), body, watch.as_ref(), reached)
+                    .await
+                {
+                    Ok(sent) => return Ok(sent),
+                    Err(error) => error,
+                };
+                attempt += 1;
+                if matches!(error, UpstreamError::Connect { .. })
+                    && retryable
+                    && attempt <= self.config.retries
+                    && tried.len() < self.target_count()
+                    && Instant::now() < deadline
+                {
+                    self.metrics.retry();
+                    tracing::debug!(upstream = %self.name, error = %error, attempt, "retrying on another target");
+                    continue;
+                }
+                return Err(error);
             }
-            return Err(error);
         }
     }
 
     /// One attempt on the claimed target, and what the upstream learns from
     /// it.
-    async fn attempt(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice (rustc #62958)"
+    )]
+    fn attempt(
         self: &Arc<Self>,
         mut guard: TargetGuard,
         (parts, forwarding): (Parts, &Forwarding),
         body: RequestBody,
         watch: Option<&BodyWatch>,
         reached: &AtomicBool,
-    ) -> Result<(Response<UpstreamBody>, TargetGuard), UpstreamError> {
-        let target = guard.target.clone();
-        let target = target.as_ref();
-        let req = self.for_target(target, parts, forwarding).map(|()| body);
-        let concurrency = self.inflight();
-        let started = Instant::now();
-        target.metrics.request();
-        let result =
-            tokio::time::timeout(self.timeout, self.request(target, req, forwarding, reached))
-                .await;
-        let elapsed = started.elapsed();
-        // The client's failure is its own outcome: the target is not
-        // blamed (no health, error metric or adaptive sample), and the
-        // request is not retried.
-        if let Some(fault) = client_failure(&result, watch) {
-            tracing::debug!(upstream = %self.name, target = %target.addr, %fault, "request body failed on the client's side");
-            return Err(UpstreamError::ClientBody(fault));
-        }
-        let error = match result {
-            Ok(Ok((response, lease))) => {
-                let failed = response.status().is_server_error();
-                self.observe(target, Some(elapsed), failed, concurrency);
-                self.metrics.latency(elapsed.as_secs_f64());
-                target.metrics.latency(elapsed.as_secs_f64());
-                guard.lease = lease;
-                return Ok((response, guard));
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, TargetGuard), UpstreamError>> {
+        async move {
+            let target = guard.target.clone();
+            let target = target.as_ref();
+            let req = self.for_target(target, parts, forwarding).map(|()| body);
+            let concurrency = self.inflight();
+            let started = Instant::now();
+            target.metrics.request();
+            let result =
+                tokio::time::timeout(self.timeout, self.request(target, req, forwarding, reached))
+                    .await;
+            let elapsed = started.elapsed();
+            // The client's failure is its own outcome: the target is not
+            // blamed (no health, error metric or adaptive sample), and the
+            // request is not retried.
+            if let Some(fault) = client_failure(&result, watch) {
+                tracing::debug!(upstream = %self.name, target = %target.addr, %fault, "request body failed on the client's side");
+                return Err(UpstreamError::ClientBody(fault));
             }
-            Ok(Err((source, true))) => UpstreamError::Connect {
-                target: target.addr.clone(),
-                source,
-            },
-            Ok(Err((source, false))) => UpstreamError::Other {
-                target: target.addr.clone(),
-                source,
-            },
-            Err(_elapsed) => UpstreamError::Timeout {
-                target: target.addr.clone(),
-                timeout: self.timeout,
-            },
-        };
-        // Out of descriptors or memory here says nothing about the
-        // target: it must not be ejected for sluice's own shortage.
-        if !is_local_shortage(&error) {
-            self.observe(target, None, true, concurrency);
+            let error = match result {
+                Ok(Ok((response, lease))) => {
+                    let failed = response.status().is_server_error();
+                    self.observe(target, Some(elapsed), failed, concurrency);
+                    self.metrics.latency(elapsed.as_secs_f64());
+                    target.metrics.latency(elapsed.as_secs_f64());
+                    guard.lease = lease;
+                    return Ok((response, guard));
+                }
+                Ok(Err((source, true))) => UpstreamError::Connect {
+                    target: target.addr.clone(),
+                    source,
+                },
+                Ok(Err((source, false))) => UpstreamError::Other {
+                    target: target.addr.clone(),
+                    source,
+                },
+                Err(_elapsed) => UpstreamError::Timeout {
+                    target: target.addr.clone(),
+                    timeout: self.timeout,
+                },
+            };
+            // Out of descriptors or memory here says nothing about the
+            // target: it must not be ejected for sluice's own shortage.
+            if !is_local_shortage(&error) {
+                self.observe(target, None, true, concurrency);
+            }
+            target.metrics.error();
+            self.metrics.error(error.kind());
+            Err(error)
         }
-        target.metrics.error();
-        self.metrics.error(error.kind());
-        Err(error)
     }
 
     /// The head as `target` gets it: through the general client, rewritten

@@ -216,3 +216,89 @@ fn bad_options_fail_at_once_with_a_message() {
     }
     assert!(!out.exists());
 }
+
+/// `sluice demo --async`: the burst is answered `202` (all of it: the
+/// capacity, 5000, is far above it), faster than the backend takes it, and
+/// delivered at the route's rate; the journal's temporary directory is gone
+/// afterwards.
+#[test]
+fn an_async_demo_accepts_the_burst_at_once_and_delivers_it_at_the_rate() {
+    let out = out_path("demo-async.svg");
+    let args = ["--async", "--duration", "6s", "--burst", "10"];
+    let (status, stdout, stderr, elapsed) = run_demo(&args, &out);
+    assert!(
+        status.success(),
+        "{status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    println!("{stdout}");
+    eprintln!("sluice demo --async --duration 6s took {elapsed:?}");
+    let journal = line(&stdout, "  journal  ").split("  ").next().unwrap();
+    assert!(!Path::new(journal).exists(), "{journal} left behind");
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-async.toml");
+    let config = sluice::Config::load(&path).unwrap();
+    let limit = config.routes[0].limit.unwrap();
+    let (rate, burst) = (limit.rate, f64::from(limit.burst.get()));
+
+    // Every request answered 202, each delivered once, none expired.
+    let outcomes = line(&stdout, "outcomes:");
+    let offered = first_number(outcomes);
+    assert!(
+        outcomes.ends_with(&format!(
+            "{offered} ok (202) + 0 shed (503) + 0 limited (429) + 0 failed"
+        )),
+        "{outcomes}"
+    );
+    assert_eq!(
+        line(&stdout, "sluice counted:").trim(),
+        format!("accepted {offered}")
+    );
+    assert_eq!(
+        first_number(line(&stdout, "released to the backend:")),
+        offered
+    );
+    let delivered = line(&stdout, "delivered:");
+    assert!(
+        delivered.starts_with(&format!(" {offered} (sluice counted; expired 0")),
+        "{delivered}"
+    );
+
+    // Accepted faster than delivered; delivered no faster than the rate;
+    // a backlog built up and drained.
+    let accepted_peak = first_number(
+        line(&stdout, "accepted:")
+            .split("busiest 1 s:")
+            .nth(1)
+            .unwrap(),
+    );
+    let released_peak = first_number(line(&stdout, "released peak:")) as f64;
+    assert!(
+        released_peak <= rate * 1.1 + burst,
+        "released peak {released_peak}/s above {rate}/s x 1.1 + burst {burst}:\n{stdout}"
+    );
+    assert!(
+        accepted_peak as f64 > released_peak * 1.5,
+        "accepted peak {accepted_peak}/s not well above the delivery's {released_peak}/s:\n{stdout}"
+    );
+    let backlog = line(&stdout, "backlog peak:");
+    assert!(first_number(backlog) >= 100, "{backlog}");
+    assert!(backlog.contains("; empty "), "{backlog}");
+
+    let svg = std::fs::read_to_string(&out).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("the chart is well-formed XML");
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .collect();
+    for label in [
+        "accepted (202)",
+        "delivered to the backend",
+        "backlog (left axis)",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(label)),
+            "no {label:?} in the chart's text"
+        );
+    }
+}

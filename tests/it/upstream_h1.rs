@@ -332,3 +332,69 @@ async fn bytes_the_backend_sends_right_after_its_101_reach_the_client() {
         .unwrap();
     assert_eq!(&echoed, b"ping");
 }
+
+/// A backend's fields go to the client as they arrived (no header map is
+/// made on the way: see `sluice::http::h1::Fields`), hop-by-hop ones and
+/// those its Connection names dropped, its own Date kept; an HTTP/2 client
+/// (hyper writes its map) gets the same fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_fields_are_relayed_as_they_came_to_http1_and_http2_clients() {
+    let backend = ScriptedBackend::start(|_, _| {
+        Reply::keep(
+            b"HTTP/1.1 200 OK\r\nServer: scripted\r\nSet-Cookie: a=1\r\n\
+              Connection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n\
+              Proxy-Authenticate: Basic\r\nSet-Cookie: b=2\r\nUpgrade: h2c\r\n\
+              Date: Sun, 06 Dec 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+        )
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let url = format!("http://{}/f", sluice.proxy_addr());
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        let req = request(Method::GET, &url, &[]);
+        let response = if version == http::Version::HTTP_2 {
+            h2.request(req).await.unwrap()
+        } else {
+            client().request(req).await.unwrap()
+        };
+        assert_eq!(response.version(), version);
+        let headers = response.headers().clone();
+        assert_eq!(headers["server"], "scripted", "{version:?}");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "{version:?}");
+        assert_eq!(headers["date"], "Sun, 06 Dec 2026 00:00:00 GMT");
+        assert_eq!(headers.get_all("date").iter().count(), 1);
+        for hop in ["x-secret", "keep-alive", "proxy-authenticate", "upgrade"] {
+            assert!(headers.get(hop).is_none(), "{hop} relayed to {version:?}");
+        }
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+    }
+
+    // On the wire to an HTTP/1.1 client: the backend's lines as it wrote
+    // them, in its order, after sluice's status line.
+    let mut stream = tokio::net::TcpStream::connect(sluice.proxy_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /f HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer in time")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(
+        answer.starts_with(
+            "HTTP/1.1 200 OK\r\nServer: scripted\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+             Date: Sun, 06 Dec 2026 00:00:00 GMT\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok"
+        ),
+        "{answer}"
+    );
+}

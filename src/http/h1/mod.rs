@@ -11,6 +11,8 @@
 //! - [`incoming`]: a client's request body as the gateway reads it, fed by
 //!   the connection that reads the socket.
 //! - [`response`]: a backend's response head and its body's framing.
+//! - [`fields`]: a response's fields kept as they arrived, relayed without
+//!   a header map.
 //!
 //! Deliberate differences from hyper's HTTP/1 (tests/it/h1diff.rs checks the
 //! rest agrees): a response head is bounded at 64 KiB and 100 fields
@@ -21,6 +23,7 @@
 //! (size line, after data, trailers) is an error.
 
 pub mod body;
+pub mod fields;
 pub mod incoming;
 pub mod request;
 pub mod response;
@@ -29,4 +32,5 @@ pub(crate) mod write;
 pub use body::{
     BodyError, Decoded, Decoder, DecoderLimits, EncodeError, Encoder, Frame, LAST_CHUNK,
 };
+pub use fields::Fields;
 pub use response::{Framing, HeadError, HeadLimits, ResponseHead, parse_response};

@@ -23,6 +23,8 @@
 //! after the answer (RFC 9112 §6.1 allows this or a 400), so nothing after
 //! the body is read as a request.
 
+use std::mem::MaybeUninit;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -101,11 +103,13 @@ impl HeadError {
 /// Parses the head at the start of `buf`: `Ok(None)` while it is incomplete
 /// (and still within the limits).
 pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Head>, HeadError> {
+    // httparse fills only what it parses: nothing to set up per request.
     if limits.max_headers <= STACK_HEADERS {
-        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
         parse_into(buf, limits, &mut headers[..limits.max_headers])
     } else {
-        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        let mut headers = Vec::with_capacity(limits.max_headers);
+        headers.resize_with(limits.max_headers, MaybeUninit::uninit);
         parse_into(buf, limits, &mut headers)
     }
 }
@@ -113,7 +117,7 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Head>, HeadError> 
 fn parse_into<'b>(
     buf: &'b [u8],
     limits: HeadLimits,
-    headers: &mut [httparse::Header<'b>],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Result<Option<Head>, HeadError> {
     // Leading empty lines before a request line are ignored (RFC 9112 §2.2).
     let skipped = buf
@@ -121,16 +125,18 @@ fn parse_into<'b>(
         .take_while(|b| **b == b'\r' || **b == b'\n')
         .count();
     let buf = &buf[skipped..];
-    let mut req = httparse::Request::new(headers);
-    let status = req.parse(buf).map_err(|err| match err {
-        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
-        httparse::Error::Version => HeadError::Malformed("HTTP version"),
-        httparse::Error::Token => HeadError::Malformed("method"),
-        httparse::Error::HeaderName => HeadError::Malformed("header name"),
-        httparse::Error::HeaderValue => HeadError::Malformed("header value"),
-        httparse::Error::NewLine => HeadError::Malformed("line ending"),
-        httparse::Error::Status => HeadError::Malformed("request line"),
-    })?;
+    let mut req = httparse::Request::new(&mut []);
+    let status = req
+        .parse_with_uninit_headers(buf, headers)
+        .map_err(|err| match err {
+            httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
+            httparse::Error::Version => HeadError::Malformed("HTTP version"),
+            httparse::Error::Token => HeadError::Malformed("method"),
+            httparse::Error::HeaderName => HeadError::Malformed("header name"),
+            httparse::Error::HeaderValue => HeadError::Malformed("header value"),
+            httparse::Error::NewLine => HeadError::Malformed("line ending"),
+            httparse::Error::Status => HeadError::Malformed("request line"),
+        })?;
     let len = match status {
         httparse::Status::Partial if skipped + buf.len() > limits.max_bytes => {
             return Err(HeadError::TooLarge);
@@ -161,11 +167,17 @@ fn parse_into<'b>(
     let uri = Uri::from_maybe_shared(slice(path.as_bytes()))
         .map_err(|_| HeadError::Malformed("request target"))?;
     let mut map = HeaderMap::with_capacity(req.headers.len());
+    let mut seen = Seen::default();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Malformed("header name"))?;
-        let value = HeaderValue::from_maybe_shared(slice(h.value))
-            .map_err(|_| HeadError::Malformed("header value"))?;
+        seen.note(&name);
+        // SAFETY: httparse took the value only if every byte is a tab, 0x20
+        // to 0x7e or 0x80 to 0xff (its `HEADER_VALUE_MAP`), which is exactly
+        // what `HeaderValue` requires (`is_valid`: >= 32 and not 127, or
+        // tab), so the check `from_maybe_shared` would repeat cannot fail.
+        // (hyper's HTTP/1 server builds its values the same way.)
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(slice(h.value)) };
         map.append(name, value);
     }
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -173,13 +185,45 @@ fn parse_into<'b>(
     parts.uri = uri;
     parts.version = version;
     parts.headers = map;
-    decide(parts, skipped + len).map(Some)
+    decide(parts, skipped + len, seen).map(Some)
+}
+
+/// Which of the fields [`decide`] reads a request has, noted as the map is
+/// built (a comparison of `http`'s standard-name tag each), so that the
+/// decision looks up only those present.
+#[derive(Default)]
+struct Seen {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+    expect: bool,
+    upgrade: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
+        }
+    }
 }
 
 /// The framing, keep-alive, `Expect` and upgrade decisions for a parsed head.
-fn decide(mut parts: Parts, len: usize) -> Result<Head, HeadError> {
-    let chunked = transfer_encoding(&parts.headers, parts.version)?;
-    let length = content_length(&parts.headers)?;
+fn decide(mut parts: Parts, len: usize, seen: Seen) -> Result<Head, HeadError> {
+    let chunked = seen.transfer_encoding && transfer_encoding(&parts.headers, parts.version)?;
+    let length = if seen.content_length {
+        content_length(&parts.headers)?
+    } else {
+        None
+    };
     if chunked && length.is_some() {
         // Ignored: it must not reach the backend beside a re-framed body.
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -193,14 +237,19 @@ fn decide(mut parts: Parts, len: usize) -> Result<Head, HeadError> {
         (false, Some(0) | None) => (Framing::Empty, false),
         (false, Some(n)) => (Framing::Length(n), false),
     };
-    let (close, keep_alive_token, upgrade_token) = connection_tokens(headers);
+    let (close, keep_alive_token, upgrade_token) = if seen.connection {
+        connection_tokens(headers)
+    } else {
+        (false, false, false)
+    };
     let keep_alive =
         !smuggling_risk && !close && (parts.version == Version::HTTP_11 || keep_alive_token);
-    let expects_continue = parts.version == Version::HTTP_11
+    let expects_continue = seen.expect
+        && parts.version == Version::HTTP_11
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade = upgrade_token && headers.contains_key(header::UPGRADE);
+    let upgrade = upgrade_token && seen.upgrade;
     Ok(Head {
         parts,
         len,

@@ -17,10 +17,10 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use super::body::Decoder;
+use super::fields::{Fields, Kind};
 
 /// Bounds on a response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +58,6 @@ pub enum HeadError {
     /// A status code outside 100..=999 that `http` will not take.
     #[error("invalid status code")]
     Status,
-    /// A field name or value `http` will not take.
-    #[error("invalid header field")]
-    Field,
     /// Content-Length values that are not digits or that disagree.
     #[error("invalid content-length")]
     ContentLength,
@@ -97,7 +94,9 @@ impl Framing {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    /// The fields as they arrived (no header map is made on the way
+    /// through; see [`Fields`]).
+    pub fields: Fields,
     pub framing: Framing,
     /// The connection may carry another request once this response's body
     /// has been read to its end.
@@ -146,15 +145,16 @@ pub fn parse_response(
         Version::HTTP_10
     };
     let head: Bytes = buf.split_to(located.len).freeze();
-    let (headers, mut keep_alive) = fields_of(&head, &fields[..located.count], version)?;
-    let framing = framing(status, version, &headers, head_request)?;
+    let fields = Fields::new(head, fields[..located.count].iter().map(|f| f.0));
+    let mut keep_alive = keeps_alive(&fields, version);
+    let framing = framing(status, version, &fields, head_request)?;
     if framing == Framing::Close || status == StatusCode::SWITCHING_PROTOCOLS {
         keep_alive = false;
     }
     Ok(Some(ResponseHead {
         status,
         version,
-        headers,
+        fields,
         framing,
         keep_alive,
     }))
@@ -210,43 +210,26 @@ fn locate(
     }))
 }
 
-/// The header map of `head`'s `fields` (values share `head`'s bytes), and
-/// whether its Connection fields let the connection be kept alive.
-#[inline]
-fn fields_of(
-    head: &Bytes,
-    fields: &[Field],
-    version: Version,
-) -> Result<(HeaderMap, bool), HeadError> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+/// Whether the Connection fields let the connection be kept alive.
+fn keeps_alive(fields: &Fields, version: Version) -> bool {
     let mut keep_alive = version == Version::HTTP_11;
-    let mut saw_close = false;
-    for &Field([name_start, name_end, value_start, value_end]) in fields {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
-            .map_err(|_| HeadError::Field)?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
-                .map_err(|_| HeadError::Field)?;
-        if name == header::CONNECTION {
-            // Once a Connection line says close, a later keep-alive does not
-            // undo it.
-            if saw_close || has_token(&value, "close") {
-                saw_close = true;
-                keep_alive = false;
-            } else if !keep_alive {
-                keep_alive = has_token(&value, "keep-alive");
-            }
+    for value in fields.of_kind(Kind::Connection) {
+        // Once a Connection line says close, a later keep-alive does not
+        // undo it.
+        if has_token(value, "close") {
+            return false;
+        } else if !keep_alive {
+            keep_alive = has_token(value, "keep-alive");
         }
-        headers.append(name, value);
     }
-    Ok((headers, keep_alive))
+    keep_alive
 }
 
 /// The framing of a response's body (RFC 9112 §6.3).
 pub fn framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    fields: &Fields,
     head_request: bool,
 ) -> Result<Framing, HeadError> {
     if status.is_informational()
@@ -256,28 +239,29 @@ pub fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if let Some(last) = fields.of_kind(Kind::TransferEncoding).last() {
         if version == Version::HTTP_10 {
             return Err(HeadError::TransferEncodingOnHttp10);
         }
-        return Ok(if ends_in_chunked(headers) {
+        return Ok(if ends_in_chunked(last) {
             Framing::Chunked
         } else {
             Framing::Close
         });
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        return content_length(headers).map(Framing::Length);
+    let mut lengths = fields.lengths().peekable();
+    if lengths.peek().is_some() {
+        return content_length(lengths).map(Framing::Length);
     }
     Ok(Framing::Close)
 }
 
 /// The one length every Content-Length value (comma-separated lists too)
 /// agrees on.
-pub fn content_length(headers: &HeaderMap) -> Result<u64, HeadError> {
+pub fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<u64, HeadError> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+    for value in values {
+        for part in value.split(|&b| b == b',') {
             let n = digits(part.trim_ascii()).ok_or(HeadError::ContentLength)?;
             if length.is_some_and(|length| length != n) {
                 return Err(HeadError::ContentLength);
@@ -304,20 +288,17 @@ fn digits(bytes: &[u8]) -> Option<u64> {
     })
 }
 
-/// Whether the last transfer coding is `chunked`.
-fn ends_in_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
+/// Whether the last transfer coding of the last Transfer-Encoding line is
+/// `chunked`.
+fn ends_in_chunked(last: &[u8]) -> bool {
+    last.rsplit(|&b| b == b',')
+        .next()
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a comma-separated header value holds `token`.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
+fn has_token(value: &[u8], token: &str) -> bool {
     value
-        .as_bytes()
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
@@ -348,8 +329,8 @@ mod tests {
         assert_eq!(parsed.version, Version::HTTP_11);
         assert_eq!(parsed.framing, Framing::Length(2));
         assert!(parsed.keep_alive);
-        let values: Vec<_> = parsed.headers.get_all("x-a").iter().collect();
-        assert_eq!(values, ["1", "2"]);
+        let values: Vec<_> = parsed.fields.get_all("x-a").collect();
+        assert_eq!(values, [&b"1"[..], b"2"]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use http::{Method, StatusCode, Version};
 use http_body::SizeHint;
 
 use crate::http::h1::body::Encoder;
+use crate::http::h1::fields::{Fields, Kind};
 use crate::http::h1::request::parse_length;
 use crate::http::h1::write::{decimal, put_field};
 
@@ -64,31 +65,61 @@ struct Plan<'a> {
 }
 
 /// Writes the response head into `dst` and says how to frame the body and
-/// whether the connection closes afterwards. The response's header map is
-/// read, not changed: the framing and connection fields are decided first
-/// and written in place as the map is walked once.
+/// whether the connection closes afterwards. The response is read, not
+/// changed: the framing and connection fields are decided first and written
+/// in place as the fields are walked once — a backend's [`Fields`] as they
+/// arrived (if the response carries them), then the header map's.
 pub(super) fn encode_head(
     parts: &Parts,
     hint: &SizeHint,
     asked: Asked,
     dst: &mut BytesMut,
 ) -> (Framing, bool) {
+    let raw = parts.extensions.get::<Fields>();
     let mut digits = [0u8; 20];
-    let plan = plan(parts, hint, asked, &mut digits);
+    let plan = plan(parts, raw, hint, asked, &mut digits);
     write_status_line(parts.status, dst);
-    if !parts.headers.contains_key(header::DATE) {
+    if !parts.headers.contains_key(header::DATE) && !raw.is_some_and(Fields::has_date) {
         dst.put_slice(b"date: ");
         put_date(dst);
         dst.put_slice(b"\r\n");
     }
-    write_fields(&parts.headers, plan.fields, dst);
+    let mut fields = FieldWriter {
+        decided: plan.fields,
+        written: [false; 3],
+    };
+    if let Some(raw) = raw {
+        for (name, value, kind) in raw.relayed() {
+            let slot = (kind == Kind::ContentLength).then_some(0);
+            fields.put(name, value, slot, dst);
+        }
+    }
+    for (name, value) in &parts.headers {
+        let slot = if name == header::CONTENT_LENGTH {
+            Some(0)
+        } else if name == header::TRANSFER_ENCODING {
+            Some(1)
+        } else if name == header::CONNECTION {
+            Some(2)
+        } else {
+            None
+        };
+        fields.put(name.as_str().as_bytes(), value.as_bytes(), slot, dst);
+    }
+    fields.finish(dst);
     dst.put_slice(b"\r\n");
     (plan.framing, plan.close)
 }
 
 /// Decides the body's framing and the [`DECIDED`] fields (`digits` holds a
 /// length written out).
-fn plan<'a>(parts: &Parts, hint: &SizeHint, asked: Asked, digits: &'a mut [u8; 20]) -> Plan<'a> {
+fn plan<'a>(
+    parts: &Parts,
+    raw: Option<&Fields>,
+    hint: &SizeHint,
+    asked: Asked,
+    digits: &'a mut [u8; 20],
+) -> Plan<'a> {
     let status = parts.status;
     let headers = &parts.headers;
     let mut close = !asked.keep_alive;
@@ -105,17 +136,17 @@ fn plan<'a>(parts: &Parts, hint: &SizeHint, asked: Asked, digits: &'a mut [u8; 2
     } else if asked.head {
         // The answer to a HEAD says what a GET would get, as the backend
         // (or the local answer) said it.
+        let declared = headers.contains_key(header::CONTENT_LENGTH)
+            || raw.is_some_and(|raw| raw.lengths().next().is_some());
         let length = match hint.exact() {
-            Some(n) if n > 0 && !headers.contains_key(header::CONTENT_LENGTH) => {
-                Field::Set(decimal(n, digits))
-            }
+            Some(n) if n > 0 && !declared => Field::Set(decimal(n, digits)),
             _ => Field::Keep,
         };
         (Framing::None, length, Field::Keep)
     } else if let Some(n) = hint.exact() {
         let length = Field::Set(decimal(n, digits));
         (Framing::Body(Encoder::length(n)), length, Field::Drop)
-    } else if let Some(n) = declared_length(headers) {
+    } else if let Some(n) = declared_length(headers, raw) {
         (Framing::Body(Encoder::length(n)), Field::Keep, Field::Drop)
     } else if asked.version == Version::HTTP_11 {
         let chunked = Framing::Body(Encoder::chunked());
@@ -142,37 +173,40 @@ fn plan<'a>(parts: &Parts, hint: &SizeHint, asked: Asked, digits: &'a mut [u8; 2
     }
 }
 
-/// Writes the response's fields, each [`DECIDED`] one as `decided` says:
-/// a `Set` one in place of the first line it replaces, else at the end.
-fn write_fields(headers: &http::HeaderMap, decided: [Field<'_>; 3], dst: &mut BytesMut) {
-    // Whether each `Set` field has been written yet.
-    let mut written = [false; 3];
-    for (name, value) in headers {
-        let slot = if name == header::CONTENT_LENGTH {
-            0
-        } else if name == header::TRANSFER_ENCODING {
-            1
-        } else if name == header::CONNECTION {
-            2
-        } else {
-            put_field(dst, name.as_str().as_bytes(), value.as_bytes());
-            continue;
+/// Writes a response's fields, each [`DECIDED`] one as `decided` says: a
+/// `Set` one in place of the first line it replaces, else at the end.
+struct FieldWriter<'a> {
+    decided: [Field<'a>; 3],
+    /// Whether each `Set` field has been written yet.
+    written: [bool; 3],
+}
+
+impl FieldWriter<'_> {
+    /// One field; `slot`: which of the [`DECIDED`] ones it is, if any.
+    fn put(&mut self, name: &[u8], value: &[u8], slot: Option<usize>, dst: &mut BytesMut) {
+        let Some(slot) = slot else {
+            put_field(dst, name, value);
+            return;
         };
-        match decided[slot] {
-            Field::Keep => put_field(dst, name.as_str().as_bytes(), value.as_bytes()),
+        match self.decided[slot] {
+            Field::Keep => put_field(dst, name, value),
             Field::Drop => {}
             Field::Set(text) => {
-                if !std::mem::replace(&mut written[slot], true) {
-                    put_field(dst, name.as_str().as_bytes(), text);
+                if !std::mem::replace(&mut self.written[slot], true) {
+                    put_field(dst, name, text);
                 }
             }
         }
     }
-    for (slot, field) in decided.into_iter().enumerate() {
-        if let Field::Set(text) = field
-            && !written[slot]
-        {
-            put_field(dst, DECIDED[slot], text);
+
+    /// The `Set` fields no line of the response stood in for.
+    fn finish(self, dst: &mut BytesMut) {
+        for (slot, field) in self.decided.into_iter().enumerate() {
+            if let Field::Set(text) = field
+                && !self.written[slot]
+            {
+                put_field(dst, DECIDED[slot], text);
+            }
         }
     }
 }
@@ -197,15 +231,19 @@ fn write_status_line(status: StatusCode, dst: &mut BytesMut) {
     dst.put_slice(b"\r\n");
 }
 
-/// A `Content-Length` the response carries in its headers (a HEAD answer,
-/// or a body that does not know its own length).
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+/// A `Content-Length` the response carries in its fields (a HEAD answer,
+/// or a body that does not know its own length): one line, one number.
+fn declared_length(headers: &http::HeaderMap, raw: Option<&Fields>) -> Option<u64> {
+    let mut values = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes())
+        .chain(raw.into_iter().flat_map(Fields::lengths));
     let value = values.next()?;
     if values.next().is_some() {
         return None;
     }
-    parse_length(value.as_bytes())
+    parse_length(value)
 }
 
 /// The method a request's response must not carry a body for.

@@ -6,12 +6,18 @@
 //! On one linear scale the spike towers over a flat released line: that gap
 //! is the peak shaving. Bottom panel: the route's queue depth (left axis) and
 //! the requests answered 503 each second (bars, right axis).
+//!
+//! With `--async` the top panel adds the requests answered `202` per second
+//! (accepted at once) beside those delivered to the backend, and the bottom
+//! panel shows the backlog (requests held) instead of the queue.
 
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::tools::chart::{CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH};
+use crate::tools::chart::{
+    ACCEPTED, CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH,
+};
 
 use super::load::Phase;
 use super::{Report, TICK};
@@ -68,13 +74,17 @@ fn draw(report: &Report, svg: &mut String) -> DrawResult {
     let ticks = (seconds / TICK.as_secs_f64()).round() as usize;
     let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(
-        &format!(
+    let title = match report.deferred {
+        Some(_) => format!(
+            "sluice demo --async: a {}x burst accepted at once (202), delivered at {:.0} req/s",
+            report.burst_multiple, report.rate
+        ),
+        None => format!(
             "sluice demo: a {}x burst, released to the backend at {:.0} req/s",
             report.burst_multiple, report.rate
         ),
-        (FONT, 22),
-    )?;
+    };
+    let root = root.titled(&title, (FONT, 22))?;
     let (top, bottom) = root.split_vertically(TOP_HEIGHT);
     draw_rates(&top, report, seconds, ticks)?;
     draw_queue(&bottom, report, seconds, ticks)?;
@@ -90,7 +100,7 @@ fn shown_seconds(report: &Report) -> f64 {
         .rev()
         .find(|&i| {
             let t = &report.ticks;
-            t.offered[i] + t.released[i] + t.shed[i] + t.depth[i] > 0
+            t.offered[i] + t.released[i] + t.accepted[i] + t.shed[i] + t.depth[i] > 0
         })
         .map_or(0.0, |i| (i + 2) as f64 * tick);
     report.duration.as_secs_f64().max(last_active.ceil())
@@ -132,22 +142,29 @@ fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult {
 /// Top panel, requests/s: offered vs released, the route's rate dashed, the
 /// phases shaded and named.
 fn draw_rates(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> DrawResult {
+    let asynchronous = report.deferred.is_some();
     let offered = smoothed(&report.ticks.offered, ticks);
     let released = smoothed(&report.ticks.released, ticks);
+    let accepted = smoothed(&report.ticks.accepted, ticks);
     let rate_max = offered
         .iter()
         .chain(&released)
+        .chain(&accepted)
         .map(|&(_, r)| r)
         .fold(report.rate, f64::max);
     let rate_top = rate_max * 1.12;
+    let caption = format!(
+        "offered peak {} req/s, {} peak {} req/s (busiest 1 s)",
+        report.offered_peak,
+        if asynchronous {
+            "delivered"
+        } else {
+            "released"
+        },
+        report.released_peak
+    );
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "offered peak {} req/s, released peak {} req/s (busiest 1 s)",
-                report.offered_peak, report.released_peak
-            ),
-            (FONT, CAPTION_SIZE),
-        )
+        .caption(caption, (FONT, CAPTION_SIZE))
         .margin(10)
         .x_label_area_size(32)
         .y_label_area_size(64)
@@ -173,13 +190,36 @@ fn draw_rates(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> D
             (FONT, 13).into_font().color(&RATE),
         )])?;
     }
+    draw_rate_lines(&mut chart, report, [offered, accepted, released], seconds)?;
+    draw_legend(&mut chart)
+}
+
+/// The top panel's lines: offered, accepted (`--async` only), released or
+/// delivered, and the route's rate dashed.
+fn draw_rate_lines<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    report: &Report,
+    [offered, accepted, released]: [Vec<(f64, f64)>; 3],
+    seconds: f64,
+) -> DrawResult {
+    let asynchronous = report.deferred.is_some();
     chart
         .draw_series(LineSeries::new(offered, OFFERED.stroke_width(2)))?
         .label("offered to sluice")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], OFFERED.stroke_width(2)));
+    if asynchronous {
+        chart
+            .draw_series(LineSeries::new(accepted, ACCEPTED.stroke_width(2)))?
+            .label("accepted (202)")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], ACCEPTED.stroke_width(2)));
+    }
     chart
         .draw_series(LineSeries::new(released, RELEASED.stroke_width(2)))?
-        .label("released to the backend")
+        .label(if asynchronous {
+            "delivered to the backend"
+        } else {
+            "released to the backend"
+        })
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RELEASED.stroke_width(2)));
     chart
         .draw_series(DashedLineSeries::new(
@@ -194,7 +234,36 @@ fn draw_rates(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> D
                 + PathElement::new([(0, 0), (6, 0)], RATE.stroke_width(1))
                 + PathElement::new([(11, 0), (20, 0)], RATE.stroke_width(1))
         });
-    draw_legend(&mut chart)
+    Ok(())
+}
+
+/// The bottom panel's caption and left axis: the queue, or the backlog.
+fn queue_caption(report: &Report) -> (String, &'static str) {
+    match &report.deferred {
+        Some(a) => (
+            format!(
+                "backlog: at most {} held (capacity {}), {}; {} answered 503",
+                report.queue_peak,
+                a.capacity,
+                a.drained_after
+                    .map_or("not drained".to_string(), |d| format!(
+                        "empty {:.1} s after the load",
+                        d.as_secs_f64()
+                    )),
+                report.shed
+            ),
+            "backlog (requests held)",
+        ),
+        None => (
+            format!(
+                "queue: at most {} waiting (timeout {} ms); {} answered 503",
+                report.queue_peak,
+                report.queue_timeout.as_millis(),
+                report.shed
+            ),
+            "queued requests",
+        ),
+    }
 }
 
 /// Bottom panel: the queue's depth per tick (left axis) and the requests
@@ -217,16 +286,9 @@ fn draw_queue(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> D
         .map(|(s, chunk)| (s as f64, chunk.iter().sum()))
         .collect();
     let drops_top = drops.iter().map(|&(_, d)| d as f64).fold(10.0, f64::max) * 1.15;
+    let (caption, what) = queue_caption(report);
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "queue: at most {} waiting (timeout {} ms); {} answered 503",
-                report.queue_peak,
-                report.queue_timeout.as_millis(),
-                report.shed
-            ),
-            (FONT, CAPTION_SIZE),
-        )
+        .caption(caption, (FONT, CAPTION_SIZE))
         .margin(10)
         .x_label_area_size(32)
         .y_label_area_size(64)
@@ -238,7 +300,7 @@ fn draw_queue(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> D
         .light_line_style(TRANSPARENT)
         .bold_line_style(GRID)
         .x_desc("seconds")
-        .y_desc("queued requests")
+        .y_desc(what)
         .x_label_formatter(&seconds_label)
         .y_label_formatter(&count_label)
         .draw()?;
@@ -263,7 +325,11 @@ fn draw_queue(area: &Area<'_>, report: &Report, seconds: f64, ticks: usize) -> D
         .draw_series(
             AreaSeries::new(depth, 0.0, QUEUE.mix(0.15)).border_style(QUEUE.stroke_width(2)),
         )?
-        .label("queue depth (left axis)")
+        .label(if report.deferred.is_some() {
+            "backlog (left axis)"
+        } else {
+            "queue depth (left axis)"
+        })
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], QUEUE.stroke_width(2)));
     draw_legend(&mut chart)
 }

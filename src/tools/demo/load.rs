@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -48,12 +48,24 @@ pub struct Phase {
 /// capacity for 10%, steady overload at twice capacity for 45%, and quiet
 /// again for the last 30% (long enough for the queue to drain).
 pub fn schedule(duration: Duration, capacity: f64, burst: u32) -> Vec<Phase> {
-    let parts: [(String, f64, f64); 4] = [
-        ("quiet".to_string(), 0.15, 0.5),
-        (format!("burst {burst}x"), 0.10, f64::from(burst)),
-        ("overload 2x".to_string(), 0.45, 2.0),
-        ("quiet".to_string(), 0.30, 0.5),
-    ];
+    phases(
+        duration,
+        capacity,
+        [
+            ("quiet".to_string(), 0.15, 0.5),
+            (format!("burst {burst}x"), 0.10, f64::from(burst)),
+            ("overload 2x".to_string(), 0.45, 2.0),
+            ("quiet".to_string(), 0.30, 0.5),
+        ],
+    )
+}
+
+/// Phases of (name, share of `duration`, multiple of `capacity`), in order.
+fn phases<const N: usize>(
+    duration: Duration,
+    capacity: f64,
+    parts: [(String, f64, f64); N],
+) -> Vec<Phase> {
     let mut phases = Vec::with_capacity(parts.len());
     let mut start = Duration::ZERO;
     let mut share_so_far = 0.0;
@@ -75,6 +87,22 @@ pub fn schedule(duration: Duration, capacity: f64, burst: u32) -> Vec<Phase> {
     phases
 }
 
+/// `sluice demo --async`'s schedule: quiet (half of capacity) for the
+/// first 15%, a burst of `burst` times capacity for 5%, then a valley at a
+/// quarter of capacity for the last 80%, in which the backlog the burst left
+/// is delivered.
+pub fn schedule_async(duration: Duration, capacity: f64, burst: u32) -> Vec<Phase> {
+    phases(
+        duration,
+        capacity,
+        [
+            ("quiet".to_string(), 0.15, 0.5),
+            (format!("burst {burst}x"), 0.05, f64::from(burst)),
+            ("valley".to_string(), 0.80, 0.25),
+        ],
+    )
+}
+
 fn round_to_tick(d: Duration) -> Duration {
     let ticks = (d.as_secs_f64() / TICK.as_secs_f64()).round();
     TICK.mul_f64(ticks)
@@ -88,8 +116,14 @@ fn rate_at(phases: &[Phase], at: Duration) -> f64 {
         .map_or(0.0, |p| p.rate)
 }
 
-/// Sends the schedule to `target` and returns once every request has ended.
-pub async fn generate(target: SocketAddr, phases: &[Phase], recorder: Arc<Recorder>) {
+/// Sends the schedule to `target` (requests with `method`: GET, or POST
+/// for an async route) and returns once every request has ended.
+pub async fn generate(
+    target: SocketAddr,
+    phases: &[Phase],
+    method: Method,
+    recorder: Arc<Recorder>,
+) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
@@ -123,8 +157,9 @@ pub async fn generate(target: SocketAddr, phases: &[Phase], recorder: Arc<Record
             recorder.offered.add(recorder.index(sent));
             recorder.offered_total.fetch_add(1, Ordering::Relaxed);
             let (client, uri, recorder) = (client.clone(), uri.clone(), recorder.clone());
+            let method = method.clone();
             tokio::spawn(async move {
-                let result = tokio::time::timeout(CLIENT_TIMEOUT, send(&client, uri)).await;
+                let result = tokio::time::timeout(CLIENT_TIMEOUT, send(&client, method, uri)).await;
                 let status = match result {
                     Ok(Ok(status)) => Some(status),
                     Ok(Err(err)) => {
@@ -142,12 +177,17 @@ pub async fn generate(target: SocketAddr, phases: &[Phase], recorder: Arc<Record
     let _all = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
-/// One GET; the status once the whole response has arrived.
+/// One request without a body; the status once the whole response has arrived.
 async fn send(
     client: &Client<HttpConnector, Empty<Bytes>>,
+    method: Method,
     uri: Uri,
 ) -> Result<StatusCode, Box<dyn std::error::Error + Send + Sync>> {
-    let response = client.get(uri).await?;
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::new())?;
+    let response = client.request(request).await?;
     let status = response.status();
     response.into_body().collect().await?;
     Ok(status)

@@ -11,6 +11,11 @@
 //! second, when stdout is not a terminal); at the end it prints a report and
 //! writes the chart ([`chart`]).
 //!
+//! With `--async` ([`deferred`]) the route is asynchronous
+//! (`config/demo-async.toml`, its journal in a temporary directory): the
+//! burst is answered `202` at once and delivered over the seconds after it,
+//! and the demo waits for the backlog to drain before it reports.
+//!
 //! Peaks are the most requests in any 1 s window (sliding by 100 ms), so they
 //! read directly as requests per second. GCRA releases at most `rate x 1 s +
 //! burst` in any 1 s window; the backend counts arrivals, a moment after
@@ -19,6 +24,7 @@
 
 mod backend;
 mod chart;
+mod deferred;
 mod load;
 
 use std::collections::BTreeMap;
@@ -32,7 +38,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http::{StatusCode, Uri};
+use http::{Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -42,13 +48,17 @@ use parking_lot::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Config;
-use crate::config::{LimitConfig, TargetConfig};
+use crate::config::{AsyncConfig, LimitConfig, TargetConfig};
+pub use deferred::AsyncFigures;
 pub use load::Phase;
 
 /// The demo's config, built in so the demo runs from any directory.
 const CONFIG: &str = include_str!("../../../config/demo.toml");
 /// The name the config is known by in messages.
 const CONFIG_NAME: &str = "config/demo.toml";
+/// `--async`: the same route, asynchronous.
+const ASYNC_CONFIG: &str = include_str!("../../../config/demo-async.toml");
+const ASYNC_CONFIG_NAME: &str = "config/demo-async.toml";
 /// The route the load is sent to, and the upstream that is the demo backend.
 const ROUTE: &str = "demo";
 const UPSTREAM: &str = "backend";
@@ -78,6 +88,8 @@ pub struct Options {
     pub burst: u32,
     /// Where the SVG chart is written.
     pub out: PathBuf,
+    /// `--async`: the route accepts (`202`) and delivers later.
+    pub asynchronous: bool,
 }
 
 impl Default for Options {
@@ -86,6 +98,7 @@ impl Default for Options {
             duration: Duration::from_secs(20),
             burst: 20,
             out: PathBuf::from("sluice-demo.svg"),
+            asynchronous: false,
         }
     }
 }
@@ -137,6 +150,8 @@ pub(crate) struct Recorder {
     pub(crate) start: Instant,
     pub(crate) offered: Counts,
     pub(crate) released: Counts,
+    /// Answered 202 (an async route), by the tick of the answer.
+    accepted: Counts,
     /// Answered 503 or 429, by the tick of the answer.
     shed: Counts,
     /// The most requests seen queued in the tick.
@@ -147,7 +162,7 @@ pub(crate) struct Recorder {
     shed_total: AtomicU64,
     limited: AtomicU64,
     failed: AtomicU64,
-    /// Time to a complete 200 answer, per successful request.
+    /// Time to a complete 200 (or 202) answer, per successful request.
     waits: Mutex<Vec<Duration>>,
 }
 
@@ -157,6 +172,7 @@ impl Recorder {
             start,
             offered: Counts::new(ticks),
             released: Counts::new(ticks),
+            accepted: Counts::new(ticks),
             shed: Counts::new(ticks),
             depth: Counts::new(ticks),
             offered_total: AtomicU64::new(0),
@@ -184,6 +200,11 @@ impl Recorder {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 self.waits.lock().push(now - sent);
             }
+            Some(StatusCode::ACCEPTED) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                self.waits.lock().push(now - sent);
+                self.accepted.add(self.index(now));
+            }
             Some(StatusCode::SERVICE_UNAVAILABLE) => {
                 self.shed_total.fetch_add(1, Ordering::Relaxed);
                 self.shed.add(self.index(now));
@@ -207,9 +228,12 @@ pub struct Ticks {
     pub offered: Vec<u64>,
     /// Requests that arrived at the backend.
     pub released: Vec<u64>,
+    /// Requests answered 202 (`--async`).
+    pub accepted: Vec<u64>,
     /// Requests answered 503 or 429.
     pub shed: Vec<u64>,
-    /// The route's queue depth (the highest sample in the tick).
+    /// The route's queue depth (the highest sample in the tick); with
+    /// `--async`, its backlog (requests held: queued or in flight).
     pub depth: Vec<u64>,
 }
 
@@ -226,7 +250,7 @@ pub struct Report {
     pub rate: f64,
     pub burst: u32,
     pub queue_timeout: Duration,
-    /// Requests sent, and how each ended.
+    /// Requests sent, and how each ended (`ok`: 200, or 202 with `--async`).
     pub offered: u64,
     pub ok: u64,
     pub shed: u64,
@@ -247,6 +271,8 @@ pub struct Report {
     pub wait_p99: Option<Duration>,
     /// sluice's own count, `sluice_requests_total{route="demo"}` by outcome.
     pub sluice_outcomes: BTreeMap<String, u64>,
+    /// `--async`: delivery, expiry and the drain.
+    pub deferred: Option<AsyncFigures>,
     pub ticks: Ticks,
     /// Where the chart was written.
     pub chart: PathBuf,
@@ -261,28 +287,49 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         .with_context(|| format!("cannot write the chart to {}", options.out.display()))?;
     let out = std::path::absolute(&options.out).unwrap_or_else(|_| options.out.clone());
 
-    let (config, route) = demo_config()?;
-    let (backend, running) = start_both(config).await?;
-    // Tick 0 starts shortly after both servers are up.
-    let ticks = (options.duration + load::CLIENT_TIMEOUT).as_millis() / TICK.as_millis() + 10;
+    let (mut config, route) = demo_config(options.asynchronous)?;
+    // `--async`: the journal in a fresh temporary directory, removed when
+    // this returns (after sluice has stopped).
+    let journal = match route.deferred {
+        Some(_) => Some(deferred::JournalDir::create()?),
+        None => None,
+    };
+    if let Some(journal) = &journal {
+        config.storage.dir = Some(journal.path().to_path_buf());
+    }
+    let (backend, running) = start_both(config, route.config_name).await?;
+    // Tick 0 starts shortly after both servers are up; an async run may
+    // wait up to `deliver_within` after the load for the backlog to drain.
+    let drain_limit = route.deferred.map(|a| a.deliver_within);
+    let span = options.duration + load::CLIENT_TIMEOUT + drain_limit.unwrap_or_default();
+    let ticks = span.as_millis() / TICK.as_millis() + 10;
     let recorder = Arc::new(Recorder::new(Instant::now() + START_DELAY, ticks as usize));
     backend.record_into(recorder.clone());
 
-    let phases = load::schedule(options.duration, backend::capacity(), options.burst);
+    let phases = match route.deferred {
+        Some(_) => load::schedule_async(options.duration, backend::capacity(), options.burst),
+        None => load::schedule(options.duration, backend::capacity(), options.burst),
+    };
     print_setup(options, &backend, &running, &route);
+    if let Some(journal) = &journal {
+        println!(
+            "  journal  {}  (removed at the end)",
+            journal.path().display()
+        );
+    }
     let admin = AdminClient::new(running.admin_addr());
-    let outcome = drive(&running, &admin, &phases, options.duration, &recorder).await;
-    let sluice_outcomes = if outcome.is_ok() {
-        admin.outcomes().await
-    } else {
-        BTreeMap::new()
+    let outcome = drive(&running, &admin, &phases, &recorder, drain_limit).await;
+    let (sluice_outcomes, events) = match outcome {
+        Ok(_) => (admin.outcomes().await, admin.async_events().await),
+        Err(_) => (BTreeMap::new(), BTreeMap::new()),
     };
     drop(admin);
 
     let backend_peak = stop_both(running, backend).await;
-    outcome?;
+    drop(journal);
+    let drained_after = outcome?;
 
-    let report = Report::of(
+    let mut report = Report::of(
         options,
         &recorder,
         phases,
@@ -291,6 +338,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         sluice_outcomes,
         out,
     );
+    report.deferred = route.deferred.map(|a| AsyncFigures {
+        capacity: a.capacity.get(),
+        deliver_within: a.deliver_within,
+        accepted_peak: peak(&recorder.accepted.values()),
+        delivered: events.get("delivered").copied().unwrap_or(0),
+        expired: events.get("expired").copied().unwrap_or(0),
+        drained_after,
+    });
     let svg =
         chart::render(&report).map_err(|err| anyhow::anyhow!("cannot draw the chart: {err}"))?;
     std::fs::write(&report.chart, svg)
@@ -300,36 +355,46 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The demo route's limit and queue timeout, as config/demo.toml sets them.
+/// The demo route's limit and queue timeout, as config/demo.toml sets them
+/// (or config/demo-async.toml, with its `[routes.async]`).
 struct DemoRoute {
+    config_name: &'static str,
     limit: LimitConfig,
     queue_timeout: Duration,
+    deferred: Option<AsyncConfig>,
 }
 
-/// The built-in config, and its demo route's settings.
-fn demo_config() -> anyhow::Result<(Config, DemoRoute)> {
-    let config = Config::parse(CONFIG, Path::new(CONFIG_NAME))?;
+/// The built-in config (the async one if `asynchronous`), and its demo
+/// route's settings.
+fn demo_config(asynchronous: bool) -> anyhow::Result<(Config, DemoRoute)> {
+    let (text, name) = match asynchronous {
+        true => (ASYNC_CONFIG, ASYNC_CONFIG_NAME),
+        false => (CONFIG, CONFIG_NAME),
+    };
+    let config = Config::parse(text, Path::new(name))?;
     let route = config
         .routes
         .iter()
         .find(|r| r.name == ROUTE)
-        .with_context(|| format!("{CONFIG_NAME}: no route named {ROUTE:?}"))?;
+        .with_context(|| format!("{name}: no route named {ROUTE:?}"))?;
     let limit = route
         .limit
-        .with_context(|| format!("{CONFIG_NAME}: route {ROUTE:?} has no [routes.limit]"))?;
-    let queue_timeout = route.queue.timeout;
-    Ok((
-        config,
-        DemoRoute {
-            limit,
-            queue_timeout,
-        },
-    ))
+        .with_context(|| format!("{name}: route {ROUTE:?} has no [routes.limit]"))?;
+    let route = DemoRoute {
+        config_name: name,
+        limit,
+        queue_timeout: route.queue.timeout,
+        deferred: route.deferred,
+    };
+    Ok((config, route))
 }
 
 /// Starts the demo backend, then sluice with the backend as its upstream's
 /// one target (the backend is stopped again if sluice does not start).
-async fn start_both(mut config: Config) -> anyhow::Result<(backend::Backend, crate::Running)> {
+async fn start_both(
+    mut config: Config,
+    config_name: &str,
+) -> anyhow::Result<(backend::Backend, crate::Running)> {
     let backend = backend::Backend::start()
         .await
         .context("cannot start the demo backend")?;
@@ -341,7 +406,7 @@ async fn start_both(mut config: Config) -> anyhow::Result<(backend::Backend, cra
     config
         .upstreams
         .get_mut(UPSTREAM)
-        .with_context(|| format!("{CONFIG_NAME}: no upstream named {UPSTREAM:?}"))?
+        .with_context(|| format!("{config_name}: no upstream named {UPSTREAM:?}"))?
         .targets = vec![TargetConfig::new(target)];
     match crate::start(&config).await {
         Ok(running) => Ok((backend, running)),
@@ -385,13 +450,25 @@ fn print_setup(
         backend::WORKERS,
         backend::SERVICE.as_millis(),
     );
-    println!(
-        "  sluice   {}  {CONFIG_NAME}: rate {}/s, burst {}, queue timeout {} ms",
-        running.proxy_addr(),
-        route.limit.rate,
-        route.limit.burst,
-        route.queue_timeout.as_millis(),
-    );
+    match route.deferred {
+        Some(a) => println!(
+            "  sluice   {}  {}: async route, delivered at rate {}/s, burst {}; capacity {}, deliver_within {}",
+            running.proxy_addr(),
+            route.config_name,
+            route.limit.rate,
+            route.limit.burst,
+            a.capacity,
+            humantime::format_duration(a.deliver_within),
+        ),
+        None => println!(
+            "  sluice   {}  {}: rate {}/s, burst {}, queue timeout {} ms",
+            running.proxy_addr(),
+            route.config_name,
+            route.limit.rate,
+            route.limit.burst,
+            route.queue_timeout.as_millis(),
+        ),
+    }
     println!(
         "  status   http://{}/  live status page: open it in a browser while the demo runs",
         running.admin_addr()
@@ -416,6 +493,7 @@ impl Report {
         let ticks = Ticks {
             offered: recorder.offered.values(),
             released: recorder.released.values(),
+            accepted: recorder.accepted.values(),
             shed: recorder.shed.values(),
             depth: recorder.depth.values(),
         };
@@ -441,6 +519,7 @@ impl Report {
             wait_p50: percentile(&waits, 0.50),
             wait_p99: percentile(&waits, 0.99),
             sluice_outcomes,
+            deferred: None,
             ticks,
             chart,
         }
@@ -448,18 +527,25 @@ impl Report {
 }
 
 /// Sends the load while sampling the queue and showing the live view;
-/// returns once every request has ended.
+/// returns once every request has ended — and, given a `drain_limit` (an
+/// async route), once its backlog is empty too or the limit has passed
+/// since: how long after the load the backlog was empty.
 async fn drive(
     running: &crate::Running,
     admin: &AdminClient,
     phases: &[Phase],
-    duration: Duration,
     recorder: &Arc<Recorder>,
-) -> anyhow::Result<()> {
+    drain_limit: Option<Duration>,
+) -> anyhow::Result<Option<Duration>> {
     let mut generator = tokio::spawn({
         let (target, phases, recorder) = (running.proxy_addr(), phases.to_vec(), recorder.clone());
-        async move { load::generate(target, &phases, recorder).await }
+        let method = match drain_limit {
+            Some(_) => Method::POST,
+            None => Method::GET,
+        };
+        async move { load::generate(target, &phases, method, recorder).await }
     });
+    let duration = phases.last().map_or(Duration::ZERO, |p| p.end);
     let mut live = Live::new(duration);
     let mut ticker = tokio::time::interval_at(recorder.start, TICK);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -467,17 +553,26 @@ async fn drive(
     // The tick of the last sample: ticks without one (a late or failed
     // sample) keep the depth last seen rather than showing an empty queue.
     let mut sampled_tick = 0;
-    loop {
+    // When the load generator was done (every request answered).
+    let mut load_ended: Option<Instant> = None;
+    let drained = loop {
         tokio::select! {
-            joined = &mut generator => {
+            joined = &mut generator, if load_ended.is_none() => {
                 joined.context("the load generator failed")?;
-                break;
+                load_ended = Some(Instant::now());
             }
             _ = ticker.tick() => {}
         }
+        if let Some(ended) = load_ended {
+            match drain_limit {
+                Some(limit) if ended.elapsed() <= limit => {}
+                _ => break None,
+            }
+        }
         let now = Instant::now();
         let tick = recorder.index(now);
-        if let Some(sampled) = admin.queue_depth().await {
+        let sample = admin.queue_depth().await;
+        if let Some(sampled) = sample {
             for skipped in sampled_tick + 1..tick {
                 recorder.depth.raise(skipped, depth);
             }
@@ -487,9 +582,12 @@ async fn drive(
         }
         let elapsed = now.saturating_duration_since(recorder.start);
         live.update(elapsed, phase_name(phases, elapsed), recorder, depth);
-    }
+        if let (Some(ended), Some(0)) = (load_ended, sample) {
+            break Some(now.saturating_duration_since(ended));
+        }
+    };
     live.finish(recorder.start.elapsed(), recorder);
-    Ok(())
+    Ok(drained)
 }
 
 fn phase_name(phases: &[Phase], at: Duration) -> &str {
@@ -551,11 +649,15 @@ impl AdminClient {
             .flatten()
     }
 
-    /// The route's queue depth now (`GET /admin/routes/demo`).
+    /// The route's queue depth now (`GET /admin/routes/demo`); an async
+    /// route's backlog (requests held: queued or in flight).
     async fn queue_depth(&self) -> Option<u64> {
         let body = self.get(&format!("/admin/routes/{ROUTE}")).await?;
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-        json.get("queue_depth")?.as_u64()
+        match json.get("async").filter(|a| a.is_object()) {
+            Some(deferred) => deferred.get("held")?.as_u64(),
+            None => json.get("queue_depth")?.as_u64(),
+        }
     }
 
     /// `sluice_requests_total` of the route by outcome (`GET /metrics`).
@@ -565,10 +667,24 @@ impl AdminClient {
         };
         parse_outcomes(&text)
     }
+
+    /// `sluice_async_requests_total` of the route by event (`GET /metrics`).
+    async fn async_events(&self) -> BTreeMap<String, u64> {
+        let Some(text) = self.get("/metrics").await else {
+            return BTreeMap::new();
+        };
+        parse_counts(&text, "sluice_async_requests_total", "event")
+    }
 }
 
 /// `sluice_requests_total{...route="demo"...,outcome="X"} N` lines as X -> N.
 fn parse_outcomes(metrics: &str) -> BTreeMap<String, u64> {
+    parse_counts(metrics, "sluice_requests_total", "outcome")
+}
+
+/// `FAMILY{...route="demo"...,LABEL="X"} N` lines as X -> N (zeros left out).
+fn parse_counts(metrics: &str, family: &str, by: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{family}{{");
     let label = |labels: &str, name: &str| -> Option<String> {
         let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
         let end = labels[start..].find('"')? + start;
@@ -577,13 +693,13 @@ fn parse_outcomes(metrics: &str) -> BTreeMap<String, u64> {
     metrics
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix("sluice_requests_total{")?;
+            let rest = line.strip_prefix(prefix.as_str())?;
             let (labels, value) = rest.split_once('}')?;
             if label(labels, "route")? != ROUTE {
                 return None;
             }
             let value: f64 = value.trim().parse().ok()?;
-            Some((label(labels, "outcome")?, value as u64))
+            Some((label(labels, by)?, value as u64))
         })
         .filter(|&(_, count)| count > 0)
         .collect()
@@ -683,15 +799,23 @@ impl fmt::Display for Report {
             "released peak: {} req/s (busiest 1 s; the route allows {}/s + burst {})",
             self.released_peak, self.rate, self.burst
         )?;
+        match &self.deferred {
+            Some(deferred) => deferred.write(f, self)?,
+            None => writeln!(
+                f,
+                "queue peak: {} waiting (at the backend: at most {} at once)",
+                self.queue_peak, self.backend_peak
+            )?,
+        }
         writeln!(
             f,
-            "queue peak: {} waiting (at the backend: at most {} at once)",
-            self.queue_peak, self.backend_peak
-        )?;
-        writeln!(
-            f,
-            "outcomes: {} offered = {} ok (200) + {} shed (503) + {} limited (429) + {} failed",
-            self.offered, self.ok, self.shed, self.limited, self.failed
+            "outcomes: {} offered = {} ok ({}) + {} shed (503) + {} limited (429) + {} failed",
+            self.offered,
+            self.ok,
+            if self.deferred.is_some() { 202 } else { 200 },
+            self.shed,
+            self.limited,
+            self.failed
         )?;
         let counted: Vec<String> = self
             .sluice_outcomes
@@ -700,12 +824,14 @@ impl fmt::Display for Report {
             .collect();
         writeln!(f, "sluice counted: {}", counted.join(", "))?;
         writeln!(f, "released to the backend: {}", self.released)?;
-        writeln!(
-            f,
-            "wait of the 200s: p50 {}, p99 {} (client side: queue + service)",
-            millis(self.wait_p50),
-            millis(self.wait_p99)
-        )?;
+        if self.deferred.is_none() {
+            writeln!(
+                f,
+                "wait of the 200s: p50 {}, p99 {} (client side: queue + service)",
+                millis(self.wait_p50),
+                millis(self.wait_p99)
+            )?;
+        }
         writeln!(f, "chart: {}", self.chart.display())
     }
 }
@@ -758,6 +884,33 @@ mod tests {
         assert_eq!(route.upstream, UPSTREAM);
         // The route releases what the backend can take.
         assert_eq!(route.limit.unwrap().rate, backend::capacity());
+    }
+
+    #[test]
+    fn the_built_in_async_config_is_the_same_route_made_async() {
+        let (config, route) = demo_config(true).unwrap();
+        let (sync, _) = demo_config(false).unwrap();
+        assert_eq!(config.server.listen, sync.server.listen);
+        assert_eq!(config.admin.listen, sync.admin.listen);
+        assert_eq!(route.limit.rate, backend::capacity());
+        let deferred = route.deferred.expect("an async route");
+        // The drain after the load is bounded by deliver_within.
+        assert!(deferred.deliver_within <= Duration::from_secs(60));
+        assert!(config.storage.dir.is_some());
+        assert!(demo_config(false).unwrap().1.deferred.is_none());
+    }
+
+    #[test]
+    fn the_async_schedule_is_a_burst_then_a_valley() {
+        let phases = load::schedule_async(Duration::from_secs(20), 200.0, 20);
+        let bounds: Vec<(u128, u128, f64)> = phases
+            .iter()
+            .map(|p| (p.start.as_millis(), p.end.as_millis(), p.rate))
+            .collect();
+        assert_eq!(
+            bounds,
+            [(0, 3000, 100.0), (3000, 4000, 4000.0), (4000, 20000, 50.0)]
+        );
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! `--svg`: per route, requests/s offered, released, rejected and dropped
-//! over virtual time (top), and the queue depth (bottom). Drawn with
+//! over virtual time (top), and the queue depth (bottom). An async route's
+//! panel shows accepted (`202`), delivered, refused and expired instead,
+//! and its backlog (requests held) below. Drawn with
 //! plotters' SVG backend; the viewer renders the text.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::tools::chart::{CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH};
+use crate::tools::chart::{
+    ACCEPTED, CAPTION_SIZE, FONT, GRID, OFFERED, QUEUE, REFUSED, RELEASED, WIDTH,
+};
 
 use super::report::{Report, RouteReport};
 
@@ -91,31 +95,55 @@ fn draw(report: &Report, routes: &[&RouteReport], svg: &mut String) -> DrawResul
 fn draw_rates(area: &Area<'_>, route: &RouteReport, seconds: f64, factor: usize) -> DrawResult {
     let s = &route.series;
     let bucket = s.bucket_seconds;
-    let lines = [
-        ("offered", &s.offered, OFFERED),
-        ("released", &s.released, RELEASED),
-        ("rejected (queue full)", &s.rejected, REFUSED),
-        ("dropped (timeout)", &s.dropped, DROPPED),
-        ("429 (per-key limit)", &s.rate_limited, LIMITED),
-    ]
-    .map(|(label, counts, color)| (label, per_second(counts, bucket, factor), color));
+    let lines: Vec<(&str, &Vec<u32>, RGBColor)> = if route.deferred.is_some() {
+        vec![
+            ("offered", &s.offered, OFFERED),
+            ("accepted (202)", &s.accepted, ACCEPTED),
+            ("delivered", &s.released, RELEASED),
+            ("refused (503, capacity)", &s.rejected, REFUSED),
+            ("expired", &s.dropped, DROPPED),
+            ("429 (per-key limit)", &s.rate_limited, LIMITED),
+        ]
+    } else {
+        vec![
+            ("offered", &s.offered, OFFERED),
+            ("released", &s.released, RELEASED),
+            ("rejected (queue full)", &s.rejected, REFUSED),
+            ("dropped (timeout)", &s.dropped, DROPPED),
+            ("429 (per-key limit)", &s.rate_limited, LIMITED),
+        ]
+    };
+    let lines: Vec<_> = lines
+        .into_iter()
+        .map(|(label, counts, color)| (label, per_second(counts, bucket, factor), color))
+        .collect();
     let top_rate = lines
         .iter()
         .flat_map(|(_, points, _)| points.iter().map(|&(_, y)| y))
         .fold(0.0, f64::max);
+    let caption = match &route.deferred {
+        Some(a) => format!(
+            "route {} (async): offered {}, accepted {}, delivered {}, refused {}, 429 {}, expired {}",
+            route.route,
+            route.offered,
+            a.accepted,
+            a.delivered,
+            a.refused,
+            route.outcomes.rejected_rate_limited,
+            a.expired
+        ),
+        None => format!(
+            "route {}: offered {}, released {}, rejected {}, 429 {}, dropped {}",
+            route.route,
+            route.offered,
+            route.released,
+            route.outcomes.rejected_queue_full,
+            route.outcomes.rejected_rate_limited,
+            route.outcomes.dropped_timeout
+        ),
+    };
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "route {}: offered {}, released {}, rejected {}, 429 {}, dropped {}",
-                route.route,
-                route.offered,
-                route.released,
-                route.outcomes.rejected_queue_full,
-                route.outcomes.rejected_rate_limited,
-                route.outcomes.dropped_timeout
-            ),
-            (FONT, CAPTION_SIZE),
-        )
+        .caption(caption, (FONT, CAPTION_SIZE))
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(64)
@@ -158,7 +186,11 @@ fn draw_depth(area: &Area<'_>, route: &RouteReport, seconds: f64, factor: usize)
         .light_line_style(GRID)
         .bold_line_style(GRID)
         .x_desc("virtual seconds")
-        .y_desc("queue depth")
+        .y_desc(if route.deferred.is_some() {
+            "backlog (held)"
+        } else {
+            "queue depth"
+        })
         .draw()?;
     chart.draw_series(LineSeries::new(
         deepest(&s.queue_depth, s.bucket_seconds, factor),

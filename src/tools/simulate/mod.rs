@@ -6,7 +6,8 @@
 //! - `engine`: the replay on a paused current-thread tokio runtime, through
 //!   the same [`Router`](crate::gateway::router::Router), [`Shaper`](crate::shaper::Shaper),
 //!   limiters and in-flight semaphores as the proxy, with a backend model
-//!   (service time, concurrency) in place of the network;
+//!   (service time, concurrency) in place of the network; an async route
+//!   accepts up to its capacity and delivers through its shaper;
 //! - `report`: counts, queue waits, peak depth; text and JSON;
 //! - `chart`: the SVG.
 //!
@@ -27,7 +28,8 @@ use crate::config::Config;
 
 pub use engine::{BackendModel, Rng, ServiceTime};
 pub use report::{
-    BackendSummary, Notes, Outcomes, QueueWait, Refusals, Report, RouteReport, Series, TraceSummary,
+    AsyncReport, BackendSummary, Notes, Outcomes, QueueWait, Refusals, Report, RouteReport, Series,
+    TraceSummary,
 };
 pub use trace::{Trace, TraceError, TraceFormat};
 

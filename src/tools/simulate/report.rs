@@ -10,7 +10,9 @@ use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::shaper::RejectReason;
 
-use super::engine::{BackendModel, RouteStats, Stats, reason_index};
+use crate::config::AsyncConfig;
+
+use super::engine::{BackendModel, DeferredStats, RouteStats, Stats, reason_index};
 use super::trace::{Trace, TraceFormat};
 
 /// The whole result.
@@ -54,7 +56,8 @@ pub struct RouteReport {
     pub route: String,
     /// Requests that arrived for the route.
     pub offered: u64,
-    /// Requests sent to the backend (= `outcomes.forwarded`).
+    /// Requests sent to the backend (= `outcomes.forwarded`; on an async
+    /// route, `async.delivered`).
     pub released: u64,
     pub outcomes: Outcomes,
     /// Why the `rejected_queue_full` and `dropped_timeout` requests were refused.
@@ -66,15 +69,47 @@ pub struct RouteReport {
     /// `null` for `-`.
     pub queue_capacity: Option<usize>,
     pub notes: Notes,
+    /// What an async route's delivery did; `null` for a synchronous route.
+    #[serde(rename = "async")]
+    pub deferred: Option<AsyncReport>,
     pub series: Series,
 }
 
+/// An async route (`[routes.async]`): what was accepted, delivered and
+/// expired, and the backlog's course. Times are virtual seconds from the
+/// trace's first arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AsyncReport {
+    /// `capacity`: requests held at most (queued or in flight).
+    pub capacity: usize,
+    pub deliver_within_seconds: f64,
+    /// Answered `202` (= `outcomes.accepted`).
+    pub accepted: u64,
+    /// Refused for capacity: `503` (in `outcomes.rejected_queue_full`).
+    pub refused: u64,
+    /// Sent to the backend (the backend model never fails: no retries, no
+    /// dead letters).
+    pub delivered: u64,
+    /// Not delivered within `deliver_within`: dropped, never sent.
+    pub expired: u64,
+    /// The most requests held at once (queued or in flight), and when.
+    pub peak_backlog: usize,
+    pub peak_at_seconds: f64,
+    /// When the backlog was first empty again after its peak, and how long
+    /// after the peak that was.
+    pub drained_at_seconds: f64,
+    pub drain_seconds: f64,
+    /// From `202` to being sent, of the delivered requests.
+    pub delivery_delay: QueueWait,
+}
 /// Requests by outcome, named as in `sluice_requests_total`. `cancelled`
 /// and `upstream_error` cannot happen in a simulation (no clients leave, the
 /// backend model never fails), so they are left out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Outcomes {
     pub forwarded: u64,
+    /// Async routes: made durable and answered `202`.
+    pub accepted: u64,
     pub rejected_queue_full: u64,
     pub rejected_rate_limited: u64,
     pub dropped_timeout: u64,
@@ -86,6 +121,7 @@ impl Outcomes {
     pub fn get(&self, outcome: &str) -> u64 {
         match outcome {
             "forwarded" => self.forwarded,
+            "accepted" => self.accepted,
             "rejected_queue_full" => self.rejected_queue_full,
             "rejected_rate_limited" => self.rejected_rate_limited,
             "dropped_timeout" => self.dropped_timeout,
@@ -98,6 +134,7 @@ impl Outcomes {
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
         [
             ("forwarded", self.forwarded),
+            ("accepted", self.accepted),
             ("rejected_queue_full", self.rejected_queue_full),
             ("rejected_rate_limited", self.rejected_rate_limited),
             ("dropped_timeout", self.dropped_timeout),
@@ -153,12 +190,17 @@ pub struct Notes {
 pub struct Series {
     pub bucket_seconds: f64,
     pub offered: Vec<u32>,
+    /// Async routes: answered `202`.
+    pub accepted: Vec<u32>,
+    /// Sent to the backend (an async route's deliveries).
     pub released: Vec<u32>,
     /// `rejected_queue_full` by when it was answered.
     pub rejected: Vec<u32>,
     pub rate_limited: Vec<u32>,
+    /// `dropped_timeout`; on an async route, expired.
     pub dropped: Vec<u32>,
-    /// The most requests queued at once during the bucket.
+    /// The most requests queued at once during the bucket; on an async
+    /// route, held (its backlog: queued or in flight).
     pub queue_depth: Vec<u32>,
 }
 
@@ -175,13 +217,22 @@ pub(crate) fn build(
     let capacities = config
         .routes
         .iter()
-        .map(|r| Some(r.queue.capacity))
+        .map(|r| Some((r.queue.capacity, r.deferred)))
         .chain([None]);
-    for ((name, capacity), stats) in names.zip(capacities).zip(stats.routes) {
-        if capacity.is_none() && stats.offered == 0 {
-            continue; // every request matched a route
+    for ((name, shape), mut stats) in names.zip(capacities).zip(stats.routes) {
+        let Some((capacity, deferred)) = shape else {
+            if stats.offered > 0 {
+                routes.push(route_report(name, None, stats, bucket_seconds));
+            }
+            continue; // else every request matched a route
+        };
+        let delivery = std::mem::take(&mut stats.deferred);
+        let mut report = route_report(name, Some(capacity), stats, bucket_seconds);
+        report.deferred = deferred.map(|a| async_report(&a, &report, delivery));
+        if let Some(a) = &report.deferred {
+            report.released = a.delivered;
         }
-        routes.push(route_report(name, capacity, stats, bucket_seconds));
+        routes.push(report);
     }
     let wall_seconds = wall.as_secs_f64();
     Report {
@@ -213,6 +264,7 @@ fn route_report(
     let count = |o: Outcome| stats.outcomes[o as usize];
     let outcomes = Outcomes {
         forwarded: count(Outcome::Forwarded),
+        accepted: count(Outcome::Accepted),
         rejected_queue_full: count(Outcome::RejectedQueueFull),
         rejected_rate_limited: count(Outcome::RejectedRateLimited),
         dropped_timeout: count(Outcome::DroppedTimeout),
@@ -225,20 +277,8 @@ fn route_report(
         displaced: reason(RejectReason::Displaced),
         timeout: reason(RejectReason::Timeout) + reason(RejectReason::Closed),
     };
-    stats.waits.sort_unstable();
-    let admitted = stats.zero_waits + stats.waits.len() as u64;
-    let quantile = |q: f64| -> f64 {
-        if admitted == 0 {
-            return 0.0;
-        }
-        // Nearest rank: the smallest wait at or above a q share of the admitted.
-        let rank = ((q * admitted as f64).ceil() as u64).clamp(1, admitted);
-        if rank <= stats.zero_waits {
-            0.0
-        } else {
-            stats.waits[(rank - stats.zero_waits - 1) as usize] as f64 / 1e9
-        }
-    };
+    let waits = std::mem::take(&mut stats.waits);
+    let queue_wait = quantiles(stats.zero_waits, waits);
     let series = &stats.series;
     let column = |f: fn(&super::engine::Bucket) -> u32| series.iter().map(f).collect::<Vec<_>>();
     RouteReport {
@@ -247,13 +287,7 @@ fn route_report(
         released: outcomes.forwarded,
         outcomes,
         refusals,
-        queue_wait: QueueWait {
-            admitted,
-            p50: quantile(0.50),
-            p95: quantile(0.95),
-            p99: quantile(0.99),
-            max: quantile(1.0),
-        },
+        queue_wait,
         peak_queue_depth: stats.peak_depth,
         queue_capacity: capacity,
         notes: Notes {
@@ -262,15 +296,61 @@ fn route_report(
             without_key: stats.keyless,
             unknown_class: stats.unknown_class,
         },
+        deferred: None,
         series: Series {
             bucket_seconds,
             offered: column(|b| b.offered),
+            accepted: column(|b| b.accepted),
             released: column(|b| b.released),
             rejected: column(|b| b.rejected),
             rate_limited: column(|b| b.rate_limited),
             dropped: column(|b| b.dropped),
             queue_depth: column(|b| b.depth),
         },
+    }
+}
+
+/// Percentiles of `zeros` waits of zero and the (unsorted) `waits`, ns.
+fn quantiles(zeros: u64, mut waits: Vec<u64>) -> QueueWait {
+    waits.sort_unstable();
+    let admitted = zeros + waits.len() as u64;
+    let quantile = |q: f64| -> f64 {
+        if admitted == 0 {
+            return 0.0;
+        }
+        // Nearest rank: the smallest wait at or above a q share of the admitted.
+        let rank = ((q * admitted as f64).ceil() as u64).clamp(1, admitted);
+        if rank <= zeros {
+            0.0
+        } else {
+            waits[(rank - zeros - 1) as usize] as f64 / 1e9
+        }
+    };
+    QueueWait {
+        admitted,
+        p50: quantile(0.50),
+        p95: quantile(0.95),
+        p99: quantile(0.99),
+        max: quantile(1.0),
+    }
+}
+
+/// An async route's part of the report, beside its outcomes.
+fn async_report(config: &AsyncConfig, route: &RouteReport, stats: DeferredStats) -> AsyncReport {
+    let seconds = |ns: u64| ns as f64 / 1e9;
+    let drained_at = stats.drained_at.map_or(0.0, seconds);
+    AsyncReport {
+        capacity: config.capacity.get(),
+        deliver_within_seconds: config.deliver_within.as_secs_f64(),
+        accepted: route.outcomes.accepted,
+        refused: route.refusals.queue_full,
+        delivered: stats.delivered,
+        expired: stats.expired,
+        peak_backlog: stats.peak_held,
+        peak_at_seconds: seconds(stats.peak_at),
+        drained_at_seconds: drained_at,
+        drain_seconds: (drained_at - seconds(stats.peak_at)).max(0.0),
+        delivery_delay: quantiles(0, stats.delays),
     }
 }
 
@@ -284,6 +364,13 @@ fn wait(seconds: f64) -> String {
         format!("{:.1}ms", seconds * 1e3)
     } else {
         format!("{seconds:.3}s")
+    }
+}
+
+impl RouteReport {
+    /// A configured route without `[routes.async]`.
+    fn is_synchronous(&self) -> bool {
+        self.queue_capacity.is_some() && self.deferred.is_none()
     }
 }
 
@@ -307,8 +394,14 @@ impl Report {
             .max(5);
         let _ = writeln!(out);
         self.write_outcomes(&mut out, width);
-        let _ = writeln!(out);
-        self.write_waits(&mut out, width);
+        if self.routes.iter().any(RouteReport::is_synchronous) {
+            let _ = writeln!(out);
+            self.write_waits(&mut out, width);
+        }
+        if self.routes.iter().any(|r| r.deferred.is_some()) {
+            let _ = writeln!(out);
+            self.write_async(&mut out);
+        }
         let notes = self.notes();
         if !notes.is_empty() {
             let _ = writeln!(out);
@@ -350,13 +443,23 @@ impl Report {
         );
     }
 
-    /// One line per route: offered, released and each refusal outcome.
+    /// One line per route: offered, released and each refusal outcome
+    /// (and `accepted`, if a route is async).
     fn write_outcomes(&self, out: &mut String, width: usize) {
+        let any_async = self.routes.iter().any(|r| r.deferred.is_some());
+        let accepted = |value: &dyn std::fmt::Display| {
+            if any_async {
+                format!("  {value:>9}")
+            } else {
+                String::new()
+            }
+        };
         let _ = writeln!(
             out,
-            "{:<width$}  {:>9}  {:>9}  {:>19}  {:>21}  {:>15}  {:>8}",
+            "{:<width$}  {:>9}{}  {:>9}  {:>19}  {:>21}  {:>15}  {:>8}",
             "route",
             "offered",
+            accepted(&"accepted"),
             "released",
             "rejected_queue_full",
             "rejected_rate_limited",
@@ -367,14 +470,46 @@ impl Report {
             let o = &r.outcomes;
             let _ = writeln!(
                 out,
-                "{:<width$}  {:>9}  {:>9}  {:>19}  {:>21}  {:>15}  {:>8}",
+                "{:<width$}  {:>9}{}  {:>9}  {:>19}  {:>21}  {:>15}  {:>8}",
                 r.route,
                 r.offered,
+                accepted(&o.accepted),
                 r.released,
                 o.rejected_queue_full,
                 o.rejected_rate_limited,
                 o.dropped_timeout,
                 o.no_route
+            );
+        }
+    }
+
+    /// Two lines per async route: what its delivery did, and its backlog.
+    fn write_async(&self, out: &mut String) {
+        for r in &self.routes {
+            let Some(a) = &r.deferred else { continue };
+            let _ = writeln!(
+                out,
+                "{} (async): {} accepted (202), {} refused (503, capacity {}), {} delivered, {} expired (not delivered within {})",
+                r.route,
+                a.accepted,
+                a.refused,
+                a.capacity,
+                a.delivered,
+                a.expired,
+                humantime::format_duration(Duration::from_secs_f64(a.deliver_within_seconds)),
+            );
+            let d = &a.delivery_delay;
+            let _ = writeln!(
+                out,
+                "{} (async): backlog peak {} at {:.3} s, empty at {:.3} s ({:.3} s after the peak); delay to delivery p50 {}, p99 {}, max {}",
+                r.route,
+                a.peak_backlog,
+                a.peak_at_seconds,
+                a.drained_at_seconds,
+                a.drain_seconds,
+                wait(d.p50),
+                wait(d.p99),
+                wait(d.max),
             );
         }
     }
@@ -386,7 +521,7 @@ impl Report {
             "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>16}",
             "route", "wait p50", "p95", "p99", "max", "peak queue depth"
         );
-        for r in self.routes.iter().filter(|r| r.queue_capacity.is_some()) {
+        for r in self.routes.iter().filter(|r| r.is_synchronous()) {
             let w = &r.queue_wait;
             let _ = writeln!(
                 out,
@@ -411,7 +546,8 @@ impl Report {
         let mut notes = Vec::new();
         for r in &self.routes {
             let f = &r.refusals;
-            if f.queue_full + f.wait_too_long + f.displaced > 0 {
+            // (An async route's refusals are in its own lines.)
+            if r.deferred.is_none() && f.queue_full + f.wait_too_long + f.displaced > 0 {
                 notes.push(format!(
                     "{}: rejected_queue_full {}: no room in the queue {}, expected wait over the timeout {}, displaced by a higher class {}",
                     r.route,

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice::config::{
-    ActiveHealth, AdaptiveConfig, Balance, ClassMatch, Config, Discipline, Fairness, KeyPart,
-    LimitBackend, OnRedisError, PassiveHealth, RedisConfig, RedisLimitConfig, ServerTls,
-    UpstreamTls,
+    ActiveHealth, AdaptiveConfig, AsyncConfig, AsyncStore, Balance, ClassMatch, Config, Discipline,
+    Fairness, KeyPart, LimitBackend, OnRedisError, PassiveHealth, RedisConfig, RedisLimitConfig,
+    ServerTls, UpstreamTls,
 };
 
 use super::*;
@@ -217,4 +217,55 @@ fn example_global_route_loads_when_uncommented() {
             timeout: Duration::from_millis(50),
         })
     );
+}
+
+/// The example file's commented-out async route and `[storage]`,
+/// uncommented, make a valid config (the block sits before the global
+/// route's, which its own test uncomments to the end of the file).
+#[test]
+fn example_async_route_loads_when_uncommented() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml");
+    let src = std::fs::read_to_string(&path).expect("example readable");
+    let start = src.find("# An async route").expect("the async example");
+    let end = src.find("# A global limit").expect("the global example");
+    assert!(start < end, "the async example comes before the global one");
+    let is_toml = |line: &str| {
+        line.starts_with('[')
+            || line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+    };
+    let block: Vec<&str> = src[start..end]
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_toml(rest) => rest,
+            _ => line,
+        })
+        .collect();
+    let uncommented = format!("{}{}\n{}", &src[..start], block.join("\n"), &src[end..]);
+    let cfg = Config::parse(&uncommented, &path).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let orders = cfg
+        .routes
+        .iter()
+        .find(|r| r.name == "orders")
+        .expect("the async route");
+    assert_eq!(orders.path_prefix, "/orders");
+    let limit = orders.limit.expect("orders is rate limited");
+    assert_eq!((limit.rate, limit.burst.get()), (100.0, 10));
+    assert_eq!(
+        orders.deferred,
+        Some(AsyncConfig {
+            store: AsyncStore::Local,
+            deliver_within: Duration::from_secs(600),
+            max_attempts: 5.try_into().expect("not zero"),
+            capacity: 1_000_000.try_into().expect("not zero"),
+            keep_response_bytes: 0,
+        })
+    );
+    assert_eq!(cfg.storage.dir, Some(PathBuf::from("/var/lib/sluice")));
+    assert_eq!(cfg.storage.segment_bytes, 64 << 20);
+    // Only what was shown commented out was added.
+    let original = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.routes.len(), original.routes.len() + 1);
+    assert_eq!(original.storage.dir, None);
 }

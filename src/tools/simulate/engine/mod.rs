@@ -23,11 +23,17 @@
 //! (a request queued, a slot freed for a waiter) it yields, so that task
 //! runs at the same virtual instant.
 //!
+//! An async route (`[routes.async]`) takes its arrivals into a backlog
+//! instead of the shaper, and its delivery draws on the same shaper: see
+//! `deferred`.
+//!
 //! Here the replay loop; the backend model in `backend`, what is counted in
-//! `stats`, and the clock the main task moves in `clock`.
+//! `stats`, the clock the main task moves in `clock`, async routes in
+//! `deferred`.
 
 mod backend;
 mod clock;
+mod deferred;
 mod stats;
 
 use std::cmp::{Ordering, Reverse};
@@ -41,7 +47,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{ClassMatch, Config};
+use crate::config::{AsyncConfig, ClassMatch, Config};
 use crate::gateway::route::limits_of;
 use crate::gateway::router::Router;
 use crate::shaper::{
@@ -51,9 +57,10 @@ use crate::shaper::{
 use super::trace::{Record, Trace};
 
 pub use backend::{BackendModel, Rng, ServiceTime};
-pub(crate) use stats::{Bucket, RouteStats, Stats, reason_index};
+pub(crate) use stats::{Bucket, DeferredStats, RouteStats, Stats, reason_index};
 
 use clock::{MS, VirtualClock};
+use deferred::Deferred;
 use stats::Recorder;
 
 /// A request in service inline, freeing its slots at `at`.
@@ -92,8 +99,10 @@ struct SimUpstream {
 }
 
 struct SimRoute {
-    shaper: Shaper,
+    shaper: Arc<Shaper>,
     upstream: usize,
+    /// An async route's accept side and delivery.
+    deferred: Option<Arc<Deferred>>,
     /// Per-key limit: (dry run, limiter).
     key_limit: Option<(bool, KeyedLimiter)>,
     /// The route's rate in dry-run mode, counted only.
@@ -178,12 +187,14 @@ pub(crate) async fn replay(
 ) -> anyhow::Result<Stats> {
     let origin = Instant::now();
     let upstreams = sim_upstreams(config, model);
-    let routes = sim_routes(config, trace, &upstreams)?;
     let bucket = bucket_of(config, trace);
     let recorder = Arc::new(Mutex::new(Recorder {
         bucket_ns: bucket.as_nanos() as u64,
-        routes: (0..=routes.len()).map(|_| RouteStats::default()).collect(),
+        routes: (0..=config.routes.len())
+            .map(|_| RouteStats::default())
+            .collect(),
     }));
+    let routes = sim_routes(config, trace, &upstreams, (origin, &recorder))?;
     let live = Arc::new(Live {
         count: AtomicUsize::new(0),
         idle: Notify::new(),
@@ -235,6 +246,7 @@ fn sim_routes(
     config: &Config,
     trace: &Trace,
     upstreams: &[SimUpstream],
+    (origin, recorder): (Instant, &Arc<Mutex<Recorder>>),
 ) -> anyhow::Result<Vec<SimRoute>> {
     let upstream_names: Vec<&String> = config.upstreams.keys().collect();
     let gate = Arc::new(Gate::new(true));
@@ -255,18 +267,27 @@ fn sim_routes(
                 name => r.classes.iter().position(|c| c.name == name),
             })
             .collect();
+        let shaper = Arc::new(Shaper::new(
+            // A global (Redis) rate is simulated as this one shaper
+            // holding the whole rate: the trace is the fleet's traffic.
+            Limits {
+                shared: None,
+                ..limits_of(r, classes)
+            },
+            upstreams[upstream].inflight.clone(),
+            gate.clone(),
+        ));
+        let deferred = r.deferred.as_ref().map(|a| {
+            let wiring = deferred::Wiring {
+                shaper: shaper.clone(),
+                backend: upstreams[upstream].backend.clone(),
+            };
+            Deferred::start(routes.len(), a, wiring, origin, recorder.clone())
+        });
         routes.push(SimRoute {
-            shaper: Shaper::new(
-                // A global (Redis) rate is simulated as this one shaper
-                // holding the whole rate: the trace is the fleet's traffic.
-                Limits {
-                    shared: None,
-                    ..limits_of(r, classes)
-                },
-                upstreams[upstream].inflight.clone(),
-                gate.clone(),
-            ),
+            shaper,
             upstream,
+            deferred,
             key_limit: r
                 .key_limit
                 .map(|k| (k.dry_run, KeyedLimiter::new(k.rate, k.burst, k.max_keys))),
@@ -283,15 +304,31 @@ fn sim_routes(
 }
 
 /// The time-series bucket: the trace's span plus the longest queue timeout
-/// (the last waiter's outcome) and a second's margin, over about a thousand.
+/// (the last waiter's outcome) or async backlog (see [`backlog_horizon`])
+/// and a second's margin, over about a thousand.
 fn bucket_of(config: &Config, trace: &Trace) -> Duration {
     let longest_timeout = config
         .routes
         .iter()
-        .map(|r| r.queue.timeout)
+        .map(|r| {
+            r.deferred
+                .map_or(r.queue.timeout, |a| backlog_horizon(r, &a))
+        })
         .max()
         .unwrap_or_default();
     bucket_width(trace.duration() + longest_timeout + Duration::from_secs(1))
+}
+
+/// How long after the last arrival an async route's backlog can last: at
+/// most `deliver_within` (then it expires), and, at its rate, no longer than
+/// a full backlog (`capacity`) takes to deliver.
+fn backlog_horizon(route: &crate::config::RouteConfig, deferred: &AsyncConfig) -> Duration {
+    let full = route
+        .limit
+        .map(|l| Duration::from_secs_f64(deferred.capacity.get() as f64 / l.rate));
+    full.map_or(deferred.deliver_within, |full| {
+        full.min(deferred.deliver_within)
+    })
 }
 
 impl SimRoute {
@@ -365,6 +402,15 @@ struct Admitted {
     service: u64,
 }
 
+/// How an arrival went up to the shaper.
+enum Admit {
+    /// It ended (no route, 429, refused), or an async route took it; `woke`:
+    /// another task may now run.
+    Done { woke: bool },
+    /// The shaper let it through, queued it or turned it away.
+    Shaped(Admitted, Admission),
+}
+
 impl Replay<'_> {
     /// The trace in order: inline completions due, the clock to the
     /// arrival, the arrival; then the completions left.
@@ -409,8 +455,9 @@ impl Replay<'_> {
 
     /// One arrival, now. True if it woke or started another task.
     fn arrive(&mut self, record: &Record) -> bool {
-        let Some((admitted, admission)) = self.admit(record) else {
-            return false;
+        let (admitted, admission) = match self.admit(record) {
+            Admit::Done { woke } => return woke,
+            Admit::Shaped(admitted, admission) => (admitted, admission),
         };
         let upstream = self.routes[admitted.route].upstream;
         match admission {
@@ -427,10 +474,9 @@ impl Replay<'_> {
     }
 
     /// The request's phases up to the shaper's answer, as the proxy runs
-    /// them: route, classify, per-key and dry-run limits, admit; each
-    /// outcome recorded. `None` if it ends before the shaper, or the shaper
-    /// turns it away.
-    fn admit(&mut self, record: &Record) -> Option<(Admitted, Admission)> {
+    /// them: route, classify, per-key and dry-run limits, admit (or, on an
+    /// async route, accept); each outcome recorded.
+    fn admit(&mut self, record: &Record) -> Admit {
         let trace = self.trace;
         let path = trace.path(record);
         let method = &trace.methods[usize::from(record.method)];
@@ -439,14 +485,20 @@ impl Replay<'_> {
         let mut recorder = self.recorder.lock();
         let Some(index) = self.router.route(host, path, method) else {
             recorder.no_route(self.routes.len(), at);
-            return None;
+            return Admit::Done { woke: false };
         };
         let route = &self.routes[index];
         recorder.offered(index, at);
         let class = route.class_of(record, path, method, &mut recorder.routes[index]);
         if !route.within_limits(record, self.clock.instant(), &mut recorder.routes[index]) {
             recorder.rate_limited(index, at);
-            return None;
+            return Admit::Done { woke: false };
+        }
+        if let Some(deferred) = &route.deferred {
+            drop(recorder);
+            let service = self.rng.service(self.model.service_time);
+            let woke = deferred.accept(at, service, self.live.enter());
+            return Admit::Done { woke };
         }
         let arrival = Arrival {
             class,
@@ -459,7 +511,7 @@ impl Replay<'_> {
             Admission::Queued(_) => recorder.queued(index, at, route.shaper.depth()),
             Admission::Rejected(rejection) => {
                 recorder.refused(index, at, rejection.reason);
-                return None;
+                return Admit::Done { woke: false };
             }
         }
         let admitted = Admitted {
@@ -467,7 +519,7 @@ impl Replay<'_> {
             at,
             service,
         };
-        Some((admitted, admission))
+        Admit::Shaped(admitted, admission)
     }
 
     /// Let through at once: served inline (its completion on the heap), or

@@ -17,11 +17,16 @@ pub(crate) struct Stats {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Bucket {
     pub offered: u32,
+    /// Async routes: accepted (`202`).
+    pub accepted: u32,
+    /// Sent to the backend (an async route's deliveries).
     pub released: u32,
     pub rejected: u32,
     pub rate_limited: u32,
+    /// Dropped at the queue timeout; on an async route, expired.
     pub dropped: u32,
-    /// The most requests queued at once during the bucket.
+    /// The most requests queued at once during the bucket (an async
+    /// route's: held, queued or in flight).
     pub depth: u32,
 }
 
@@ -43,7 +48,23 @@ pub(crate) struct RouteStats {
     /// Requests naming a class the route does not have (put in `default`).
     pub unknown_class: u64,
     pub series: Vec<Bucket>,
+    /// What an async route's delivery did.
+    pub deferred: DeferredStats,
     depth: u32,
+}
+
+/// An async route's delivery: counts, delays and its backlog's course.
+#[derive(Debug, Default)]
+pub(crate) struct DeferredStats {
+    pub delivered: u64,
+    pub expired: u64,
+    /// From acceptance to sending, of each delivered request, ns.
+    pub delays: Vec<u64>,
+    /// The most requests held at once, and when that was first reached (ns).
+    pub peak_held: usize,
+    pub peak_at: u64,
+    /// When the backlog was first empty again after its peak (ns).
+    pub drained_at: Option<u64>,
 }
 
 pub(crate) fn reason_index(reason: RejectReason) -> usize {
@@ -92,6 +113,21 @@ impl RouteStats {
 
     fn outcome(&mut self, outcome: Outcome) {
         self.outcomes[outcome as usize] += 1;
+    }
+
+    /// An async route now holds `held`: the depth, its peak, and when it drained.
+    fn held(&mut self, bucket_ns: u64, at: u64, held: usize) {
+        let d = &mut self.deferred;
+        if held > d.peak_held {
+            d.peak_held = held;
+            d.peak_at = at;
+            d.drained_at = None;
+        }
+        if held == 0 && d.drained_at.is_none() {
+            d.drained_at = Some(at);
+        }
+        self.peak_depth = self.peak_depth.max(held);
+        self.set_depth(bucket_ns, at, u32::try_from(held).unwrap_or(u32::MAX));
     }
 
     fn set_depth(&mut self, bucket_ns: u64, at: u64, depth: u32) {
@@ -153,6 +189,40 @@ impl Recorder {
         r.peak_depth = r.peak_depth.max(shaper_depth);
         let depth = r.depth + 1;
         r.set_depth(bucket_ns, at, depth);
+    }
+
+    /// An async route accepted a request; `held` now.
+    pub(super) fn accepted(&mut self, route: usize, at: u64, held: usize) {
+        let bucket_ns = self.bucket_ns;
+        let r = &mut self.routes[route];
+        r.outcome(Outcome::Accepted);
+        r.bucket(bucket_ns, at).accepted += 1;
+        r.held(bucket_ns, at, held);
+    }
+
+    /// An async route sent a request accepted `delay` ago.
+    pub(super) fn delivered(&mut self, route: usize, at: u64, delay: u64) {
+        let bucket_ns = self.bucket_ns;
+        let r = &mut self.routes[route];
+        r.deferred.delivered += 1;
+        r.deferred.delays.push(delay);
+        r.bucket(bucket_ns, at).released += 1;
+    }
+
+    /// An async route's delivery ended (the backend answered); `held` now.
+    pub(super) fn delivery_ended(&mut self, route: usize, at: u64, held: usize) {
+        let bucket_ns = self.bucket_ns;
+        self.routes[route].held(bucket_ns, at, held);
+    }
+
+    /// `count` requests of an async route expired; `held` now.
+    pub(super) fn expired(&mut self, route: usize, at: u64, count: u64, held: usize) {
+        let bucket_ns = self.bucket_ns;
+        let r = &mut self.routes[route];
+        r.deferred.expired += count;
+        let bucket = r.bucket(bucket_ns, at);
+        bucket.dropped = bucket.dropped.saturating_add(count as u32);
+        r.held(bucket_ns, at, held);
     }
 
     pub(super) fn left_queue(
