@@ -82,7 +82,8 @@ pub struct StorageConfig {
 /// with a ticket, and delivered later at the route's rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AsyncConfig {
-    /// `store`, default "local": the journal on disk under `[storage] dir`.
+    /// `store`, default "local": the journal on disk under `[storage] dir`;
+    /// "redis": a Redis stream in `[redis]`, shared by the fleet.
     pub store: AsyncStore,
     /// `deliver_within`, default "10m", 1s to 7 days: a request not
     /// delivered by then (counted from its acceptance) expires: dropped and
@@ -104,6 +105,14 @@ pub struct AsyncConfig {
 pub enum AsyncStore {
     /// "local": a journal on this machine's disk.
     Local,
+    /// "redis": a stream in the `[redis]` Redis, shared by a fleet: each
+    /// instance a consumer of the route's group.
+    Redis {
+        /// `claim_idle`, default "30s", 1s to 1 hour: a request held this
+        /// long by an instance that stopped answering for it (crashed,
+        /// partitioned) is taken over by another instance.
+        claim_idle: Duration,
+    },
 }
 
 /// `[redis]`, optional; required when any route's limit has backend = "redis".

@@ -41,6 +41,7 @@ pub(crate) struct RawAsync {
     pub(crate) max_attempts: Option<Spanned<i64>>,
     pub(crate) capacity: Option<Spanned<i64>>,
     pub(crate) keep_response_bytes: Option<Spanned<i64>>,
+    pub(crate) claim_idle: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -75,6 +75,8 @@ pub(crate) struct RenderedAsync {
     max_attempts: u32,
     capacity: usize,
     keep_response_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claim_idle: Option<String>,
 }
 
 /// `[dns]`, rendered only when it differs from the defaults.
@@ -451,6 +453,13 @@ impl<'a> From<&'a RouteConfig> for RenderedRoute<'a> {
             deferred: r.deferred.map(|a| RenderedAsync {
                 store: match a.store {
                     crate::config::model::AsyncStore::Local => "local",
+                    crate::config::model::AsyncStore::Redis { .. } => "redis",
+                },
+                claim_idle: match a.store {
+                    crate::config::model::AsyncStore::Local => None,
+                    crate::config::model::AsyncStore::Redis { claim_idle } => {
+                        Some(human(claim_idle))
+                    }
                 },
                 deliver_within: human(a.deliver_within),
                 max_attempts: a.max_attempts.get(),

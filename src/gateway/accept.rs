@@ -42,7 +42,7 @@ impl Gateway {
     }
 
     /// Answers a ticket's state.
-    pub(super) fn ticket(
+    pub(super) async fn ticket(
         &self,
         req: &Request<ClientBody>,
         record: &mut Record<'_>,
@@ -58,7 +58,10 @@ impl Gateway {
             return record.finish(Outcome::TicketStatus, response);
         }
         let id = &req.uri().path()[TICKET_PATH.len()..];
-        let status = TicketId::parse(id).and_then(|ticket| self.ticket_status(ticket));
+        let status = match TicketId::parse(id) {
+            Some(ticket) => self.ticket_status(ticket).await,
+            None => None,
+        };
         let response = match status {
             Some(status) => json(StatusCode::OK, &status),
             None => json(

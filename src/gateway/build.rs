@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use super::deferred::{AsyncMetrics, Deferred, Wiring};
+use super::deferred::{AsyncMetrics, Deferred, Place, Wiring};
 use super::route::{RedisShared, Route};
 use super::router::Router;
 use super::{Gateway, Telemetry};
-use crate::config::{Config, RedisConfig, RouteConfig, StorageConfig};
+use crate::config::{AsyncStore, Config, RedisConfig, RouteConfig, StorageConfig};
 use crate::http::request_body::BodyLimits;
 use crate::metrics::NO_ROUTE_LABEL;
 use crate::store::RedisLink;
@@ -32,7 +32,13 @@ impl Gateway {
         let redis = config.redis.as_ref().and_then(|c| redis_link(c, previous));
         let mut routes = routes(&kept, &upstreams, &telemetry, previous, redis.as_ref());
         for (route, r) in routes.iter_mut().zip(kept.iter()) {
-            route.deferred = deferred(r, route, &config.storage, &telemetry, previous);
+            route.deferred = deferred(
+                r,
+                route,
+                (&config.storage, redis.as_ref()),
+                &telemetry,
+                previous,
+            );
         }
         Ok(Gateway {
             router: Router::new(&kept),
@@ -137,18 +143,28 @@ fn routes(
         .collect()
 }
 
-/// An async route's journal and delivery: the previous generation's when
-/// the route keeps its name and journal (rewired to this generation's
-/// upstream and limits), else opened (and replayed) now. A journal that
+/// An async route's store and delivery: the previous generation's when
+/// the route keeps its name and store (rewired to this generation's
+/// upstream and limits), else opened (and replayed) now. A store that
 /// cannot be opened is logged, and the route answers every request `503`.
 fn deferred(
     r: &RouteConfig,
     route: &Route,
-    storage: &StorageConfig,
+    (storage, redis): (&StorageConfig, Option<&RedisShared>),
     telemetry: &Telemetry,
     previous: Option<&Gateway>,
 ) -> Option<Arc<Deferred>> {
     let config = r.deferred?;
+    let place = match config.store {
+        AsyncStore::Local => Place::Local(storage),
+        AsyncStore::Redis { .. } => match redis {
+            Some(redis) => Place::Redis(redis),
+            None => {
+                tracing::error!(route = %r.name, "async route: [redis] unusable; every request is answered 503");
+                return None;
+            }
+        },
+    };
     let wiring = Wiring {
         upstream: route.upstream.clone(),
         state: route.state.clone(),
@@ -157,13 +173,13 @@ fn deferred(
     let kept = previous
         .and_then(|g| g.routes.iter().find(|old| old.name == r.name))
         .and_then(|old| old.deferred.clone())
-        .filter(|d| d.uses(storage));
+        .filter(|d| d.uses(&place));
     if let Some(kept) = kept {
         kept.rewire(wiring);
         return Some(kept);
     }
     let metrics = AsyncMetrics::new(&telemetry.deferred, &r.name);
-    match Deferred::open(&r.name, storage, wiring, metrics) {
+    match Deferred::open(&r.name, place, wiring, metrics) {
         Ok(deferred) => Some(deferred),
         Err(error) => {
             tracing::error!(route = %r.name, %error, "async route: cannot open its journal; every request is answered 503");

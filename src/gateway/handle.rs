@@ -361,7 +361,9 @@ where
             return record.finish(Outcome::RejectedInvalid, response);
         }
         if this.is_ticket_lookup(req.uri().path()) {
-            return this.ticket(&req, &mut record);
+            // Boxed: a ticket lookup may wait on Redis; the waiting request
+            // future stays small without it.
+            return Box::pin(this.ticket(&req, &mut record)).await;
         }
         let host = request_host(&req);
         let route = match this.route(&req, host.as_ref(), &mut record) {

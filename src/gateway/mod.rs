@@ -111,11 +111,21 @@ impl Gateway {
     }
 
     /// The async route holding `ticket`, and the ticket's state as JSON.
-    pub fn ticket_status(&self, ticket: deferred::record::TicketId) -> Option<serde_json::Value> {
-        self.routes
-            .iter()
-            .filter_map(|r| r.deferred.as_ref())
-            .find_map(|d| d.status_json(ticket))
+    pub async fn ticket_status(
+        &self,
+        ticket: deferred::record::TicketId,
+    ) -> Option<serde_json::Value> {
+        // A route whose store cannot be asked (Redis down) answers
+        // "unknown" only if no other route knows the ticket.
+        let mut unknown = None;
+        for deferred in self.routes.iter().filter_map(|r| r.deferred.as_ref()) {
+            match deferred.status_json(ticket).await {
+                Some(status) if status["state"] == "unknown" => unknown = Some(status),
+                Some(status) => return Some(status),
+                None => {}
+            }
+        }
+        unknown
     }
 
     /// Updates the sampled gauges and renders the metrics text.

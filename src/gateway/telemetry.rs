@@ -47,7 +47,7 @@ mod tests {
 
     /// Every family sluice exports, by name; dashboards and alert rules
     /// (tests/it/dashboards.rs) depend on these.
-    const FAMILIES: [&str; 46] = [
+    const FAMILIES: [&str; 47] = [
         "sluice_async_capacity",
         "sluice_async_dead_letters",
         "sluice_async_deliver_within_seconds",
@@ -56,6 +56,7 @@ mod tests {
         "sluice_async_fsync_seconds",
         "sluice_async_oldest_age_seconds",
         "sluice_async_requests_total",
+        "sluice_async_claimed_total",
         "sluice_build_info",
         "sluice_class_queue_depth",
         "sluice_class_requests_total",

@@ -237,9 +237,12 @@ impl Admin {
         };
         Some(match (method.clone(), call) {
             (Method::GET, "async") => Ok(json_response(deferred.summary_json())),
-            (Method::GET, "dead-letters") => Ok(json_response(json!({
-                "dead_letters": deferred.dead_letters_json(MAX_LISTED_DEAD_LETTERS),
-            }))),
+            (Method::GET, "dead-letters") => {
+                match deferred.dead_letters_json(MAX_LISTED_DEAD_LETTERS).await {
+                    Ok(letters) => Ok(json_response(json!({ "dead_letters": letters }))),
+                    Err(err) => Err(store_failed(err)),
+                }
+            }
             (Method::POST, "redrive") => match deferred.redrive().await {
                 Ok(n) => {
                     tracing::info!(route = %route.name, redriven = n, "dead letters re-driven through the admin API");

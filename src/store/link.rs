@@ -146,6 +146,69 @@ impl RedisLink {
         outcome
     }
 
+    /// Runs `script` with `keys` and `args` (the async routes' stream
+    /// scripts), connecting first if need be; ends within the timeout
+    /// whatever Redis does. The error is a message naming the target.
+    pub async fn eval(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<redis::Value, String> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key.as_str());
+        }
+        for arg in args {
+            invocation.arg(arg.as_slice());
+        }
+        self.bounded("script", async |mut connection| {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
+        .map_err(|err| err.message)
+    }
+
+    /// Runs one command, as [`RedisLink::eval`].
+    pub async fn query(&self, cmd: &redis::Cmd) -> Result<redis::Value, String> {
+        self.bounded("command", async |mut connection| {
+            cmd.query_async(&mut connection).await
+        })
+        .await
+        .map_err(|err| err.message)
+    }
+
+    /// `call` on the connection, within the timeout; a failure on the link
+    /// drops the connection (as [`RedisLink::take`]).
+    async fn bounded<T>(
+        &self,
+        doing: &str,
+        call: impl AsyncFnOnce(MultiplexedConnection) -> Result<T, RedisError>,
+    ) -> Result<T, CallError> {
+        let mut generation = None;
+        let attempt = async {
+            let (current, connection) = self.connection().await?;
+            generation = Some(current);
+            call(connection)
+                .await
+                .map_err(|err| self.redis_error(doing, &err))
+        };
+        let outcome = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err(CallError {
+                result: RedisCallResult::Timeout,
+                message: format!("redis {}: no answer within {:?}", self.target, self.timeout),
+                broken: true,
+            }),
+        };
+        if let Err(err) = &outcome
+            && err.broken
+        {
+            self.drop_connection(generation, &err.message);
+        }
+        outcome
+    }
+
     /// The cached connection, or a new one.
     async fn connection(&self) -> Result<(u64, MultiplexedConnection), CallError> {
         if let Some(cached) = self.cached.lock().clone() {

@@ -23,24 +23,24 @@ use crate::common::{
 
 /// What the backend saw of one delivery.
 #[derive(Debug, Clone)]
-struct Delivery {
-    ticket: String,
-    request_id: String,
-    path: String,
-    body: Bytes,
-    at: Instant,
+pub(super) struct Delivery {
+    pub(super) ticket: String,
+    pub(super) request_id: String,
+    pub(super) path: String,
+    pub(super) body: Bytes,
+    pub(super) at: Instant,
 }
 
 /// A backend that records deliveries and answers `status` (changeable).
 #[derive(Clone)]
-struct Inbox {
-    addr: SocketAddr,
+pub(super) struct Inbox {
+    pub(super) addr: SocketAddr,
     seen: Arc<Mutex<Vec<Delivery>>>,
-    status: Arc<AtomicU16>,
+    pub(super) status: Arc<AtomicU16>,
 }
 
 impl Inbox {
-    async fn start() -> Inbox {
+    pub(super) async fn start() -> Inbox {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let inbox = Inbox {
             addr: listener.local_addr().unwrap(),
@@ -81,12 +81,12 @@ impl Inbox {
         response
     }
 
-    fn seen(&self) -> Vec<Delivery> {
+    pub(super) fn seen(&self) -> Vec<Delivery> {
         self.seen.lock().unwrap().clone()
     }
 
     /// Waits (at most `within`) until `n` deliveries were answered.
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Delivery> {
+    pub(super) async fn wait_for(&self, n: usize, within: Duration) -> Vec<Delivery> {
         let until = Instant::now() + within;
         loop {
             let seen = self.seen();
@@ -98,7 +98,7 @@ impl Inbox {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+pub(super) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-async-{name}-{}", std::process::id()));
     let _fresh = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -152,7 +152,7 @@ dir = "{}"
 }
 
 /// POSTs `body` to `url`: status, headers and JSON body.
-async fn post(
+pub(super) async fn post(
     client: &TestClient,
     url: &str,
     body: &str,
@@ -173,7 +173,7 @@ async fn post(
     (status, headers, json)
 }
 
-async fn get_json(client: &TestClient, url: &str) -> (StatusCode, serde_json::Value) {
+pub(super) async fn get_json(client: &TestClient, url: &str) -> (StatusCode, serde_json::Value) {
     let response = client.get(url.parse().unwrap()).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -183,7 +183,7 @@ async fn get_json(client: &TestClient, url: &str) -> (StatusCode, serde_json::Va
     )
 }
 
-async fn admin(client: &TestClient, method: Method, url: &str) -> serde_json::Value {
+pub(super) async fn admin(client: &TestClient, method: Method, url: &str) -> serde_json::Value {
     let req = Request::builder()
         .method(method)
         .uri(url)
@@ -195,7 +195,7 @@ async fn admin(client: &TestClient, method: Method, url: &str) -> serde_json::Va
 }
 
 /// Waits until the ticket's state is `state` (at most `within`).
-async fn until_state(
+pub(super) async fn until_state(
     client: &TestClient,
     url: &str,
     state: &str,
@@ -480,15 +480,15 @@ async fn a_reload_keeps_the_queue_and_applies_the_new_rate() {
 
 /// `sluice run` on `config` (JSON logs), through `sh -c` so a limit can be
 /// set first; its stderr lines go to a channel.
-struct Process {
+pub(super) struct Process {
     child: std::process::Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
+    pub(super) proxy: SocketAddr,
+    pub(super) admin: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
-    fn start(config: &Path, prelude: &str) -> Process {
+    pub(super) fn start(config: &Path, prelude: &str) -> Process {
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -512,12 +512,12 @@ impl Process {
         }
     }
 
-    fn kill9(&mut self) {
+    pub(super) fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }
 
-    fn logged(&self, needle: &str) -> bool {
+    pub(super) fn logged(&self, needle: &str) -> bool {
         self.lines
             .lock()
             .unwrap()

@@ -13,6 +13,7 @@
 mod common;
 
 mod adaptive;
+mod async_redis;
 mod async_route;
 mod bounds;
 mod cli;

@@ -22,6 +22,12 @@ const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 const MAX_ATTEMPTS: u32 = 100;
 const DEFAULT_ASYNC_CAPACITY: usize = 100_000;
 const MAX_ASYNC_CAPACITY: usize = 100_000_000;
+/// `claim_idle`: how long a request may sit with an instance that stopped
+/// touching it before another takes it over. Held requests are touched
+/// every quarter of it, so 1s is the shortest that is not a hair trigger.
+const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
+const MIN_CLAIM_IDLE: Duration = Duration::from_secs(1);
+const MAX_CLAIM_IDLE: Duration = Duration::from_secs(3600);
 const MAX_KEEP_RESPONSE_BYTES: usize = 64 * 1024;
 pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const MIN_SEGMENT_BYTES: usize = 64 * 1024;
@@ -51,37 +57,24 @@ impl Ctx<'_> {
     }
 
     /// `[routes.async]` of `route`, and the route's other keys checked
-    /// against it. `storage`: whether `[storage] dir` is set.
-    pub(crate) fn deferred(&self, route: &RawRoute, storage: bool) -> Checked<Option<AsyncConfig>> {
+    /// against it. `redis`, `storage`: whether `[redis]` and `[storage] dir`
+    /// are set.
+    pub(crate) fn deferred(
+        &self,
+        route: &RawRoute,
+        (redis, storage): (bool, bool),
+    ) -> Checked<Option<AsyncConfig>> {
         let Some(raw) = &route.deferred else {
             return Ok(None);
         };
-        let store = self.async_store(raw, storage)?;
+        let store = self.async_store(raw, (redis, storage))?;
         self.fits_async(route)?;
         let r: &RawAsync = raw.get_ref();
-        let deliver_within = match &r.deliver_within {
-            None => DEFAULT_DELIVER_WITHIN,
-            Some(v) => {
-                let d = humantime::parse_duration(v.get_ref()).map_err(|err| {
-                    self.invalid(
-                        v.span(),
-                        format!("invalid duration {:?}: {err}", v.get_ref()),
-                    )
-                })?;
-                if !(MIN_DELIVER_WITHIN..=MAX_DELIVER_WITHIN).contains(&d) {
-                    return Err(self.invalid(
-                        v.span(),
-                        format!(
-                            "must be from {} to {}, got {}",
-                            human(MIN_DELIVER_WITHIN),
-                            human(MAX_DELIVER_WITHIN),
-                            human(d)
-                        ),
-                    ));
-                }
-                d
-            }
-        };
+        let deliver_within = self.async_duration(
+            r.deliver_within.as_ref(),
+            DEFAULT_DELIVER_WITHIN,
+            (MIN_DELIVER_WITHIN, MAX_DELIVER_WITHIN),
+        )?;
         let max_attempts = r.max_attempts.as_ref().map_or(
             Ok(NonZeroU32::new(DEFAULT_MAX_ATTEMPTS).unwrap_or(NonZeroU32::MIN)),
             |v| self.u32_from_1(v, MAX_ATTEMPTS),
@@ -103,16 +96,59 @@ impl Ctx<'_> {
         }))
     }
 
-    fn async_store(&self, raw: &Spanned<RawAsync>, storage: bool) -> Checked<AsyncStore> {
-        let store = match &raw.get_ref().store {
+    /// A duration key: `default` when absent, else within `min..=max`.
+    fn async_duration(
+        &self,
+        v: Option<&Spanned<String>>,
+        default: Duration,
+        (min, max): (Duration, Duration),
+    ) -> Checked<Duration> {
+        let Some(v) = v else {
+            return Ok(default);
+        };
+        let d = humantime::parse_duration(v.get_ref()).map_err(|err| {
+            self.invalid(
+                v.span(),
+                format!("invalid duration {:?}: {err}", v.get_ref()),
+            )
+        })?;
+        if !(min..=max).contains(&d) {
+            return Err(self.invalid(
+                v.span(),
+                format!(
+                    "must be from {} to {}, got {}",
+                    human(min),
+                    human(max),
+                    human(d)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    fn async_store(
+        &self,
+        raw: &Spanned<RawAsync>,
+        (redis, storage): (bool, bool),
+    ) -> Checked<AsyncStore> {
+        let r = raw.get_ref();
+        let store = match &r.store {
             None => AsyncStore::Local,
             Some(v) => match v.get_ref().as_str() {
                 "local" => AsyncStore::Local,
                 "redis" => {
-                    return Err(self.invalid(
-                        v.span(),
-                        "store \"redis\" is not available yet; use \"local\" (a journal under [storage] dir)",
-                    ));
+                    if !redis {
+                        return Err(self.invalid(
+                            v.span(),
+                            "store \"redis\" needs a [redis] section: add [redis] url = \"redis://127.0.0.1:6379\"",
+                        ));
+                    }
+                    let claim_idle = self.async_duration(
+                        r.claim_idle.as_ref(),
+                        DEFAULT_CLAIM_IDLE,
+                        (MIN_CLAIM_IDLE, MAX_CLAIM_IDLE),
+                    )?;
+                    return Ok(AsyncStore::Redis { claim_idle });
                 }
                 other => {
                     return Err(self.invalid(
@@ -122,6 +158,12 @@ impl Ctx<'_> {
                 }
             },
         };
+        if let Some(v) = &r.claim_idle {
+            return Err(self.invalid(
+                v.span(),
+                "claim_idle applies to store = \"redis\" only (a fleet's instances taking over each other's requests)",
+            ));
+        }
         if !storage {
             let span = raw
                 .get_ref()

@@ -54,7 +54,7 @@ impl Ctx<'_> {
         upstreams: &BTreeMap<String, UpstreamConfig>,
         (redis, storage): (bool, bool),
     ) -> Checked<RouteConfig> {
-        let deferred = self.deferred(&raw, storage)?;
+        let deferred = self.deferred(&raw, (redis, storage))?;
         Ok(RouteConfig {
             name: self.route_name(&raw.name)?,
             host: raw.host.map(|v| self.host(&v)).transpose()?,

@@ -11,7 +11,10 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use tokio::time::Instant;
 
@@ -28,11 +31,20 @@ pub(super) enum State {
     Parked,
 }
 
+/// Where an entry's request is kept.
+#[derive(Debug, Clone)]
+pub(super) enum At {
+    /// In the local journal.
+    Journal(Location),
+    /// In the Redis stream, as this entry ID; the record read with it.
+    Stream { id: Arc<str>, record: Bytes },
+}
+
 /// One live entry.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub(super) ticket: TicketId,
-    pub(super) at: Location,
+    pub(super) at: At,
     pub(super) accepted_at_ms: u64,
     /// Past this it expires.
     pub(super) deadline: Instant,
@@ -131,7 +143,7 @@ impl Book {
     }
 
     /// A new entry, made durable as `seq` at `at`.
-    pub(super) fn add(&mut self, seq: u64, summary: &Summary, at: Location, now: Instant) {
+    pub(super) fn add(&mut self, seq: u64, summary: &Summary, at: At, now: Instant) {
         let deadline = self.deadline(summary.accepted_at_ms, now);
         let key = summary.idempotency_key.as_deref().map(|k| self.key_hash(k));
         if let Some(hash) = key {
@@ -230,6 +242,28 @@ impl Book {
         self.entries.remove(&seq);
         self.tickets.remove(&entry.ticket);
         self.remember(entry.ticket, ended, now);
+    }
+
+    /// The entry `seq` left this book without ending here (the Redis store:
+    /// moved to the dead letters, or taken over by another instance).
+    pub(super) fn forget(&mut self, seq: u64) -> Option<Entry> {
+        let entry = self.entries.get(&seq).cloned()?;
+        self.set_state(seq, State::Ready);
+        self.ready.remove(&seq);
+        self.deadlines.remove(&(entry.deadline, seq));
+        self.entries.remove(&seq);
+        self.tickets.remove(&entry.ticket);
+        Some(entry)
+    }
+
+    /// The live entry `seq`.
+    pub(super) fn get(&self, seq: u64) -> Option<&Entry> {
+        self.entries.get(&seq)
+    }
+
+    /// Entries waiting for a retry's time.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     /// Keeps a ticket's ending for `deliver_within`, at most `capacity`.
@@ -398,7 +432,7 @@ mod tests {
         let mut book = Book::new(Duration::from_secs(60), 100);
         let now = Instant::now();
         for seq in 1..=3 {
-            book.add(seq, &summary(seq as u128), AT, now);
+            book.add(seq, &summary(seq as u128), At::Journal(AT), now);
         }
         assert!(matches!(
             book.status(TicketId(3)),

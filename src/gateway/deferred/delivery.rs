@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::book::Entry;
-use super::record::{Accepted, Ended, Note};
+use super::record::{Accepted, Ended};
 use super::{Deferred, Event};
 use crate::http::headers::{Forwarding, Peer};
 use crate::http::request_body::RequestBody;
@@ -53,6 +53,7 @@ pub(super) async fn run(deferred: Weak<Deferred>, changed: Arc<Notify>) {
                 let Some(d) = deferred.upgrade() else { return };
                 d.expire_due().await;
                 let next = d.book.lock().take_next();
+                d.took_one();
                 if let Some((seq, entry)) = next {
                     tokio::spawn(deliver(d, seq, entry, grant));
                 }
@@ -103,16 +104,15 @@ enum Attempt {
 impl Deferred {
     /// Expires what is past its deadline (not in flight): dropped, counted.
     async fn expire_due(&self) {
-        let expired = {
+        let expired: Vec<(u64, Entry, Ended)> = {
             let mut book = self.book.lock();
             let now = Instant::now();
             book.wake_due(now);
             book.forget_old_keys(now);
-            let expired = book.expired(now);
-            for seq in &expired {
-                book.end(*seq, Ended::Expired, now);
-            }
-            expired
+            book.expired(now)
+                .into_iter()
+                .filter_map(|seq| Some((seq, book.get(seq)?.clone(), Ended::Expired)))
+                .collect()
         };
         if expired.is_empty() {
             return;
@@ -121,13 +121,7 @@ impl Deferred {
             self.metrics.count(Event::Expired);
         }
         tracing::info!(route = %self.name, expired = expired.len(), "async route: requests not delivered within deliver_within expired");
-        let done = expired
-            .into_iter()
-            .map(|seq| (seq, Ended::Expired.encode()))
-            .collect();
-        if let Err(err) = self.journal.done_many(done).await {
-            tracing::error!(route = %self.name, error = %err, "async route: cannot record an expiry");
-        }
+        self.ended(expired).await;
     }
 }
 
@@ -142,31 +136,22 @@ async fn deliver(d: Arc<Deferred>, seq: u64, entry: Entry, grant: Grant) {
                 status: status.as_u16(),
                 body: kept,
             };
-            d.book.lock().end(seq, ended.clone(), now);
             d.metrics.count(Event::Delivered);
-            if let Err(err) = d.journal.done(seq, ended.encode()).await {
-                tracing::error!(route = %d.name, error = %err, "async route: cannot record a delivery; it may be sent again after a restart");
-            }
+            d.ended(vec![(seq, entry, ended)]).await;
         }
         Attempt::Failed(why) | Attempt::Unreadable(why) => {
             let attempts = entry.attempts + 1;
             let max = d.wiring.load().config.max_attempts.get();
-            let note = if attempts >= max {
+            let retry_at = if attempts >= max {
                 tracing::warn!(route = %d.name, ticket = %entry.ticket, attempts, why, "async route: out of attempts; dead letter");
-                d.book.lock().note(seq, Note::Parked { attempts }, now);
                 d.metrics.count(Event::DeadLettered);
-                Note::Parked { attempts }
+                None
             } else {
-                let retry_at = now + backoff(attempts);
                 tracing::debug!(route = %d.name, ticket = %entry.ticket, attempts, why, "async route: attempt failed; retrying");
-                d.book.lock().retry(seq, attempts, retry_at);
                 d.metrics.count(Event::Retried);
-                Note::Failed { attempts }
+                Some(now + backoff(attempts))
             };
-            d.wake();
-            if let Err(err) = d.journal.note(seq, note.encode()).await {
-                tracing::error!(route = %d.name, error = %err, "async route: cannot record a failed attempt");
-            }
+            d.failed(seq, &entry, attempts, retry_at).await;
         }
     }
 }
@@ -187,9 +172,9 @@ fn backoff(attempts: u32) -> Duration {
 
 /// One attempt: the record read back, sent upstream, the answer read.
 async fn attempt(d: &Deferred, entry: &Entry) -> Attempt {
-    let bytes = match d.journal.read(entry.at).await {
+    let bytes = match d.read(entry).await {
         Ok(bytes) => bytes,
-        Err(err) => return Attempt::Unreadable(err.to_string()),
+        Err(err) => return Attempt::Unreadable(err),
     };
     let Some(accepted) = Accepted::decode(&bytes) else {
         return Attempt::Unreadable("record of an unknown format".into());

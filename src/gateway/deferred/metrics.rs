@@ -26,6 +26,7 @@ pub struct AsyncFamilies {
     capacity: IntGaugeVec,
     deliver_within: IntGaugeVec,
     events: IntCounterVec,
+    claimed: IntCounterVec,
     fsync: HistogramVec,
 }
 
@@ -75,6 +76,12 @@ impl AsyncFamilies {
                 "sluice_async_requests_total",
                 "Async route requests by event: accepted (durable, 202), delivered (2xx-4xx from the backend), retried (an attempt failed), expired (not delivered within deliver_within), dead_lettered (out of attempts), refused (503: store full or write error).",
                 &["route", "event"],
+            )?,
+            claimed: counter_vec(
+                r,
+                "sluice_async_claimed_total",
+                "Requests of an async route on the redis store that this instance took over from another instance that held them past claim_idle (crashed, stuck or cut off); they are delivered again, so the backend may see some twice.",
+                route,
             )?,
             fsync: histogram_vec(
                 r,
@@ -130,6 +137,7 @@ pub struct AsyncMetrics {
     capacity: IntGauge,
     deliver_within: IntGauge,
     events: [IntCounter; 6],
+    claimed: IntCounter,
     pub(super) fsync: Histogram,
 }
 
@@ -143,12 +151,17 @@ impl AsyncMetrics {
             capacity: f.capacity.with_label_values(&[route]),
             deliver_within: f.deliver_within.with_label_values(&[route]),
             events: Event::ALL.map(|e| f.events.with_label_values(&[route, e.as_str()])),
+            claimed: f.claimed.with_label_values(&[route]),
             fsync: f.fsync.with_label_values(&[route]),
         }
     }
 
     pub fn count(&self, event: Event) {
         self.events[event as usize].inc();
+    }
+
+    pub(super) fn claimed(&self, n: usize) {
+        self.claimed.inc_by(n as u64);
     }
 
     pub(super) fn configured(&self, capacity: usize, deliver_within_secs: u64) {
