@@ -269,6 +269,27 @@ impl Shaper {
         Shaper { shared, releaser }
     }
 
+    /// Leave for one request that has no client waiting on it (an async
+    /// route's delivery, and the simulator's model of it): queues like any
+    /// arrival and, when the queue is full or its wait times out, tries
+    /// again after the answer's `Retry-After` (at most a second), so the
+    /// caller is paced at the route's rate however long that takes.
+    pub async fn pace(&self) -> Grant {
+        loop {
+            match self.admit(Arrival::default()) {
+                Admission::Go(grant) => return grant,
+                Admission::Queued(ticket) => {
+                    if let Ok(grant) = ticket.wait().await {
+                        return grant;
+                    }
+                }
+                Admission::Rejected(rejection) => {
+                    tokio::time::sleep(rejection.retry_after.min(Duration::from_secs(1))).await;
+                }
+            }
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         self.shared.state.lock().limits
     }

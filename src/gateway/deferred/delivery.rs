@@ -26,7 +26,7 @@ use super::record::{Accepted, Ended};
 use super::{Deferred, Event};
 use crate::http::headers::{Forwarding, Peer};
 use crate::http::request_body::RequestBody;
-use crate::shaper::{Admission, Arrival, Grant, Shaper};
+use crate::shaper::Grant;
 
 /// The header that tells the backend which ticket it is being sent.
 pub(crate) const X_SLUICE_TICKET: HeaderName = HeaderName::from_static("x-sluice-ticket");
@@ -49,7 +49,7 @@ pub(super) async fn run(deferred: Weak<Deferred>, changed: Arc<Notify>) {
             if d.book.lock().has_ready() {
                 let state = d.wiring.load().state.clone();
                 drop(d);
-                let grant = pace(&state.shaper).await;
+                let grant = state.shaper.pace().await;
                 let Some(d) = deferred.upgrade() else { return };
                 d.expire_due().await;
                 let next = d.book.lock().take_next();
@@ -70,23 +70,6 @@ pub(super) async fn run(deferred: Weak<Deferred>, changed: Arc<Notify>) {
         tokio::select! {
             () = notified => {}
             () = sleep => {}
-        }
-    }
-}
-
-/// Leave to send one request, from the route's shaper.
-async fn pace(shaper: &Shaper) -> Grant {
-    loop {
-        match shaper.admit(Arrival::default()) {
-            Admission::Go(grant) => return grant,
-            Admission::Queued(ticket) => {
-                if let Ok(grant) = ticket.wait().await {
-                    return grant;
-                }
-            }
-            Admission::Rejected(rejection) => {
-                tokio::time::sleep(rejection.retry_after.min(Duration::from_secs(1))).await;
-            }
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::AsyncConfig;
-use crate::shaper::{Admission, Arrival, Grant, Shaper};
+use crate::shaper::Shaper;
 
 use super::stats::Recorder;
 use super::{LiveGuard, serve};
@@ -177,24 +177,6 @@ impl Deferred {
     }
 }
 
-/// Leave to send one request, from the route's shaper (as the proxy's
-/// delivery asks for it).
-async fn pace(shaper: &Shaper) -> Grant {
-    loop {
-        match shaper.admit(Arrival::default()) {
-            Admission::Go(grant) => return grant,
-            Admission::Queued(ticket) => {
-                if let Ok(grant) = ticket.wait().await {
-                    return grant;
-                }
-            }
-            Admission::Rejected(rejection) => {
-                tokio::time::sleep(rejection.retry_after.min(Duration::from_secs(1))).await;
-            }
-        }
-    }
-}
-
 /// One pacer: waits for a queued request, then for leave, then sends the
 /// oldest request not expired (a grant with nothing left to send is
 /// returned unused, as in the proxy).
@@ -205,7 +187,7 @@ async fn pacer(deferred: Arc<Deferred>, wiring: Arc<Wiring>) {
             return;
         };
         permit.forget();
-        let grant = pace(&wiring.shaper).await;
+        let grant = wiring.shaper.pace().await;
         let now = deferred.now();
         deferred.expire_due(now);
         let Some(held) = deferred.take() else {
