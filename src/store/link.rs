@@ -110,40 +110,23 @@ impl RedisLink {
             message,
             broken: false,
         })?;
-        let mut generation = None;
-        let call = async {
-            let (current, mut connection) = self.connection().await?;
-            generation = Some(current);
-            let reply: (i64, i64, i64, i64) = self
-                .script
-                .key(key)
-                .arg(&args.interval_us)
-                .arg(&args.tolerance_us)
-                .arg(want.get())
-                .arg(&args.horizon_us)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|err| self.redis_error("script", &err))?;
-            parse_reply(reply, want).map_err(|message| CallError {
-                result: RedisCallResult::Error,
-                message: format!("redis {}: {message}", self.target),
-                broken: false,
+        let reply: (i64, i64, i64, i64) = self
+            .bounded("script", async |mut connection| {
+                self.script
+                    .key(key)
+                    .arg(&args.interval_us)
+                    .arg(&args.tolerance_us)
+                    .arg(want.get())
+                    .arg(&args.horizon_us)
+                    .invoke_async(&mut connection)
+                    .await
             })
-        };
-        let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Ok(outcome) => outcome,
-            Err(_elapsed) => Err(CallError {
-                result: RedisCallResult::Timeout,
-                message: format!("redis {}: no answer within {:?}", self.target, self.timeout),
-                broken: true,
-            }),
-        };
-        if let Err(err) = &outcome
-            && err.broken
-        {
-            self.drop_connection(generation, &err.message);
-        }
-        outcome
+            .await?;
+        parse_reply(reply, want).map_err(|message| CallError {
+            result: RedisCallResult::Error,
+            message: format!("redis {}: {message}", self.target),
+            broken: false,
+        })
     }
 
     /// Runs `script` with `keys` and `args` (the async routes' stream

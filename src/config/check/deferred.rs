@@ -12,7 +12,7 @@ use crate::config::defaults::DEFAULT_UPGRADE;
 use crate::config::load::{Checked, Ctx};
 use crate::config::model::{AsyncConfig, AsyncStore, StorageConfig};
 use crate::config::raw::{RawAsync, RawRoute, RawStorage};
-use crate::config::values::{human, resolve_path};
+use crate::config::values::resolve_path;
 
 /// `deliver_within` at most: a week of backlog.
 const MAX_DELIVER_WITHIN: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -103,27 +103,10 @@ impl Ctx<'_> {
         default: Duration,
         (min, max): (Duration, Duration),
     ) -> Checked<Duration> {
-        let Some(v) = v else {
-            return Ok(default);
-        };
-        let d = humantime::parse_duration(v.get_ref()).map_err(|err| {
-            self.invalid(
-                v.span(),
-                format!("invalid duration {:?}: {err}", v.get_ref()),
-            )
-        })?;
-        if !(min..=max).contains(&d) {
-            return Err(self.invalid(
-                v.span(),
-                format!(
-                    "must be from {} to {}, got {}",
-                    human(min),
-                    human(max),
-                    human(d)
-                ),
-            ));
+        match v {
+            Some(v) => self.duration_within(v, min, max),
+            None => Ok(default),
         }
-        Ok(d)
     }
 
     fn async_store(

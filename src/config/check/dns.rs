@@ -1,10 +1,6 @@
 //! `[dns]` (where discovery asks) and an upstream's `discovery` and
 //! `resolve_interval`.
 
-use std::time::Duration;
-
-use toml::Spanned;
-
 use crate::config::defaults::{
     DEFAULT_RESOLVE_INTERVAL, MAX_DNS_TIMEOUT, MAX_RESOLVE_INTERVAL, MIN_DNS_TIMEOUT,
     MIN_RESOLVE_INTERVAL,
@@ -12,7 +8,6 @@ use crate::config::defaults::{
 use crate::config::load::{Checked, Ctx};
 use crate::config::model::{DiscoveryConfig, DnsConfig, UpstreamTls};
 use crate::config::raw::{RawDns, RawUpstream};
-use crate::config::values::human;
 
 /// Nameservers listed at most (a resolver asks them in turn).
 const MAX_NAMESERVERS: usize = 16;
@@ -83,27 +78,5 @@ impl Ctx<'_> {
                 self.duration_within(v, MIN_RESOLVE_INTERVAL, MAX_RESOLVE_INTERVAL)
             })?;
         Ok(Some(DiscoveryConfig { interval }))
-    }
-
-    /// A duration from `min` to `max`.
-    fn duration_within(
-        &self,
-        v: &Spanned<String>,
-        min: Duration,
-        max: Duration,
-    ) -> Checked<Duration> {
-        let d = self.duration(v)?;
-        if d < min || d > max {
-            return Err(self.invalid(
-                v.span(),
-                format!(
-                    "must be from {} to {}, got {}",
-                    human(min),
-                    human(max),
-                    human(d)
-                ),
-            ));
-        }
-        Ok(d)
     }
 }

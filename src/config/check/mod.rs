@@ -61,15 +61,7 @@ impl Ctx<'_> {
 
     /// A duration from 0 to [`MAX_DURATION`].
     pub(crate) fn duration(&self, v: &Spanned<String>) -> Checked<Duration> {
-        let d = humantime::parse_duration(v.get_ref()).map_err(|err| {
-            self.invalid(
-                v.span(),
-                format!(
-                    "invalid duration {:?}: {err} (write e.g. \"250ms\", \"2s\", \"1m\")",
-                    v.get_ref()
-                ),
-            )
-        })?;
+        let d = self.parse_duration(v)?;
         if d > MAX_DURATION {
             return Err(self.invalid(
                 v.span(),
@@ -77,6 +69,19 @@ impl Ctx<'_> {
             ));
         }
         Ok(d)
+    }
+
+    /// A duration as written, unbounded.
+    fn parse_duration(&self, v: &Spanned<String>) -> Checked<Duration> {
+        humantime::parse_duration(v.get_ref()).map_err(|err| {
+            self.invalid(
+                v.span(),
+                format!(
+                    "invalid duration {:?}: {err} (write e.g. \"250ms\", \"2s\", \"1m\")",
+                    v.get_ref()
+                ),
+            )
+        })
     }
 
     /// A duration where zero would make every request fail: above 0, at most
@@ -101,14 +106,24 @@ impl Ctx<'_> {
         v: &Spanned<String>,
         min: Duration,
     ) -> Checked<Duration> {
-        let d = self.duration(v)?;
-        if d < min {
+        self.duration_within(v, min, MAX_DURATION)
+    }
+
+    /// A duration from `min` to `max` (`max` may pass [`MAX_DURATION`]).
+    pub(crate) fn duration_within(
+        &self,
+        v: &Spanned<String>,
+        min: Duration,
+        max: Duration,
+    ) -> Checked<Duration> {
+        let d = self.parse_duration(v)?;
+        if !(min..=max).contains(&d) {
             return Err(self.invalid(
                 v.span(),
                 format!(
                     "must be from {} to {}, got {}",
                     human(min),
-                    human(MAX_DURATION),
+                    human(max),
                     human(d)
                 ),
             ));
