@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use crate::async_route::{Inbox, Process, admin, get_json, post, temp_dir, until_state};
+use crate::async_route::{
+    Inbox, Process, admin, expire_on_resume, fill_while_paused, get_json, post, temp_dir,
+    until_state,
+};
 use crate::common::redis::{RedisServer, shared_url, unique_prefix};
 use crate::common::{TestSluice, client, parse_config, scrape, sum_of};
 
@@ -314,32 +317,8 @@ async fn capacity_is_the_streams_and_what_waits_too_long_expires() {
     )
     .await;
     let client = client();
-    let base = format!("http://{}", sluice.proxy_addr());
-    let admin_base = format!("http://{}/admin/routes/orders", sluice.admin_addr());
-    admin(&client, Method::POST, &format!("{admin_base}/pause")).await;
-    let mut urls = Vec::new();
-    for _ in 0..3 {
-        let (status, _, json) = post(&client, &format!("{base}/orders"), "x", &[]).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-        urls.push(format!("{base}{}", json["status_url"].as_str().unwrap()));
-    }
-    let (status, headers, _) = post(&client, &format!("{base}/orders"), "x", &[]).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(headers.contains_key("retry-after"));
-    // Past deliver_within while paused; resumed, the pacers expire them.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    admin(&client, Method::POST, &format!("{admin_base}/resume")).await;
-    for url in &urls {
-        let json = until_state(&client, url, "expired", Duration::from_secs(3)).await;
-        assert_eq!(json["state"], "expired", "{json}");
-    }
-    assert!(inbox.seen().is_empty(), "nothing expired is sent");
-    let metrics = scrape(&client, sluice.admin_addr()).await;
-    assert_eq!(event(&metrics, "expired"), 3.0);
-    // Room again.
-    let (status, _, _) = post(&client, &format!("{base}/orders"), "x", &[]).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    inbox.wait_for(1, Duration::from_secs(5)).await;
+    let urls = fill_while_paused(&client, &sluice).await;
+    expire_on_resume(&client, &sluice, &inbox, &urls).await;
     sluice.shutdown().await;
 }
 

@@ -378,19 +378,8 @@ async fn paused_delivery_keeps_accepting_and_what_waits_too_long_expires() {
     )
     .await;
     let client = client();
-    let base = format!("http://{}", sluice.proxy_addr());
+    let urls = fill_while_paused(&client, &sluice).await;
     let admin_base = format!("http://{}/admin/routes/orders", sluice.admin_addr());
-    admin(&client, Method::POST, &format!("{admin_base}/pause")).await;
-    let mut urls = Vec::new();
-    for _ in 0..3 {
-        let (status, _, json) = post(&client, &format!("{base}/orders"), "x", &[]).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-        urls.push(format!("{base}{}", json["status_url"].as_str().unwrap()));
-    }
-    // Full: 503 with a Retry-After, never a 202.
-    let (status, headers, _) = post(&client, &format!("{base}/orders"), "x", &[]).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(headers.contains_key("retry-after"));
     let summary = admin(&client, Method::GET, &format!("{admin_base}/async")).await;
     assert_eq!(
         (
@@ -399,15 +388,48 @@ async fn paused_delivery_keeps_accepting_and_what_waits_too_long_expires() {
         ),
         (Some(3), Some(true))
     );
+    expire_on_resume(&client, &sluice, &inbox, &urls).await;
+    sluice.shutdown().await;
+}
 
+/// With the route's delivery paused, fills its `capacity = 3`: three
+/// `202`s, then `503` with a `Retry-After`, never a `202`. The three
+/// tickets' status URLs. (The local and the redis store alike.)
+pub(super) async fn fill_while_paused(client: &TestClient, sluice: &TestSluice) -> Vec<String> {
+    let base = format!("http://{}", sluice.proxy_addr());
+    let admin_base = format!("http://{}/admin/routes/orders", sluice.admin_addr());
+    admin(client, Method::POST, &format!("{admin_base}/pause")).await;
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let (status, _, json) = post(client, &format!("{base}/orders"), "x", &[]).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        urls.push(format!("{base}{}", json["status_url"].as_str().unwrap()));
+    }
+    let (status, headers, _) = post(client, &format!("{base}/orders"), "x", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    urls
+}
+
+/// After [`fill_while_paused`] on a route with `deliver_within = "1s"`:
+/// waits past it, resumes; every ticket expires, none is sent, three are
+/// counted, and the route has room again (a new request is delivered).
+pub(super) async fn expire_on_resume(
+    client: &TestClient,
+    sluice: &TestSluice,
+    inbox: &Inbox,
+    urls: &[String],
+) {
+    let base = format!("http://{}", sluice.proxy_addr());
+    let admin_base = format!("http://{}/admin/routes/orders", sluice.admin_addr());
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    admin(&client, Method::POST, &format!("{admin_base}/resume")).await;
-    for url in &urls {
-        let json = until_state(&client, url, "expired", Duration::from_secs(3)).await;
-        assert_eq!(json["state"], "expired");
+    admin(client, Method::POST, &format!("{admin_base}/resume")).await;
+    for url in urls {
+        let json = until_state(client, url, "expired", Duration::from_secs(3)).await;
+        assert_eq!(json["state"], "expired", "{json}");
     }
     assert!(inbox.seen().is_empty(), "nothing expired is sent");
-    let metrics = scrape(&client, sluice.admin_addr()).await;
+    let metrics = scrape(client, sluice.admin_addr()).await;
     assert_eq!(
         sum_of(
             &metrics,
@@ -416,10 +438,9 @@ async fn paused_delivery_keeps_accepting_and_what_waits_too_long_expires() {
         ),
         3.0
     );
-    // Room again.
-    let (status, _, _) = post(&client, &format!("{base}/orders"), "x", &[]).await;
+    let (status, _, _) = post(client, &format!("{base}/orders"), "x", &[]).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    sluice.shutdown().await;
+    inbox.wait_for(1, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
