@@ -197,15 +197,27 @@ async fn send(
 mod tests {
     use super::*;
 
+    /// Each phase's start and end (ms) and rate.
+    fn bounds(phases: &[Phase]) -> Vec<(u128, u128, f64)> {
+        phases
+            .iter()
+            .map(|p| (p.start.as_millis(), p.end.as_millis(), p.rate))
+            .collect()
+    }
+
+    #[test]
+    fn the_async_schedule_is_a_burst_then_a_valley() {
+        assert_eq!(
+            bounds(&schedule_async(Duration::from_secs(20), 200.0, 20)),
+            [(0, 3000, 100.0), (3000, 4000, 4000.0), (4000, 20000, 50.0)]
+        );
+    }
+
     #[test]
     fn the_schedule_covers_the_duration_in_whole_ticks() {
         let phases = schedule(Duration::from_secs(6), 200.0, 20);
-        let bounds: Vec<(u128, u128, f64)> = phases
-            .iter()
-            .map(|p| (p.start.as_millis(), p.end.as_millis(), p.rate))
-            .collect();
         assert_eq!(
-            bounds,
+            bounds(&phases),
             [
                 (0, 900, 100.0),
                 (900, 1500, 4000.0),

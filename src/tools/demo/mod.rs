@@ -901,19 +901,6 @@ mod tests {
     }
 
     #[test]
-    fn the_async_schedule_is_a_burst_then_a_valley() {
-        let phases = load::schedule_async(Duration::from_secs(20), 200.0, 20);
-        let bounds: Vec<(u128, u128, f64)> = phases
-            .iter()
-            .map(|p| (p.start.as_millis(), p.end.as_millis(), p.rate))
-            .collect();
-        assert_eq!(
-            bounds,
-            [(0, 3000, 100.0), (3000, 4000, 4000.0), (4000, 20000, 50.0)]
-        );
-    }
-
-    #[test]
     fn options_are_bounded() {
         let ok = Options::default();
         assert!(ok.validate().is_ok());
