@@ -94,26 +94,23 @@ impl<S: AsyncWrite + Unpin> Pending<S> {
 impl<S: AsyncWrite + Unpin + Send> Outbox for Mutex<Pending<S>> {
     fn poll_send(&self, cx: &mut Context<'_>, idle: bool) -> Poll<()> {
         let mut pending = self.lock();
-        if (pending.waiting.is_empty() && !pending.flush) || pending.failed.is_some() {
-            return Poll::Ready(());
-        }
-        let sent = match pending.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut pending.io).poll_flush(cx),
-            other => other,
-        };
-        match sent {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(())) => {
-                pending.flush = false;
-                if idle {
-                    pending.waiting = Vec::new();
+        if pending.failed.is_none() && (pending.flush || !pending.waiting.is_empty()) {
+            let sent = match pending.poll_drain(cx) {
+                Poll::Ready(Ok(())) => Pin::new(&mut pending.io).poll_flush(cx),
+                other => other,
+            };
+            match sent {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => pending.flush = false,
+                Poll::Ready(Err(err)) => {
+                    pending.failed = Some(err.kind());
+                    // h2 is told by its next call: make sure there is one.
+                    cx.waker().wake_by_ref();
                 }
             }
-            Poll::Ready(Err(err)) => {
-                pending.failed = Some(err.kind());
-                // h2 is told by its next call: make sure there is one.
-                cx.waker().wake_by_ref();
-            }
+        }
+        if idle && pending.waiting.is_empty() {
+            pending.waiting = Vec::new();
         }
         Poll::Ready(())
     }
@@ -199,6 +196,9 @@ mod tests {
         writes: Vec<Vec<u8>>,
         flushes: usize,
         full: bool,
+        /// Bytes it takes before it is full (`None`: no end).
+        room: Option<usize>,
+        broken: bool,
     }
 
     impl AsyncWrite for Recorder {
@@ -207,11 +207,18 @@ mod tests {
             _cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            if self.full {
+            if self.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            let n = self.room.map_or(buf.len(), |room| room.min(buf.len()));
+            if self.full || n == 0 {
                 return Poll::Pending;
             }
-            self.writes.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
+            if let Some(room) = self.room.as_mut() {
+                *room -= n;
+            }
+            self.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -284,5 +291,40 @@ mod tests {
         );
         assert_eq!(outbox.poll_send(&mut cx(), false), Poll::Pending);
         assert_eq!(outbox.lock().waiting.len(), LIMIT);
+    }
+
+    /// A stream that takes part of what waits sends the rest later, in
+    /// order, and flushes once it has all.
+    #[tokio::test]
+    async fn a_partial_send_resumes_where_it_stopped() {
+        let (mut io, outbox) = Coalesced::new(Recorder {
+            room: Some(10),
+            ..Recorder::default()
+        });
+        let data: Vec<u8> = (0..100).collect();
+        io.write_all(&data).await.expect("kept");
+        io.flush().await.expect("kept");
+        assert_eq!(outbox.poll_send(&mut cx(), false), Poll::Pending);
+        assert_eq!(outbox.lock().waiting, data[10..]);
+        assert_eq!(outbox.lock().io.flushes, 0);
+        outbox.lock().io.room = None;
+        assert_eq!(outbox.poll_send(&mut cx(), true), Poll::Ready(()));
+        let pending = outbox.lock();
+        assert_eq!(pending.io.writes.concat(), data);
+        assert_eq!(pending.io.flushes, 1);
+    }
+
+    /// A failed send is h2's next call's error, so the connection ends.
+    #[tokio::test]
+    async fn a_failed_send_is_reported_to_h2() {
+        let (mut io, outbox) = Coalesced::new(Recorder {
+            broken: true,
+            ..Recorder::default()
+        });
+        io.write_all(b"frames").await.expect("kept");
+        assert_eq!(outbox.poll_send(&mut cx(), false), Poll::Ready(()));
+        let err = io.write_all(b"more").await.expect_err("reported");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert!(io.flush().await.is_err());
     }
 }
