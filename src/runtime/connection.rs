@@ -41,6 +41,7 @@ use tokio::time::Instant;
 
 use super::accept::until_stopped_opt;
 use super::activity::{Activity, Expiry, Tracked};
+use super::coalesce::{Coalesced, Outbox};
 use super::h1::{self, Start};
 use super::live::Live;
 use crate::config::ServerConfig;
@@ -123,6 +124,7 @@ pin_project_lite::pin_project! {
         ended: Option<hyper::Result<()>>,
         inbox: StreamTasks,
         streams: FuturesUnordered<StreamFuture>,
+        outbox: Option<Arc<dyn Outbox>>,
     }
 
     impl<C> PinnedDrop for WithStreams<C> {
@@ -135,12 +137,15 @@ pin_project_lite::pin_project! {
 }
 
 impl<C> WithStreams<C> {
-    fn new(conn: C, inbox: StreamTasks) -> Self {
+    /// `outbox`: where the connection's writes wait until the end of each
+    /// poll ([`Coalesced`]), if they do.
+    fn new(conn: C, inbox: StreamTasks, outbox: Option<Arc<dyn Outbox>>) -> Self {
         WithStreams {
             conn,
             ended: None,
             inbox,
             streams: FuturesUnordered::new(),
+            outbox,
         }
     }
 }
@@ -173,6 +178,10 @@ impl<C: Future<Output = hyper::Result<()>>> Future for WithStreams<C> {
             // stream may also have started another (an upgrade).
             if (finished && this.ended.is_none()) || !this.inbox.0.lock().is_empty() {
                 continue;
+            }
+            // What this poll wrote goes out now, together.
+            if let Some(outbox) = this.outbox {
+                let _sent_or_waiting = outbox.poll_send(cx, this.streams.is_empty());
             }
             if this.streams.is_empty()
                 && let Some(ended) = this.ended.take()
@@ -409,11 +418,12 @@ impl ProxyConnection {
         });
         let activity = Activity::new(accepted, self.http1.header_timeout, self.http1.idle_timeout);
         let streams = StreamTasks::default();
+        let (stream, outbox) = Coalesced::new(stream);
         let conn = http2_builder(self.http2, streams.clone()).serve_connection(
             TokioIo::new(stream),
             Tracked::new(service, activity.clone()),
         );
-        let conn = WithStreams::new(conn, streams);
+        let conn = WithStreams::new(conn, streams, Some(outbox));
         drive_connection!(
             conn,
             ConnectionWatch {
@@ -451,7 +461,7 @@ mod tests {
             });
             Ok(())
         };
-        let driven = tokio::spawn(WithStreams::new(conn, streams));
+        let driven = tokio::spawn(WithStreams::new(conn, streams, None));
         tokio::task::yield_now().await;
         assert!(!driven.is_finished(), "done while its stream waits");
         tx.send(()).expect("the stream waits");
@@ -477,6 +487,7 @@ mod tests {
         drop(WithStreams::new(
             std::future::pending::<hyper::Result<()>>(),
             streams,
+            None,
         ));
         assert_eq!(
             Arc::strong_count(&held),

@@ -11,6 +11,7 @@
 //!   queue and the listen backlog.
 //! - [`accept`]: the accept loops (deal to workers, drain on shutdown).
 //! - [`connection`]: serving one connection under its activity watch.
+//! - [`coalesce`]: an HTTP/2 connection's writes sent once per poll.
 //! - [`h1`]: serving HTTP/1 connections with sluice's own codec.
 //! - [`door`]: the connection cap (`max_connections`) and its refusals.
 //! - [`activity`]: a connection's activity (header and idle timeouts).
@@ -25,6 +26,7 @@
 mod accept;
 mod activity;
 pub mod admin;
+mod coalesce;
 mod connection;
 mod door;
 mod h1;

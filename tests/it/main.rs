@@ -30,6 +30,7 @@ mod h1diff;
 mod h1pool;
 mod hostile_body;
 mod hostile_requests;
+mod http2;
 mod operate;
 mod pools;
 mod proxy;
