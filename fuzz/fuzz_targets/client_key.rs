@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use sluice::gateway::classify::{Classifier, client_ip};
+use sluice::http::ClientFields;
 use sluice::config::{
     ClassConfig, ClassMatch, Fairness, KeyLimitConfig, KeyPart, QueueConfig, RejectConfig,
     RouteConfig,
@@ -325,7 +326,7 @@ fuzz_target!(|input: Input| {
     }
     let _ = any_fwd_line;
 
-    let got = client_ip(peer, &headers, &trusted);
+    let got = client_ip(peer, ClientFields::Map(&headers), &trusted);
     let peer_ip = canonical(peer.ip());
 
     // Never IPv4-mapped: keys and trust checks compare it as IPv4.

@@ -23,6 +23,7 @@ use super::deferred::{Refused, TICKET_PATH};
 use super::record::Record;
 use super::refusal::refusal;
 use super::route::Route;
+use crate::http::client_fields::{self, ClientFields};
 use crate::http::headers::{request_id, strip_hop_by_hop};
 use crate::http::request_body::{BodyLimits, ClientBodyError, RequestBody};
 use crate::http::{Body, ClientBody, local_json};
@@ -95,10 +96,10 @@ impl Gateway {
             Ok(RequestBody::Streaming(_)) => return record.body_failed(ClientBodyError::TooLarge),
             Err(fault) => return record.body_failed(fault),
         };
-        let idempotency_key = parts
-            .headers
-            .get(IDEMPOTENCY_KEY)
-            .map(|v| v.as_bytes().to_vec());
+        let idempotency_key = ClientFields::of_parts(&parts)
+            .named(&IDEMPOTENCY_KEY)
+            .next()
+            .map(<[u8]>::to_vec);
         if idempotency_key
             .as_ref()
             .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES)
@@ -112,7 +113,8 @@ impl Gateway {
         let request_id = record
             .request_id()
             .cloned()
-            .unwrap_or_else(|| request_id(&parts.headers));
+            .unwrap_or_else(|| request_id(ClientFields::of_parts(&parts)));
+        client_fields::restore(&mut parts);
         strip_hop_by_hop(&mut parts.headers);
         let Some(ticket) = TicketId::new() else {
             let response = refusal(

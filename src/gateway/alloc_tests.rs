@@ -29,6 +29,7 @@ use super::record::Record;
 use super::upgrade::requested_upgrade;
 use super::{Gateway, Telemetry};
 use crate::config::Config;
+use crate::http::ClientFields;
 use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::shaper::Admission;
@@ -137,6 +138,42 @@ fn parsed_request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
 }
 
 /// A backend's response head, as the client connection hands it on.
+/// How a request came: as a header map (HTTP/2, hyper's), or as an
+/// HTTP/1 head's fields (sluice's codec).
+#[derive(Debug, Clone, Copy)]
+enum Came {
+    Map,
+    H1,
+}
+
+/// A request with `headers`, as it came.
+fn request(came: Came, target: &str, headers: &[(&str, &str)]) -> Request<()> {
+    match came {
+        Came::Map => parsed_request(target, headers),
+        Came::H1 => h1_request(target, headers),
+    }
+}
+
+/// A request as sluice's HTTP/1 codec hands it to the gateway: its fields
+/// in its extensions, its header map empty.
+fn h1_request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
+    let mut raw = format!("GET {target} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let limits = crate::http::h1::request::HeadLimits {
+        max_bytes: 8192,
+        max_headers: 100,
+    };
+    let head = crate::http::h1::request::parse(raw.as_bytes(), limits)
+        .unwrap()
+        .unwrap();
+    let mut req = Request::from_parts(head.parts, ());
+    req.extensions_mut().insert(head.fields);
+    req
+}
+
 fn response_headers() -> HeaderMap {
     let mut map = HeaderMap::with_capacity(8);
     for (name, value) in [
@@ -186,7 +223,7 @@ fn one_request(
     let route = &gateway.routes[index.expect("the request has a route")];
     record.route = index;
     let (n, arrival) = counted(|| {
-        let ip = client_ip(client, req.headers(), &gateway.trusted_proxies);
+        let ip = client_ip(client, ClientFields::of(&req), &gateway.trusted_proxies);
         record.client_ip = ip;
         let arrival = route.state.classifier().arrival(&req, ip);
         record.class = arrival.class;
@@ -213,7 +250,7 @@ fn one_request(
         let trusted = peer_is_trusted(client.ip(), &gateway.trusted_proxies);
         let id = record.request_id().cloned();
         let (req, forwarding) = prepare_upstream_request(req, client, (host, id, None), trusted);
-        forwarding.write_fields(req.headers(), &default_host, head);
+        forwarding.write_fields(ClientFields::of(&req), &default_host, head);
         req
     });
     phases.rewrite = n;
@@ -290,10 +327,12 @@ fn client() -> SocketAddr {
 #[test]
 fn a_pass_through_request_allocates_nothing_on_sluices_own_path() {
     let (runtime, gateway) = gateway(CONFIG);
-    let make = || parsed_request("/api/items?page=2", &CLIENT_HEADERS);
-    let phases = run(&gateway, &runtime, make, client());
-    let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
-    assert_eq!(*worst, Phases::default(), "allocations per phase");
+    for came in [Came::Map, Came::H1] {
+        let make = || request(came, "/api/items?page=2", &CLIENT_HEADERS);
+        let phases = run(&gateway, &runtime, make, client());
+        let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
+        assert_eq!(*worst, Phases::default(), "allocations per phase, {came:?}");
+    }
 }
 
 #[test]
@@ -304,10 +343,12 @@ fn a_client_request_id_and_a_wildcard_free_host_route_allocate_nothing() {
         ("x-request-id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
         ("accept", "*/*"),
     ];
-    let make = || parsed_request("/index.html", &headers);
-    let phases = run(&gateway, &runtime, make, client());
-    let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
-    assert_eq!(*worst, Phases::default(), "allocations per phase");
+    for came in [Came::Map, Came::H1] {
+        let make = || request(came, "/index.html", &headers);
+        let phases = run(&gateway, &runtime, make, client());
+        let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
+        assert_eq!(*worst, Phases::default(), "allocations per phase, {came:?}");
+    }
 }
 
 #[test]
@@ -320,10 +361,12 @@ fn behind_a_trusted_proxy_the_chain_is_walked_and_extended_without_allocating() 
         ("forwarded", "for=203.0.113.9;proto=https"),
         ("x-forwarded-proto", "https"),
     ];
-    let make = || parsed_request("/api/x", &headers);
-    let phases = run(&gateway, &runtime, make, client());
-    let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
-    assert_eq!(*worst, Phases::default(), "allocations per phase");
+    for came in [Came::Map, Came::H1] {
+        let make = || request(came, "/api/x", &headers);
+        let phases = run(&gateway, &runtime, make, client());
+        let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
+        assert_eq!(*worst, Phases::default(), "allocations per phase, {came:?}");
+    }
 }
 
 /// The access log on: the id is made when the request arrives, and the
@@ -340,7 +383,11 @@ fn with_the_access_log_on_the_logged_id_is_the_one_sent() {
     let (req, forwarding) =
         prepare_upstream_request(req, client(), (None, Some(id.clone()), None), false);
     let mut head = BytesMut::new();
-    forwarding.write_fields(req.headers(), &HeaderValue::from_static("t:1"), &mut head);
+    forwarding.write_fields(
+        ClientFields::of(&req),
+        &HeaderValue::from_static("t:1"),
+        &mut head,
+    );
     let text = std::str::from_utf8(&head).unwrap();
     assert!(
         text.contains(&format!("x-request-id: {}\r\n", id.to_str().unwrap())),
@@ -369,7 +416,7 @@ fn with_requests_in_flight_a_new_slab_is_taken_every_few_requests() {
     let (n, ()) = counted(|| {
         for i in 0..REQUESTS {
             headers.clear();
-            let id = crate::http::headers::request_id(&headers);
+            let id = crate::http::headers::request_id(ClientFields::Map(&headers));
             crate::http::headers::write_forwarding_headers(&mut headers, &peer, Some(&host));
             let mut text = [0u8; 32];
             text.copy_from_slice(id.as_bytes());

@@ -12,6 +12,7 @@ use http::header::HeaderValue;
 use http::{Request, Version};
 
 use super::classify::canonical_ip;
+use crate::http::ClientFields;
 use crate::http::headers::{self, Forwarding, Peer};
 use crate::http::path::PathError;
 
@@ -31,7 +32,7 @@ pub(super) fn prepare_upstream_request<B>(
     ),
     peer_trusted: bool,
 ) -> (Request<B>, Forwarding) {
-    let request_id = request_id.unwrap_or_else(|| headers::request_id(req.headers()));
+    let request_id = request_id.unwrap_or_else(|| headers::request_id(ClientFields::of(&req)));
     let proto: &'static str = if req.extensions().get::<crate::tls::Secure>().is_some() {
         "https"
     } else {

@@ -30,7 +30,7 @@ use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
 use crate::http::upgrade::ClientUpgrade;
-use crate::http::{Body, ClientBody, WaitingSince, error_chain, local};
+use crate::http::{Body, ClientBody, ClientFields, WaitingSince, error_chain, local};
 use crate::outcome::Outcome;
 use crate::shaper::{Admission, Arrival, Grant};
 use crate::upstream::{TargetGuard, UpstreamBody, UpstreamError};
@@ -101,7 +101,7 @@ impl Gateway {
         route: &Route,
         record: &mut Record<'_>,
     ) -> Phase<(Arrival, Instant)> {
-        let client_ip = client_ip(client, req.headers(), &self.trusted_proxies);
+        let client_ip = client_ip(client, ClientFields::of(req), &self.trusted_proxies);
         record.client_ip = client_ip;
         let arrival = route.state.classifier().arrival(req, client_ip);
         record.class = arrival.class;

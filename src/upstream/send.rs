@@ -30,6 +30,7 @@ use super::h1pool::{H1Error, Lease};
 use super::target::{Target, TargetGuard};
 use super::{ProxyBody, Upstream, UpstreamBody, UpstreamError};
 use crate::http::BoxError;
+use crate::http::client_fields;
 use crate::http::headers::Forwarding;
 use crate::http::request_body::{BodyWatch, ClientBodyError, RequestBody, client_fault};
 
@@ -171,7 +172,17 @@ impl Upstream {
     /// (see [`Forwarding::apply`]), with the target's URI (and, over
     /// HTTP/2, no Host). On the HTTP/1.1 pool's path the head is rewritten
     /// as it is written.
-    fn for_target(&self, target: &Target, parts: Parts, forwarding: &Forwarding) -> Request<()> {
+    fn for_target(
+        &self,
+        target: &Target,
+        mut parts: Parts,
+        forwarding: &Forwarding,
+    ) -> Request<()> {
+        if target.h1.is_none() {
+            // hyper's client writes a map: an HTTP/1 client's fields go
+            // into one.
+            client_fields::restore(&mut parts);
+        }
         let mut req = Request::from_parts(parts, ());
         if target.h1.is_none() {
             forwarding.apply(req.headers_mut());

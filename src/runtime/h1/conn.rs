@@ -389,6 +389,9 @@ impl<S: ClientStream> Connection<S> {
             }
         };
         let mut req = Request::from_parts(head.parts, body);
+        // The fields as they arrived: the gateway reads them through
+        // `ClientFields`, the upstream's writer copies them.
+        req.extensions_mut().insert(head.fields);
         if self.secure {
             req.extensions_mut().insert(Secure);
         }
