@@ -28,8 +28,15 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(head)) => head,
     };
     assert!(head.len <= data.len() && head.len <= LIMITS.max_bytes);
-    assert!(head.parts.headers.is_empty(), "the fields are kept as they came");
-    let has = |name: &str| head.fields.kept().any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()));
+    assert!(
+        head.parts.headers.is_empty(),
+        "the fields are kept as they came"
+    );
+    let has = |name: &str| {
+        head.fields
+            .kept()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+    };
     let mut decoder = match head.framing {
         Framing::Empty => return,
         Framing::Length(n) => {
