@@ -366,7 +366,7 @@ fuzz_target!(|input: Input| {
         return;
     };
     *req.headers_mut() = headers;
-    let arrival = classifier.arrival(&req, got);
+    let arrival = classifier.arrival(&req, ClientFields::Map(req.headers()), got);
     assert!(arrival.class < classifier.class_count());
     assert_eq!(classifier.class_count(), route.classes.len() + 1);
     let want_class = route
@@ -387,6 +387,7 @@ fuzz_target!(|input: Input| {
     if !key_used {
         assert_eq!(arrival.key, 0, "a key hashed that nothing reads");
     }
-    assert_eq!(classifier.arrival(&req, got).key, arrival.key, "key not deterministic");
-    assert_eq!(again.arrival(&req, got).key, arrival.key, "reconfigured changed the key");
+    let fields = ClientFields::Map(req.headers());
+    assert_eq!(classifier.arrival(&req, fields, got).key, arrival.key, "key not deterministic");
+    assert_eq!(again.arrival(&req, fields, got).key, arrival.key, "reconfigured changed the key");
 });

@@ -30,6 +30,7 @@ use super::upgrade::requested_upgrade;
 use super::{Gateway, Telemetry};
 use crate::config::Config;
 use crate::http::ClientFields;
+use crate::http::h1::Fields;
 use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::shaper::Admission;
@@ -147,16 +148,16 @@ enum Came {
 }
 
 /// A request with `headers`, as it came.
-fn request(came: Came, target: &str, headers: &[(&str, &str)]) -> Request<()> {
+fn request(came: Came, target: &str, headers: &[(&str, &str)]) -> (Request<()>, Option<Fields>) {
     match came {
-        Came::Map => parsed_request(target, headers),
+        Came::Map => (parsed_request(target, headers), None),
         Came::H1 => h1_request(target, headers),
     }
 }
 
 /// A request as sluice's HTTP/1 codec hands it to the gateway: its fields
-/// in its extensions, its header map empty.
-fn h1_request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
+/// beside it, its header map empty.
+fn h1_request(target: &str, headers: &[(&str, &str)]) -> (Request<()>, Option<Fields>) {
     let mut raw = format!("GET {target} HTTP/1.1\r\n");
     for (name, value) in headers {
         raw.push_str(&format!("{name}: {value}\r\n"));
@@ -169,9 +170,12 @@ fn h1_request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
     let head = crate::http::h1::request::parse(raw.as_bytes(), limits)
         .unwrap()
         .unwrap();
-    let mut req = Request::from_parts(head.parts, ());
-    req.extensions_mut().insert(head.fields);
-    req
+    (Request::from_parts(head.parts, ()), Some(head.fields))
+}
+
+/// The fields of `req`, whichever way it came.
+fn view<'a>(fields: &'a Option<Fields>, req: &'a Request<()>) -> ClientFields<'a> {
+    ClientFields::new(fields.as_ref(), req.headers())
 }
 
 fn response_headers() -> HeaderMap {
@@ -197,7 +201,7 @@ fn response_headers() -> HeaderMap {
 /// buffer; the head written into it is checked.
 fn one_request(
     gateway: &Gateway,
-    mut req: Request<()>,
+    (mut req, fields): (Request<()>, Option<Fields>),
     client: SocketAddr,
     head: &mut BytesMut,
 ) -> Phases {
@@ -205,13 +209,15 @@ fn one_request(
     let (n, target) = counted(|| normalise_target(&mut req));
     phases.normalise = n;
     assert!(target.is_ok());
-    let (n, mut record) = counted(|| Record::open(gateway, &req, client));
+    let (n, mut record) = counted(|| Record::open(gateway, (&req, view(&fields, &req)), client));
     phases.record_open = n;
-    let (n, screened) = counted(|| req.method() != Method::CONNECT && check_host(&req).is_ok());
+    let (n, screened) = counted(|| {
+        req.method() != Method::CONNECT && check_host(&req, view(&fields, &req)).is_ok()
+    });
     phases.screen = n;
     assert!(screened);
     let (n, (host, index)) = counted(|| {
-        let host = request_host(&req);
+        let host = request_host(&req, view(&fields, &req));
         let index = gateway.router.route(
             host.as_ref().and_then(|h| h.to_str().ok()),
             req.uri().path(),
@@ -223,9 +229,12 @@ fn one_request(
     let route = &gateway.routes[index.expect("the request has a route")];
     record.route = index;
     let (n, arrival) = counted(|| {
-        let ip = client_ip(client, ClientFields::of(&req), &gateway.trusted_proxies);
+        let ip = client_ip(client, view(&fields, &req), &gateway.trusted_proxies);
         record.client_ip = ip;
-        let arrival = route.state.classifier().arrival(&req, ip);
+        let arrival = route
+            .state
+            .classifier()
+            .arrival(&req, view(&fields, &req), ip);
         record.class = arrival.class;
         let now = tokio::time::Instant::now();
         assert!(route.check_key(arrival.key, now).is_ok());
@@ -246,11 +255,12 @@ fn one_request(
     let default_host = HeaderValue::from_static("127.0.0.1:9");
     head.clear();
     let (n, upstream_req) = counted(|| {
-        assert!(requested_upgrade(&req, &route.upgrades).is_none());
+        assert!(requested_upgrade(&req, view(&fields, &req), &route.upgrades).is_none());
         let trusted = peer_is_trusted(client.ip(), &gateway.trusted_proxies);
         let id = record.request_id().cloned();
-        let (req, forwarding) = prepare_upstream_request(req, client, (host, id, None), trusted);
-        forwarding.write_fields(ClientFields::of(&req), &default_host, head);
+        let (req, forwarding) =
+            prepare_upstream_request((req, fields), client, (host, id, None), trusted);
+        forwarding.write_fields(forwarding.client_fields(req.headers()), &default_host, head);
         req
     });
     phases.rewrite = n;
@@ -307,7 +317,7 @@ fn gateway(config: &str) -> (tokio::runtime::Runtime, Gateway) {
 fn run(
     gateway: &Gateway,
     runtime: &tokio::runtime::Runtime,
-    make: impl Fn() -> Request<()>,
+    make: impl Fn() -> (Request<()>, Option<Fields>),
     client: SocketAddr,
 ) -> Vec<Phases> {
     let _inside = runtime.enter();
@@ -378,13 +388,13 @@ fn with_the_access_log_on_the_logged_id_is_the_one_sent() {
     let (runtime, gateway) = gateway(&config);
     let _inside = runtime.enter();
     let req = parsed_request("/api/items", &CLIENT_HEADERS);
-    let record = Record::open(&gateway, &req, client());
+    let record = Record::open(&gateway, (&req, ClientFields::Map(req.headers())), client());
     let id = record.request_id().cloned().expect("logged");
     let (req, forwarding) =
-        prepare_upstream_request(req, client(), (None, Some(id.clone()), None), false);
+        prepare_upstream_request((req, None), client(), (None, Some(id.clone()), None), false);
     let mut head = BytesMut::new();
     forwarding.write_fields(
-        ClientFields::of(&req),
+        forwarding.client_fields(req.headers()),
         &HeaderValue::from_static("t:1"),
         &mut head,
     );

@@ -150,19 +150,23 @@ impl Classifier {
     }
 
     /// The request's class and key hash.
-    pub fn arrival<B>(&self, req: &Request<B>, client: IpAddr) -> Arrival {
+    pub fn arrival<B>(
+        &self,
+        req: &Request<B>,
+        fields: ClientFields<'_>,
+        client: IpAddr,
+    ) -> Arrival {
         Arrival {
-            class: self.class(req),
-            key: self.key(req, client),
+            class: self.class(req, fields),
+            key: self.key(req, fields, client),
         }
     }
 
     /// The first class the request matches; the last (default) if none.
-    fn class<B>(&self, req: &Request<B>) -> usize {
+    fn class<B>(&self, req: &Request<B>, fields: ClientFields<'_>) -> usize {
         if self.classes.is_empty() {
             return 0;
         }
-        let fields = ClientFields::of(req);
         self.classes
             .iter()
             .position(|m| match m {
@@ -175,11 +179,10 @@ impl Classifier {
             .unwrap_or(self.classes.len())
     }
 
-    fn key<B>(&self, req: &Request<B>, client: IpAddr) -> u64 {
+    fn key<B>(&self, req: &Request<B>, fields: ClientFields<'_>, client: IpAddr) -> u64 {
         if !self.key_used {
             return 0;
         }
-        let fields = ClientFields::of(req);
         let mut hasher = self.seed.build_hasher();
         for part in &self.key {
             match part {

@@ -59,7 +59,7 @@ pub(super) struct Record<'g> {
 impl<'g> Record<'g> {
     pub(super) fn open<B>(
         gateway: &'g Gateway,
-        req: &Request<B>,
+        (req, fields): (&Request<B>, ClientFields<'_>),
         client: SocketAddr,
     ) -> Record<'g> {
         Record {
@@ -67,7 +67,7 @@ impl<'g> Record<'g> {
             logged: gateway.access_log.then(|| {
                 Box::new(Logged {
                     method: req.method().clone(),
-                    request_id: request_id(ClientFields::of(req)),
+                    request_id: request_id(fields),
                     uri: req.uri().clone(),
                 })
             }),

@@ -9,8 +9,6 @@
 //! the same answer from either: it never sees the HTTP/1 wire format.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue, ValueIter};
-use http::request::Parts;
-use http::{Extensions, Request};
 
 use super::h1::Fields;
 pub(crate) use super::h1::fields::Kind;
@@ -31,18 +29,10 @@ pub enum ClientFields<'a> {
 }
 
 impl<'a> ClientFields<'a> {
-    /// The fields of `req`: its [`Fields`] if it carries them, else its map.
-    pub(crate) fn of<B>(req: &'a Request<B>) -> ClientFields<'a> {
-        ClientFields::from_parts(req.extensions(), req.headers())
-    }
-
-    /// [`ClientFields::of`] a request taken apart.
-    pub(crate) fn of_parts(parts: &'a Parts) -> ClientFields<'a> {
-        ClientFields::from_parts(&parts.extensions, &parts.headers)
-    }
-
-    fn from_parts(extensions: &'a Extensions, headers: &'a HeaderMap) -> ClientFields<'a> {
-        match extensions.get::<Fields>() {
+    /// A request's fields: its HTTP/1 [`Fields`] if it came with them
+    /// (its map is then empty), else its map.
+    pub(crate) fn new(fields: Option<&'a Fields>, headers: &'a HeaderMap) -> ClientFields<'a> {
+        match fields {
             Some(fields) => ClientFields::H1(fields),
             None => ClientFields::Map(headers),
         }
@@ -151,14 +141,5 @@ pub(crate) fn text(value: &[u8]) -> Option<&str> {
         std::str::from_utf8(value).ok()
     } else {
         None
-    }
-}
-
-/// Moves an HTTP/1 request's fields (if it carries them) into its header
-/// map, the dropped ones left out: for what takes a map (hyper's client,
-/// an async route's record).
-pub(crate) fn restore(parts: &mut Parts) {
-    if let Some(fields) = parts.extensions.remove::<Fields>() {
-        parts.headers = fields.kept_map();
     }
 }

@@ -142,8 +142,11 @@ fn is_sane_request_id(id: &[u8]) -> bool {
 /// authority (HTTP/2's `:authority`, or an absolute-form target) follows the
 /// same rule, and in HTTP/2 a Host that names another entity makes the
 /// request malformed (RFC 9113 §8.3.1).
-pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
-    let mut hosts = ClientFields::of(req).values(Kind::Host);
+pub(crate) fn check_host<B>(
+    req: &Request<B>,
+    fields: ClientFields<'_>,
+) -> Result<(), &'static str> {
+    let mut hosts = fields.values(Kind::Host);
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err("more than one Host header\n");
@@ -183,10 +186,10 @@ fn is_host_text(host: &[u8]) -> bool {
 /// The host the client asked for: the URI's authority when it has one
 /// (HTTP/2, or an absolute-form target, whose Host RFC 9112 §3.2.2 says to
 /// ignore), else the Host header. The value shares the request's bytes.
-pub(crate) fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+pub(crate) fn request_host<B>(req: &Request<B>, fields: ClientFields<'_>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => ClientFields::of(req).first(Kind::Host),
+        None => fields.first(Kind::Host),
     }
 }
 
@@ -358,9 +361,18 @@ pub(crate) struct Forwarding {
     /// An Upgrade the route allows: sent as `Upgrade: <protocol>` with
     /// `Connection: upgrade`, after every hop-by-hop field is gone.
     pub(crate) upgrade: Option<HeaderValue>,
+    /// The client's fields as they arrived, from an HTTP/1 client (the
+    /// request's map is then empty); `None`: the request's map holds them.
+    pub(crate) fields: Option<Fields>,
 }
 
 impl Forwarding {
+    /// The client's fields the rewrite applies to: as they arrived, else
+    /// the request's map.
+    pub(crate) fn client_fields<'a>(&'a self, headers: &'a HeaderMap) -> ClientFields<'a> {
+        ClientFields::new(self.fields.as_ref(), headers)
+    }
+
     /// The rewrite on a header map: hop-by-hop fields gone, the forwarding
     /// fields written, Host set, the upgrade asked for.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {

@@ -137,7 +137,7 @@ impl Connection {
         dst.clear();
         // A request that said Content-Length: 0 says it again; one that said
         // nothing has no body and says nothing.
-        let empty = if ClientFields::of_parts(parts).has(Kind::ContentLength) {
+        let empty = if client_fields(parts, rewrite.0).has(Kind::ContentLength) {
             BodyFraming::Length(0)
         } else {
             BodyFraming::None
@@ -262,6 +262,15 @@ impl Connection {
     }
 }
 
+/// The client's fields a request carries: beside it in its
+/// [`Forwarding`], or in its map.
+fn client_fields<'a>(parts: &'a Parts, forwarding: Option<&'a Forwarding>) -> ClientFields<'a> {
+    match forwarding {
+        Some(forwarding) => forwarding.client_fields(&parts.headers),
+        None => ClientFields::Map(&parts.headers),
+    }
+}
+
 /// How a request body is framed on the wire.
 #[derive(Clone, Copy)]
 enum BodyFraming {
@@ -283,7 +292,7 @@ fn write_head(
     (forwarding, default_host): (Option<&Forwarding>, &HeaderValue),
     framing: BodyFraming,
 ) {
-    let fields = ClientFields::of_parts(parts);
+    let fields = client_fields(parts, forwarding);
     // Room for the forwarding fields too: the buffer is the connection's,
     // so once warm it holds a head without growing.
     dst.reserve(320 + fields.len() * 32);

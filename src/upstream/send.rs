@@ -30,7 +30,6 @@ use super::h1pool::{H1Error, Lease};
 use super::target::{Target, TargetGuard};
 use super::{ProxyBody, Upstream, UpstreamBody, UpstreamError};
 use crate::http::BoxError;
-use crate::http::client_fields;
 use crate::http::headers::Forwarding;
 use crate::http::request_body::{BodyWatch, ClientBodyError, RequestBody, client_fault};
 
@@ -178,10 +177,12 @@ impl Upstream {
         mut parts: Parts,
         forwarding: &Forwarding,
     ) -> Request<()> {
-        if target.h1.is_none() {
+        if target.h1.is_none()
+            && let Some(fields) = &forwarding.fields
+        {
             // hyper's client writes a map: an HTTP/1 client's fields go
-            // into one.
-            client_fields::restore(&mut parts);
+            // into one (the dropped ones left out).
+            parts.headers = fields.kept_map();
         }
         let mut req = Request::from_parts(parts, ());
         if target.h1.is_none() {
