@@ -236,6 +236,7 @@ fn route_config(r: &Route) -> RouteConfig {
             })
             .collect(),
         upgrades: vec![sluice::config::DEFAULT_UPGRADE.into()],
+        deferred: None,
     }
 }
 
