@@ -506,6 +506,53 @@ mod tests {
     }
 
     #[test]
+    fn every_known_name_is_classified_in_any_case() {
+        let known = [
+            ("te", Kind::Dropped),
+            ("date", Kind::Date),
+            ("host", Kind::Host),
+            ("proxy", Kind::Dropped),
+            ("expect", Kind::Expect),
+            ("upgrade", Kind::Upgrade),
+            ("trailer", Kind::Trailer),
+            ("forwarded", Kind::Forwarded),
+            ("connection", Kind::Connection),
+            ("keep-alive", Kind::Dropped),
+            ("x-request-id", Kind::RequestId),
+            ("content-length", Kind::ContentLength),
+            ("http2-settings", Kind::Dropped),
+            ("x-forwarded-for", Kind::ForwardedFor),
+            ("x-forwarded-host", Kind::ForwardedHost),
+            ("transfer-encoding", Kind::TransferEncoding),
+            ("x-forwarded-proto", Kind::ForwardedProto),
+            ("proxy-authorization", Kind::Dropped),
+            ("proxy-x", Kind::Dropped),
+        ];
+        for (name, kind) in known {
+            assert_eq!(kind_of(name.as_bytes()), kind, "{name}");
+            assert_eq!(
+                kind_of(name.to_ascii_uppercase().as_bytes()),
+                kind,
+                "{name}"
+            );
+        }
+        for other in [
+            "",
+            "t",
+            "ta",
+            "dote",
+            "hosts",
+            "proxy_",
+            "proxyx",
+            "x-forwarded-fox",
+            "@onnection",
+            "etag",
+        ] {
+            assert_eq!(kind_of(other.as_bytes()), Kind::Other, "{other}");
+        }
+    }
+
+    #[test]
     fn connection_cannot_hide_what_the_framing_or_sluice_reads() {
         let f = fields(
             "Connection: Content-Length, host, date, expect, x-a\r\nContent-Length: 2\r\n\
