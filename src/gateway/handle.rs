@@ -274,6 +274,15 @@ fn screen(
     }
 }
 
+/// A request and a view of its fields (beside it from an HTTP/1 client,
+/// else in its map), for the phases that read them.
+fn viewed<'a>(
+    req: &'a Request<ClientBody>,
+    fields: &'a Option<Fields>,
+) -> (&'a Request<ClientBody>, ClientFields<'a>) {
+    (req, ClientFields::new(fields.as_ref(), req.headers()))
+}
+
 /// Admit: go now, wait in the queue, or be turned away. The queue timeout
 /// runs from `since`.
 #[expect(
@@ -368,15 +377,8 @@ where
         let target = normalise_target(&mut req);
         // (The fields' view is made where it is read, not kept in a local:
         // a waiting request's future holds no room for it.)
-        let mut record = Record::open(
-            this,
-            (&req, ClientFields::new(fields.as_ref(), req.headers())),
-            client,
-        );
-        if let Break(response) = screen(
-            (&req, ClientFields::new(fields.as_ref(), req.headers())),
-            target,
-        ) {
+        let mut record = Record::open(this, viewed(&req, &fields), client);
+        if let Break(response) = screen(viewed(&req, &fields), target) {
             return record.finish(Outcome::RejectedInvalid, response);
         }
         if this.is_ticket_lookup(req.uri().path()) {
@@ -384,17 +386,13 @@ where
             // future stays small without it.
             return Box::pin(this.ticket(&req, &mut record)).await;
         }
-        let host = request_host(&req, ClientFields::new(fields.as_ref(), req.headers()));
+        let host = request_host(&req, viewed(&req, &fields).1);
         let route = match this.route(&req, host.as_ref(), &mut record) {
             Continue(route) => route,
             Break(response) => return response,
         };
-        let (arrival, now) = match this.classify(
-            (&req, ClientFields::new(fields.as_ref(), req.headers())),
-            client,
-            route,
-            &mut record,
-        ) {
+        let (arrival, now) = match this.classify(viewed(&req, &fields), client, route, &mut record)
+        {
             Continue(classified) => classified,
             Break(response) => return response,
         };
