@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use sluice::gateway::classify::{Classifier, client_ip};
+use sluice::http::ClientFields;
 use sluice::config::{
     ClassConfig, ClassMatch, Fairness, KeyLimitConfig, KeyPart, QueueConfig, RejectConfig,
     RouteConfig,
@@ -235,6 +236,7 @@ fn route_config(r: &Route) -> RouteConfig {
             })
             .collect(),
         upgrades: vec![sluice::config::DEFAULT_UPGRADE.into()],
+        deferred: None,
     }
 }
 
@@ -325,7 +327,7 @@ fuzz_target!(|input: Input| {
     }
     let _ = any_fwd_line;
 
-    let got = client_ip(peer, &headers, &trusted);
+    let got = client_ip(peer, ClientFields::Map(&headers), &trusted);
     let peer_ip = canonical(peer.ip());
 
     // Never IPv4-mapped: keys and trust checks compare it as IPv4.
@@ -365,7 +367,7 @@ fuzz_target!(|input: Input| {
         return;
     };
     *req.headers_mut() = headers;
-    let arrival = classifier.arrival(&req, got);
+    let arrival = classifier.arrival(&req, ClientFields::Map(req.headers()), got);
     assert!(arrival.class < classifier.class_count());
     assert_eq!(classifier.class_count(), route.classes.len() + 1);
     let want_class = route
@@ -386,6 +388,7 @@ fuzz_target!(|input: Input| {
     if !key_used {
         assert_eq!(arrival.key, 0, "a key hashed that nothing reads");
     }
-    assert_eq!(classifier.arrival(&req, got).key, arrival.key, "key not deterministic");
-    assert_eq!(again.arrival(&req, got).key, arrival.key, "reconfigured changed the key");
+    let fields = ClientFields::Map(req.headers());
+    assert_eq!(classifier.arrival(&req, fields, got).key, arrival.key, "key not deterministic");
+    assert_eq!(again.arrival(&req, fields, got).key, arrival.key, "reconfigured changed the key");
 });

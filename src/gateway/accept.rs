@@ -23,6 +23,8 @@ use super::deferred::{Refused, TICKET_PATH};
 use super::record::Record;
 use super::refusal::refusal;
 use super::route::Route;
+use crate::http::ClientFields;
+use crate::http::h1::Fields;
 use crate::http::headers::{request_id, strip_hop_by_hop};
 use crate::http::request_body::{BodyLimits, ClientBodyError, RequestBody};
 use crate::http::{Body, ClientBody, local_json};
@@ -75,7 +77,7 @@ impl Gateway {
     /// Accept: the request made durable, then `202` and its ticket.
     pub(super) async fn accept(
         &self,
-        req: Request<ClientBody>,
+        (req, fields): (Request<ClientBody>, Option<Fields>),
         route: &Route,
         (client, host): (SocketAddr, Option<HeaderValue>),
         record: &mut Record<'_>,
@@ -95,10 +97,10 @@ impl Gateway {
             Ok(RequestBody::Streaming(_)) => return record.body_failed(ClientBodyError::TooLarge),
             Err(fault) => return record.body_failed(fault),
         };
-        let idempotency_key = parts
-            .headers
-            .get(IDEMPOTENCY_KEY)
-            .map(|v| v.as_bytes().to_vec());
+        let idempotency_key = ClientFields::new(fields.as_ref(), &parts.headers)
+            .named(&IDEMPOTENCY_KEY)
+            .next()
+            .map(<[u8]>::to_vec);
         if idempotency_key
             .as_ref()
             .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES)
@@ -112,7 +114,11 @@ impl Gateway {
         let request_id = record
             .request_id()
             .cloned()
-            .unwrap_or_else(|| request_id(&parts.headers));
+            .unwrap_or_else(|| request_id(ClientFields::new(fields.as_ref(), &parts.headers)));
+        if let Some(fields) = fields {
+            // The record keeps a map: an HTTP/1 client's fields go into one.
+            parts.headers = fields.kept_map();
+        }
         strip_hop_by_hop(&mut parts.headers);
         let Some(ticket) = TicketId::new() else {
             let response = refusal(

@@ -29,6 +29,8 @@ use super::record::Record;
 use super::upgrade::requested_upgrade;
 use super::{Gateway, Telemetry};
 use crate::config::Config;
+use crate::http::ClientFields;
+use crate::http::h1::Fields;
 use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::shaper::Admission;
@@ -137,6 +139,45 @@ fn parsed_request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
 }
 
 /// A backend's response head, as the client connection hands it on.
+/// How a request came: as a header map (HTTP/2, hyper's), or as an
+/// HTTP/1 head's fields (sluice's codec).
+#[derive(Debug, Clone, Copy)]
+enum Came {
+    Map,
+    H1,
+}
+
+/// A request with `headers`, as it came.
+fn request(came: Came, target: &str, headers: &[(&str, &str)]) -> (Request<()>, Option<Fields>) {
+    match came {
+        Came::Map => (parsed_request(target, headers), None),
+        Came::H1 => h1_request(target, headers),
+    }
+}
+
+/// A request as sluice's HTTP/1 codec hands it to the gateway: its fields
+/// beside it, its header map empty.
+fn h1_request(target: &str, headers: &[(&str, &str)]) -> (Request<()>, Option<Fields>) {
+    let mut raw = format!("GET {target} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let limits = crate::http::h1::request::HeadLimits {
+        max_bytes: 8192,
+        max_headers: 100,
+    };
+    let head = crate::http::h1::request::parse(raw.as_bytes(), limits)
+        .unwrap()
+        .unwrap();
+    (Request::from_parts(head.parts, ()), Some(head.fields))
+}
+
+/// The fields of `req`, whichever way it came.
+fn view<'a>(fields: &'a Option<Fields>, req: &'a Request<()>) -> ClientFields<'a> {
+    ClientFields::new(fields.as_ref(), req.headers())
+}
+
 fn response_headers() -> HeaderMap {
     let mut map = HeaderMap::with_capacity(8);
     for (name, value) in [
@@ -160,7 +201,7 @@ fn response_headers() -> HeaderMap {
 /// buffer; the head written into it is checked.
 fn one_request(
     gateway: &Gateway,
-    mut req: Request<()>,
+    (mut req, fields): (Request<()>, Option<Fields>),
     client: SocketAddr,
     head: &mut BytesMut,
 ) -> Phases {
@@ -168,13 +209,15 @@ fn one_request(
     let (n, target) = counted(|| normalise_target(&mut req));
     phases.normalise = n;
     assert!(target.is_ok());
-    let (n, mut record) = counted(|| Record::open(gateway, &req, client));
+    let (n, mut record) = counted(|| Record::open(gateway, (&req, view(&fields, &req)), client));
     phases.record_open = n;
-    let (n, screened) = counted(|| req.method() != Method::CONNECT && check_host(&req).is_ok());
+    let (n, screened) = counted(|| {
+        req.method() != Method::CONNECT && check_host(&req, view(&fields, &req)).is_ok()
+    });
     phases.screen = n;
     assert!(screened);
     let (n, (host, index)) = counted(|| {
-        let host = request_host(&req);
+        let host = request_host(&req, view(&fields, &req));
         let index = gateway.router.route(
             host.as_ref().and_then(|h| h.to_str().ok()),
             req.uri().path(),
@@ -186,9 +229,12 @@ fn one_request(
     let route = &gateway.routes[index.expect("the request has a route")];
     record.route = index;
     let (n, arrival) = counted(|| {
-        let ip = client_ip(client, req.headers(), &gateway.trusted_proxies);
+        let ip = client_ip(client, view(&fields, &req), &gateway.trusted_proxies);
         record.client_ip = ip;
-        let arrival = route.state.classifier().arrival(&req, ip);
+        let arrival = route
+            .state
+            .classifier()
+            .arrival(&req, view(&fields, &req), ip);
         record.class = arrival.class;
         let now = tokio::time::Instant::now();
         assert!(route.check_key(arrival.key, now).is_ok());
@@ -209,11 +255,12 @@ fn one_request(
     let default_host = HeaderValue::from_static("127.0.0.1:9");
     head.clear();
     let (n, upstream_req) = counted(|| {
-        assert!(requested_upgrade(&req, &route.upgrades).is_none());
+        assert!(requested_upgrade(&req, view(&fields, &req), &route.upgrades).is_none());
         let trusted = peer_is_trusted(client.ip(), &gateway.trusted_proxies);
         let id = record.request_id().cloned();
-        let (req, forwarding) = prepare_upstream_request(req, client, (host, id, None), trusted);
-        forwarding.write_fields(req.headers(), &default_host, head);
+        let (req, forwarding) =
+            prepare_upstream_request((req, fields), client, (host, id, None), trusted);
+        forwarding.write_fields(forwarding.client_fields(req.headers()), &default_host, head);
         req
     });
     phases.rewrite = n;
@@ -270,7 +317,7 @@ fn gateway(config: &str) -> (tokio::runtime::Runtime, Gateway) {
 fn run(
     gateway: &Gateway,
     runtime: &tokio::runtime::Runtime,
-    make: impl Fn() -> Request<()>,
+    make: impl Fn() -> (Request<()>, Option<Fields>),
     client: SocketAddr,
 ) -> Vec<Phases> {
     let _inside = runtime.enter();
@@ -290,10 +337,12 @@ fn client() -> SocketAddr {
 #[test]
 fn a_pass_through_request_allocates_nothing_on_sluices_own_path() {
     let (runtime, gateway) = gateway(CONFIG);
-    let make = || parsed_request("/api/items?page=2", &CLIENT_HEADERS);
-    let phases = run(&gateway, &runtime, make, client());
-    let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
-    assert_eq!(*worst, Phases::default(), "allocations per phase");
+    for came in [Came::Map, Came::H1] {
+        let make = || request(came, "/api/items?page=2", &CLIENT_HEADERS);
+        let phases = run(&gateway, &runtime, make, client());
+        let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
+        assert_eq!(*worst, Phases::default(), "allocations per phase, {came:?}");
+    }
 }
 
 #[test]
@@ -304,10 +353,12 @@ fn a_client_request_id_and_a_wildcard_free_host_route_allocate_nothing() {
         ("x-request-id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
         ("accept", "*/*"),
     ];
-    let make = || parsed_request("/index.html", &headers);
-    let phases = run(&gateway, &runtime, make, client());
-    let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
-    assert_eq!(*worst, Phases::default(), "allocations per phase");
+    for came in [Came::Map, Came::H1] {
+        let make = || request(came, "/index.html", &headers);
+        let phases = run(&gateway, &runtime, make, client());
+        let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
+        assert_eq!(*worst, Phases::default(), "allocations per phase, {came:?}");
+    }
 }
 
 #[test]
@@ -320,10 +371,12 @@ fn behind_a_trusted_proxy_the_chain_is_walked_and_extended_without_allocating() 
         ("forwarded", "for=203.0.113.9;proto=https"),
         ("x-forwarded-proto", "https"),
     ];
-    let make = || parsed_request("/api/x", &headers);
-    let phases = run(&gateway, &runtime, make, client());
-    let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
-    assert_eq!(*worst, Phases::default(), "allocations per phase");
+    for came in [Came::Map, Came::H1] {
+        let make = || request(came, "/api/x", &headers);
+        let phases = run(&gateway, &runtime, make, client());
+        let worst = phases.iter().max_by_key(|p| p.total()).unwrap();
+        assert_eq!(*worst, Phases::default(), "allocations per phase, {came:?}");
+    }
 }
 
 /// The access log on: the id is made when the request arrives, and the
@@ -335,12 +388,16 @@ fn with_the_access_log_on_the_logged_id_is_the_one_sent() {
     let (runtime, gateway) = gateway(&config);
     let _inside = runtime.enter();
     let req = parsed_request("/api/items", &CLIENT_HEADERS);
-    let record = Record::open(&gateway, &req, client());
+    let record = Record::open(&gateway, (&req, ClientFields::Map(req.headers())), client());
     let id = record.request_id().cloned().expect("logged");
     let (req, forwarding) =
-        prepare_upstream_request(req, client(), (None, Some(id.clone()), None), false);
+        prepare_upstream_request((req, None), client(), (None, Some(id.clone()), None), false);
     let mut head = BytesMut::new();
-    forwarding.write_fields(req.headers(), &HeaderValue::from_static("t:1"), &mut head);
+    forwarding.write_fields(
+        forwarding.client_fields(req.headers()),
+        &HeaderValue::from_static("t:1"),
+        &mut head,
+    );
     let text = std::str::from_utf8(&head).unwrap();
     assert!(
         text.contains(&format!("x-request-id: {}\r\n", id.to_str().unwrap())),
@@ -369,7 +426,7 @@ fn with_requests_in_flight_a_new_slab_is_taken_every_few_requests() {
     let (n, ()) = counted(|| {
         for i in 0..REQUESTS {
             headers.clear();
-            let id = crate::http::headers::request_id(&headers);
+            let id = crate::http::headers::request_id(ClientFields::Map(&headers));
             crate::http::headers::write_forwarding_headers(&mut headers, &peer, Some(&host));
             let mut text = [0u8; 32];
             text.copy_from_slice(id.as_bytes());

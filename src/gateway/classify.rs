@@ -11,27 +11,27 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{GetAll, HeaderValue};
-use http::{HeaderMap, Request};
+use http::Request;
 use ipnet::IpNet;
 
 use crate::config::{ClassConfig, ClassMatch, Fairness, KeyPart, RouteConfig};
+use crate::http::ClientFields;
+use crate::http::client_fields::{Kind, text};
 use crate::shaper::Arrival;
 
 /// The client address: the peer itself unless the peer is a trusted proxy.
 /// The hops are walked from the nearest outwards, in place: no list of
 /// them is built.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: SocketAddr, fields: ClientFields<'_>, trusted: &[IpNet]) -> IpAddr {
     let peer_ip = canonical_ip(peer.ip());
     if !is_trusted(peer_ip, trusted) {
         return peer_ip;
     }
-    let x_forwarded_for = headers.get_all("x-forwarded-for");
-    if x_forwarded_for.iter().next().is_some() {
-        let hops = elements(x_forwarded_for).map(|hop| parse_hop(hop.trim()));
+    if fields.has(Kind::ForwardedFor) {
+        let hops = elements(fields.values(Kind::ForwardedFor)).map(|hop| parse_hop(hop.trim()));
         nearest_untrusted(peer_ip, hops, trusted)
     } else {
-        let hops = elements(headers.get_all(http::header::FORWARDED))
+        let hops = elements(fields.values(Kind::Forwarded))
             .filter_map(forwarded_for)
             .map(parse_hop);
         nearest_untrusted(peer_ip, hops, trusted)
@@ -41,11 +41,8 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 /// Every element of a list header, the last line first and each line's
 /// elements last first; a line that is not text reads as one unparsable
 /// element.
-fn elements<'h>(lines: GetAll<'h, HeaderValue>) -> impl Iterator<Item = &'h str> {
-    lines
-        .into_iter()
-        .rev()
-        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
+fn elements<'h>(lines: impl DoubleEndedIterator<Item = &'h [u8]>) -> impl Iterator<Item = &'h str> {
+    lines.rev().flat_map(|v| text(v).unwrap_or("").rsplit(','))
 }
 
 /// Walks `hops` (nearest first) from the trusted peer outwards and stops at
@@ -153,30 +150,36 @@ impl Classifier {
     }
 
     /// The request's class and key hash.
-    pub fn arrival<B>(&self, req: &Request<B>, client: IpAddr) -> Arrival {
+    pub fn arrival<B>(
+        &self,
+        req: &Request<B>,
+        fields: ClientFields<'_>,
+        client: IpAddr,
+    ) -> Arrival {
         Arrival {
-            class: self.class(req),
-            key: self.key(req, client),
+            class: self.class(req, fields),
+            key: self.key(req, fields, client),
         }
     }
 
     /// The first class the request matches; the last (default) if none.
-    fn class<B>(&self, req: &Request<B>) -> usize {
+    fn class<B>(&self, req: &Request<B>, fields: ClientFields<'_>) -> usize {
+        if self.classes.is_empty() {
+            return 0;
+        }
         self.classes
             .iter()
             .position(|m| match m {
-                ClassMatch::Header { name, values } => req
-                    .headers()
-                    .get_all(name)
-                    .iter()
-                    .any(|v| values.iter().any(|want| v.as_bytes() == want.as_bytes())),
+                ClassMatch::Header { name, values } => fields
+                    .named(name)
+                    .any(|v| values.iter().any(|want| v == want.as_bytes())),
                 ClassMatch::PathPrefix(prefix) => req.uri().path().starts_with(prefix.as_str()),
                 ClassMatch::Methods(methods) => methods.contains(req.method()),
             })
             .unwrap_or(self.classes.len())
     }
 
-    fn key<B>(&self, req: &Request<B>, client: IpAddr) -> u64 {
+    fn key<B>(&self, req: &Request<B>, fields: ClientFields<'_>, client: IpAddr) -> u64 {
         if !self.key_used {
             return 0;
         }
@@ -186,8 +189,8 @@ impl Classifier {
                 KeyPart::ClientIp => client.hash(&mut hasher),
                 KeyPart::Path => req.uri().path().hash(&mut hasher),
                 KeyPart::Header(name) => {
-                    for value in req.headers().get_all(name) {
-                        value.as_bytes().hash(&mut hasher);
+                    for value in fields.named(name) {
+                        value.hash(&mut hasher);
                     }
                     0xffu8.hash(&mut hasher); // separates parts
                 }
@@ -199,6 +202,8 @@ impl Classifier {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderMap;
+
     use super::*;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -224,12 +229,12 @@ mod tests {
     fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(
-            client_ip(peer("203.0.113.7"), &h, &[]),
+            client_ip(peer("203.0.113.7"), ClientFields::Map(&h), &[]),
             "203.0.113.7".parse::<IpAddr>().unwrap()
         );
         let trusted = nets(&["10.0.0.0/8"]);
         assert_eq!(
-            client_ip(peer("203.0.113.7"), &h, &trusted),
+            client_ip(peer("203.0.113.7"), ClientFields::Map(&h), &trusted),
             "203.0.113.7".parse::<IpAddr>().unwrap()
         );
     }
@@ -240,7 +245,7 @@ mod tests {
         // The client forged "6.6.6.6"; 198.51.100.1 is who reached our balancer 10.0.0.2.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.1, 10.0.0.2")]);
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &h, &trusted),
+            client_ip(peer("10.0.0.1"), ClientFields::Map(&h), &trusted),
             "198.51.100.1".parse::<IpAddr>().unwrap()
         );
         // Several header lines read as one list.
@@ -249,7 +254,7 @@ mod tests {
             ("x-forwarded-for", "198.51.100.1"),
         ]);
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &h, &trusted),
+            client_ip(peer("10.0.0.1"), ClientFields::Map(&h), &trusted),
             "198.51.100.1".parse::<IpAddr>().unwrap()
         );
     }
@@ -262,7 +267,7 @@ mod tests {
             "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
         )]);
         assert_eq!(
-            client_ip(peer("127.0.0.1"), &h, &trusted),
+            client_ip(peer("127.0.0.1"), ClientFields::Map(&h), &trusted),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
     }
@@ -272,12 +277,12 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let h = headers(&[("x-forwarded-for", "1.1.1.1, nonsense, 10.0.0.9")]);
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &h, &trusted),
+            client_ip(peer("10.0.0.1"), ClientFields::Map(&h), &trusted),
             "10.0.0.9".parse::<IpAddr>().unwrap()
         );
         let h = headers(&[("x-forwarded-for", "198.51.100.4:5555")]);
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &h, &trusted),
+            client_ip(peer("10.0.0.1"), ClientFields::Map(&h), &trusted),
             "198.51.100.4".parse::<IpAddr>().unwrap()
         );
     }
@@ -287,7 +292,7 @@ mod tests {
         let trusted = nets(&["127.0.0.1/32"]);
         let h = headers(&[("x-forwarded-for", "198.51.100.1")]);
         assert_eq!(
-            client_ip(peer("::ffff:127.0.0.1"), &h, &trusted),
+            client_ip(peer("::ffff:127.0.0.1"), ClientFields::Map(&h), &trusted),
             "198.51.100.1".parse::<IpAddr>().unwrap()
         );
     }

@@ -12,6 +12,8 @@ use http::header::HeaderValue;
 use http::{Request, Version};
 
 use super::classify::canonical_ip;
+use crate::http::ClientFields;
+use crate::http::h1::Fields;
 use crate::http::headers::{self, Forwarding, Peer};
 use crate::http::path::PathError;
 
@@ -20,9 +22,10 @@ use crate::http::path::PathError;
 /// routed on, the request id and the forwarding headers written, the
 /// upgrade asked for) as a [`Forwarding`], applied where the head is
 /// written. `request_id`: the one the access log shows, if it is on;
-/// otherwise it is decided here.
+/// otherwise it is decided here. An HTTP/1 client's `fields` travel in the
+/// [`Forwarding`], beside the request.
 pub(super) fn prepare_upstream_request<B>(
-    mut req: Request<B>,
+    (mut req, fields): (Request<B>, Option<Fields>),
     client: SocketAddr,
     (host, request_id, upgrade): (
         Option<HeaderValue>,
@@ -31,7 +34,8 @@ pub(super) fn prepare_upstream_request<B>(
     ),
     peer_trusted: bool,
 ) -> (Request<B>, Forwarding) {
-    let request_id = request_id.unwrap_or_else(|| headers::request_id(req.headers()));
+    let request_id = request_id
+        .unwrap_or_else(|| headers::request_id(ClientFields::new(fields.as_ref(), req.headers())));
     let proto: &'static str = if req.extensions().get::<crate::tls::Secure>().is_some() {
         "https"
     } else {
@@ -50,6 +54,7 @@ pub(super) fn prepare_upstream_request<B>(
             request_id,
             host,
             upgrade,
+            fields,
         },
     )
 }

@@ -30,7 +30,7 @@ use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
 use crate::http::upgrade::ClientUpgrade;
-use crate::http::{Body, ClientBody, WaitingSince, error_chain, local};
+use crate::http::{Body, ClientBody, ClientFields, WaitingSince, error_chain, local};
 use crate::outcome::Outcome;
 use crate::shaper::{Admission, Arrival, Grant};
 use crate::upstream::{TargetGuard, UpstreamBody, UpstreamError};
@@ -44,23 +44,25 @@ type Phase<T> = ControlFlow<Response<Body>, T>;
 type Upgrade = Option<(HeaderValue, ClientUpgrade)>;
 
 impl Gateway {
-    /// Serves one request from `client`.
+    /// Serves one request from `client`, its fields in its header map.
     pub fn handle(
         &self,
         req: Request<ClientBody>,
         client: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + '_ {
-        handling(self, req, client)
+        handling(self, (req, None), client)
     }
 
     /// [`Gateway::handle`] for a caller that holds the gateway by `Arc`:
-    /// the future keeps it alive.
+    /// the future keeps it alive. `fields`: an HTTP/1 client's fields as
+    /// they arrived, beside the request (its map then empty).
     pub fn handle_owned(
         self: Arc<Self>,
         req: Request<ClientBody>,
+        fields: Option<Fields>,
         client: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        handling(self, req, client)
+        handling(self, (req, fields), client)
     }
 
     /// Route: the route for the request's host, path and method; a request
@@ -96,14 +98,14 @@ impl Gateway {
     /// limit is refused 429. Returns the arrival and the time it was made.
     fn classify(
         &self,
-        req: &Request<ClientBody>,
+        (req, fields): (&Request<ClientBody>, ClientFields<'_>),
         client: SocketAddr,
         route: &Route,
         record: &mut Record<'_>,
     ) -> Phase<(Arrival, Instant)> {
-        let client_ip = client_ip(client, req.headers(), &self.trusted_proxies);
+        let client_ip = client_ip(client, fields, &self.trusted_proxies);
         record.client_ip = client_ip;
-        let arrival = route.state.classifier().arrival(req, client_ip);
+        let arrival = route.state.classifier().arrival(req, fields, client_ip);
         record.class = arrival.class;
         let now = Instant::now();
         if let Err(wait) = route.check_key(arrival.key, now) {
@@ -137,7 +139,7 @@ impl Gateway {
     )]
     fn forward(
         &self,
-        mut req: Request<RequestBody>,
+        (mut req, fields): (Request<RequestBody>, Option<Fields>),
         route: &Route,
         grant: Grant,
         (client, host): (SocketAddr, Option<HeaderValue>),
@@ -147,13 +149,18 @@ impl Gateway {
             // The client's side of the switch is taken out of the request (an
             // HTTP/2 request has none: it cannot upgrade).
             let client_side = req.extensions_mut().remove::<ClientUpgrade>();
-            let upgrade = requested_upgrade(&req, &route.upgrades)
+            let view = ClientFields::new(fields.as_ref(), req.headers());
+            let upgrade = requested_upgrade(&req, view, &route.upgrades)
                 .and_then(|protocol| Some((protocol, client_side?)));
             let peer_trusted = peer_is_trusted(client.ip(), &self.trusted_proxies);
             let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
             let request_id = record.request_id().cloned();
-            let (upstream_req, forwarding) =
-                prepare_upstream_request(req, client, (host, request_id, protocol), peer_trusted);
+            let (upstream_req, forwarding) = prepare_upstream_request(
+                (req, fields),
+                client,
+                (host, request_id, protocol),
+                peer_trusted,
+            );
             let sent = Instant::now();
             let deadline = record.started + route.state.shaper.limits().timeout;
             let result = route
@@ -246,7 +253,10 @@ impl Gateway {
 
 /// Screen: no tunnels to anywhere (sluice is not a forward proxy), a path
 /// that has one normal form, and a sane Host.
-fn screen(req: &Request<ClientBody>, target: Result<(), PathError>) -> ControlFlow<Response<Body>> {
+fn screen(
+    (req, fields): (&Request<ClientBody>, ClientFields<'_>),
+    target: Result<(), PathError>,
+) -> ControlFlow<Response<Body>> {
     if req.method() == Method::CONNECT {
         let mut response = local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
         response.headers_mut().insert(
@@ -258,10 +268,19 @@ fn screen(req: &Request<ClientBody>, target: Result<(), PathError>) -> ControlFl
     if let Err(why) = target {
         return Break(local(StatusCode::BAD_REQUEST, why.body()));
     }
-    match check_host(req) {
+    match check_host(req, fields) {
         Ok(()) => Continue(()),
         Err(why) => Break(local(StatusCode::BAD_REQUEST, why)),
     }
+}
+
+/// A request and a view of its fields (beside it from an HTTP/1 client,
+/// else in its map), for the phases that read them.
+fn viewed<'a>(
+    req: &'a Request<ClientBody>,
+    fields: &'a Option<Fields>,
+) -> (&'a Request<ClientBody>, ClientFields<'a>) {
+    (req, ClientFields::new(fields.as_ref(), req.headers()))
 }
 
 /// Admit: go now, wait in the queue, or be turned away. The queue timeout
@@ -345,7 +364,7 @@ fn switch(
 )]
 fn handling<G>(
     gateway: G,
-    mut req: Request<ClientBody>,
+    (mut req, fields): (Request<ClientBody>, Option<Fields>),
     client: SocketAddr,
 ) -> impl Future<Output = Response<Body>> + Send
 where
@@ -356,8 +375,10 @@ where
         // One spelling of the path before anything reads it: routing, the
         // key, the access log and the backend all see the same path.
         let target = normalise_target(&mut req);
-        let mut record = Record::open(this, &req, client);
-        if let Break(response) = screen(&req, target) {
+        // (The fields' view is made where it is read, not kept in a local:
+        // a waiting request's future holds no room for it.)
+        let mut record = Record::open(this, viewed(&req, &fields), client);
+        if let Break(response) = screen(viewed(&req, &fields), target) {
             return record.finish(Outcome::RejectedInvalid, response);
         }
         if this.is_ticket_lookup(req.uri().path()) {
@@ -365,17 +386,18 @@ where
             // future stays small without it.
             return Box::pin(this.ticket(&req, &mut record)).await;
         }
-        let host = request_host(&req);
+        let host = request_host(&req, viewed(&req, &fields).1);
         let route = match this.route(&req, host.as_ref(), &mut record) {
             Continue(route) => route,
             Break(response) => return response,
         };
-        let (arrival, now) = match this.classify(&req, client, route, &mut record) {
+        let (arrival, now) = match this.classify(viewed(&req, &fields), client, route, &mut record)
+        {
             Continue(classified) => classified,
             Break(response) => return response,
         };
         if route.asynchronous {
-            return Box::pin(this.accept(req, route, (client, host), &mut record)).await;
+            return Box::pin(this.accept((req, fields), route, (client, host), &mut record)).await;
         }
         // A request without a body (most) needs no body phase; the phase is
         // boxed for the others, so a request waiting in the queue holds no
@@ -409,7 +431,7 @@ where
         let req = req.map(|_| body);
         // Boxed: a request waiting in the queue holds only the phases so
         // far, not room for forwarding and relaying (the larger part).
-        Box::pin(this.forward(req, route, grant, (client, host), &mut record)).await
+        Box::pin(this.forward((req, fields), route, grant, (client, host), &mut record)).await
     }
 }
 

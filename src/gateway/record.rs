@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::refusal::{body_failure, refusal};
 use super::route::Route;
+use crate::http::ClientFields;
 use crate::http::headers::request_id;
 use crate::http::request_body::ClientBodyError;
 use crate::http::{Body, STATUS_CLIENT_CLOSED};
@@ -58,7 +59,7 @@ pub(super) struct Record<'g> {
 impl<'g> Record<'g> {
     pub(super) fn open<B>(
         gateway: &'g Gateway,
-        req: &Request<B>,
+        (req, fields): (&Request<B>, ClientFields<'_>),
         client: SocketAddr,
     ) -> Record<'g> {
         Record {
@@ -66,7 +67,7 @@ impl<'g> Record<'g> {
             logged: gateway.access_log.then(|| {
                 Box::new(Logged {
                     method: req.method().clone(),
-                    request_id: request_id(req.headers()),
+                    request_id: request_id(fields),
                     uri: req.uri().clone(),
                 })
             }),

@@ -6,45 +6,52 @@
 //! client offered; h2c never (HTTP/2 inside a tunnel would carry requests
 //! past the shaper).
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use std::fmt::Display;
 use std::future::Future;
 
 use http::{Request, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::http::ClientFields;
+use crate::http::client_fields::{Kind, text};
+
 /// The protocols an HTTP/1.1 request asks to switch to (`Connection:
 /// upgrade` with an `Upgrade` header) that the route allows, as the
 /// `Upgrade` value to send on; None when there are none (the request then
 /// goes on as a plain one: the Upgrade header is hop-by-hop and dropped).
-pub(super) fn requested_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Option<HeaderValue> {
+pub(super) fn requested_upgrade<B>(
+    req: &Request<B>,
+    fields: ClientFields<'_>,
+    allowed: &[String],
+) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || allowed.is_empty() {
         return None;
     }
-    let wants = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    if !fields.has(Kind::Upgrade) {
+        return None;
+    }
+    let wants = fields
+        .values(Kind::Connection)
+        .filter_map(text)
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
     if !wants {
         return None;
     }
-    let mut lines = req.headers().get_all(header::UPGRADE).iter();
-    let first = lines.next()?;
+    let mut lines = fields.values(Kind::Upgrade);
+    lines.next()?;
     let offered = || {
-        req.headers()
-            .get_all(header::UPGRADE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+        fields
+            .values(Kind::Upgrade)
+            .filter_map(text)
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|p| !p.is_empty())
     };
     // The common case (one line, every protocol allowed) reuses the value.
     if lines.next().is_none() && offered().all(|p| protocol_allowed(p, allowed)) {
-        return Some(first.clone());
+        return fields.first(Kind::Upgrade);
     }
     let kept: Vec<&str> = offered().filter(|p| protocol_allowed(p, allowed)).collect();
     if kept.is_empty() {
@@ -119,6 +126,7 @@ where
 mod tests {
     use super::*;
     use crate::config::DEFAULT_UPGRADE;
+    use http::header;
 
     fn upgrade_request(connection: &str, upgrades: &[&str]) -> Request<()> {
         let mut req = Request::get("/chat").header(header::CONNECTION, connection);
@@ -132,7 +140,8 @@ mod tests {
     fn only_the_upgrades_a_route_allows_are_offered_on() {
         let websocket = [DEFAULT_UPGRADE.to_string()];
         let offered = |connection, upgrades: &[&str], allowed: &[String]| {
-            requested_upgrade(&upgrade_request(connection, upgrades), allowed)
+            let req = upgrade_request(connection, upgrades);
+            requested_upgrade(&req, ClientFields::Map(req.headers()), allowed)
                 .map(|v| v.to_str().unwrap().to_string())
         };
         assert_eq!(

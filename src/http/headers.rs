@@ -11,20 +11,24 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
+use crate::http::client_fields::{
+    ClientFields, Kind, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
+use crate::http::h1::Fields;
 use crate::http::h1::write::put_field;
 
 /// The request's `X-Request-Id`, for the access log and the backend: the
 /// client's when it sent one sane token (see [`is_sane_request_id`]),
 /// otherwise one made here, which replaces whatever was sent on the way to
 /// the backend ([`Forwarding::request_id`]). Either way the value shares
-/// its bytes (a clone is a reference count). The header map is not
-/// changed.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut sent = headers.get_all(X_REQUEST_ID).iter();
+/// its bytes (a clone is a reference count). The request is not changed.
+pub(crate) fn request_id(fields: ClientFields<'_>) -> HeaderValue {
+    let mut sent = fields.values(Kind::RequestId);
     if let (Some(id), None) = (sent.next(), sent.next())
-        && is_sane_request_id(id.as_bytes())
+        && is_sane_request_id(id)
+        && let Some(id) = fields.first(Kind::RequestId)
     {
-        return id.clone();
+        return id;
     }
     new_request_id()
 }
@@ -133,18 +137,16 @@ fn is_sane_request_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=@".contains(&b))
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and it must
 /// be a host with an optional port (no user info, path or spaces). The URI's
 /// authority (HTTP/2's `:authority`, or an absolute-form target) follows the
 /// same rule, and in HTTP/2 a Host that names another entity makes the
 /// request malformed (RFC 9113 §8.3.1).
-pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+pub(crate) fn check_host<B>(
+    req: &Request<B>,
+    fields: ClientFields<'_>,
+) -> Result<(), &'static str> {
+    let mut hosts = fields.values(Kind::Host);
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err("more than one Host header\n");
@@ -155,7 +157,7 @@ pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
             return Err("invalid authority\n");
         }
         if req.version() == Version::HTTP_2
-            && first.is_some_and(|host| !host.as_bytes().eq_ignore_ascii_case(authority))
+            && first.is_some_and(|host| !host.eq_ignore_ascii_case(authority))
         {
             return Err("Host disagrees with :authority\n");
         }
@@ -167,7 +169,7 @@ pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
             Err("missing Host header\n")
         }
         None => Ok(()),
-        Some(host) if is_host_text(host.as_bytes()) => Ok(()),
+        Some(host) if is_host_text(host) => Ok(()),
         Some(_) => Err("invalid Host header\n"),
     }
 }
@@ -183,12 +185,11 @@ fn is_host_text(host: &[u8]) -> bool {
 
 /// The host the client asked for: the URI's authority when it has one
 /// (HTTP/2, or an absolute-form target, whose Host RFC 9112 §3.2.2 says to
-/// ignore), else the Host header. A header value clone shares the request's
-/// bytes.
-pub(crate) fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+/// ignore), else the Host header. The value shares the request's bytes.
+pub(crate) fn request_host<B>(req: &Request<B>, fields: ClientFields<'_>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+        None => fields.first(Kind::Host),
     }
 }
 
@@ -321,7 +322,7 @@ pub(crate) fn write_forwarding_headers(
 ) {
     let forwarded_for = cut(&TEXT_SLAB, TEXT_SLAB_SIZE, |text| {
         if peer.trusted {
-            append_lines(text, headers, &X_FORWARDED_FOR);
+            append_lines(text, ClientFields::Map(headers).values(Kind::ForwardedFor));
         }
         write_ip(text, peer.ip, false)
     });
@@ -337,7 +338,7 @@ pub(crate) fn write_forwarding_headers(
     }
     let forwarded = cut(&TEXT_SLAB, TEXT_SLAB_SIZE, |text| {
         if peer.trusted {
-            append_lines(text, headers, &header::FORWARDED);
+            append_lines(text, ClientFields::Map(headers).values(Kind::Forwarded));
         }
         write_forwarded_element(text, peer, host)
     });
@@ -360,9 +361,18 @@ pub(crate) struct Forwarding {
     /// An Upgrade the route allows: sent as `Upgrade: <protocol>` with
     /// `Connection: upgrade`, after every hop-by-hop field is gone.
     pub(crate) upgrade: Option<HeaderValue>,
+    /// The client's fields as they arrived, from an HTTP/1 client (the
+    /// request's map is then empty); `None`: the request's map holds them.
+    pub(crate) fields: Option<Fields>,
 }
 
 impl Forwarding {
+    /// The client's fields the rewrite applies to: as they arrived, else
+    /// the request's map.
+    pub(crate) fn client_fields<'a>(&'a self, headers: &'a HeaderMap) -> ClientFields<'a> {
+        ClientFields::new(self.fields.as_ref(), headers)
+    }
+
     /// The rewrite on a header map: hop-by-hop fields gone, the forwarding
     /// fields written, Host set, the upgrade asked for.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
@@ -380,46 +390,52 @@ impl Forwarding {
         }
     }
 
-    /// Writes `headers` as HTTP/1.1 field lines, as [`Forwarding::apply`]
-    /// would have left them, except `Content-Length` and
-    /// `Transfer-Encoding` (the body's framing is the writer's). Host comes
-    /// first: the one routed on, else the client's, else `default_host`.
-    /// The client's lines are copied in their order; sluice's follow.
+    /// Writes the client's fields as HTTP/1.1 field lines, as
+    /// [`Forwarding::apply`] would have left them, except `Content-Length`
+    /// and `Transfer-Encoding` (the body's framing is the writer's). Host
+    /// comes first: the one routed on, else the client's, else
+    /// `default_host`. The client's lines are copied in their order (from
+    /// an HTTP/1 client, as it spelled them); sluice's follow.
     pub(crate) fn write_fields(
         &self,
-        headers: &HeaderMap,
+        fields: ClientFields<'_>,
         default_host: &HeaderValue,
         dst: &mut BytesMut,
     ) {
-        let seen = Seen::of(headers);
         let trusted = self.peer.trusted;
         match &self.host {
             Some(host) => put_field(dst, b"host", host.as_bytes()),
-            None if seen.host => {
-                for host in headers.get_all(header::HOST) {
-                    put_field(dst, b"host", host.as_bytes());
+            None if fields.has(Kind::Host) => {
+                for host in fields.values(Kind::Host) {
+                    put_field(dst, b"host", host);
                 }
             }
             None => put_field(dst, b"host", default_host.as_bytes()),
         }
-        let keep_proto = trusted && seen.forwarded_proto;
-        let keep_host = trusted && seen.forwarded_host;
-        for (name, value) in headers {
-            let keep = match Field::of(name.as_str()) {
-                Field::Other => !(seen.named_by_connection && named_by(headers, name)),
-                Field::HopByHop | Field::Host | Field::Proxy | Field::RequestId => false,
-                Field::ForwardedFor | Field::Forwarded => false,
-                Field::ForwardedProto => keep_proto,
-                Field::ForwardedHost => keep_host,
-            };
-            if keep {
-                put_field(dst, name.as_str().as_bytes(), value.as_bytes());
+        let keep_proto = trusted && fields.has(Kind::ForwardedProto);
+        let keep_host = trusted && fields.has(Kind::ForwardedHost);
+        match fields {
+            ClientFields::H1(fields) => copy_relayed(fields, (keep_proto, keep_host), dst),
+            ClientFields::Map(headers) => {
+                let named_by_connection = names_a_field(headers);
+                for (name, value) in headers {
+                    let keep = match Field::of(name.as_str()) {
+                        Field::Other => !(named_by_connection && named_by(headers, name)),
+                        Field::HopByHop | Field::Host | Field::Proxy | Field::RequestId => false,
+                        Field::ForwardedFor | Field::Forwarded => false,
+                        Field::ForwardedProto => keep_proto,
+                        Field::ForwardedHost => keep_host,
+                    };
+                    if keep {
+                        put_field(dst, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
             }
         }
         put_field(dst, b"x-request-id", self.request_id.as_bytes());
         dst.put_slice(b"x-forwarded-for: ");
         if trusted {
-            append_lines(dst, headers, &X_FORWARDED_FOR);
+            append_lines(dst, fields.values(Kind::ForwardedFor));
         }
         let _ = write_ip(dst, self.peer.ip, false);
         dst.put_slice(b"\r\n");
@@ -431,13 +447,41 @@ impl Forwarding {
         }
         dst.put_slice(b"forwarded: ");
         if trusted {
-            append_lines(dst, headers, &header::FORWARDED);
+            append_lines(dst, fields.values(Kind::Forwarded));
         }
         let _ = write_forwarded_element(dst, &self.peer, self.host.as_ref());
         dst.put_slice(b"\r\n");
         if let Some(protocol) = &self.upgrade {
             put_field(dst, b"upgrade", protocol.as_bytes());
             dst.put_slice(b"connection: upgrade\r\n");
+        }
+    }
+}
+
+/// The end-to-end fields of an HTTP/1 client's request, copied as they
+/// came (classified at parse: hop-by-hop fields, `Proxy-*` and those the
+/// client's Connection names are already marked dropped), with the client's
+/// X-Forwarded-Proto and -Host when they are kept (`keep`).
+fn copy_relayed(fields: &Fields, (keep_proto, keep_host): (bool, bool), dst: &mut BytesMut) {
+    for (name, value, kind) in fields.classified() {
+        let keep = match kind {
+            Kind::Other | Kind::Date | Kind::Expect => true,
+            Kind::ForwardedProto => keep_proto,
+            Kind::ForwardedHost => keep_host,
+            // Framing, connection control and what sluice writes itself.
+            Kind::ContentLength
+            | Kind::Connection
+            | Kind::TransferEncoding
+            | Kind::Host
+            | Kind::Upgrade
+            | Kind::Trailer
+            | Kind::RequestId
+            | Kind::ForwardedFor
+            | Kind::Forwarded
+            | Kind::Dropped => false,
+        };
+        if keep {
+            put_field(dst, name, value);
         }
     }
 }
@@ -475,46 +519,21 @@ impl Field {
     }
 }
 
-/// What one pass over a request's field names finds.
-#[derive(Default)]
-struct Seen {
-    host: bool,
-    forwarded_proto: bool,
-    forwarded_host: bool,
-    /// The Connection header names a field that is not hop-by-hop anyway
-    /// (nor `close`, nor one sluice owns): rare, and then each field is
-    /// checked against it.
-    named_by_connection: bool,
-}
-
-impl Seen {
-    fn of(headers: &HeaderMap) -> Seen {
-        let mut seen = Seen::default();
-        let mut connection = false;
-        for name in headers.keys() {
-            match name.as_str() {
-                "host" => seen.host = true,
-                "x-forwarded-proto" => seen.forwarded_proto = true,
-                "x-forwarded-host" => seen.forwarded_host = true,
-                "connection" => connection = true,
-                _ => {}
-            }
+/// Whether the Connection header names a field that is not hop-by-hop
+/// anyway (nor `close`, nor one sluice owns): rare, and then each field is
+/// checked against it. The common Connection (`keep-alive` or `close`, one
+/// line) names nothing more, and is known without splitting it.
+fn names_a_field(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(header::CONNECTION).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => false,
+        (Some(line), None)
+            if line.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || line.as_bytes().eq_ignore_ascii_case(b"close") =>
+        {
+            false
         }
-        // The common Connection (`keep-alive` or `close`, one line) names
-        // nothing more, and is known without splitting it.
-        if connection {
-            let mut lines = headers.get_all(header::CONNECTION).iter();
-            let plain = match (lines.next(), lines.next()) {
-                (Some(line), None) => {
-                    let line = line.as_bytes();
-                    line.eq_ignore_ascii_case(b"keep-alive") || line.eq_ignore_ascii_case(b"close")
-                }
-                _ => false,
-            };
-            seen.named_by_connection =
-                !plain && connection_tokens(headers).any(|token| !is_known(token));
-        }
-        seen
+        _ => connection_tokens(headers).any(|token| !is_known(token)),
     }
 }
 
@@ -569,9 +588,9 @@ fn write_forwarded_element(
 }
 
 /// Every line of a list header, in order, each followed by ", ".
-fn append_lines(text: &mut BytesMut, headers: &HeaderMap, name: &HeaderName) {
-    for line in headers.get_all(name) {
-        let line = line.as_bytes().trim_ascii();
+fn append_lines<'a>(text: &mut BytesMut, lines: impl Iterator<Item = &'a [u8]>) {
+    for line in lines {
+        let line = line.trim_ascii();
         if !line.is_empty() {
             text.extend_from_slice(line);
             text.extend_from_slice(b", ");

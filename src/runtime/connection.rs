@@ -406,7 +406,7 @@ impl ProxyConnection {
             // into its box and its place among the connection's streams; a
             // pointer moves cheaper than the gateway's kilobytes
             // (bench/README.md, HTTPS).
-            let handling = Box::pin(live.gateway.load_full().handle_owned(req, peer));
+            let handling = Box::pin(live.gateway.load_full().handle_owned(req, None, peer));
             async move {
                 let mut response = handling.await;
                 // hyper writes the header map: a backend's fields that came
@@ -528,7 +528,7 @@ mod tests {
         );
         let run = size_of_output(|c: h1::Connection<TcpStream>| c.run(true));
         let request = size_of_output(
-            |(g, r, p): (Arc<Gateway>, Request<ClientBody>, SocketAddr)| g.handle_owned(r, p),
+            |(g, r, p): (Arc<Gateway>, Request<ClientBody>, SocketAddr)| g.handle_owned(r, None, p),
         );
         eprintln!("serve_plain {serve} B, h1 run {run} B, a request in the gateway {request} B");
         assert!(serve <= 1024, "{serve}");

@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderValue, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
 use crate::http::BoxError;
+use crate::http::client_fields::{ClientFields, Kind};
 use crate::http::h1::write::{put_decimal, put_field};
 use crate::http::h1::{EncodeError, Encoder, HeadError, HeadLimits, ResponseHead, parse_response};
 use crate::http::headers::Forwarding;
@@ -136,7 +137,7 @@ impl Connection {
         dst.clear();
         // A request that said Content-Length: 0 says it again; one that said
         // nothing has no body and says nothing.
-        let empty = if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        let empty = if client_fields(parts, rewrite.0).has(Kind::ContentLength) {
             BodyFraming::Length(0)
         } else {
             BodyFraming::None
@@ -261,6 +262,15 @@ impl Connection {
     }
 }
 
+/// The client's fields a request carries: beside it in its
+/// [`Forwarding`], or in its map.
+fn client_fields<'a>(parts: &'a Parts, forwarding: Option<&'a Forwarding>) -> ClientFields<'a> {
+    match forwarding {
+        Some(forwarding) => forwarding.client_fields(&parts.headers),
+        None => ClientFields::Map(&parts.headers),
+    }
+}
+
 /// How a request body is framed on the wire.
 #[derive(Clone, Copy)]
 enum BodyFraming {
@@ -282,18 +292,19 @@ fn write_head(
     (forwarding, default_host): (Option<&Forwarding>, &HeaderValue),
     framing: BodyFraming,
 ) {
-    let headers: &HeaderMap = &parts.headers;
+    let fields = client_fields(parts, forwarding);
     // Room for the forwarding fields too: the buffer is the connection's,
     // so once warm it holds a head without growing.
-    dst.reserve(320 + headers.len() * 32);
+    dst.reserve(320 + fields.len() * 32);
     dst.put_slice(parts.method.as_str().as_bytes());
     dst.put_u8(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     dst.put_slice(target.as_bytes());
     dst.put_slice(b" HTTP/1.1\r\n");
     match forwarding {
-        Some(forwarding) => forwarding.write_fields(headers, default_host, dst),
+        Some(forwarding) => forwarding.write_fields(fields, default_host, dst),
         None => {
+            let headers = &parts.headers;
             if !headers.contains_key(header::HOST) {
                 put_field(dst, b"host", default_host.as_bytes());
             }

@@ -171,7 +171,19 @@ impl Upstream {
     /// (see [`Forwarding::apply`]), with the target's URI (and, over
     /// HTTP/2, no Host). On the HTTP/1.1 pool's path the head is rewritten
     /// as it is written.
-    fn for_target(&self, target: &Target, parts: Parts, forwarding: &Forwarding) -> Request<()> {
+    fn for_target(
+        &self,
+        target: &Target,
+        mut parts: Parts,
+        forwarding: &Forwarding,
+    ) -> Request<()> {
+        if target.h1.is_none()
+            && let Some(fields) = &forwarding.fields
+        {
+            // hyper's client writes a map: an HTTP/1 client's fields go
+            // into one (the dropped ones left out).
+            parts.headers = fields.kept_map();
+        }
         let mut req = Request::from_parts(parts, ());
         if target.h1.is_none() {
             forwarding.apply(req.headers_mut());

@@ -398,3 +398,127 @@ async fn response_fields_are_relayed_as_they_came_to_http1_and_http2_clients() {
         "{answer}"
     );
 }
+
+/// The head's field lines after its request line, with the request id
+/// (made by sluice, so unknown here) checked and replaced by `ID`.
+fn backend_fields(head: &str) -> Vec<String> {
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    assert_eq!(lines.next(), Some("GET /f?q=1 HTTP/1.1"), "{head}");
+    lines
+        .map(|line| match line.strip_prefix("x-request-id: ") {
+            Some(id) => {
+                assert!(
+                    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "an insane id is replaced: {id}"
+                );
+                "x-request-id: ID".to_string()
+            }
+            None => line.to_string(),
+        })
+        .collect()
+}
+
+/// What a backend gets for a request with duplicate fields, odd casing,
+/// hop-by-hop fields and fields its Connection names: from an HTTP/1.1
+/// client, the client's lines as it wrote them, in its order, less the
+/// hop-by-hop ones and those Connection names, then sluice's; from an
+/// HTTP/2 client the same fields (hyper's map: lower case, a name's values
+/// together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_gets_the_clients_fields_as_sent_less_hop_by_hop_from_http1_and_http2() {
+    let backend = ScriptedBackend::start(|_, _| {
+        Reply::keep(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    })
+    .await;
+    let sluice = TestSluice::start(&one_worker(&backend)).await;
+    let addr = sluice.proxy_addr();
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /f?q=1 HTTP/1.1\r\nHost: Shop.Example\r\nX-Dup: 1\r\n\
+              Connection: keep-alive, X-Named\r\nx-DUP: 2\r\nX-Named: secret\r\n\
+              Keep-Alive: timeout=5\r\nProxy-Authorization: Basic x\r\nTE: trailers\r\n\
+              X-Request-Id: not sane\r\nX-Forwarded-For: 6.6.6.6\r\nUpgrade: h2c\r\n\
+              X-Forwarded-Proto: https\r\nProxy: evil\r\nACCEPT:  */*\r\nDate: d\r\n\
+              Content-Length: 0\r\nx-dup: 3\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"ok") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let seen = backend.requests();
+    assert_eq!(
+        backend_fields(&seen[0]),
+        [
+            "host: Shop.Example",
+            "X-Dup: 1",
+            "x-DUP: 2",
+            "ACCEPT: */*",
+            "Date: d",
+            "x-dup: 3",
+            "x-request-id: ID",
+            "x-forwarded-for: 127.0.0.1",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: Shop.Example",
+            "forwarded: for=127.0.0.1;proto=http;host=Shop.Example",
+            "content-length: 0",
+        ],
+        "{}",
+        seen[0]
+    );
+
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let url = format!("http://{addr}/f?q=1");
+    let req = request(
+        Method::GET,
+        &url,
+        &[
+            ("X-Dup", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("x-request-id", "not sane"),
+            ("x-dup", "2"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("accept", "*/*"),
+        ],
+    );
+    let response = h2.request(req).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "ok"
+    );
+    let seen = backend.requests();
+    let host = addr.to_string();
+    let fields: Vec<String> = backend_fields(&seen[1])
+        .into_iter()
+        .filter(|line| line != "content-length: 0")
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            format!("host: {host}"),
+            "x-dup: 1".into(),
+            "x-dup: 2".into(),
+            "accept: */*".into(),
+            "x-request-id: ID".into(),
+            "x-forwarded-for: 127.0.0.1".into(),
+            "x-forwarded-proto: http".into(),
+            format!("x-forwarded-host: {host}"),
+            format!("forwarded: for=127.0.0.1;proto=http;host={host}"),
+        ],
+        "{}",
+        seen[1]
+    );
+}

@@ -246,6 +246,7 @@ fn request(accepted: Accepted) -> Result<(Request<RequestBody>, Forwarding), Str
         request_id: accepted.request_id,
         host: accepted.host,
         upgrade: None,
+        fields: None,
     };
     Ok((req, forwarding))
 }

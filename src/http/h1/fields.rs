@@ -1,42 +1,66 @@
-//! A backend's response fields kept as they arrived: the head's bytes and
-//! where each field lies in them, each field classified once as it is
-//! parsed.
+//! A head's fields kept as they arrived: the head's bytes and where each
+//! field lies in them, each field classified once as it is parsed. Both
+//! directions use it: a backend's response, and a client's HTTP/1 request.
 //!
-//! A pass-through response goes from the backend's HTTP/1 connection to the
-//! client's HTTP/1 connection without an `http::HeaderMap` in between: the
-//! map's per-field name lookup, hashing, value validation and inserts cost
-//! more than the rest of the head's handling together (~5,000 instructions
-//! per response in `bench/profile`). The client's writer copies the fields
-//! it relays straight from these bytes. Where a map is needed (an HTTP/2
-//! client, whose connection is hyper's; a `101 Switching Protocols`, which
-//! the gateway inspects), [`Fields::restore`] or [`Fields::to_header_map`]
-//! makes one.
+//! A pass-through message goes from one HTTP/1 connection to the other
+//! without an `http::HeaderMap` in between: the map's per-field name
+//! lookup, hashing, value validation and inserts cost more than the rest
+//! of the head's handling together (~5,000 instructions per head in
+//! `bench/profile`). The writers copy the fields they relay straight from
+//! these bytes, names as they were spelled. Where a map is needed (an
+//! HTTP/2 client, whose connection is hyper's; a `101 Switching
+//! Protocols`, which the gateway inspects; a request sent through hyper's
+//! client or stored by an async route), [`Fields::restore`],
+//! [`Fields::to_header_map`] or [`Fields::kept_map`] makes one.
 //!
-//! A response carries its [`Fields`] in its extensions, its header map
-//! left empty (sluice may add fields of its own to the map; they are
-//! written after these).
+//! A message carries its [`Fields`] in its extensions, its header map
+//! left empty (sluice may add fields of its own to a response's map; they
+//! are written after these). The gateway reads a request's fields through
+//! [`crate::http::ClientFields`], whichever protocol carried it.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// What a field is to the relay.
+/// What a field is, by its name: the fields either direction's framing,
+/// keep-alive or forwarding reads, the hop-by-hop ones, and the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// An end-to-end field: relayed as it is.
+    /// An end-to-end field sluice has no business with: relayed as it is.
     Other,
-    /// `Content-Length`: relayed unless the writer decides the length itself.
+    /// `Content-Length`: read for the framing; each writer states its own
+    /// length. Never dropped for being named by Connection (the framing
+    /// must see it).
     ContentLength,
-    /// `Date`: relayed; its presence spares the writer its own.
+    /// `Date`: relayed; its presence spares a response's writer its own.
     Date,
-    /// `Connection`: not relayed (hop-by-hop); read for keep-alive.
+    /// `Connection`: hop-by-hop; read for keep-alive and upgrades.
     Connection,
-    /// `Transfer-Encoding`: not relayed (each hop frames its own body);
+    /// `Transfer-Encoding`: hop-by-hop (each hop frames its own body);
     /// read for the framing.
     TransferEncoding,
-    /// Other hop-by-hop fields (RFC 9110 §7.6.1: Connection, Keep-Alive, TE, Upgrade,
-    /// Transfer-Encoding, HTTP2-Settings), `Proxy-*`, or named by the
-    /// Connection field: never relayed. (`Trailer` is relayed: it names the
-    /// fields the body ends with, end to end.)
+    /// `Host`: checked and routed on; the request's writer sends the one
+    /// routed on.
+    Host,
+    /// `Expect`: read for `100-continue`; relayed.
+    Expect,
+    /// `Upgrade`: hop-by-hop; read for a request's switch of protocol.
+    Upgrade,
+    /// `Trailer`: relayed on a response (it names the fields the body ends
+    /// with, end to end); not on a request, whose body sluice may re-frame.
+    Trailer,
+    /// `X-Request-Id`: on a request, kept if sane, else replaced.
+    RequestId,
+    /// `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host`: on a request, believed and extended only from a
+    /// trusted proxy, else replaced.
+    ForwardedFor,
+    Forwarded,
+    ForwardedProto,
+    ForwardedHost,
+    /// Other hop-by-hop fields (RFC 9110 §7.6.1: Keep-Alive, TE,
+    /// HTTP2-Settings), `Proxy-*`, a field named by the Connection field,
+    /// or a request's `Content-Length` beside `chunked` (ignored): never
+    /// relayed.
     Dropped,
 }
 
@@ -53,6 +77,8 @@ struct Entry {
 pub struct Fields {
     head: Bytes,
     entries: Vec<Entry>,
+    /// Which kinds are among the entries (bit `1 << kind`).
+    present: u16,
 }
 
 impl Fields {
@@ -62,6 +88,7 @@ impl Fields {
     /// types accept too).
     pub(crate) fn new(head: Bytes, located: impl ExactSizeIterator<Item = [u32; 4]>) -> Fields {
         let mut entries = Vec::with_capacity(located.len());
+        let mut present = 0u16;
         let mut named = false;
         for [name_start, name_end, value_start, value_end] in located {
             let name = &head[name_start as usize..name_end as usize];
@@ -70,56 +97,105 @@ impl Fields {
             if kind == Kind::Connection {
                 named |= !is_plain_connection(value);
             }
+            present |= kind.bit();
             entries.push(Entry {
                 name: [name_start, name_end],
                 value: [value_start, value_end],
                 kind,
             });
         }
-        let mut fields = Fields { head, entries };
+        let mut fields = Fields {
+            head,
+            entries,
+            present,
+        };
         if named {
             fields.drop_named_by_connection();
         }
         fields
     }
 
-    /// Every field, in order: name (as the backend wrote it) and value.
+    /// Every field, in order: name (as it was spelled) and value.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.entries.iter().map(|e| (self.name(e), self.value(e)))
     }
 
-    /// The fields a proxy relays, with their [`Kind`]: everything but the
-    /// dropped ones.
-    pub(crate) fn relayed(&self) -> impl Iterator<Item = (&[u8], &[u8], Kind)> {
+    /// Every field but the dropped ones (hop-by-hop and `Proxy-*` fields
+    /// but Connection, Transfer-Encoding and Upgrade, which are read; those
+    /// named by Connection; a request's Content-Length beside `chunked`),
+    /// in order.
+    pub fn kept(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.entries
             .iter()
-            .filter(|e| e.kind.is_relayed())
+            .filter(|e| e.kind != Kind::Dropped)
+            .map(|e| (self.name(e), self.value(e)))
+    }
+
+    /// Every field with its [`Kind`], in order.
+    pub(crate) fn classified(&self) -> impl Iterator<Item = (&[u8], &[u8], Kind)> {
+        self.entries
+            .iter()
             .map(|e| (self.name(e), self.value(e), e.kind))
     }
 
+    /// The fields a proxy relays on a response, with their [`Kind`]:
+    /// everything but the hop-by-hop ones.
+    pub(crate) fn relayed(&self) -> impl Iterator<Item = (&[u8], &[u8], Kind)> {
+        self.classified().filter(|(_, _, kind)| kind.is_relayed())
+    }
+
     /// The values of the fields of one [`Kind`], in order.
-    pub(crate) fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &[u8]> {
-        self.entries
-            .iter()
-            .filter(move |e| e.kind == kind)
-            .map(|e| self.value(e))
+    pub(crate) fn of_kind(&self, kind: Kind) -> Values<'_> {
+        Values {
+            head: &self.head,
+            entries: self.entries.iter(),
+            want: Want::Kind(kind),
+        }
     }
 
     /// The values of every field named `name` (any case), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        self.named(name.as_bytes())
+    }
+
+    /// [`Fields::get_all`] as a double-ended iterator.
+    pub(crate) fn named<'a>(&'a self, name: &'a [u8]) -> Values<'a> {
+        Values {
+            head: &self.head,
+            entries: self.entries.iter(),
+            want: Want::Name(name),
+        }
+    }
+
+    /// Whether a field of this [`Kind`] is among them.
+    pub(crate) fn has(&self, kind: Kind) -> bool {
+        self.present & kind.bit() != 0
+    }
+
+    /// The first value of a [`Kind`], sharing the head's bytes.
+    pub(crate) fn first(&self, kind: Kind) -> Option<HeaderValue> {
+        let entry = self.entries.iter().find(|e| e.kind == kind)?;
+        self.shared_value(entry)
     }
 
     /// Whether a `Date` field is among them.
     pub(crate) fn has_date(&self) -> bool {
-        self.entries.iter().any(|e| e.kind == Kind::Date)
+        self.has(Kind::Date)
     }
 
     /// The values of the `Content-Length` fields.
-    pub(crate) fn lengths(&self) -> impl Iterator<Item = &[u8]> {
+    pub(crate) fn lengths(&self) -> Values<'_> {
         self.of_kind(Kind::ContentLength)
+    }
+
+    /// Drops every field of a [`Kind`] (a request's Content-Length beside
+    /// `chunked`, which no one may read as its length).
+    pub(crate) fn drop_kind(&mut self, kind: Kind) {
+        for entry in self.entries.iter_mut().filter(|e| e.kind == kind) {
+            entry.kind = Kind::Dropped;
+        }
+        self.present &= !kind.bit();
+        self.present |= Kind::Dropped.bit();
     }
 
     /// How many fields there are.
@@ -136,6 +212,15 @@ impl Fields {
     pub fn to_header_map(&self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.entries.len());
         self.append_to(&mut map, |_| true);
+        map
+    }
+
+    /// The [kept](Fields::kept) fields as an `http` header map: a request
+    /// for a connection that takes a map (hyper's client) or for an async
+    /// route's record.
+    pub fn kept_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.entries.len());
+        self.append_to(&mut map, |kind| kind != Kind::Dropped);
         map
     }
 
@@ -166,17 +251,22 @@ impl Fields {
     fn append_to(&self, map: &mut HeaderMap, keep: fn(Kind) -> bool) {
         for entry in self.entries.iter().filter(|e| keep(e.kind)) {
             // httparse checked both as `http` would: neither fails.
-            let (Ok(name), Ok(value)) = (
+            let (Ok(name), Some(value)) = (
                 HeaderName::from_bytes(self.name(entry)),
-                HeaderValue::from_maybe_shared(
-                    self.head
-                        .slice(entry.value[0] as usize..entry.value[1] as usize),
-                ),
+                self.shared_value(entry),
             ) else {
                 continue;
             };
             map.append(name, value);
         }
+    }
+
+    fn shared_value(&self, entry: &Entry) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(
+            self.head
+                .slice(entry.value[0] as usize..entry.value[1] as usize),
+        )
+        .ok()
     }
 
     fn name(&self, entry: &Entry) -> &[u8] {
@@ -188,9 +278,9 @@ impl Fields {
     }
 
     /// Marks the fields the Connection fields name (RFC 9110 §7.6.1), other
-    /// than `close` and the fields sluice owns: rare, so done in a second
-    /// pass only when a Connection field names more than `keep-alive` or
-    /// `close`.
+    /// than `close` and the fields sluice owns or reads (see
+    /// [`Kind::may_be_named`]): rare, so done in a second pass only when a
+    /// Connection field names more than `keep-alive` or `close`.
     fn drop_named_by_connection(&mut self) {
         let mut named: Vec<[u32; 2]> = Vec::new();
         for entry in &self.entries {
@@ -213,25 +303,88 @@ impl Fields {
             }
         }
         let head = &self.head;
+        let mut present = 0u16;
         for entry in &mut self.entries {
             let name = &head[entry.name[0] as usize..entry.name[1] as usize];
-            if named
-                .iter()
-                .any(|&[s, e]| head[s as usize..e as usize].eq_ignore_ascii_case(name))
+            if entry.kind.may_be_named()
+                && named
+                    .iter()
+                    .any(|&[s, e]| head[s as usize..e as usize].eq_ignore_ascii_case(name))
             {
-                // (Connection itself stays what it is, for keep-alive.)
-                if entry.kind.is_relayed() {
-                    entry.kind = Kind::Dropped;
-                }
+                entry.kind = Kind::Dropped;
+            }
+            present |= entry.kind.bit();
+        }
+        self.present = present;
+    }
+}
+
+impl Kind {
+    /// Whether a proxy passes such a field of a response on.
+    pub(crate) fn is_relayed(self) -> bool {
+        !matches!(
+            self,
+            Kind::Connection | Kind::TransferEncoding | Kind::Upgrade | Kind::Dropped
+        )
+    }
+
+    /// Whether the Connection field may drop such a field by naming it:
+    /// an end-to-end field that neither the framing nor sluice's own
+    /// forwarding reads. (Names sluice owns are not obeyed at all: see
+    /// `headers::is_known`.)
+    fn may_be_named(self) -> bool {
+        matches!(self, Kind::Other | Kind::Date | Kind::Expect)
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// What [`Values`] picks out.
+#[derive(Debug, Clone, Copy)]
+enum Want<'a> {
+    Kind(Kind),
+    /// A name, in any case.
+    Name(&'a [u8]),
+}
+
+/// The values of the fields of one kind or name, in order (either end).
+#[derive(Debug, Clone)]
+pub(crate) struct Values<'a> {
+    head: &'a [u8],
+    entries: std::slice::Iter<'a, Entry>,
+    want: Want<'a>,
+}
+
+impl Want<'_> {
+    fn is(self, head: &[u8], entry: &Entry) -> bool {
+        match self {
+            Want::Kind(kind) => entry.kind == kind,
+            Want::Name(name) => {
+                head[entry.name[0] as usize..entry.name[1] as usize].eq_ignore_ascii_case(name)
             }
         }
     }
 }
 
-impl Kind {
-    /// Whether a proxy passes such a field on.
-    pub(crate) fn is_relayed(self) -> bool {
-        matches!(self, Kind::Other | Kind::ContentLength | Kind::Date)
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (head, want) = (self.head, self.want);
+        let entry = self.entries.find(|entry| want.is(head, entry))?;
+        Some(&head[entry.value[0] as usize..entry.value[1] as usize])
+    }
+}
+
+impl DoubleEndedIterator for Values<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let (head, want) = (self.head, self.want);
+        let entry = self.entries.rfind(|entry| want.is(head, entry))?;
+        Some(&head[entry.value[0] as usize..entry.value[1] as usize])
     }
 }
 
@@ -247,13 +400,21 @@ fn kind_of(name: &[u8]) -> Kind {
     let dropped = match name.len() {
         2 => is(b"te"),
         4 if is(b"date") => return Kind::Date,
+        4 if is(b"host") => return Kind::Host,
         5 => is(b"proxy"),
-        7 => is(b"upgrade"),
+        6 if is(b"expect") => return Kind::Expect,
+        7 if is(b"upgrade") => return Kind::Upgrade,
+        7 if is(b"trailer") => return Kind::Trailer,
+        9 if is(b"forwarded") => return Kind::Forwarded,
         10 if is(b"connection") => return Kind::Connection,
         10 => is(b"keep-alive"),
+        12 if is(b"x-request-id") => return Kind::RequestId,
         14 if is(b"content-length") => return Kind::ContentLength,
         14 => is(b"http2-settings"),
+        15 if is(b"x-forwarded-for") => return Kind::ForwardedFor,
+        16 if is(b"x-forwarded-host") => return Kind::ForwardedHost,
         17 if is(b"transfer-encoding") => return Kind::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => return Kind::ForwardedProto,
         _ => false,
     };
     if dropped || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-")) {
@@ -321,7 +482,7 @@ mod tests {
             kinds,
             [
                 Kind::Other,
-                Kind::Other,
+                Kind::Trailer,
                 Kind::Other,
                 Kind::ContentLength,
                 Kind::Date
@@ -342,6 +503,67 @@ mod tests {
                 ("X-Other".into(), "2".into())
             ]
         );
+    }
+
+    #[test]
+    fn every_known_name_is_classified_in_any_case() {
+        let known = [
+            ("te", Kind::Dropped),
+            ("date", Kind::Date),
+            ("host", Kind::Host),
+            ("proxy", Kind::Dropped),
+            ("expect", Kind::Expect),
+            ("upgrade", Kind::Upgrade),
+            ("trailer", Kind::Trailer),
+            ("forwarded", Kind::Forwarded),
+            ("connection", Kind::Connection),
+            ("keep-alive", Kind::Dropped),
+            ("x-request-id", Kind::RequestId),
+            ("content-length", Kind::ContentLength),
+            ("http2-settings", Kind::Dropped),
+            ("x-forwarded-for", Kind::ForwardedFor),
+            ("x-forwarded-host", Kind::ForwardedHost),
+            ("transfer-encoding", Kind::TransferEncoding),
+            ("x-forwarded-proto", Kind::ForwardedProto),
+            ("proxy-authorization", Kind::Dropped),
+            ("proxy-x", Kind::Dropped),
+        ];
+        for (name, kind) in known {
+            assert_eq!(kind_of(name.as_bytes()), kind, "{name}");
+            assert_eq!(
+                kind_of(name.to_ascii_uppercase().as_bytes()),
+                kind,
+                "{name}"
+            );
+        }
+        for other in [
+            "",
+            "t",
+            "ta",
+            "dote",
+            "hosts",
+            "proxy_",
+            "proxyx",
+            "x-forwarded-fox",
+            "@onnection",
+            "etag",
+        ] {
+            assert_eq!(kind_of(other.as_bytes()), Kind::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_hide_what_the_framing_or_sluice_reads() {
+        let f = fields(
+            "Connection: Content-Length, host, date, expect, x-a\r\nContent-Length: 2\r\n\
+             Host: h\r\nDate: d\r\nExpect: e\r\nX-A: a\r\n",
+        );
+        assert_eq!(f.lengths().collect::<Vec<_>>(), [b"2"]);
+        assert_eq!(f.first(Kind::Host).unwrap(), "h");
+        assert!(f.has(Kind::ContentLength) && !f.has(Kind::Date) && !f.has(Kind::Expect));
+        let kept: Vec<&[u8]> = f.kept().map(|(n, _)| n).collect();
+        assert_eq!(kept, [&b"Connection"[..], b"Content-Length", b"Host"]);
+        assert_eq!(f.of_kind(Kind::Host).next_back(), Some(&b"h"[..]));
     }
 
     #[test]

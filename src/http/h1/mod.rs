@@ -6,13 +6,14 @@
 //!   chunked (with trailers) and read-until-close bodies that splits data
 //!   off a caller's buffer without copying, and an [`Encoder`] that frames
 //!   data for a vectored write.
-//! - [`request`]: a request head parsed into `http` types, and its framing,
-//!   keep-alive and `Expect` decisions (the server side).
+//! - [`request`]: a request head parsed into its method, target and
+//!   [`Fields`], and its framing, keep-alive and `Expect` decisions (the
+//!   server side).
 //! - [`incoming`]: a client's request body as the gateway reads it, fed by
 //!   the connection that reads the socket.
 //! - [`response`]: a backend's response head and its body's framing.
-//! - [`fields`]: a response's fields kept as they arrived, relayed without
-//!   a header map.
+//! - [`fields`]: a head's fields (a response's, a request's) kept as they
+//!   arrived, each classified once, relayed without a header map.
 //!
 //! Deliberate differences from hyper's HTTP/1 (tests/it/h1diff.rs checks the
 //! rest agrees): a response head is bounded at 64 KiB and 100 fields

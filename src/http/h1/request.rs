@@ -1,12 +1,15 @@
-//! An HTTP/1 request head, parsed with `httparse` into [`http::request::Parts`],
-//! and the decisions RFC 9112 makes from it: how the body is framed, whether
-//! the connection stays open after the answer, and whether the client waits
+//! An HTTP/1 request head, parsed with `httparse` into [`http::request::Parts`]
+//! (method, target, version) and [`Fields`] (the head's bytes, each field
+//! classified once as it is parsed: no header map is made), and the
+//! decisions RFC 9112 makes from it: how the body is framed, whether the
+//! connection stays open after the answer, and whether the client waits
 //! for `100 Continue`.
 //!
 //! Invariant: a head either parses into a request whose body framing is
 //! unambiguous, or is refused with a 4xx ([`HeadError::status`]) before
 //! anything reads it as a request; nothing here allocates more than the head
-//! itself (one copy of the head bytes, header values sliced from it).
+//! itself (one copy of the head bytes, the target sliced from it) and the
+//! index of its fields.
 //!
 //! Deliberate differences from hyper's HTTP/1 server (the differential test
 //! in `tests/it/codec.rs` checks that whatever hyper refuses is refused here,
@@ -26,13 +29,18 @@
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, StatusCode, Uri, Version};
+
+use super::fields::{Fields, Kind};
 
 /// The most headers parsed into a stack array; a larger `max_headers`
 /// parses into a vector.
 const STACK_HEADERS: usize = 128;
+
+/// The longest field name `http`'s `HeaderName` takes: a longer one is
+/// refused here, so that a map made from the fields later holds them all.
+const MAX_NAME_BYTES: usize = (1 << 16) - 1;
 
 /// The limits a head is parsed under.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +66,11 @@ pub enum Framing {
 /// A parsed request head and what it decides.
 #[derive(Debug)]
 pub struct Head {
+    /// Method, target and version; the header map is left empty.
     pub parts: Parts,
+    /// The fields as they arrived (a `Content-Length` beside `chunked`
+    /// dropped).
+    pub fields: Fields,
     /// Bytes of the buffer the head took, its blank line included.
     pub len: usize,
     pub framing: Framing,
@@ -166,69 +178,38 @@ fn parse_into<'b>(
     };
     let uri = Uri::from_maybe_shared(slice(path.as_bytes()))
         .map_err(|_| HeadError::Malformed("request target"))?;
-    let mut map = HeaderMap::with_capacity(req.headers.len());
-    let mut seen = Seen::default();
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("header name"))?;
-        seen.note(&name);
-        // SAFETY: httparse took the value only if every byte is a tab, 0x20
-        // to 0x7e or 0x80 to 0xff (its `HEADER_VALUE_MAP`), which is exactly
-        // what `HeaderValue` requires (`is_valid`: >= 32 and not 127, or
-        // tab), so the check `from_maybe_shared` would repeat cannot fail.
-        // (hyper's HTTP/1 server builds its values the same way.)
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(slice(h.value)) };
-        map.append(name, value);
+    if req.headers.iter().any(|h| h.name.len() > MAX_NAME_BYTES) {
+        return Err(HeadError::Malformed("header name"));
     }
+    // Offsets into the copy, which starts where `buf` does; within the
+    // head, so below `max_bytes` (at most 1 MiB): within u32.
+    let offset = |part: &[u8]| (part.as_ptr() as usize - buf.as_ptr() as usize) as u32;
+    let located = req.headers.iter().map(|h| {
+        let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+        [
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        ]
+    });
+    let fields = Fields::new(copy, located);
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    parts.headers = map;
-    decide(parts, skipped + len, seen).map(Some)
+    decide(parts, fields, skipped + len).map(Some)
 }
 
-/// Which of the fields [`decide`] reads a request has, noted as the map is
-/// built (a comparison of `http`'s standard-name tag each), so that the
-/// decision looks up only those present.
-#[derive(Default)]
-struct Seen {
-    transfer_encoding: bool,
-    content_length: bool,
-    connection: bool,
-    expect: bool,
-    upgrade: bool,
-}
-
-impl Seen {
-    fn note(&mut self, name: &HeaderName) {
-        if name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-        } else if name == header::CONTENT_LENGTH {
-            self.content_length = true;
-        } else if name == header::CONNECTION {
-            self.connection = true;
-        } else if name == header::EXPECT {
-            self.expect = true;
-        } else if name == header::UPGRADE {
-            self.upgrade = true;
-        }
-    }
-}
-
-/// The framing, keep-alive, `Expect` and upgrade decisions for a parsed head.
-fn decide(mut parts: Parts, len: usize, seen: Seen) -> Result<Head, HeadError> {
-    let chunked = seen.transfer_encoding && transfer_encoding(&parts.headers, parts.version)?;
-    let length = if seen.content_length {
-        content_length(&parts.headers)?
-    } else {
-        None
-    };
+/// The framing, keep-alive, `Expect` and upgrade decisions for a parsed
+/// head, each reading only the fields of its [`Kind`] (known at parse).
+fn decide(parts: Parts, mut fields: Fields, len: usize) -> Result<Head, HeadError> {
+    let chunked = transfer_encoding(&fields, parts.version)?;
+    let length = content_length(&fields)?;
     if chunked && length.is_some() {
         // Ignored: it must not reach the backend beside a re-framed body.
-        parts.headers.remove(header::CONTENT_LENGTH);
+        fields.drop_kind(Kind::ContentLength);
     }
-    let headers = &parts.headers;
     let (framing, smuggling_risk) = match (chunked, length) {
         // Transfer-Encoding wins over Content-Length; what follows the body
         // is not trusted as a request (RFC 9112 §6.1).
@@ -237,21 +218,19 @@ fn decide(mut parts: Parts, len: usize, seen: Seen) -> Result<Head, HeadError> {
         (false, Some(0) | None) => (Framing::Empty, false),
         (false, Some(n)) => (Framing::Length(n), false),
     };
-    let (close, keep_alive_token, upgrade_token) = if seen.connection {
-        connection_tokens(headers)
-    } else {
-        (false, false, false)
-    };
+    let (close, keep_alive_token, upgrade_token) = connection_tokens(&fields);
     let keep_alive =
         !smuggling_risk && !close && (parts.version == Version::HTTP_11 || keep_alive_token);
-    let expects_continue = seen.expect
-        && parts.version == Version::HTTP_11
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade = upgrade_token && seen.upgrade;
+    let expects_continue = parts.version == Version::HTTP_11
+        && fields.has(Kind::Expect)
+        && fields
+            .of_kind(Kind::Expect)
+            .next()
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = upgrade_token && fields.has(Kind::Upgrade);
     Ok(Head {
         parts,
+        fields,
         len,
         framing,
         keep_alive,
@@ -263,9 +242,8 @@ fn decide(mut parts: Parts, len: usize, seen: Seen) -> Result<Head, HeadError> {
 /// Whether the body is chunked. Any `Transfer-Encoding` on HTTP/1.0, or one
 /// whose last coding is not `chunked` (or that names `chunked` twice), is
 /// refused: its length could not be known.
-fn transfer_encoding(headers: &HeaderMap, version: Version) -> Result<bool, HeadError> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_none() {
+fn transfer_encoding(fields: &Fields, version: Version) -> Result<bool, HeadError> {
+    if !fields.has(Kind::TransferEncoding) {
         return Ok(false);
     }
     if version == Version::HTTP_10 {
@@ -273,15 +251,16 @@ fn transfer_encoding(headers: &HeaderMap, version: Version) -> Result<bool, Head
     }
     let mut last_is_chunked = false;
     let mut chunked_seen = false;
-    for value in codings {
-        let value = value
-            .to_str()
-            .map_err(|_| HeadError::Framing("Transfer-Encoding"))?;
-        for coding in value.split(',').map(str::trim) {
+    for value in fields.of_kind(Kind::TransferEncoding) {
+        // (Text only, as `HeaderValue::to_str` would have it.)
+        if !value.is_ascii() {
+            return Err(HeadError::Framing("Transfer-Encoding"));
+        }
+        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if coding.is_empty() {
                 continue;
             }
-            last_is_chunked = coding.eq_ignore_ascii_case("chunked");
+            last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
             if last_is_chunked {
                 if chunked_seen {
                     return Err(HeadError::Framing("chunked twice"));
@@ -300,15 +279,18 @@ fn transfer_encoding(headers: &HeaderMap, version: Version) -> Result<bool, Head
 }
 
 /// The declared `Content-Length`: one header, one value, digits only.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+fn content_length(fields: &Fields) -> Result<Option<u64>, HeadError> {
+    if !fields.has(Kind::ContentLength) {
+        return Ok(None);
+    }
+    let mut values = fields.lengths();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
         return Err(HeadError::Framing("more than one Content-Length"));
     }
-    parse_length(value.as_bytes())
+    parse_length(value)
         .map(Some)
         .ok_or(HeadError::Framing("Content-Length"))
 }
@@ -326,10 +308,13 @@ pub fn parse_length(digits: &[u8]) -> Option<u64> {
 }
 
 /// The `Connection` tokens that matter here: `close`, `keep-alive`, `upgrade`.
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool, bool) {
+fn connection_tokens(fields: &Fields) -> (bool, bool, bool) {
     let (mut close, mut keep_alive, mut upgrade) = (false, false, false);
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',') {
+    if !fields.has(Kind::Connection) {
+        return (close, keep_alive, upgrade);
+    }
+    for value in fields.of_kind(Kind::Connection) {
+        for token in value.split(|b| *b == b',') {
             let token = token.trim_ascii();
             close |= token.eq_ignore_ascii_case(b"close");
             keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -364,7 +349,10 @@ mod tests {
         assert_eq!(h.parts.method, Method::GET);
         assert_eq!(h.parts.uri, "/a?b=1");
         assert_eq!(h.parts.version, Version::HTTP_11);
-        assert_eq!(h.parts.headers.get_all("x-two").iter().count(), 2);
+        assert!(h.parts.headers.is_empty(), "no map is made");
+        assert_eq!(h.fields.get_all("x-two").collect::<Vec<_>>(), [b"1", b"2"]);
+        let names: Vec<&[u8]> = h.fields.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"Host"[..], b"X-Two", b"x-two"], "as sent");
         assert_eq!(h.framing, Framing::Empty);
         assert!(h.keep_alive && !h.expects_continue && !h.upgrade);
     }
@@ -433,7 +421,18 @@ mod tests {
             complete("POST / HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n");
         assert_eq!(both.framing, Framing::Chunked);
         assert!(!both.keep_alive);
-        assert!(!both.parts.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(
+            !both
+                .fields
+                .kept()
+                .any(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+        );
+        assert!(!both.fields.has(Kind::ContentLength));
+        assert!(both.fields.kept_map().get("content-length").is_none());
+        // A Connection naming Content-Length does not hide it from the framing.
+        let named =
+            complete("POST / HTTP/1.1\r\nConnection: content-length\r\ncontent-length: 3\r\n\r\n");
+        assert_eq!(named.framing, Framing::Length(3));
     }
 
     #[test]
@@ -465,6 +464,40 @@ mod tests {
         assert_eq!(h.parts.uri.host(), Some("a.example"));
         assert_eq!(h.parts.uri.path(), "/p");
         assert_eq!(h.len, raw.len());
+    }
+
+    #[test]
+    fn fields_are_classified_once_and_those_connection_names_dropped() {
+        let h = complete(
+            "GET / HTTP/1.1\r\nHOST: a\r\nConnection: keep-alive, X-Named\r\nx-named: 1\r\n\
+             Keep-Alive: 5\r\nProxy-Authorization: b\r\nX-Request-Id: r\r\nX-Other: o\r\n\r\n",
+        );
+        let kinds: Vec<Kind> = h.fields.classified().map(|(_, _, k)| k).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Host,
+                Kind::Connection,
+                Kind::Dropped,
+                Kind::Dropped,
+                Kind::Dropped,
+                Kind::RequestId,
+                Kind::Other
+            ]
+        );
+        assert_eq!(h.fields.first(Kind::Host).unwrap(), "a");
+        let long = format!(
+            "GET / HTTP/1.1\r\n{}: 1\r\n\r\n",
+            "n".repeat(MAX_NAME_BYTES + 1)
+        );
+        let limits = HeadLimits {
+            max_bytes: 1 << 20,
+            max_headers: 100,
+        };
+        assert_eq!(
+            parse(long.as_bytes(), limits).unwrap_err(),
+            HeadError::Malformed("header name")
+        );
     }
 
     #[test]

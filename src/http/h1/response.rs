@@ -213,6 +213,9 @@ fn locate(
 /// Whether the Connection fields let the connection be kept alive.
 fn keeps_alive(fields: &Fields, version: Version) -> bool {
     let mut keep_alive = version == Version::HTTP_11;
+    if !fields.has(Kind::Connection) {
+        return keep_alive;
+    }
     for value in fields.of_kind(Kind::Connection) {
         // Once a Connection line says close, a later keep-alive does not
         // undo it.
@@ -239,7 +242,9 @@ pub fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = fields.of_kind(Kind::TransferEncoding).last() {
+    if fields.has(Kind::TransferEncoding)
+        && let Some(last) = fields.of_kind(Kind::TransferEncoding).next_back()
+    {
         if version == Version::HTTP_10 {
             return Err(HeadError::TransferEncodingOnHttp10);
         }
@@ -249,9 +254,8 @@ pub fn framing(
             Framing::Close
         });
     }
-    let mut lengths = fields.lengths().peekable();
-    if lengths.peek().is_some() {
-        return content_length(lengths).map(Framing::Length);
+    if fields.has(Kind::ContentLength) {
+        return content_length(fields.lengths()).map(Framing::Length);
     }
     Ok(Framing::Close)
 }

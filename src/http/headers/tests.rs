@@ -85,11 +85,11 @@ fn a_request_id_is_kept_only_when_sane() {
     let mut headers = HeaderMap::new();
     headers.append(X_REQUEST_ID, HeaderValue::from_static("one"));
     headers.append(X_REQUEST_ID, HeaderValue::from_static("two"));
-    let id = request_id(&headers);
+    let id = request_id(ClientFields::Map(&headers));
     assert_eq!(id.len(), 32);
     headers.remove(X_REQUEST_ID);
     headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-    assert_eq!(request_id(&headers), "abc-123");
+    assert_eq!(request_id(ClientFields::Map(&headers)), "abc-123");
 }
 
 #[test]
@@ -99,7 +99,8 @@ fn http2_authority_and_host_must_agree() {
         if let Some(host) = host {
             req = req.header(header::HOST, host);
         }
-        check_host(&req.body(()).unwrap())
+        let req = req.body(()).unwrap();
+        check_host(&req, ClientFields::Map(req.headers()))
     };
     assert!(h2("http://a.example/x", None).is_ok());
     assert!(h2("http://a.example/x", Some("A.EXAMPLE")).is_ok());
@@ -132,47 +133,85 @@ fn forwarding_headers_are_added_without_formatting_surprises() {
     text.clear();
     write_ip(&mut text, "2001:db8::1".parse().unwrap(), false).unwrap();
     assert_eq!(&text[..], b"2001:db8::1");
-    let id = request_id(&HeaderMap::new());
+    let id = request_id(ClientFields::Map(&HeaderMap::new()));
     assert_eq!(id.len(), 32);
     assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
-    assert_ne!(request_id(&HeaderMap::new()), id, "each id made is new");
+    assert_ne!(
+        request_id(ClientFields::Map(&HeaderMap::new())),
+        id,
+        "each id made is new"
+    );
 }
 
 /// The fields `apply` leaves in a map, as sorted `name: value` lines
-/// (one per value), and those `write_fields` writes, must agree.
-fn both_ways(pairs: &[(&str, &str)], forwarding: &Forwarding) -> (Vec<String>, Vec<String>) {
+/// (one per value), and those `write_fields` writes, must agree, whether
+/// it writes from a map or from an HTTP/1 head's fields (names sent in
+/// odd casing; compared in lower case).
+fn both_ways(pairs: &[(&str, &str)], forwarding: &Forwarding) -> [Vec<String>; 3] {
     let mut headers = HeaderMap::new();
+    let mut raw = String::from("GET / HTTP/1.1\r\n");
     for (name, value) in pairs {
         headers.append(
             HeaderName::from_bytes(name.as_bytes()).unwrap(),
             HeaderValue::from_str(value).unwrap(),
         );
+        raw.push_str(&format!("{}: {value}\r\n", odd_case(name)));
     }
-    let default_host = HeaderValue::from_static("target:80");
-    let mut written = BytesMut::new();
-    forwarding.write_fields(&headers, &default_host, &mut written);
-    let mut written: Vec<String> = std::str::from_utf8(&written)
+    raw.push_str("\r\n");
+    let limits = crate::http::h1::request::HeadLimits {
+        max_bytes: 8192,
+        max_headers: 100,
+    };
+    let head = crate::http::h1::request::parse(raw.as_bytes(), limits)
         .unwrap()
-        .split_terminator("\r\n")
-        .map(str::to_owned)
-        .collect();
+        .unwrap();
+    let default_host = HeaderValue::from_static("target:80");
+    let lines = |fields: ClientFields<'_>| {
+        let mut written = BytesMut::new();
+        forwarding.write_fields(fields, &default_host, &mut written);
+        let mut lines: Vec<String> = std::str::from_utf8(&written)
+            .unwrap()
+            .split_terminator("\r\n")
+            .map(|line| {
+                let (name, value) = line.split_once(": ").unwrap();
+                format!("{}: {value}", name.to_ascii_lowercase())
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    let written = lines(ClientFields::Map(&headers));
+    let copied = lines(ClientFields::H1(&head.fields));
     forwarding.apply(&mut headers);
     if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, default_host);
+        headers.insert(header::HOST, default_host.clone());
     }
     headers.remove(header::CONTENT_LENGTH);
     let mut applied: Vec<String> = headers
         .iter()
         .map(|(n, v)| format!("{}: {}", n, v.to_str().unwrap()))
         .collect();
-    written.sort();
     applied.sort();
-    (written, applied)
+    [written, copied, applied]
+}
+
+/// `x-forwarded-for` as `X-fORWARDED-fOR`.
+fn odd_case(name: &str) -> String {
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 #[test]
 fn writing_the_fields_gives_what_applying_them_to_a_map_does() {
-    let requests: [&[(&str, &str)]; 5] = [
+    let requests: [&[(&str, &str)]; 6] = [
         &[
             ("host", "a.example"),
             ("user-agent", "ab"),
@@ -202,6 +241,18 @@ fn writing_the_fields_gives_what_applying_them_to_a_map_does() {
         ],
         &[("transfer-encoding", "chunked"), ("proxy", "http://evil")],
         &[],
+        &[
+            ("host", "b.example"),
+            ("x-dup", "1"),
+            ("connection", "keep-alive, X-Named, Expect"),
+            ("x-dup", "2"),
+            ("x-named", "s"),
+            ("expect", "100-continue"),
+            ("date", "d"),
+            ("trailer", "x"),
+            ("content-length", "0"),
+            ("proxy-connection", "keep-alive"),
+        ],
     ];
     for trusted in [false, true] {
         for (i, pairs) in requests.iter().enumerate() {
@@ -216,9 +267,11 @@ fn writing_the_fields_gives_what_applying_them_to_a_map_does() {
                         request_id: HeaderValue::from_static("id-1"),
                         host: host.clone(),
                         upgrade,
+                        fields: None,
                     };
-                    let (written, applied) = both_ways(pairs, &forwarding);
+                    let [written, copied, applied] = both_ways(pairs, &forwarding);
                     assert_eq!(written, applied, "request {i}, trusted {trusted}");
+                    assert_eq!(copied, applied, "request {i}, trusted {trusted}");
                 }
             }
         }

@@ -305,14 +305,20 @@ impl<S: ClientStream> Connection<S> {
             keep_alive: head.keep_alive,
         };
         // The head's box is freed here, not held while the request waits.
-        let head: Head = {
-            let boxed = head;
-            *boxed
+        // The fields as they arrived go beside the request (not in its
+        // extensions, whose first insert allocates three times): the
+        // gateway reads them through `ClientFields`, the upstream's writer
+        // copies them. (Taken out of the box: a borrowed local would be
+        // held across the waits below.)
+        let (head, fields): (Head, _) = {
+            let mut boxed = head;
+            let fields = std::mem::take(&mut boxed.fields);
+            (*boxed, fields)
         };
         let (req, feed, upgrade) = self.request(head, first);
         let gateway = self.live.gateway.load_full();
         let mut exchange = Exchange {
-            response: Box::pin(gateway.handle_owned(req, self.peer)),
+            response: Box::pin(gateway.handle_owned(req, Some(fields), self.peer)),
             body_done: feed.is_none(),
             watch: feed.is_none(),
             feed,
