@@ -304,6 +304,21 @@ impl Book {
             .collect()
     }
 
+    /// Ends the entries [`Book::expired`] names (`Ended::Expired`) and
+    /// returns them: each once, however many callers ask, since the
+    /// entries leave the book in the same call.
+    pub(super) fn expire(&mut self, now: Instant) -> Vec<(u64, Entry)> {
+        let expired: Vec<(u64, Entry)> = self
+            .expired(now)
+            .into_iter()
+            .filter_map(|seq| Some((seq, self.get(seq)?.clone())))
+            .collect();
+        for (seq, _) in &expired {
+            self.end(*seq, Ended::Expired, now);
+        }
+        expired
+    }
+
     /// The oldest ready entry, taken (in flight).
     pub(super) fn take_next(&mut self) -> Option<(u64, Entry)> {
         let seq = *self.ready.first()?;
@@ -480,5 +495,24 @@ mod tests {
         assert_eq!((book.parked(), book.queued()), (0, 2));
         assert!(!book.expired(now + Duration::from_secs(59)).contains(&3));
         assert!(book.expired(now + Duration::from_secs(61)).contains(&3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_entry_is_handed_out_once() {
+        let mut book = Book::new(Duration::from_secs(60), 100);
+        let now = Instant::now();
+        for seq in 1..=3 {
+            book.add(seq, &summary(seq as u128), At::Journal(AT), now);
+        }
+        let later = now + Duration::from_secs(61);
+        let first: Vec<u64> = book.expire(later).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(first, vec![1, 2, 3]);
+        // A second pacer asking at once finds nothing left to expire.
+        assert!(book.expire(later).is_empty());
+        assert_eq!(book.len(), 0);
+        assert!(matches!(
+            book.status(TicketId(2)),
+            Some(Status::Ended(Ended::Expired))
+        ));
     }
 }

@@ -92,9 +92,11 @@ impl Deferred {
             let now = Instant::now();
             book.wake_due(now);
             book.forget_old_keys(now);
-            book.expired(now)
+            // Out of the book in the same call: the route's other pacers
+            // expire too, and must not count or end them again.
+            book.expire(now)
                 .into_iter()
-                .filter_map(|seq| Some((seq, book.get(seq)?.clone(), Ended::Expired)))
+                .map(|(seq, entry)| (seq, entry, Ended::Expired))
                 .collect()
         };
         if expired.is_empty() {
@@ -104,7 +106,7 @@ impl Deferred {
             self.metrics.count(Event::Expired);
         }
         tracing::info!(route = %self.name, expired = expired.len(), "async route: requests not delivered within deliver_within expired");
-        self.ended(expired).await;
+        self.record_ended(expired).await;
     }
 }
 

@@ -584,6 +584,11 @@ impl Deferred {
                 book.end(*seq, how.clone(), now);
             }
         }
+        self.record_ended(ended).await;
+    }
+
+    /// Tells the store how entries already out of the book ended.
+    async fn record_ended(&self, ended: Vec<(u64, Entry, Ended)>) {
         match &self.store {
             Store::Local { journal, .. } => {
                 let done = ended
