@@ -599,9 +599,11 @@ async fn promtool(binary: &Path, args: &[&str], file: &Path) {
     );
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago (for Prometheus to
+/// listen on).
 async fn free_port() -> u16 {
-    dead_addr().await.port()
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 async fn http_get(client: &TestClient, url: &str) -> Result<(StatusCode, String), String> {

@@ -125,12 +125,6 @@ fn pool(backend: &RawBackend, max_idle: usize, idle_timeout: Duration) -> Arc<H1
     )
 }
 
-/// A free port on 127.0.0.1 with nothing listening on it.
-async fn dead_addr() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 fn get() -> Request<sluice::upstream::ProxyBody> {
     Request::get("/x").body(RequestBody::Empty).unwrap()
 }
@@ -221,7 +215,7 @@ async fn the_idle_stack_is_bounded_in_count_and_age() {
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_connect_error() {
-    let addr = dead_addr().await;
+    let addr = crate::common::dead_addr().await;
     let pool = H1Pool::new(
         &addr.to_string().parse().unwrap(),
         NonZeroUsize::MIN,

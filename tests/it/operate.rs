@@ -268,9 +268,13 @@ async fn a_paused_route_queues_then_drains_at_its_rate_and_timeouts_still_apply(
         BTreeMap::from([(200, 5)])
     );
     let times: Vec<u64> = backend.arrivals().iter().map(|a| a.at).collect();
+    // Four intervals of 50 ms. The backend sees each request a little
+    // after its release, the first (a fresh upstream connection) the
+    // latest, so the span can read short by tens of ms under a busy test
+    // suite; a burst (0 s) or twice the rate (0.1 s) cannot pass.
     let span = (times[4] - times[0]) as f64 / 1e6;
     assert!(
-        (0.18..=0.26).contains(&span),
+        (0.15..=0.26).contains(&span),
         "five released at 20/s over {span:.3} s"
     );
 

@@ -359,8 +359,18 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 /// A free port on 127.0.0.1 with nothing listening on it.
 pub async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    // Bound but not listening: a connection to it is refused, and no other
+    // test can take the port while the suite runs (a port that was merely
+    // free a moment ago can be handed to another test's server, which
+    // then answers instead of refusing). Held for the process's life.
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// A config with one upstream `api` at `targets` and one route `main` on "/"
