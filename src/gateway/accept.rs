@@ -9,7 +9,6 @@
 //!
 //! Invariant: `202` is never sent for a request the journal has not synced.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,11 +22,11 @@ use super::deferred::{Refused, TICKET_PATH};
 use super::record::Record;
 use super::refusal::refusal;
 use super::route::Route;
-use crate::http::ClientFields;
 use crate::http::h1::Fields;
 use crate::http::headers::{request_id, strip_hop_by_hop};
 use crate::http::request_body::{BodyLimits, ClientBodyError, RequestBody};
 use crate::http::{Body, ClientBody, local_json};
+use crate::http::{ClientConn, ClientFields};
 use crate::outcome::Outcome;
 
 /// The header a client repeats a submission with to get its first ticket.
@@ -79,9 +78,10 @@ impl Gateway {
         &self,
         (req, fields): (Request<ClientBody>, Option<Fields>),
         route: &Route,
-        (client, host): (SocketAddr, Option<HeaderValue>),
+        (conn, host): (ClientConn, Option<HeaderValue>),
         record: &mut Record<'_>,
     ) -> Response<Body> {
+        let client = conn.peer;
         let Some(deferred) = &route.deferred else {
             return record.finish(Outcome::RejectedQueueFull, store_failed());
         };
@@ -140,7 +140,7 @@ impl Gateway {
             request_id,
             origin: Origin {
                 ip: canonical_ip(client.ip()),
-                https: parts.extensions.get::<crate::tls::Secure>().is_some(),
+                https: conn.secure,
                 trusted: peer_is_trusted(client.ip(), &self.trusted_proxies),
             },
             idempotency_key,

@@ -29,9 +29,9 @@ use super::record::Record;
 use super::upgrade::requested_upgrade;
 use super::{Gateway, Telemetry};
 use crate::config::Config;
-use crate::http::ClientFields;
 use crate::http::h1::Fields;
 use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
+use crate::http::{ClientConn, ClientFields};
 use crate::metrics::Metrics;
 use crate::shaper::Admission;
 
@@ -258,8 +258,12 @@ fn one_request(
         assert!(requested_upgrade(&req, view(&fields, &req), &route.upgrades).is_none());
         let trusted = peer_is_trusted(client.ip(), &gateway.trusted_proxies);
         let id = record.request_id().cloned();
-        let (req, forwarding) =
-            prepare_upstream_request((req, fields), client, (host, id, None), trusted);
+        let (req, forwarding) = prepare_upstream_request(
+            (req, fields),
+            ClientConn::plain(client),
+            (host, id, None),
+            trusted,
+        );
         forwarding.write_fields(forwarding.client_fields(req.headers()), &default_host, head);
         req
     });
@@ -390,8 +394,12 @@ fn with_the_access_log_on_the_logged_id_is_the_one_sent() {
     let req = parsed_request("/api/items", &CLIENT_HEADERS);
     let record = Record::open(&gateway, (&req, ClientFields::Map(req.headers())), client());
     let id = record.request_id().cloned().expect("logged");
-    let (req, forwarding) =
-        prepare_upstream_request((req, None), client(), (None, Some(id.clone()), None), false);
+    let (req, forwarding) = prepare_upstream_request(
+        (req, None),
+        ClientConn::plain(client()),
+        (None, Some(id.clone()), None),
+        false,
+    );
     let mut head = BytesMut::new();
     forwarding.write_fields(
         forwarding.client_fields(req.headers()),

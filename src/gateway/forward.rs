@@ -6,16 +6,14 @@
 //! same spelling of the path; the backend never sees a header that
 //! describes only the client's connection.
 
-use std::net::SocketAddr;
-
 use http::header::HeaderValue;
 use http::{Request, Version};
 
 use super::classify::canonical_ip;
-use crate::http::ClientFields;
 use crate::http::h1::Fields;
 use crate::http::headers::{self, Forwarding, Peer};
 use crate::http::path::PathError;
+use crate::http::{ClientConn, ClientFields};
 
 /// The client's request as the upstream takes it: HTTP/1.1, and the
 /// rewrite of its head (hop-by-hop headers gone, Host set to the host
@@ -26,7 +24,7 @@ use crate::http::path::PathError;
 /// [`Forwarding`], beside the request.
 pub(super) fn prepare_upstream_request<B>(
     (mut req, fields): (Request<B>, Option<Fields>),
-    client: SocketAddr,
+    conn: ClientConn,
     (host, request_id, upgrade): (
         Option<HeaderValue>,
         Option<HeaderValue>,
@@ -36,14 +34,10 @@ pub(super) fn prepare_upstream_request<B>(
 ) -> (Request<B>, Forwarding) {
     let request_id = request_id
         .unwrap_or_else(|| headers::request_id(ClientFields::new(fields.as_ref(), req.headers())));
-    let proto: &'static str = if req.extensions().get::<crate::tls::Secure>().is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let proto: &'static str = if conn.secure { "https" } else { "http" };
     *req.version_mut() = Version::HTTP_11;
     let peer = Peer {
-        ip: canonical_ip(client.ip()),
+        ip: canonical_ip(conn.peer.ip()),
         proto,
         trusted: peer_trusted,
     };

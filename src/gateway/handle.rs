@@ -30,7 +30,7 @@ use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
 use crate::http::upgrade::ClientUpgrade;
-use crate::http::{Body, ClientBody, ClientFields, WaitingSince, error_chain, local};
+use crate::http::{Body, ClientBody, ClientConn, ClientFields, error_chain, local};
 use crate::outcome::Outcome;
 use crate::shaper::{Admission, Arrival, Grant};
 use crate::upstream::{TargetGuard, UpstreamBody, UpstreamError};
@@ -50,7 +50,7 @@ impl Gateway {
         req: Request<ClientBody>,
         client: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + '_ {
-        handling(self, (req, None), client)
+        handling(self, (req, None), ClientConn::plain(client))
     }
 
     /// [`Gateway::handle`] for a caller that holds the gateway by `Arc`:
@@ -60,9 +60,9 @@ impl Gateway {
         self: Arc<Self>,
         req: Request<ClientBody>,
         fields: Option<Fields>,
-        client: SocketAddr,
+        conn: ClientConn,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        handling(self, (req, fields), client)
+        handling(self, (req, fields), conn)
     }
 
     /// Route: the route for the request's host, path and method; a request
@@ -142,7 +142,7 @@ impl Gateway {
         (mut req, fields): (Request<RequestBody>, Option<Fields>),
         route: &Route,
         grant: Grant,
-        (client, host): (SocketAddr, Option<HeaderValue>),
+        (conn, host): (ClientConn, Option<HeaderValue>),
         record: &mut Record<'_>,
     ) -> impl Future<Output = Response<Body>> {
         async move {
@@ -152,12 +152,12 @@ impl Gateway {
             let view = ClientFields::new(fields.as_ref(), req.headers());
             let upgrade = requested_upgrade(&req, view, &route.upgrades)
                 .and_then(|protocol| Some((protocol, client_side?)));
-            let peer_trusted = peer_is_trusted(client.ip(), &self.trusted_proxies);
+            let peer_trusted = peer_is_trusted(conn.peer.ip(), &self.trusted_proxies);
             let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
             let request_id = record.request_id().cloned();
             let (upstream_req, forwarding) = prepare_upstream_request(
                 (req, fields),
-                client,
+                conn,
                 (host, request_id, protocol),
                 peer_trusted,
             );
@@ -365,7 +365,7 @@ fn switch(
 fn handling<G>(
     gateway: G,
     (mut req, fields): (Request<ClientBody>, Option<Fields>),
-    client: SocketAddr,
+    conn: ClientConn,
 ) -> impl Future<Output = Response<Body>> + Send
 where
     G: Deref<Target = Gateway> + Send + Sync,
@@ -377,6 +377,7 @@ where
         let target = normalise_target(&mut req);
         // (The fields' view is made where it is read, not kept in a local:
         // a waiting request's future holds no room for it.)
+        let client = conn.peer;
         let mut record = Record::open(this, viewed(&req, &fields), client);
         if let Break(response) = screen(viewed(&req, &fields), target) {
             return record.finish(Outcome::RejectedInvalid, response);
@@ -397,7 +398,7 @@ where
             Break(response) => return response,
         };
         if route.asynchronous {
-            return Box::pin(this.accept((req, fields), route, (client, host), &mut record)).await;
+            return Box::pin(this.accept((req, fields), route, (conn, host), &mut record)).await;
         }
         // A request without a body (most) needs no body phase; the phase is
         // boxed for the others, so a request waiting in the queue holds no
@@ -419,11 +420,7 @@ where
         };
         // A connection's first request has waited since its accept; the time
         // its client took to send the body is the client's, not a wait.
-        let since = req
-            .extensions()
-            .get::<WaitingSince>()
-            .map_or(now, |since| since.0)
-            + sending;
+        let since = conn.waiting_since.unwrap_or(now) + sending;
         let grant = match admit(route, arrival, since, &mut record).await {
             Continue(grant) => grant,
             Break(response) => return response,
@@ -431,7 +428,7 @@ where
         let req = req.map(|_| body);
         // Boxed: a request waiting in the queue holds only the phases so
         // far, not room for forwarding and relaying (the larger part).
-        Box::pin(this.forward((req, fields), route, grant, (client, host), &mut record)).await
+        Box::pin(this.forward((req, fields), route, grant, (conn, host), &mut record)).await
     }
 }
 

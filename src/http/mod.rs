@@ -12,7 +12,7 @@
 //!   protocols.
 //! - [`request_body`]: the client's request body, buffered or streaming,
 //!   and how it fails.
-//! - [`ext`]: request extensions set by the runtime, read by the gateway.
+//! - [`ext`]: what the runtime knows of a request's connection ([`ClientConn`]), handed to the gateway beside it.
 //! - [`headers`]: header rewriting (request id, Host, hop-by-hop,
 //!   forwarding headers).
 //! - [`path`]: one spelling per path.
@@ -35,4 +35,4 @@ pub use client_body::ClientBody;
 pub use client_fields::ClientFields;
 pub use error::BoxError;
 pub(crate) use error::{STATUS_CLIENT_CLOSED, causes, error_chain};
-pub(crate) use ext::WaitingSince;
+pub use ext::ClientConn;

@@ -12,9 +12,9 @@
 //!
 //! Invariant: every connection is driven under its watch, so none stays
 //! open doing nothing; an HTTP/2 connection's task ends only when its
-//! streams have too; the first request of a connection carries
-//! [`WaitingSince`] (its accept), and with TLS every request carries
-//! [`Secure`].
+//! streams have too; every request goes to the gateway with its
+//! [`ClientConn`]: the peer, whether the connection is TLS, and on a
+//! connection's first request its accept (when its client began waiting).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -48,8 +48,8 @@ use crate::config::ServerConfig;
 use crate::http::h1::Fields;
 use crate::http::h1::request::HeadLimits;
 use crate::http::upgrade::Rewind;
-use crate::http::{ClientBody, WaitingSince};
-use crate::tls::{self, Secure, Terminator, TlsError, TlsFamilies};
+use crate::http::{ClientBody, ClientConn};
+use crate::tls::{self, Terminator, TlsError, TlsFamilies};
 
 /// The TLS terminator for `[server.tls]` (reading its files now), or `None`
 /// when the listener speaks plain HTTP. `previous`, the terminator in force,
@@ -385,8 +385,8 @@ impl ProxyConnection {
         let _served = conn.run(false).await;
     }
 
-    /// Serves an HTTP/2 connection with hyper. `secure` marks its requests
-    /// with [`Secure`].
+    /// Serves an HTTP/2 connection with hyper. `secure`: over TLS (each
+    /// request's [`ClientConn`] says so).
     async fn serve_http2<S>(self, stream: S, peer: SocketAddr, accepted: Instant, secure: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -394,19 +394,18 @@ impl ProxyConnection {
         let live = self.live;
         let first = AtomicBool::new(true);
         let service = service_fn(move |req: Request<Incoming>| {
-            let mut req = req.map(ClientBody::H2);
-            if secure {
-                req.extensions_mut().insert(Secure);
-            }
-            if first.swap(false, Ordering::Relaxed) {
-                req.extensions_mut().insert(WaitingSince(accepted));
-            }
+            let req = req.map(ClientBody::H2);
+            let conn = ClientConn {
+                peer,
+                secure,
+                waiting_since: first.swap(false, Ordering::Relaxed).then_some(accepted),
+            };
             // The request keeps the generation it started with. Boxed:
             // hyper's stream future, which holds this one, is moved whole
             // into its box and its place among the connection's streams; a
             // pointer moves cheaper than the gateway's kilobytes
             // (bench/README.md, HTTPS).
-            let handling = Box::pin(live.gateway.load_full().handle_owned(req, None, peer));
+            let handling = Box::pin(live.gateway.load_full().handle_owned(req, None, conn));
             async move {
                 let mut response = handling.await;
                 // hyper writes the header map: a backend's fields that came
@@ -528,7 +527,7 @@ mod tests {
         );
         let run = size_of_output(|c: h1::Connection<TcpStream>| c.run(true));
         let request = size_of_output(
-            |(g, r, p): (Arc<Gateway>, Request<ClientBody>, SocketAddr)| g.handle_owned(r, None, p),
+            |(g, r, c): (Arc<Gateway>, Request<ClientBody>, ClientConn)| g.handle_owned(r, None, c),
         );
         eprintln!("serve_plain {serve} B, h1 run {run} B, a request in the gateway {request} B");
         assert!(serve <= 1024, "{serve}");

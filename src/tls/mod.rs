@@ -23,11 +23,6 @@ pub use self::handshake::Terminator;
 pub use self::metrics::TlsFamilies;
 pub use self::server::{Resumption, server_config};
 
-/// Request extension set by the server on requests that arrived over TLS, so
-/// the proxy can say `X-Forwarded-Proto: https` (its absence means "http").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Secure;
-
 /// ALPN protocol ids.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP11: &[u8] = b"http/1.1";

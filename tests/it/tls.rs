@@ -128,8 +128,23 @@ async fn a_trusting_client_gets_http1_and_http2_by_alpn() {
         assert_eq!((version, status), (Version::HTTP_2, StatusCode::OK));
     }
 
-    let paths: Vec<String> = backend.arrivals().into_iter().map(|a| a.path).collect();
+    let arrivals = backend.arrivals();
+    let paths: Vec<&str> = arrivals.iter().map(|a| a.path.as_str()).collect();
     assert_eq!(paths, ["/a", "/b", "/c0", "/c1", "/c2"]);
+    // Every request over TLS, the first on its connection or not, HTTP/1.1
+    // or HTTP/2, tells the backend the client's scheme.
+    for arrival in &arrivals {
+        assert_eq!(
+            arrival
+                .headers
+                .get("x-forwarded-proto")
+                .map(|v| v.as_bytes()),
+            Some(&b"https"[..]),
+            "{}: {:?}",
+            arrival.path,
+            arrival.headers
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

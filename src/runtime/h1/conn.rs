@@ -43,9 +43,8 @@ use crate::http::h1::incoming::{self, BodySender, Want};
 use crate::http::h1::request::{self, Framing as BodyFraming, Head, HeadError, HeadLimits};
 use crate::http::request_body::ClientBodyError;
 use crate::http::upgrade::{self, UpgradeSender, Upgraded};
-use crate::http::{Body, ClientBody, WaitingSince};
+use crate::http::{Body, ClientBody, ClientConn};
 use crate::runtime::live::Live;
-use crate::tls::Secure;
 
 /// The HTTP/2 connection preface a prior-knowledge client starts with.
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -315,10 +314,15 @@ impl<S: ClientStream> Connection<S> {
             let fields = std::mem::take(&mut boxed.fields);
             (*boxed, fields)
         };
-        let (req, feed, upgrade) = self.request(head, first);
+        let (req, feed, upgrade) = self.request(head);
+        let conn = ClientConn {
+            peer: self.peer,
+            secure: self.secure,
+            waiting_since: first.then_some(self.accepted),
+        };
         let gateway = self.live.gateway.load_full();
         let mut exchange = Exchange {
-            response: Box::pin(gateway.handle_owned(req, Some(fields), self.peer)),
+            response: Box::pin(gateway.handle_owned(req, Some(fields), conn)),
             body_done: feed.is_none(),
             watch: feed.is_none(),
             feed,
@@ -353,11 +357,11 @@ impl<S: ClientStream> Connection<S> {
     }
 
     /// The request the gateway gets: the parsed head, its body (whole if it
-    /// came with the head, else fed as it is read), and its extensions.
+    /// came with the head, else fed as it is read), and for an upgrade the
+    /// client's side of the switch in its extensions.
     fn request(
         &mut self,
         head: Head,
-        first: bool,
     ) -> (Request<ClientBody>, Option<Feed>, Option<UpgradeSender>) {
         let continue_at = head.expects_continue.then_some(0);
         let (body, feed) = match head.framing {
@@ -395,12 +399,6 @@ impl<S: ClientStream> Connection<S> {
             }
         };
         let mut req = Request::from_parts(head.parts, body);
-        if self.secure {
-            req.extensions_mut().insert(Secure);
-        }
-        if first {
-            req.extensions_mut().insert(WaitingSince(self.accepted));
-        }
         let upgrade = (head.upgrade && req.version() == Version::HTTP_11).then(|| {
             let (client_side, sender) = upgrade::pending();
             req.extensions_mut().insert(client_side);
