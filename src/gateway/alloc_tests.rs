@@ -163,13 +163,7 @@ fn h1_request(target: &str, headers: &[(&str, &str)]) -> (Request<()>, Option<Fi
         raw.push_str(&format!("{name}: {value}\r\n"));
     }
     raw.push_str("\r\n");
-    let limits = crate::http::h1::request::HeadLimits {
-        max_bytes: 8192,
-        max_headers: 100,
-    };
-    let head = crate::http::h1::request::parse(raw.as_bytes(), limits)
-        .unwrap()
-        .unwrap();
+    let head = crate::http::h1::request::complete(&raw);
     (Request::from_parts(head.parts, ()), Some(head.fields))
 }
 

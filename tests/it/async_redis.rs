@@ -14,8 +14,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::async_route::{
-    Inbox, Process, admin, expire_on_resume, fill_while_paused, get_json, post, temp_dir,
-    until_state,
+    Inbox, Process, accept_load, admin, expire_on_resume, fill_while_paused, get_json, post,
+    temp_dir, until_state,
 };
 use crate::common::redis::{RedisServer, shared_url, unique_prefix};
 use crate::common::{TestSluice, client, parse_config, scrape, sum_of};
@@ -482,29 +482,7 @@ async fn bench_redis_accepts_and_fleet_delivery() {
         admin(&client, Method::POST, &format!("{base}/pause")).await;
     }
     let url = format!("http://{}/orders", a.proxy);
-    let body = "x".repeat(200);
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = std::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (client, url, body, next) = (client.clone(), url.clone(), body.clone(), next.clone());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::SeqCst) < N {
-                let sent = std::time::Instant::now();
-                let (status, _, _) = post(&client, &url, &body, &[]).await;
-                assert_eq!(status, StatusCode::ACCEPTED);
-                latencies.push(sent.elapsed());
-            }
-            latencies
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        latencies.extend(done.unwrap());
-    }
-    let took = started.elapsed();
-    latencies.sort();
+    let (latencies, took) = accept_load(&client, &url, CLIENTS, N).await;
     let q = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
         "accept: {N} accepts into redis by {CLIENTS} clients in {took:.2?}: {:.0} /s; latency p50 {:.2?} p99 {:.2?} max {:.2?}",

@@ -708,29 +708,7 @@ async fn bench_durable_accepts_and_delivery_rate() {
     let admin_base = format!("http://{}/admin/routes/orders", process.admin);
     admin(&client, Method::POST, &format!("{admin_base}/pause")).await;
     let url = format!("http://{}/orders", process.proxy);
-    let body = "x".repeat(200);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (client, url, body, next) = (client.clone(), url.clone(), body.clone(), next.clone());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::SeqCst) < N {
-                let sent = Instant::now();
-                let (status, _, _) = post(&client, &url, &body, &[]).await;
-                assert_eq!(status, StatusCode::ACCEPTED);
-                latencies.push(sent.elapsed());
-            }
-            latencies
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        latencies.extend(done.unwrap());
-    }
-    let took = started.elapsed();
-    latencies.sort();
+    let (latencies, took) = accept_load(&client, &url, CLIENTS, N).await;
     let q = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let summary = admin(&client, Method::GET, &format!("{admin_base}/async")).await;
     let bytes = summary["bytes_on_disk"].as_f64().unwrap();
@@ -857,4 +835,40 @@ async fn a_full_disk_is_answered_503_never_202() {
         f64::from(accepted)
     );
     assert!(process.logged("cannot make a request durable"));
+}
+
+/// `n` POSTs of a 200-byte body to `url` from `clients` concurrent
+/// keep-alive clients, each answered `202`: every accept's latency,
+/// sorted, and the time the whole load took (the async benchmarks).
+pub(super) async fn accept_load(
+    client: &TestClient,
+    url: &str,
+    clients: usize,
+    n: usize,
+) -> (Vec<Duration>, Duration) {
+    let body = "x".repeat(200);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (client, url, body, next) =
+            (client.clone(), url.to_string(), body.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                let sent = Instant::now();
+                let (status, _, _) = post(&client, &url, &body, &[]).await;
+                assert_eq!(status, StatusCode::ACCEPTED);
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done.unwrap());
+    }
+    let took = started.elapsed();
+    latencies.sort();
+    (latencies, took)
 }

@@ -324,21 +324,24 @@ fn connection_tokens(fields: &Fields) -> (bool, bool, bool) {
     (close, keep_alive, upgrade)
 }
 
+/// A whole head parsed with roomy limits (8 KiB, 100 fields), for tests
+/// that need a request as an HTTP/1 client's arrives.
+#[cfg(test)]
+pub(crate) fn complete(raw: &str) -> Head {
+    parse(raw.as_bytes(), tests::LIMITS).unwrap().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits {
+    pub(super) const LIMITS: HeadLimits = HeadLimits {
         max_bytes: 8192,
         max_headers: 100,
     };
 
     fn head(raw: &str) -> Result<Option<Head>, HeadError> {
         parse(raw.as_bytes(), LIMITS)
-    }
-
-    fn complete(raw: &str) -> Head {
-        head(raw).unwrap().unwrap()
     }
 
     #[test]

@@ -158,13 +158,7 @@ fn both_ways(pairs: &[(&str, &str)], forwarding: &Forwarding) -> [Vec<String>; 3
         raw.push_str(&format!("{}: {value}\r\n", odd_case(name)));
     }
     raw.push_str("\r\n");
-    let limits = crate::http::h1::request::HeadLimits {
-        max_bytes: 8192,
-        max_headers: 100,
-    };
-    let head = crate::http::h1::request::parse(raw.as_bytes(), limits)
-        .unwrap()
-        .unwrap();
+    let head = crate::http::h1::request::complete(&raw);
     let default_host = HeaderValue::from_static("target:80");
     let lines = |fields: ClientFields<'_>| {
         let mut written = BytesMut::new();
