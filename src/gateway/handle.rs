@@ -30,7 +30,7 @@ use crate::http::headers::{check_host, request_host, strip_hop_by_hop};
 use crate::http::path::PathError;
 use crate::http::request_body::RequestBody;
 use crate::http::upgrade::ClientUpgrade;
-use crate::http::{Body, ClientBody, ClientConn, ClientFields, error_chain, local};
+use crate::http::{Body, ClientBody, ClientConn, ClientFields, Reply, error_chain, local};
 use crate::outcome::Outcome;
 use crate::shaper::{Admission, Arrival, Grant};
 use crate::upstream::{TargetGuard, UpstreamBody, UpstreamError};
@@ -44,24 +44,25 @@ type Phase<T> = ControlFlow<Response<Body>, T>;
 type Upgrade = Option<(HeaderValue, ClientUpgrade)>;
 
 impl Gateway {
-    /// Serves one request from `client`, its fields in its header map.
-    pub fn handle(
-        &self,
-        req: Request<ClientBody>,
-        client: SocketAddr,
-    ) -> impl Future<Output = Response<Body>> + Send + '_ {
-        handling(self, (req, None), ClientConn::plain(client))
+    /// Serves one request from `client`, its fields in its header map;
+    /// the response has all its fields in its map.
+    pub async fn handle(&self, req: Request<ClientBody>, client: SocketAddr) -> Response<Body> {
+        let conn = ClientConn::plain(client);
+        let (mut response, fields) = handling(self, (req, None), conn).await;
+        Fields::restore(&mut response, fields);
+        response
     }
 
     /// [`Gateway::handle`] for a caller that holds the gateway by `Arc`:
     /// the future keeps it alive. `fields`: an HTTP/1 client's fields as
-    /// they arrived, beside the request (its map then empty).
+    /// they arrived, beside the request (its map then empty); a backend's
+    /// come back beside the response the same way.
     pub fn handle_owned(
         self: Arc<Self>,
         req: Request<ClientBody>,
         fields: Option<Fields>,
         conn: ClientConn,
-    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+    ) -> impl Future<Output = Reply> + Send + 'static {
         handling(self, (req, fields), conn)
     }
 
@@ -144,7 +145,7 @@ impl Gateway {
         grant: Grant,
         (conn, host): (ClientConn, Option<HeaderValue>),
         record: &mut Record<'_>,
-    ) -> impl Future<Output = Response<Body>> {
+    ) -> impl Future<Output = Reply> {
         async move {
             // The client's side of the switch is taken out of the request (an
             // HTTP/2 request has none: it cannot upgrade).
@@ -183,7 +184,7 @@ impl Gateway {
                         );
                     }
                     let (outcome, response) = failure(&err, record.reached());
-                    record.finish(outcome, response)
+                    (record.finish(outcome, response), None)
                 }
             }
         }
@@ -203,21 +204,20 @@ impl Gateway {
         route: &Route,
         upgrade: Upgrade,
         record: &mut Record<'_>,
-    ) -> impl Future<Output = Response<Body>> {
+    ) -> impl Future<Output = Reply> {
         async move {
             let status = response.status();
+            let mut fields = response.body_mut().take_fields();
             let tunnel = if status == StatusCode::SWITCHING_PROTOCOLS {
                 // The switch reads the backend's fields: as a map.
-                if let Some(fields) = response.extensions_mut().remove::<Fields>() {
+                if let Some(fields) = fields.take() {
                     *response.headers_mut() = fields.to_header_map();
                 }
                 match switch(&mut response, route, upgrade) {
                     Some(protocol) => Some(protocol),
                     None => {
-                        return record.finish(
-                            Outcome::UpstreamError,
-                            local(StatusCode::BAD_GATEWAY, "upstream error\n"),
-                        );
+                        let refused = local(StatusCode::BAD_GATEWAY, "upstream error\n");
+                        return (record.finish(Outcome::UpstreamError, refused), None);
                     }
                 }
             } else {
@@ -246,7 +246,7 @@ impl Gateway {
                 headers.insert(header::UPGRADE, protocol);
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            response
+            (response, fields)
         }
     }
 }
@@ -366,69 +366,81 @@ fn handling<G>(
     gateway: G,
     (mut req, fields): (Request<ClientBody>, Option<Fields>),
     conn: ClientConn,
-) -> impl Future<Output = Response<Body>> + Send
+) -> impl Future<Output = Reply> + Send
 where
     G: Deref<Target = Gateway> + Send + Sync,
 {
     async move {
         let this: &Gateway = &gateway;
-        // One spelling of the path before anything reads it: routing, the
-        // key, the access log and the backend all see the same path.
-        let target = normalise_target(&mut req);
-        // (The fields' view is made where it is read, not kept in a local:
-        // a waiting request's future holds no room for it.)
-        let client = conn.peer;
-        let mut record = Record::open(this, viewed(&req, &fields), client);
-        if let Break(response) = screen(viewed(&req, &fields), target) {
-            return record.finish(Outcome::RejectedInvalid, response);
-        }
-        if this.is_ticket_lookup(req.uri().path()) {
-            // Boxed: a ticket lookup may wait on Redis; the waiting request
-            // future stays small without it.
-            return Box::pin(this.ticket(&req, &mut record)).await;
-        }
-        let host = request_host(&req, viewed(&req, &fields).1);
-        let route = match this.route(&req, host.as_ref(), &mut record) {
-            Continue(route) => route,
-            Break(response) => return response,
-        };
-        let (arrival, now) = match this.classify(viewed(&req, &fields), client, route, &mut record)
-        {
-            Continue(classified) => classified,
-            Break(response) => return response,
-        };
-        if route.asynchronous {
-            return Box::pin(this.accept((req, fields), route, (conn, host), &mut record)).await;
-        }
-        // A request without a body (most) needs no body phase; the phase is
-        // boxed for the others, so a request waiting in the queue holds no
-        // room for reading a body. The head stays where it was captured
-        // (a copy would be held for the whole wait); only the body moves.
-        // (In a block of its own: the client's body is gone before the
-        // wait, and so is its slot in this future.)
-        let (body, sending) = {
-            let incoming = std::mem::replace(req.body_mut(), ClientBody::Empty);
-            if incoming.is_end_stream() {
-                drop(incoming);
-                (RequestBody::Empty, Duration::ZERO)
-            } else {
-                match Box::pin(this.read_body(incoming, &mut record)).await {
-                    Continue(read) => read,
-                    Break(response) => return response,
-                }
+        // Answered here (refused, or an async route's or a ticket's answer):
+        // no backend's fields come with it. Only the forward phase returns.
+        let answered = 'answered: {
+            // One spelling of the path before anything reads it: routing, the
+            // key, the access log and the backend all see the same path.
+            let target = normalise_target(&mut req);
+            // (The fields' view is made where it is read, not kept in a local:
+            // a waiting request's future holds no room for it.)
+            let client = conn.peer;
+            let mut record = Record::open(this, viewed(&req, &fields), client);
+            if let Break(response) = screen(viewed(&req, &fields), target) {
+                break 'answered record.finish(Outcome::RejectedInvalid, response);
             }
+            if this.is_ticket_lookup(req.uri().path()) {
+                // Boxed: a ticket lookup may wait on Redis; the waiting request
+                // future stays small without it.
+                break 'answered Box::pin(this.ticket(&req, &mut record)).await;
+            }
+            let host = request_host(&req, viewed(&req, &fields).1);
+            let route = match this.route(&req, host.as_ref(), &mut record) {
+                Continue(route) => route,
+                Break(response) => break 'answered response,
+            };
+            let (arrival, now) =
+                match this.classify(viewed(&req, &fields), client, route, &mut record) {
+                    Continue(classified) => classified,
+                    Break(response) => break 'answered response,
+                };
+            if route.asynchronous {
+                break 'answered Box::pin(this.accept(
+                    (req, fields),
+                    route,
+                    (conn, host),
+                    &mut record,
+                ))
+                .await;
+            }
+            // A request without a body (most) needs no body phase; the phase is
+            // boxed for the others, so a request waiting in the queue holds no
+            // room for reading a body. The head stays where it was captured
+            // (a copy would be held for the whole wait); only the body moves.
+            // (In a block of its own: the client's body is gone before the
+            // wait, and so is its slot in this future.)
+            let (body, sending) = {
+                let incoming = std::mem::replace(req.body_mut(), ClientBody::Empty);
+                if incoming.is_end_stream() {
+                    drop(incoming);
+                    (RequestBody::Empty, Duration::ZERO)
+                } else {
+                    match Box::pin(this.read_body(incoming, &mut record)).await {
+                        Continue(read) => read,
+                        Break(response) => break 'answered response,
+                    }
+                }
+            };
+            // A connection's first request has waited since its accept; the time
+            // its client took to send the body is the client's, not a wait.
+            let since = conn.waiting_since.unwrap_or(now) + sending;
+            let grant = match admit(route, arrival, since, &mut record).await {
+                Continue(grant) => grant,
+                Break(response) => break 'answered response,
+            };
+            let req = req.map(|_| body);
+            // Boxed: a request waiting in the queue holds only the phases so
+            // far, not room for forwarding and relaying (the larger part).
+            return Box::pin(this.forward((req, fields), route, grant, (conn, host), &mut record))
+                .await;
         };
-        // A connection's first request has waited since its accept; the time
-        // its client took to send the body is the client's, not a wait.
-        let since = conn.waiting_since.unwrap_or(now) + sending;
-        let grant = match admit(route, arrival, since, &mut record).await {
-            Continue(grant) => grant,
-            Break(response) => return response,
-        };
-        let req = req.map(|_| body);
-        // Boxed: a request waiting in the queue holds only the phases so
-        // far, not room for forwarding and relaying (the larger part).
-        Box::pin(this.forward((req, fields), route, grant, (conn, host), &mut record)).await
+        (answered, None)
     }
 }
 
@@ -446,7 +458,9 @@ mod tests {
     #[test]
     fn a_waiting_request_is_not_sized_by_the_body_or_forwarding_phases() {
         let handle = size_of_output(
-            |(g, r, c): (&'static Gateway, Request<ClientBody>, SocketAddr)| g.handle(r, c),
+            |(g, r, c): (&'static Gateway, Request<ClientBody>, ClientConn)| {
+                handling(g, (r, None), c)
+            },
         );
         let read = size_of_output(
             |(g, b, rec): (&'static Gateway, ClientBody, &'static mut Record<'static>)| {

@@ -12,6 +12,14 @@ use super::error::BoxError;
 /// The response body type sluice serves: relayed or local.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// A response as the gateway answers it: and, beside it, the fields of an
+/// HTTP/1 backend's head as they arrived (the response's map then holds
+/// only those sluice added). Beside, not in the response's extensions,
+/// whose first insert allocates a map: an HTTP/1 client's writer copies
+/// them from their bytes, an HTTP/2 client's gets them in the map
+/// ([`Fields::restore`](super::h1::Fields::restore)).
+pub type Reply = (Response<Body>, Option<super::h1::Fields>);
+
 /// A body of text made here.
 pub fn text_body(text: impl Into<Bytes>) -> Body {
     Full::new(text.into())

@@ -30,7 +30,7 @@ pub mod path;
 pub mod request_body;
 pub mod upgrade;
 
-pub use body::{Body, local, local_json, text_body};
+pub use body::{Body, Reply, local, local_json, text_body};
 pub use client_body::ClientBody;
 pub use client_fields::ClientFields;
 pub use error::BoxError;

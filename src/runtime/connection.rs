@@ -407,10 +407,10 @@ impl ProxyConnection {
             // (bench/README.md, HTTPS).
             let handling = Box::pin(live.gateway.load_full().handle_owned(req, None, conn));
             async move {
-                let mut response = handling.await;
+                let (mut response, fields) = handling.await;
                 // hyper writes the header map: a backend's fields that came
                 // as they arrived go into it.
-                Fields::restore(&mut response);
+                Fields::restore(&mut response, fields);
                 never_index_date(&mut response);
                 Ok::<_, Infallible>(response)
             }

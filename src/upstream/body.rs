@@ -23,11 +23,26 @@ use super::h1body::H1Body;
 use crate::http::BoxError;
 
 /// A backend's response body.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the HTTP/1.1 body is the common one: boxing it would allocate per response"
+)]
 pub enum UpstreamBody {
     /// From a plain HTTP/1.1 connection of the target's pool.
     H1(H1Body),
     /// From hyper's client (TLS, HTTP/2).
     Hyper(Incoming),
+}
+
+impl UpstreamBody {
+    /// The fields of an HTTP/1 backend's response head as they arrived, if
+    /// this body came with them (hyper's responses have a map instead).
+    pub fn take_fields(&mut self) -> Option<crate::http::h1::Fields> {
+        match self {
+            UpstreamBody::H1(body) => body.take_fields(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
 }
 
 impl Body for UpstreamBody {

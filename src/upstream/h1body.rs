@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::h1conn::Connection;
 use super::h1pool::{H1Pool, Handoff};
-use crate::http::h1::{BodyError, Decoded, Decoder};
+use crate::http::h1::{BodyError, Decoded, Decoder, Fields};
 
 /// Why a response body broke off.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,10 @@ pub struct H1Body {
     keep_alive: bool,
     /// Where the connection goes once the body is done.
     home: Option<(Arc<H1Pool>, Arc<Handoff>)>,
+    /// The response head's fields as they arrived, until the relay takes
+    /// them (carried here, beside the response, not in its extensions:
+    /// their first insert allocates a map per response).
+    fields: Option<Fields>,
 }
 
 impl H1Body {
@@ -44,13 +48,20 @@ impl H1Body {
         decoder: Decoder,
         keep_alive: bool,
         home: (Arc<H1Pool>, Arc<Handoff>),
+        fields: Fields,
     ) -> H1Body {
         H1Body {
             conn: Some(conn),
             decoder,
             keep_alive,
             home: Some(home),
+            fields: Some(fields),
         }
+    }
+
+    /// The response head's fields as they arrived (`None` once taken).
+    pub fn take_fields(&mut self) -> Option<Fields> {
+        self.fields.take()
     }
 
     /// The connection after a 101: its stream and the bytes the backend

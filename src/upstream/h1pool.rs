@@ -208,17 +208,18 @@ impl H1Pool {
                 .await
                 .map_err(H1Error::Request)?;
             let switching = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
+            // The fields go as they came, with the body: no header map on
+            // the way through.
             let body = H1Body::new(
                 conn,
                 head.framing.decoder(),
                 head.keep_alive && sent_whole,
                 (self.clone(), handoff.clone()),
+                head.fields,
             );
             let mut response = Response::new(body);
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
-            // The fields go as they came: no header map on the way through.
-            response.extensions_mut().insert(head.fields);
             // A switched protocol owns the connection from now on.
             let lease = Lease {
                 pool: self.clone(),

@@ -67,11 +67,13 @@ impl Upstream {
             let spare = retryable.then(|| parts.clone());
             let mut first = Some(parts);
             let mut body = Some(body);
+            // The targets already tried: filled only when a retry comes (most
+            // requests get their answer from the first, and allocate nothing).
             let mut tried: Vec<Arc<Target>> = Vec::new();
             let mut attempt = 0;
             loop {
                 let guard = self.claim_target(&tried).await?;
-                tried.push(guard.target.clone());
+                let target = guard.target.clone();
                 // (A retry happens only when `retryable`, so a spare head exists.)
                 let Some(parts) = first.take().or_else(|| spare.clone()) else {
                     return Err(UpstreamError::NoTarget {
@@ -90,9 +92,10 @@ impl Upstream {
                 if matches!(error, UpstreamError::Connect { .. })
                     && retryable
                     && attempt <= self.config.retries
-                    && tried.len() < self.target_count()
+                    && tried.len() + 1 < self.target_count()
                     && Instant::now() < deadline
                 {
+                    tried.push(target);
                     self.metrics.retry();
                     tracing::debug!(upstream = %self.name, error = %error, attempt, "retrying on another target");
                     continue;

@@ -149,7 +149,8 @@ impl Upstream {
         self: &Arc<Self>,
         tried: &[Arc<Target>],
     ) -> Result<TargetGuard, UpstreamError> {
-        let give_up = Instant::now() + self.timeout;
+        // The clock is read only when no target is free at once.
+        let mut give_up = None;
         loop {
             let freed = self.target_freed.notified();
             if let Some(target) = self.pick(tried) {
@@ -160,6 +161,7 @@ impl Upstream {
                 });
             }
             let healthy = self.any_available(Instant::now());
+            let give_up = *give_up.get_or_insert_with(|| Instant::now() + self.timeout);
             if !healthy || tokio::time::timeout_at(give_up, freed).await.is_err() {
                 return Err(UpstreamError::NoTarget {
                     upstream: self.name.clone(),

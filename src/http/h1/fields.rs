@@ -224,11 +224,11 @@ impl Fields {
         map
     }
 
-    /// Moves the relayed fields of a response's [`Fields`] (if it carries
-    /// any) into its header map, before those sluice added: for a
-    /// connection that writes the map (hyper's HTTP/2).
-    pub fn restore<B>(response: &mut http::Response<B>) {
-        let Some(fields) = response.extensions_mut().remove::<Fields>() else {
+    /// Moves the relayed fields of a backend's head that came beside
+    /// `response` (if any) into its header map, before those sluice added:
+    /// for a connection that writes the map (hyper's HTTP/2).
+    pub fn restore<B>(response: &mut http::Response<B>, fields: Option<Fields>) {
+        let Some(fields) = fields else {
             return;
         };
         let added = std::mem::replace(
@@ -582,12 +582,10 @@ mod tests {
         response
             .headers_mut()
             .append("x-mine", HeaderValue::from_static("2"));
-        response.extensions_mut().insert(f);
-        Fields::restore(&mut response);
+        Fields::restore(&mut response, Some(f));
         let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["server", "set-cookie", "x-mine"]);
         assert_eq!(response.headers().get_all("x-mine").iter().count(), 2);
         assert!(!response.headers().contains_key("connection"));
-        assert!(response.extensions().get::<Fields>().is_none());
     }
 }

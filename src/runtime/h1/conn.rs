@@ -43,7 +43,8 @@ use crate::http::h1::incoming::{self, BodySender, Want};
 use crate::http::h1::request::{self, Framing as BodyFraming, Head, HeadError, HeadLimits};
 use crate::http::request_body::ClientBodyError;
 use crate::http::upgrade::{self, UpgradeSender, Upgraded};
-use crate::http::{Body, ClientBody, ClientConn};
+use crate::http::h1::Fields;
+use crate::http::{Body, ClientBody, ClientConn, Reply};
 use crate::runtime::live::Live;
 
 /// The HTTP/2 connection preface a prior-knowledge client starts with.
@@ -115,7 +116,7 @@ enum Next {
 
 /// A request in the gateway, and what the connection does for it meanwhile.
 struct Exchange {
-    response: Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+    response: Pin<Box<dyn Future<Output = Reply> + Send>>,
     feed: Option<Feed>,
     /// The body was read to its end: the next request can be framed.
     body_done: bool,
@@ -142,7 +143,7 @@ enum After {
 
 /// How serving a request in the gateway ended.
 enum Served {
-    Response(Response<Body>),
+    Response(Reply),
     ClientGone,
 }
 
@@ -338,7 +339,7 @@ impl<S: ClientStream> Connection<S> {
         let body_done = exchange.body_done;
         drop(exchange);
         let keep_alive = asked.keep_alive && body_done && !self.stopping;
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let switching = response.0.status() == StatusCode::SWITCHING_PROTOCOLS;
         let asked = Asked {
             keep_alive,
             ..asked
@@ -428,10 +429,16 @@ impl<S: ClientStream> Connection<S> {
 
     /// Phase 3: writes the response. Returns whether the connection closes
     /// after it.
-    async fn answer(&mut self, response: Response<Body>, asked: Asked) -> std::io::Result<bool> {
+    async fn answer(
+        &mut self,
+        (response, fields): (Response<Body>, Option<Fields>),
+        asked: Asked,
+    ) -> std::io::Result<bool> {
         let (parts, body) = response.into_parts();
         let mut out = buffers::take();
-        let (framing, close) = encode_head(&parts, &body.size_hint(), asked, &mut out);
+        let head = (&parts, fields.as_ref());
+        let (framing, close) = encode_head(head, &body.size_hint(), asked, &mut out);
+        drop(fields);
         let result = match framing {
             Framing::None => {
                 drop(body);

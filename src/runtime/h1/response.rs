@@ -68,14 +68,13 @@ struct Plan<'a> {
 /// whether the connection closes afterwards. The response is read, not
 /// changed: the framing and connection fields are decided first and written
 /// in place as the fields are walked once — a backend's [`Fields`] as they
-/// arrived (if the response carries them), then the header map's.
+/// arrived (if some came beside the response), then the header map's.
 pub(super) fn encode_head(
-    parts: &Parts,
+    (parts, raw): (&Parts, Option<&Fields>),
     hint: &SizeHint,
     asked: Asked,
     dst: &mut BytesMut,
 ) -> (Framing, bool) {
-    let raw = parts.extensions.get::<Fields>();
     let mut digits = [0u8; 20];
     let plan = plan(parts, raw, hint, asked, &mut digits);
     write_status_line(parts.status, dst);
@@ -294,7 +293,7 @@ mod tests {
     fn encode(response: Response<()>, hint: SizeHint, asked: Asked) -> (String, Framing, bool) {
         let (parts, ()) = response.into_parts();
         let mut dst = BytesMut::new();
-        let (framing, close) = encode_head(&parts, &hint, asked, &mut dst);
+        let (framing, close) = encode_head((&parts, None), &hint, asked, &mut dst);
         (String::from_utf8(dst.to_vec()).unwrap(), framing, close)
     }
 
