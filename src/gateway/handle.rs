@@ -162,11 +162,12 @@ impl Gateway {
                 (host, request_id, protocol),
                 peer_trusted,
             );
+            let (head, body) = upstream_req.into_parts();
             let sent = Instant::now();
             let deadline = record.started + route.state.shaper.limits().timeout;
             let result = route
                 .upstream
-                .send(upstream_req, &forwarding, deadline, &record.reached)
+                .send((&head, body), &forwarding, deadline, &record.reached)
                 .await;
             record.upstream_time = Some(sent.elapsed());
             match result {

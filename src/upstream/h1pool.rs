@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::{Method, Request, Response, Uri, header};
+use http::request::Parts;
+use http::{Method, Request, Response, header};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -157,39 +158,32 @@ impl H1Pool {
         req: Request<ProxyBody>,
         reached: &AtomicBool,
     ) -> Result<(Response<H1Body>, Lease), H1Error> {
-        self.send_forwarded(req, None, reached).await
+        let (head, body) = req.into_parts();
+        self.send_forwarded((&head, body), None, reached).await
     }
 
-    /// [`H1Pool::send`], the head rewritten by `forwarding` as it is
-    /// written.
+    /// [`H1Pool::send`] of a head lent by the caller, rewritten by
+    /// `forwarding` as it is written. The request line carries the path
+    /// and query only (origin form): an absolute-form target from the
+    /// client (`GET http://elsewhere/ HTTP/1.1`) never reaches the backend
+    /// as one.
     #[expect(
         clippy::manual_async_fn,
         reason = "an `async fn` holds its arguments twice (rustc #62958)"
     )]
     pub(crate) fn send_forwarded(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        (parts, body): (&Parts, ProxyBody),
         forwarding: Option<&Forwarding>,
         reached: &AtomicBool,
     ) -> impl Future<Output = Result<(Response<H1Body>, Lease), H1Error>> {
         async move {
-            // Origin form only: an absolute-form target from the client
-            // (`GET http://elsewhere/ HTTP/1.1`) must not reach the backend as one.
-            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-                *req.uri_mut() = match req.uri().path_and_query() {
-                    Some(pq) => Uri::from(pq.clone()),
-                    None => Uri::from_static("/"),
-                };
-            } else if req.uri().path_and_query().is_none() {
-                *req.uri_mut() = Uri::from_static("/");
-            }
-            let (parts, body) = req.into_parts();
             let (mut conn, mut handoff, reused) = match self.checkout() {
                 Some((conn, handoff)) => (conn, handoff, true),
                 None => (self.connect().await?, Arc::default(), false),
             };
             reached.store(true, Ordering::Release);
-            let outgoing = conn.prepare(&parts, (forwarding, &self.host), body);
+            let outgoing = conn.prepare(parts, (forwarding, &self.host), body);
             if let Err(err) = conn.send_head(&outgoing).await {
                 // Never sent: the idle connection was closed under us.
                 if !(reused && err.is_unsent()) {

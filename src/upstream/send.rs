@@ -9,8 +9,9 @@
 //! the target, and is never retried.
 //!
 //! Invariant: the request's body is sent at most once; a retry, which
-//! happens only for a bodiless request, sends a copy of the head and an
-//! empty body.
+//! happens only for a bodiless request, sends the same head and an empty
+//! body. The head is lent to each attempt, never moved or copied on the
+//! HTTP/1.1 path (it is written from where it lies).
 
 use std::future::Future as _;
 use std::sync::Arc;
@@ -39,33 +40,29 @@ use crate::http::request_body::{BodyWatch, ClientBodyError, RequestBody, client_
 type Tried = Result<Result<(Response<UpstreamBody>, Option<Lease>), (BoxError, bool)>, Elapsed>;
 
 impl Upstream {
-    /// Sends `req` (whose URI holds only path and query) to a target and
-    /// waits for the response head, at most `timeout`. Retries idempotent,
-    /// bodiless requests that could not connect, on other targets, until
-    /// `deadline`. `reached` turns true once the request has been handed to
-    /// a connection to a target (from then on the backend may have it).
+    /// Sends the request of `head` (whose URI holds only path and query)
+    /// and `body` to a target and waits for the response head, at most
+    /// `timeout`. Retries idempotent, bodiless requests that could not
+    /// connect, on other targets, until `deadline`. `reached` turns true
+    /// once the request has been handed to a connection to a target (from
+    /// then on the backend may have it).
     #[expect(
         clippy::manual_async_fn,
         reason = "an `async fn` holds its arguments twice (rustc #62958)"
     )]
     pub(crate) fn send(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        (head, body): (&Parts, RequestBody),
         forwarding: &Forwarding,
         deadline: Instant,
         reached: &AtomicBool,
     ) -> impl Future<Output = Result<(Response<UpstreamBody>, TargetGuard), UpstreamError>> {
         async move {
-            let (parts, body) = req.into_parts();
             let watch = body.watch();
-            // A copy of the head is kept only when a retry could use it: the
-            // first attempt consumes the original.
-            let retryable = is_idempotent(&parts.method)
+            let retryable = is_idempotent(&head.method)
                 && body.is_end_stream()
                 && self.config.retries > 0
                 && self.target_count() > 1;
-            let spare = retryable.then(|| parts.clone());
-            let mut first = Some(parts);
             let mut body = Some(body);
             // The targets already tried: filled only when a retry comes (most
             // requests get their answer from the first, and allocate nothing).
@@ -74,15 +71,11 @@ impl Upstream {
             loop {
                 let guard = self.claim_target(&tried).await?;
                 let target = guard.target.clone();
-                // (A retry happens only when `retryable`, so a spare head exists.)
-                let Some(parts) = first.take().or_else(|| spare.clone()) else {
-                    return Err(UpstreamError::NoTarget {
-                        upstream: self.name.clone(),
-                    });
-                };
+                // Only the first attempt has a body (a retry comes only for a
+                // bodiless request).
                 let body = body.take().unwrap_or(RequestBody::Empty);
                 let error = match self
-                    .attempt(guard, (parts, forwarding), body, watch.as_ref(), reached)
+                    .attempt(guard, (head, forwarding), body, watch.as_ref(), reached)
                     .await
                 {
                     Ok(sent) => return Ok(sent),
@@ -114,7 +107,7 @@ impl Upstream {
     fn attempt(
         self: &Arc<Self>,
         mut guard: TargetGuard,
-        (parts, forwarding): (Parts, &Forwarding),
+        (head, forwarding): (&Parts, &Forwarding),
         body: RequestBody,
         watch: Option<&BodyWatch>,
         reached: &AtomicBool,
@@ -122,13 +115,11 @@ impl Upstream {
         async move {
             let target = guard.target.clone();
             let target = target.as_ref();
-            let req = self.for_target(target, parts, forwarding).map(|()| body);
             let concurrency = self.inflight();
             let started = Instant::now();
             target.metrics.request();
-            let result =
-                tokio::time::timeout(self.timeout, self.request(target, req, forwarding, reached))
-                    .await;
+            let request = self.request(target, (head, body), forwarding, reached);
+            let result = tokio::time::timeout(self.timeout, request).await;
             let elapsed = started.elapsed();
             // The client's failure is its own outcome: the target is not
             // blamed (no health, error metric or adaptive sample), and the
@@ -170,73 +161,98 @@ impl Upstream {
         }
     }
 
-    /// The head as `target` gets it: through the general client, rewritten
-    /// (see [`Forwarding::apply`]), with the target's URI (and, over
-    /// HTTP/2, no Host). On the HTTP/1.1 pool's path the head is rewritten
-    /// as it is written.
-    fn for_target(
+    /// The head as the general client gets it (a request of its own):
+    /// rewritten (see [`Forwarding::apply`]), with the target's URI (and,
+    /// over HTTP/2, no Host). On the HTTP/1.1 pool's path the head is
+    /// rewritten as it is written, from where it lies.
+    fn for_general_client(
         &self,
         target: &Target,
-        mut parts: Parts,
+        head: &Parts,
         forwarding: &Forwarding,
     ) -> Request<()> {
-        if target.h1.is_none()
-            && let Some(fields) = &forwarding.fields
-        {
+        let mut req = Request::new(());
+        *req.method_mut() = head.method.clone();
+        *req.version_mut() = head.version;
+        *req.headers_mut() = match &forwarding.fields {
             // hyper's client writes a map: an HTTP/1 client's fields go
             // into one (the dropped ones left out).
-            parts.headers = fields.kept_map();
-        }
-        let mut req = Request::from_parts(parts, ());
-        if target.h1.is_none() {
-            forwarding.apply(req.headers_mut());
-            *req.uri_mut() = self.target_uri(req.uri(), &target.addr);
-            // Over HTTP/2 the URI's authority (the target) is sent as
-            // `:authority`, and a Host naming another host would make the
-            // request malformed (RFC 9113 §8.3.1). With `http2` the
-            // target's authority is the host on either protocol (hyper
-            // writes it as Host on HTTP/1.1); the client's host travels
-            // in X-Forwarded-Host and Forwarded.
-            if self.config.http2 {
-                req.headers_mut().remove(http::header::HOST);
-            }
+            Some(fields) => fields.kept_map(),
+            None => head.headers.clone(),
+        };
+        forwarding.apply(req.headers_mut());
+        *req.uri_mut() = self.target_uri(&head.uri, &target.addr);
+        // Over HTTP/2 the URI's authority (the target) is sent as
+        // `:authority`, and a Host naming another host would make the
+        // request malformed (RFC 9113 §8.3.1). With `http2` the target's
+        // authority is the host on either protocol (hyper writes it as Host
+        // on HTTP/1.1); the client's host travels in X-Forwarded-Host and
+        // Forwarded.
+        if self.config.http2 {
+            req.headers_mut().remove(http::header::HOST);
         }
         req
     }
 
     /// One attempt on `target`: by its HTTP/1.1 pool, or by the general
     /// client. An error says whether it was a failure to connect.
-    async fn request(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` holds its arguments twice (rustc #62958)"
+    )]
+    fn request(
         &self,
         target: &Target,
-        mut req: Request<ProxyBody>,
+        (head, body): (&Parts, RequestBody),
         forwarding: &Forwarding,
         reached: &AtomicBool,
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, Option<Lease>), (BoxError, bool)>>
+    {
+        async move {
+            match &target.h1 {
+                Some(pool) => {
+                    let sent = pool.send_forwarded((head, body), Some(forwarding), reached);
+                    match sent.await {
+                        Ok((response, lease)) => Ok((response.map(UpstreamBody::H1), Some(lease))),
+                        Err(H1Error::Connect(err)) => Err((err, true)),
+                        Err(H1Error::Request(err)) => Err((BoxError::from(err), false)),
+                    }
+                }
+                None => {
+                    let req = self
+                        .for_general_client(target, head, forwarding)
+                        .map(|()| body);
+                    // Boxed: rare on the hot path, and hyper's future would
+                    // enlarge every request's.
+                    Box::pin(self.general_request(req, reached)).await
+                }
+            }
+        }
+    }
+
+    /// One attempt through the general client (TLS, HTTP/2 upstreams).
+    async fn general_request(
+        &self,
+        mut req: Request<ProxyBody>,
+        reached: &AtomicBool,
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), (BoxError, bool)> {
-        let Some(pool) = &target.h1 else {
-            // The client says which connection it chose once it has one.
-            let chosen = capture_connection(&mut req);
-            let mut sending = std::pin::pin!(self.client.request(req));
-            let sent = std::future::poll_fn(|cx| {
-                let polled = sending.as_mut().poll(cx);
-                if chosen.connection_metadata().is_some() {
-                    reached.store(true, Ordering::Release);
-                }
-                polled
-            })
-            .await;
-            return match sent {
-                Ok(response) => Ok((response.map(UpstreamBody::Hyper), None)),
-                Err(err) => {
-                    let connect = err.is_connect();
-                    Err((Box::new(err), connect))
-                }
-            };
-        };
-        match pool.send_forwarded(req, Some(forwarding), reached).await {
-            Ok((response, lease)) => Ok((response.map(UpstreamBody::H1), Some(lease))),
-            Err(H1Error::Connect(err)) => Err((err, true)),
-            Err(H1Error::Request(err)) => Err((Box::new(err), false)),
+        // The client says which connection it chose once it has one.
+        let chosen = capture_connection(&mut req);
+        let mut sending = std::pin::pin!(self.client.request(req));
+        let sent = std::future::poll_fn(|cx| {
+            let polled = sending.as_mut().poll(cx);
+            if chosen.connection_metadata().is_some() {
+                reached.store(true, Ordering::Release);
+            }
+            polled
+        })
+        .await;
+        match sent {
+            Ok(response) => Ok((response.map(UpstreamBody::Hyper), None)),
+            Err(err) => {
+                let connect = err.is_connect();
+                Err((Box::new(err), connect))
+            }
         }
     }
 

@@ -171,9 +171,10 @@ async fn attempt(d: &Deferred, entry: &Entry) -> Attempt {
     };
     let reached = AtomicBool::new(false);
     let deadline = Instant::now() + wiring.upstream.config().timeout;
+    let (head, body) = req.into_parts();
     match wiring
         .upstream
-        .send(req, &forwarding, deadline, &reached)
+        .send((&head, body), &forwarding, deadline, &reached)
         .await
     {
         Ok((response, _target)) => {

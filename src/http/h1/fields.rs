@@ -146,9 +146,15 @@ impl Fields {
 
     /// The values of the fields of one [`Kind`], in order.
     pub(crate) fn of_kind(&self, kind: Kind) -> Values<'_> {
+        // Most kinds are absent from most heads: no walk for them.
+        let entries = if self.has(kind) {
+            &self.entries[..]
+        } else {
+            &[]
+        };
         Values {
             head: &self.head,
-            entries: self.entries.iter(),
+            entries: entries.iter(),
             want: Want::Kind(kind),
         }
     }
@@ -174,6 +180,9 @@ impl Fields {
 
     /// The first value of a [`Kind`], sharing the head's bytes.
     pub(crate) fn first(&self, kind: Kind) -> Option<HeaderValue> {
+        if !self.has(kind) {
+            return None;
+        }
         let entry = self.entries.iter().find(|e| e.kind == kind)?;
         self.shared_value(entry)
     }

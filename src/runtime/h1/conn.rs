@@ -38,12 +38,12 @@ use tokio::time::Instant;
 use super::buffers;
 use super::response::{Asked, CONTINUE, Framing, encode_head, encode_refusal, is_head};
 use super::stream::ClientStream;
+use crate::http::h1::Fields;
 use crate::http::h1::body::{Decoded, Decoder};
 use crate::http::h1::incoming::{self, BodySender, Want};
 use crate::http::h1::request::{self, Framing as BodyFraming, Head, HeadError, HeadLimits};
 use crate::http::request_body::ClientBodyError;
 use crate::http::upgrade::{self, UpgradeSender, Upgraded};
-use crate::http::h1::Fields;
 use crate::http::{Body, ClientBody, ClientConn, Reply};
 use crate::runtime::live::Live;
 
