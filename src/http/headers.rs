@@ -175,12 +175,32 @@ pub(crate) fn check_host<B>(
 }
 
 /// RFC 3986 host and port characters only: no user info (`@`), path,
-/// query, spaces or controls. Checked in place: this runs per request.
+/// query, spaces or controls. Checked in place, one table look-up per
+/// byte: this runs per request.
 fn is_host_text(host: &[u8]) -> bool {
-    !host.is_empty()
-        && host
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+    !host.is_empty() && host.iter().all(|&b| HOST_BYTES[usize::from(b)])
+}
+
+/// The bytes [`is_host_text`] allows.
+static HOST_BYTES: [bool; 256] = alphanumeric_and(b"-._~!$&'()*+,;=:[]%");
+
+/// The bytes of a host `Forwarded` carries unquoted (RFC 7239 §4: a token).
+static FORWARDED_HOST_BYTES: [bool; 256] = alphanumeric_and(b"-.:[]");
+
+/// A table of the bytes that are ASCII letters and digits or in `others`.
+const fn alphanumeric_and(others: &[u8]) -> [bool; 256] {
+    let mut allowed = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        allowed[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < others.len() {
+        allowed[others[i] as usize] = true;
+        i += 1;
+    }
+    allowed
 }
 
 /// The host the client asked for: the URI's authority when it has one
@@ -579,7 +599,7 @@ fn write_forwarded_element(
         && host
             .as_bytes()
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(b))
+            .all(|&b| FORWARDED_HOST_BYTES[usize::from(b)])
     {
         text.extend_from_slice(b";host=");
         text.extend_from_slice(host.as_bytes());

@@ -271,3 +271,14 @@ fn writing_the_fields_gives_what_applying_them_to_a_map_does() {
         }
     }
 }
+
+#[test]
+fn host_text_is_rfc_3986_host_and_port_bytes() {
+    for b in 0..=255u8 {
+        let expected = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b);
+        assert_eq!(is_host_text(&[b]), expected, "byte {b:#04x}");
+    }
+    assert!(is_host_text(b"[::1]:8080"));
+    assert!(!is_host_text(b"user@host"));
+    assert!(!is_host_text(b""));
+}
