@@ -98,6 +98,12 @@ impl BodyReads {
         body: &mut UpstreamBody,
         target: &TargetGuard,
     ) -> Option<Result<Frame<Bytes>, BoxError>> {
+        // A frame already read needs no timer (a small body often came
+        // with its head).
+        let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)));
+        if let Poll::Ready(frame) = ready.await {
+            return frame;
+        }
         match tokio::time::timeout(self.timeout, body.frame()).await {
             Ok(frame) => frame,
             Err(_) => {
@@ -107,7 +113,7 @@ impl BodyReads {
                     upstream = %target.upstream_name(),
                     target = %target.addr(),
                     read_timeout = ?self.timeout,
-                    "upstream stalled mid-body for read_timeout; response abandoned, connection closed"
+                    "upstream stalled mid-body for read_timeout; response cut off, upstream connection closed (HTTP/2: stream reset)"
                 );
                 Some(Err(Box::new(ReadTimedOut(self.timeout))))
             }
