@@ -14,6 +14,10 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// `client_body_timeout`, `send_timeout`) may be: below it no client, however prompt, could send a request before the
 /// connection is closed, so every request would fail.
 pub const MIN_CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
+/// The least an upstream's `read_timeout` may be: a backend's ordinary
+/// pauses mid-body (a scheduling hiccup, a collection, a slow disk) must
+/// not cut every response it streams.
+pub(crate) const MIN_READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// The slowest rate (requests per second) of a route or key limit, and of an
 /// admin override: one request per 1000 s. With `MAX_BURST` the GCRA
 /// tolerance (burst / rate) stays within 10^9 s, far inside the nanosecond

@@ -41,6 +41,8 @@ pub(crate) const DEFAULT_MAX_INFLIGHT: NonZeroUsize =
     NonZeroUsize::new(256).expect("256 is not zero");
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// NGINX's `proxy_read_timeout` default.
+pub(crate) const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) const DEFAULT_POOL_MAX_IDLE_PER_TARGET: usize = 128;
 pub(crate) const DEFAULT_PATH_PREFIX: &str = "/";

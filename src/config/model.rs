@@ -274,6 +274,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// `timeout`, default "30s": time to the response head -> 504 when exceeded.
     pub timeout: Duration,
+    /// `read_timeout`, default "60s", 100ms to 1 day: the longest the backend
+    /// may pause between two reads of its response body (NGINX's
+    /// `proxy_read_timeout`); past it the response is abandoned.
+    pub read_timeout: Duration,
     /// `pool_idle_timeout`, default "90s".
     pub pool_idle_timeout: Duration,
     /// `pool_max_idle_per_target`, default 128.

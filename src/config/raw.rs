@@ -121,6 +121,7 @@ pub(crate) struct RawUpstream {
     pub(crate) max_inflight: Option<Spanned<i64>>,
     pub(crate) connect_timeout: Option<Spanned<String>>,
     pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) read_timeout: Option<Spanned<String>>,
     pub(crate) pool_idle_timeout: Option<Spanned<String>>,
     pub(crate) pool_max_idle_per_target: Option<Spanned<i64>>,
     pub(crate) passive_health: Option<Spanned<RawPassiveHealth>>,

@@ -169,6 +169,7 @@ pub(crate) struct RenderedUpstream {
     max_inflight: usize,
     connect_timeout: String,
     timeout: String,
+    read_timeout: String,
     pool_idle_timeout: String,
     pool_max_idle_per_target: usize,
     passive_health: RenderedPassiveHealth,
@@ -397,6 +398,7 @@ impl From<&UpstreamConfig> for RenderedUpstream {
             max_inflight: u.max_inflight.get(),
             connect_timeout: human(u.connect_timeout),
             timeout: human(u.timeout),
+            read_timeout: human(u.read_timeout),
             pool_idle_timeout: human(u.pool_idle_timeout),
             pool_max_idle_per_target: u.pool_max_idle_per_target,
             passive_health: RenderedPassiveHealth {

@@ -240,6 +240,7 @@ impl Gateway {
                 target,
                 line,
                 send_timeout: self.send_timeout,
+                reads: route.reads.clone(),
             };
             let mut response = relay.response(response).await;
             if let Some(protocol) = tunnel {

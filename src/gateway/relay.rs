@@ -18,11 +18,21 @@
 //!   and the access log says 499. The slot is freed as soon as the
 //!   backend's body ends, whatever the client still has to read.
 //!
+//! The backend, for its part, must not hold them by stalling mid-body
+//! either: each wait for its next piece of body, on either path, is bounded
+//! by the upstream's `read_timeout` (NGINX's `proxy_read_timeout`: between
+//! two successive reads, so a slow but steady body is never cut). Past it
+//! the response is abandoned as if the backend had broken off there (the
+//! connection closed, the slot freed, the client's response ending with an
+//! error) and the backend is blamed: an upstream and target timeout error,
+//! and a warning.
+//!
 //! The request's outcome (forwarded) was counted when the head arrived; the
 //! access log line is written when the body ends, with 499 if the client
 //! left or stalled first.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,7 +45,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::record::AccessLine;
 use crate::http::{Body, BoxError, STATUS_CLIENT_CLOSED};
 use crate::shaper::Grant;
-use crate::upstream::{TargetGuard, UpstreamBody};
+use crate::upstream::{TargetGuard, Upstream, UpstreamBody};
 
 /// Responses up to this size are read whole before relaying. hyper's write
 /// buffer (at least 8 KiB) and the kernel's send buffer (16 KiB by default)
@@ -51,6 +61,64 @@ pub(crate) struct Relay {
     pub line: Option<AccessLine>,
     /// `server.send_timeout`.
     pub send_timeout: Duration,
+    /// How long the backend may pause mid-body.
+    pub reads: BodyReads,
+}
+
+/// The backend's side of a relay: how long it may pause between two reads
+/// of its body (its upstream's `read_timeout`), and the route a warning
+/// names when it pauses longer. Made once per route and config generation
+/// (the name shared, not copied per request).
+#[derive(Debug, Clone)]
+pub(crate) struct BodyReads {
+    pub timeout: Duration,
+    pub route: Arc<str>,
+}
+
+/// Why a response broke off on the backend's side: it sent no more of its
+/// body within `read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no more of its response body within read_timeout ({0:?})")]
+pub struct ReadTimedOut(Duration);
+
+impl BodyReads {
+    /// For a route named `route` on `upstream`.
+    pub(crate) fn new(route: &str, upstream: &Upstream) -> BodyReads {
+        BodyReads {
+            timeout: upstream.config().read_timeout,
+            route: Arc::from(route),
+        }
+    }
+
+    /// The backend's next body frame, waited for at most `timeout`. A longer
+    /// pause is the backend's failure: counted as a timeout against the
+    /// upstream and the target, logged, and the body ends with an error.
+    async fn next(
+        &self,
+        body: &mut UpstreamBody,
+        target: &TargetGuard,
+    ) -> Option<Result<Frame<Bytes>, BoxError>> {
+        // A frame already read needs no timer (a small body often came
+        // with its head).
+        let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)));
+        if let Poll::Ready(frame) = ready.await {
+            return frame;
+        }
+        match tokio::time::timeout(self.timeout, body.frame()).await {
+            Ok(frame) => frame,
+            Err(_) => {
+                target.body_timed_out();
+                tracing::warn!(
+                    route = %self.route,
+                    upstream = %target.upstream_name(),
+                    target = %target.addr(),
+                    read_timeout = ?self.timeout,
+                    "upstream stalled mid-body for read_timeout; response cut off, upstream connection closed (HTTP/2: stream reset)"
+                );
+                Some(Err(Box::new(ReadTimedOut(self.timeout))))
+            }
+        }
+    }
 }
 
 impl Relay {
@@ -79,7 +147,7 @@ impl Relay {
                 .exact()
                 .is_some_and(|len| len <= SMALL_RESPONSE_BYTES)
             {
-                let body = match read_whole(body).await {
+                let body = match read_whole(body, &self.reads, &target).await {
                     Ok((data, trailers)) => {
                         target.finish();
                         Whole {
@@ -116,7 +184,7 @@ impl Relay {
                     target,
                 },
                 log,
-                self.send_timeout,
+                (self.send_timeout, self.reads),
             ));
             Response::from_parts(
                 parts,
@@ -158,12 +226,17 @@ impl Drop for LogOnEnd {
     }
 }
 
-/// Reads a small body to its end.
-async fn read_whole(mut body: UpstreamBody) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
+/// Reads a small body to its end, each wait for the backend within
+/// `reads.timeout`.
+async fn read_whole(
+    mut body: UpstreamBody,
+    reads: &BodyReads,
+    target: &TargetGuard,
+) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = reads.next(&mut body, target).await {
         match frame?.into_data() {
             Ok(data) => match (&first, &mut joined) {
                 (None, _) => first = Some(data),
@@ -197,21 +270,24 @@ enum Piece {
     Failed(BoxError),
 }
 
-/// Reads the backend's body and hands it over in pieces of at most
-/// [`PIECE_BYTES`], each within `send_timeout`; gives up (closing the
-/// upstream connection, freeing the slot) when the client does not make room
-/// for one in time, or has gone.
+/// Reads the backend's body, each wait within `reads.timeout`, and hands it
+/// over in pieces of at most [`PIECE_BYTES`], each within `send_timeout`;
+/// gives up (closing the upstream connection, freeing the slot) when the
+/// client does not make room for one in time, or has gone. A backend that
+/// stalls is handed over as a body that broke off.
 async fn pump(
     mut body: UpstreamBody,
     tx: mpsc::Sender<Piece>,
     held: Held,
     mut log: LogOnEnd,
-    send_timeout: Duration,
+    (send_timeout, reads): (Duration, BodyReads),
 ) {
     let mut held = Some(held);
     loop {
+        // (Held until the body's last frame, after which this returns.)
+        let Some(current) = held.as_ref() else { return };
         let frame = tokio::select! {
-            frame = body.frame() => frame,
+            frame = reads.next(&mut body, &current.target) => frame,
             // The client left (its response body was dropped): the slot,
             // the connection and the log line (499) go with this task.
             () = tx.closed() => return,

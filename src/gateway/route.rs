@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::Telemetry;
 use super::classify::Classifier;
+use super::relay::BodyReads;
 use crate::config::{
     Discipline, Fairness, KeyLimitConfig, LimitBackend, OnRedisError, RedisConfig, RejectConfig,
     RouteConfig,
@@ -32,6 +33,8 @@ use crate::upstream::Upstream;
 pub struct Route {
     pub name: String,
     pub upstream: Arc<Upstream>,
+    /// The upstream's `read_timeout`, as a relay of this route applies it.
+    pub(crate) reads: BodyReads,
     pub reject: RejectConfig,
     pub metrics: RouteMetrics,
     /// The protocols a client may switch to (`upgrades`), lower case.
@@ -211,6 +214,7 @@ impl Route {
         state.apply();
         Route {
             name: r.name.clone(),
+            reads: BodyReads::new(&r.name, &upstream),
             upstream,
             reject: r.reject,
             metrics,

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::h1pool::{H1Pool, Lease};
 use super::health::Health;
-use super::metrics::{TargetMetrics, UpstreamFamilies};
+use super::metrics::{TargetMetrics, UpstreamErrorKind, UpstreamFamilies};
 use super::{Upstream, UpstreamError};
 use crate::config::{TargetConfig, UpstreamConfig};
 
@@ -131,6 +131,25 @@ impl TargetGuard {
         if let Some(lease) = &mut self.lease {
             lease.finish();
         }
+    }
+
+    /// The backend stopped sending its response body for `read_timeout`: a
+    /// timeout in the upstream's and the target's error counts. Passive
+    /// health and the adaptive limit already took the response head as it
+    /// came; as with NGINX, a failure after the head ejects no target.
+    pub fn body_timed_out(&self) {
+        self.upstream.metrics.error(UpstreamErrorKind::Timeout);
+        self.target.metrics.error();
+    }
+
+    /// The name of the upstream the target belongs to.
+    pub fn upstream_name(&self) -> &str {
+        &self.upstream.name
+    }
+
+    /// The target's address.
+    pub fn addr(&self) -> &Authority {
+        &self.target.addr
     }
 }
 

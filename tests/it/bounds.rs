@@ -210,6 +210,7 @@ fn keys() -> Vec<(&'static str, &'static str, &'static [&'static str])> {
         ("upstream", "max_inflight", INTEGERS),
         ("upstream", "connect_timeout", DURATIONS),
         ("upstream", "timeout", DURATIONS),
+        ("upstream", "read_timeout", DURATIONS),
         ("upstream", "pool_idle_timeout", DURATIONS),
         ("upstream", "pool_max_idle_per_target", INTEGERS),
         ("upstream.passive_health", "consecutive_failures", INTEGERS),

@@ -34,6 +34,7 @@ mod http2;
 mod operate;
 mod pools;
 mod proxy;
+mod read_timeout;
 mod redis_gcra;
 mod secrets;
 mod shaping;

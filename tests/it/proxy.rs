@@ -233,7 +233,7 @@ async fn a_client_slow_to_send_its_head_is_cut_off() {
         loop {
             match socket.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(_) => continue, // a 408 may come first
+                Ok(_) => continue, // the 408 comes first (silent.rs checks it)
             }
         }
     })

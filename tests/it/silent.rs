@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::common::sockets::{GET, H2_PREFACE, closed_within, exchange, silent};
+use crate::common::sockets::{GET, H2_PREFACE, closed_within, exchange, read_to_close, silent};
 use crate::common::*;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -47,7 +47,48 @@ async fn a_partial_http2_preface_is_closed_after_header_timeout() {
     let sluice = TestSluice::start(&short_timeouts(&backend)).await;
     let mut socket = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
     socket.write_all(&H2_PREFACE[..10]).await.unwrap();
-    assert!(closed_within(&mut socket, CLOSED_BOUND).await.is_some());
+    let said = read_to_close(&mut socket, CLOSED_BOUND).await;
+    assert_eq!(said.as_deref(), Some(&b""[..]), "closed without a word");
+}
+
+/// Part of a request head and then nothing: `408` + `Connection: close`
+/// and closed, as HAProxy answers; nothing at all (silent since accept, or
+/// idle between requests): closed without a word. The same with the head
+/// cut short on a keep-alive connection after a first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_cut_short_gets_408_and_a_silent_connection_nothing() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let sluice = TestSluice::start(&short_timeouts(&backend)).await;
+    let mut partial = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    partial
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let mut quiet = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    let mut kept = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    let head = exchange(&mut kept, GET, CLOSED_BOUND).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    kept.write_all(b"GET /next HTTP/1.1\r\nHo").await.unwrap();
+
+    for socket in [&mut partial, &mut kept] {
+        let said = read_to_close(socket, CLOSED_BOUND).await;
+        let said = String::from_utf8(said.expect("closed after the 408")).unwrap();
+        assert!(
+            said.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{said}"
+        );
+        let lower = said.to_ascii_lowercase();
+        assert!(lower.contains("\r\nconnection: close\r\n"), "{said}");
+        assert!(lower.contains("\r\ncontent-length: 0\r\n"), "{said}");
+        assert!(said.ends_with("\r\n\r\n"), "one head, no body: {said}");
+    }
+    let said = read_to_close(&mut quiet, CLOSED_BOUND).await;
+    assert_eq!(said.as_deref(), Some(&b""[..]), "closed without a word");
+    assert_eq!(
+        backend.count(),
+        1,
+        "only the complete request was forwarded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,14 @@ use std::num::NonZeroUsize;
 use toml::Spanned;
 
 use crate::config::bounds::{
-    MAX_HEALTH_COUNT, MAX_INFLIGHT, MAX_POOL_IDLE_PER_TARGET, MAX_TOTAL_WEIGHT,
+    MAX_HEALTH_COUNT, MAX_INFLIGHT, MAX_POOL_IDLE_PER_TARGET, MAX_TOTAL_WEIGHT, MIN_READ_TIMEOUT,
 };
 use crate::config::defaults::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTHY_THRESHOLD, DEFAULT_INITIAL_LIMIT, DEFAULT_MAX_INFLIGHT,
-    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE_PER_TARGET, DEFAULT_RETRIES,
-    DEFAULT_SMOOTHING, DEFAULT_TOLERANCE, DEFAULT_UNHEALTHY_THRESHOLD, DEFAULT_UPSTREAM_TIMEOUT,
-    MAX_RETRIES,
+    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE_PER_TARGET, DEFAULT_READ_TIMEOUT,
+    DEFAULT_RETRIES, DEFAULT_SMOOTHING, DEFAULT_TOLERANCE, DEFAULT_UNHEALTHY_THRESHOLD,
+    DEFAULT_UPSTREAM_TIMEOUT, MAX_RETRIES,
 };
 use crate::config::load::{Checked, Ctx};
 use crate::config::model::{
@@ -88,6 +88,9 @@ impl Ctx<'_> {
             timeout: raw
                 .timeout
                 .map_or(Ok(DEFAULT_UPSTREAM_TIMEOUT), |v| self.positive_duration(&v))?,
+            read_timeout: raw.read_timeout.map_or(Ok(DEFAULT_READ_TIMEOUT), |v| {
+                self.duration_at_least(&v, MIN_READ_TIMEOUT)
+            })?,
             pool_idle_timeout: raw
                 .pool_idle_timeout
                 .map_or(Ok(DEFAULT_POOL_IDLE_TIMEOUT), |v| self.duration(&v))?,

@@ -6,7 +6,10 @@
 //! 1. wait: for the next head, within `header_timeout` of accept (first
 //!    request) or of the previous response; no buffer is held until bytes
 //!    arrive, and a head refused by the codec is answered 400/431 and the
-//!    connection closed;
+//!    connection closed. When the time runs out, a connection that sent
+//!    part of a head is answered 408 and closed (as HAProxy does), one that
+//!    sent nothing of one (idle, or silent since accept) or part of an
+//!    HTTP/2 preface is closed without a word;
 //! 2. serve: the gateway's future runs (boxed: the connection's own future
 //!    stays small while idle) while the connection feeds the request body
 //!    on demand (`100 Continue` on the first ask), and, once the body is
@@ -111,6 +114,9 @@ enum Next {
     Http2,
     /// A head the codec refused: answer 400 or 431 and close.
     Refused(HeadError),
+    /// Part of a head came, and not the rest within `header_timeout`:
+    /// answer 408 and close.
+    TimedOut,
     End,
 }
 
@@ -194,7 +200,13 @@ impl<S: ClientStream> Connection<S> {
                         return Start::Http2(self.io, read);
                     }
                     Next::Refused(err) => {
-                        self.refuse(err).await;
+                        tracing::debug!(peer = %self.peer, %err, "request head refused");
+                        self.refuse(err.status()).await;
+                        break;
+                    }
+                    Next::TimedOut => {
+                        tracing::debug!(peer = %self.peer, "request head not complete within header_timeout; 408");
+                        self.refuse(StatusCode::REQUEST_TIMEOUT).await;
                         break;
                     }
                     Next::End => break,
@@ -278,6 +290,7 @@ impl<S: ClientStream> Connection<S> {
                 read = reading => match read {
                     Ok(Ok(0) | Err(_)) => return Next::End,
                     Ok(Ok(_)) => {}
+                    Err(_) if self.started_a_head(detect_h2) => return Next::TimedOut,
                     Err(_) => {
                         tracing::debug!(peer = %self.peer, "no request head within header_timeout; closing");
                         return Next::End;
@@ -288,11 +301,23 @@ impl<S: ClientStream> Connection<S> {
         }
     }
 
-    /// A head the codec refused: 400 or 431, then close.
-    async fn refuse(&mut self, err: HeadError) {
-        tracing::debug!(peer = %self.peer, %err, "request head refused");
+    /// Whether the bytes waiting are part of a request head: not nothing,
+    /// not only the empty lines a client may send between requests (RFC
+    /// 9112 §2.2), not the start of an HTTP/2 preface (`detect_h2`).
+    fn started_a_head(&self, detect_h2: bool) -> bool {
+        let Some(buf) = self.buf.as_ref() else {
+            return false;
+        };
+        let n = buf.len().min(H2_PREFACE.len());
+        let preface = detect_h2 && buf[..n] == H2_PREFACE[..n];
+        !preface && buf.iter().any(|b| !matches!(b, b'\r' | b'\n'))
+    }
+
+    /// A head refused (400, 431) or not sent in time (408): the answer,
+    /// then close. The write is bounded by `send_timeout`.
+    async fn refuse(&mut self, status: StatusCode) {
         let mut out = buffers::take();
-        encode_refusal(err.status(), &mut out);
+        encode_refusal(status, &mut out);
         let _sent = self.write_all(&out).await.is_ok();
         buffers::give(out);
     }

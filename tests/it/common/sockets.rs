@@ -26,6 +26,23 @@ pub async fn closed_within(stream: &mut TcpStream, bound: Duration) -> Option<Du
         .map(|()| started.elapsed())
 }
 
+/// Reads until the peer closes: everything it sent, or `None` if it was
+/// still open after `bound`. A reset counts as closed.
+pub async fn read_to_close(stream: &mut TcpStream, bound: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until_closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(bound, until_closed).await.ok()?;
+    Some(got)
+}
+
 /// Connects `n` sockets that send nothing.
 pub async fn silent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut sockets = Vec::with_capacity(n);

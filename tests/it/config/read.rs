@@ -39,6 +39,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(api.max_inflight.get(), 256);
     assert_eq!(api.connect_timeout, Duration::from_secs(1));
     assert_eq!(api.timeout, Duration::from_secs(30));
+    assert_eq!(api.read_timeout, Duration::from_secs(60));
     assert_eq!(api.pool_idle_timeout, Duration::from_secs(90));
     assert_eq!(api.pool_max_idle_per_target, 128);
 
