@@ -469,7 +469,19 @@ mod tests {
                 g.read_body(b, rec)
             },
         );
-        eprintln!("handle {handle} B, body phase {read} B");
+        type Forwarded = (Request<RequestBody>, Option<Fields>);
+        type Whom = (ClientConn, Option<HeaderValue>);
+        let forward = size_of_output(
+            |(g, r, route, grant, c, rec): (
+                &'static Gateway,
+                Forwarded,
+                &'static Route,
+                Grant,
+                Whom,
+                &'static mut Record<'static>,
+            )| g.forward(r, route, grant, c, rec),
+        );
+        eprintln!("handle {handle} B, body phase {read} B, forward phase {forward} B (boxed)");
         // Boxed per request: at most 1,024 bytes keeps it in glibc's
         // per-thread cache (chunks up to 1,032 bytes), the fast path, and
         // is what each waiting client holds.
