@@ -595,6 +595,44 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
     assert_eq!(n, 0);
 }
 
+/// A keep-alive connection waiting for its next request is closed as soon
+/// as shutdown is asked for: its wait for shutdown stays armed across the
+/// requests it served (it is not polled on every wake-up), and still wakes
+/// it. Not after `header_timeout` (here 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_at_once_on_shutdown() {
+    let backend = Backend::start(Duration::ZERO).await;
+    let mut config = config(&[backend.addr]);
+    config.server.header_timeout = Duration::from_secs(60);
+    let mut sluice = TestSluice::start(&config).await;
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let mut socket = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+        for _ in 0..3 {
+            socket
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0; 1024];
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        }
+        sockets.push(socket);
+    }
+    let asked = std::time::Instant::now();
+    sluice.begin_shutdown();
+    for mut socket in sockets {
+        let mut buf = vec![0; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+            .await
+            .expect("closed on shutdown, not after header_timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without another byte");
+    }
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    sluice.wait_stopped().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_carry_no_client_data() {
     use sluice::config::{KeyLimitConfig, KeyPart};
