@@ -11,13 +11,16 @@
 //! - [`upstream`]: pools, balancing, health, retries, adaptive limits;
 //!   [`store`]: a rate shared by a fleet through Redis;
 //! - leaves: [`http`] (bodies, errors, headers, paths), [`outcome`], [`tls`],
-//!   [`worker`], [`journal`] (the on-disk log of async routes); beside the flow: [`config`] (parsed and checked once at the
-//!   edge) and [`metrics`]; on top: `tools` (`simulate`, `demo`).
+//!   [`worker`], [`recycle`] (blocks of the large per-request futures
+//!   reused per thread), [`journal`] (the on-disk log of async routes);
+//!   beside the flow: [`config`] (parsed and checked once at the edge) and
+//!   [`metrics`]; on top: `tools` (`simulate`, `demo`).
 
 // -- leaf types
 pub mod http;
 pub mod journal;
 pub mod outcome;
+pub mod recycle;
 pub mod tls;
 pub mod worker;
 

@@ -32,6 +32,7 @@ use crate::http::request_body::RequestBody;
 use crate::http::upgrade::ClientUpgrade;
 use crate::http::{Body, ClientBody, ClientConn, ClientFields, Reply, error_chain, local};
 use crate::outcome::Outcome;
+use crate::recycle::Recycled;
 use crate::shaper::{Admission, Arrival, Grant};
 use crate::upstream::{TargetGuard, UpstreamBody, UpstreamError};
 
@@ -438,9 +439,10 @@ where
             };
             let req = req.map(|_| body);
             // Boxed: a request waiting in the queue holds only the phases so
-            // far, not room for forwarding and relaying (the larger part).
-            return Box::pin(this.forward((req, fields), route, grant, (conn, host), &mut record))
-                .await;
+            // far, not room for forwarding and relaying (the larger part); in
+            // a block this worker reuses (it is over glibc's per-thread cache).
+            let forward = this.forward((req, fields), route, grant, (conn, host), &mut record);
+            return Recycled::new(forward).await;
         };
         (answered, None)
     }

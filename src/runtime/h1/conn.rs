@@ -48,6 +48,7 @@ use crate::http::h1::request::{self, Framing as BodyFraming, Head, HeadError, He
 use crate::http::request_body::ClientBodyError;
 use crate::http::upgrade::{self, UpgradeSender, Upgraded};
 use crate::http::{Body, ClientBody, ClientConn, Reply};
+use crate::recycle::Recycled;
 use crate::runtime::live::Live;
 
 /// The HTTP/2 connection preface a prior-knowledge client starts with.
@@ -243,9 +244,10 @@ impl<S: ClientStream> Connection<S> {
                     }
                     Next::End => break,
                 };
-                // Boxed: the connection's own future, all an idle connection
-                // holds, is not sized by serving a request.
-                let keep_open = match Box::pin(self.serve(head, first)).await {
+                // Boxed (in a block this worker reuses, see `recycle`): the
+                // connection's own future, all an idle connection holds, is
+                // not sized by serving a request.
+                let keep_open = match Recycled::new(self.serve(head, first)).await {
                     Ok(After::Next) => true,
                     Ok(After::Close) => false,
                     Ok(After::Switch(upgrade)) => {
@@ -408,9 +410,9 @@ impl<S: ClientStream> Connection<S> {
             keep_alive,
             ..asked
         };
-        // Boxed: a request waiting in the gateway holds no room for writing
-        // its answer.
-        let close = Box::pin(self.answer(response, asked)).await?;
+        // Boxed (in a block this worker reuses): a request waiting in the
+        // gateway holds no room for writing its answer.
+        let close = Recycled::new(self.answer(response, asked)).await?;
         if switching && let Some(upgrade) = upgrade.filter(UpgradeSender::is_awaited) {
             return Ok(After::Switch(upgrade));
         }
