@@ -404,13 +404,8 @@ where
                     Break(response) => break 'answered response,
                 };
             if route.asynchronous {
-                break 'answered Box::pin(this.accept(
-                    (req, fields),
-                    route,
-                    (conn, host),
-                    &mut record,
-                ))
-                .await;
+                let accepted = this.accept((req, fields), route, (conn, host), &mut record);
+                break 'answered Box::pin(accepted).await;
             }
             // A request without a body (most) needs no body phase; the phase is
             // boxed for the others, so a request waiting in the queue holds no
