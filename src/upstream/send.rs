@@ -59,10 +59,9 @@ impl Upstream {
     ) -> impl Future<Output = Result<(Response<UpstreamBody>, TargetGuard), UpstreamError>> {
         async move {
             let watch = body.watch();
-            let retryable = is_idempotent(&head.method)
-                && body.is_end_stream()
-                && self.config.retries > 0
-                && self.target_count() > 1;
+            // (Whether another target is left is asked only after a failure.)
+            let retryable =
+                is_idempotent(&head.method) && body.is_end_stream() && self.config.retries > 0;
             let mut body = Some(body);
             // The targets already tried: filled only when a retry comes (most
             // requests get their answer from the first, and allocate nothing).
@@ -115,7 +114,14 @@ impl Upstream {
         async move {
             let target = guard.target.clone();
             let target = target.as_ref();
-            let concurrency = self.inflight();
+            // The adaptive limit's sample: the requests in flight when this one
+            // went (a sum over the targets, so only when there is a limit to
+            // teach).
+            let concurrency = if self.adaptive.is_some() {
+                self.inflight()
+            } else {
+                0
+            };
             let started = Instant::now();
             target.metrics.request();
             let request = self.request(target, (head, body), forwarding, reached);
