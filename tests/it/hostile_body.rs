@@ -471,22 +471,11 @@ async fn an_h2_stream_reset_after_reaching_the_backend_is_forwarded() {
 
 /// An HTTP/2 (h2c) backend that reads each request's body and answers "ok".
 async fn h2_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let _body = http_body_util::BodyExt::collect(req.into_body()).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    h2c_backend(|req: Request<Incoming>| async move {
+        let _body = http_body_util::BodyExt::collect(req.into_body()).await;
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await
 }
 
 /// To an HTTP/2 upstream a failed body surfaces only as a stream reset, not

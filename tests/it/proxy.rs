@@ -580,6 +580,14 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
     config.server.header_timeout = Duration::from_millis(300);
     let sluice = TestSluice::start(&config).await;
     let mut socket = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
+    get_kept_alive(&mut socket).await;
+    // Idle now: closed by sluice (end of stream), not held for ever.
+    assert_closed_within(&mut socket, Duration::from_secs(5)).await;
+}
+
+/// One GET on a keep-alive connection, answered 200 (in one read: the
+/// backend's answer is short).
+async fn get_kept_alive(socket: &mut TcpStream) {
     socket
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -587,12 +595,16 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
     let mut buf = vec![0; 1024];
     let n = socket.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    // Idle now: closed by sluice (end of stream), not held for ever.
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+}
+
+/// The connection ends (end of stream, no byte more) within `bound`.
+async fn assert_closed_within(socket: &mut TcpStream, bound: Duration) {
+    let mut buf = vec![0; 64];
+    let n = tokio::time::timeout(bound, socket.read(&mut buf))
         .await
         .expect("closed within the bound")
         .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_eq!(n, 0, "closed without another byte");
 }
 
 /// A keep-alive connection waiting for its next request is closed as soon
@@ -609,25 +621,15 @@ async fn idle_keep_alive_connections_close_at_once_on_shutdown() {
     for _ in 0..4 {
         let mut socket = TcpStream::connect(sluice.proxy_addr()).await.unwrap();
         for _ in 0..3 {
-            socket
-                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut buf = vec![0; 1024];
-            let n = socket.read(&mut buf).await.unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            get_kept_alive(&mut socket).await;
         }
         sockets.push(socket);
     }
     let asked = std::time::Instant::now();
     sluice.begin_shutdown();
     for mut socket in sockets {
-        let mut buf = vec![0; 64];
-        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
-            .await
-            .expect("closed on shutdown, not after header_timeout")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "closed without another byte");
+        // On shutdown, not after header_timeout.
+        assert_closed_within(&mut socket, Duration::from_secs(5)).await;
     }
     assert!(asked.elapsed() < Duration::from_secs(5));
     sluice.wait_stopped().await;

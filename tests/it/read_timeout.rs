@@ -23,8 +23,6 @@ use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -286,33 +284,22 @@ impl http_body::Body for Stalling {
 /// `/stall` no length, both then send `hello` and stall; anything else gets
 /// `ok`.
 async fn h2_stalling_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let path = req.uri().path().to_string();
-                    let mut response = Response::builder();
-                    if path == "/stall-small" {
-                        response = response.header("content-length", "1000");
-                    }
-                    let body = if path.starts_with("/stall") {
-                        Stalling { sent: false }.boxed()
-                    } else {
-                        Full::new(Bytes::from_static(b"ok"))
-                            .map_err(|never| match never {})
-                            .boxed()
-                    };
-                    Ok::<_, Infallible>(response.body(body).unwrap())
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    h2c_backend(|req: Request<Incoming>| async move {
+        let path = req.uri().path().to_string();
+        let mut response = Response::builder();
+        if path == "/stall-small" {
+            response = response.header("content-length", "1000");
         }
-    });
-    addr
+        let body = if path.starts_with("/stall") {
+            Stalling { sent: false }.boxed()
+        } else {
+            Full::new(Bytes::from_static(b"ok"))
+                .map_err(|never| match never {})
+                .boxed()
+        };
+        response.body(body).unwrap()
+    })
+    .await
 }
 
 /// The same through hyper's client (an HTTP/2 upstream), on both paths: the

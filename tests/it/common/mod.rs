@@ -357,6 +357,34 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// An HTTP/2 (h2c, prior knowledge) backend on an ephemeral port of
+/// 127.0.0.1, every request answered by `answer`.
+pub async fn h2c_backend<F, Fut, B>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let answered = answer(req);
+                    async move { Ok::<_, Infallible>(answered.await) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A free port on 127.0.0.1 with nothing listening on it.
 pub async fn dead_addr() -> SocketAddr {
     // Bound but not listening: a connection to it is refused, and no other
