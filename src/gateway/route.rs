@@ -11,6 +11,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -62,9 +63,9 @@ pub struct RouteState {
     classifier: ArcSwap<Classifier>,
     pub shaper: Shaper,
     /// Each key's own limit as configured (with its dry-run flag), and its limiter.
-    key_limit: ArcSwapOption<(KeyLimitConfig, KeyedLimiter)>,
+    key_limit: Sometimes<(KeyLimitConfig, KeyedLimiter)>,
     /// The route's rate in dry-run mode: consulted and counted, never applied.
-    dry_limit: ArcSwapOption<Limiter>,
+    dry_limit: Sometimes<Limiter>,
     /// The limits from the config file, before any override.
     configured: Mutex<Limits>,
     rate_override: Mutex<Option<RateOverride>>,
@@ -197,8 +198,8 @@ impl Route {
                     ),
                     store: Mutex::new(store),
                     classifier: ArcSwap::from_pointee(classifier),
-                    key_limit: ArcSwapOption::new(key_limit_of(r)),
-                    dry_limit: ArcSwapOption::new(dry_limit_of(r)),
+                    key_limit: Sometimes::new(key_limit_of(r)),
+                    dry_limit: Sometimes::new(dry_limit_of(r)),
                     configured: Mutex::new(limits),
                     rate_override: Mutex::new(None),
                     upstream_name: r.upstream.clone(),
@@ -228,7 +229,9 @@ impl Route {
 
     /// The per-key limit: `Err(wait)` when the key is over it (and not in dry run).
     pub fn check_key(&self, key: u64, now: Instant) -> Result<(), Duration> {
-        let key_limit = self.state.key_limit.load();
+        let Some(key_limit) = self.state.key_limit.load() else {
+            return Ok(());
+        };
         let Some((config, limiter)) = key_limit.as_deref() else {
             return Ok(());
         };
@@ -249,8 +252,7 @@ impl Route {
             .state
             .dry_limit
             .load()
-            .as_deref()
-            .is_some_and(|l| l.check(now).is_err());
+            .is_some_and(|limit| limit.as_deref().is_some_and(|l| l.check(now).is_err()));
         if limited {
             self.metrics.dry_run(DryRunLimit::Route);
             tracing::info!(route = %self.name, "dry run: route rate would queue or reject");
@@ -272,10 +274,43 @@ impl Route {
         {
             redis.set_fallback(fallback);
         }
-        if let Some((_, limiter)) = state.key_limit.load().as_deref() {
+        if let Some(key_limit) = state.key_limit.load()
+            && let Some((_, limiter)) = key_limit.as_deref()
+        {
             self.metrics
                 .sample_keys(limiter.keys(), limiter.evictions());
         }
+    }
+}
+
+/// An optional, swappable value that is loaded only when it holds
+/// something: most routes have no per-key or dry-run limit, and an
+/// `ArcSwapOption` load (~130 instructions) per request found nothing.
+struct Sometimes<T> {
+    value: ArcSwapOption<T>,
+    /// Whether `value` holds something (set after it, so a reader that sees
+    /// `true` finds it; one that reads during a reload may miss a limit
+    /// just configured, as any request then may).
+    some: AtomicBool,
+}
+
+impl<T> Sometimes<T> {
+    fn new(value: Option<Arc<T>>) -> Sometimes<T> {
+        Sometimes {
+            some: AtomicBool::new(value.is_some()),
+            value: ArcSwapOption::new(value),
+        }
+    }
+
+    fn store(&self, value: Option<Arc<T>>) {
+        let some = value.is_some();
+        self.value.store(value);
+        self.some.store(some, Ordering::Release);
+    }
+
+    /// The value, if there may be one (`None` without a load when not).
+    fn load(&self) -> Option<arc_swap::Guard<Option<Arc<T>>>> {
+        self.some.load(Ordering::Acquire).then(|| self.value.load())
     }
 }
 
@@ -290,7 +325,11 @@ impl RouteState {
         *self.configured.lock() = limits_of(r, classes);
         self.dry_limit.store(dry_limit_of(r));
         // An unchanged per-key limit keeps its keys; a changed one starts fresh.
-        let unchanged = self.key_limit.load().as_deref().map(|(k, _)| *k) == r.key_limit;
+        let unchanged = self
+            .key_limit
+            .load()
+            .and_then(|limit| limit.as_deref().map(|(k, _)| *k))
+            == r.key_limit;
         if !unchanged {
             self.key_limit.store(key_limit_of(r));
         }
@@ -410,8 +449,8 @@ impl RouteState {
     pub fn tracked_keys(&self) -> usize {
         self.key_limit
             .load()
-            .as_deref()
-            .map_or(0, |(_, l)| l.keys())
+            .and_then(|limit| limit.as_deref().map(|(_, l)| l.keys()))
+            .unwrap_or(0)
     }
 }
 
