@@ -22,12 +22,12 @@ use arbitrary::Arbitrary;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use sluice::gateway::classify::{Classifier, client_ip};
-use sluice::http::ClientFields;
 use sluice::config::{
     ClassConfig, ClassMatch, Fairness, KeyLimitConfig, KeyPart, QueueConfig, RejectConfig,
     RouteConfig,
 };
+use sluice::gateway::classify::{Classifier, client_ip};
+use sluice::http::ClientFields;
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -101,7 +101,13 @@ enum RawName {
 
 #[derive(Debug, Arbitrary)]
 enum Hop {
-    Ip { addr: Addr, port: Option<u16>, brackets: bool, quotes: bool, pad: bool },
+    Ip {
+        addr: Addr,
+        port: Option<u16>,
+        brackets: bool,
+        quotes: bool,
+        pad: bool,
+    },
     /// "unknown", "_hidden", "" and the like: not an address.
     Junk(u8),
 }
@@ -120,7 +126,13 @@ impl Hop {
     fn render(&self) -> (String, Option<IpAddr>) {
         match *self {
             Hop::Junk(j) => (JUNK[usize::from(j) % JUNK.len()].to_string(), None),
-            Hop::Ip { addr, port, brackets, quotes, pad } => {
+            Hop::Ip {
+                addr,
+                port,
+                brackets,
+                quotes,
+                pad,
+            } => {
                 let ip = addr.ip();
                 let bare = ip.to_string();
                 let mut text = match (ip, port, brackets) {
@@ -195,7 +207,11 @@ fn route_config(r: &Route) -> RouteConfig {
         upstream: "up".into(),
         limit: None,
         queue: QueueConfig {
-            fairness: if r.per_key { Fairness::PerKey } else { Fairness::None },
+            fairness: if r.per_key {
+                Fairness::PerKey
+            } else {
+                Fairness::None
+            },
             ..QueueConfig::new(10, Duration::from_secs(1))
         },
         reject: RejectConfig::default(),
@@ -224,7 +240,10 @@ fn route_config(r: &Route) -> RouteConfig {
                 matcher: match rule {
                     Rule::Header { name, values } => ClassMatch::Header {
                         name: HeaderName::from_static(pick(&NAMES, *name)),
-                        values: values.iter().map(|v| pick(&VALUES, *v).to_string()).collect(),
+                        values: values
+                            .iter()
+                            .map(|v| pick(&VALUES, *v).to_string())
+                            .collect(),
                     },
                     Rule::PathPrefix(p) => ClassMatch::PathPrefix(pick(&PREFIXES, *p).into()),
                     Rule::Methods(ms) => ClassMatch::Methods(
@@ -254,7 +273,11 @@ fuzz_target!(|input: Input| {
         match line {
             Line::Xff(hops) => {
                 let rendered: Vec<_> = hops.iter().take(16).map(Hop::render).collect();
-                let text = rendered.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(",");
+                let text = rendered
+                    .iter()
+                    .map(|(t, _)| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 headers.append("x-forwarded-for", HeaderValue::from_str(&text).unwrap());
                 any_xff = true;
                 // An empty line still reads as one (unparsable) hop.
@@ -299,14 +322,19 @@ fuzz_target!(|input: Input| {
                         expect.push(ip);
                     }
                 }
-                headers.append(http::header::FORWARDED, HeaderValue::from_str(&texts.join(",")).unwrap());
+                headers.append(
+                    http::header::FORWARDED,
+                    HeaderValue::from_str(&texts.join(",")).unwrap(),
+                );
                 any_fwd_line = true;
                 if let Some(list) = fwd.as_mut() {
                     list.extend(expect);
                 }
             }
             Line::Raw { name, value } => {
-                let Ok(value) = HeaderValue::from_bytes(value) else { continue };
+                let Ok(value) = HeaderValue::from_bytes(value) else {
+                    continue;
+                };
                 match name {
                     RawName::Xff => {
                         headers.append("x-forwarded-for", value);
@@ -363,7 +391,11 @@ fuzz_target!(|input: Input| {
         PathSpec::Known(p) => pick(&PREFIXES, *p).to_string() + "/x",
         PathSpec::Raw(s) => s.clone(),
     };
-    let Ok(mut req) = Request::builder().method(method.clone()).uri(path.as_str()).body(()) else {
+    let Ok(mut req) = Request::builder()
+        .method(method.clone())
+        .uri(path.as_str())
+        .body(())
+    else {
         return;
     };
     *req.headers_mut() = headers;
@@ -389,6 +421,14 @@ fuzz_target!(|input: Input| {
         assert_eq!(arrival.key, 0, "a key hashed that nothing reads");
     }
     let fields = ClientFields::Map(req.headers());
-    assert_eq!(classifier.arrival(&req, fields, got).key, arrival.key, "key not deterministic");
-    assert_eq!(again.arrival(&req, fields, got).key, arrival.key, "reconfigured changed the key");
+    assert_eq!(
+        classifier.arrival(&req, fields, got).key,
+        arrival.key,
+        "key not deterministic"
+    );
+    assert_eq!(
+        again.arrival(&req, fields, got).key,
+        arrival.key,
+        "reconfigured changed the key"
+    );
 });

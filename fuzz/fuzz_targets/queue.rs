@@ -49,18 +49,39 @@ impl Aging {
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// Times are milliseconds after a fixed base; not necessarily increasing.
-    Push { class: u8, key: u8, at_ms: u16 },
+    Push {
+        class: u8,
+        key: u8,
+        at_ms: u16,
+    },
     /// Remove a live waiter (cancelled, timed out).
     Remove(u8),
     /// Remove a slot that already left: must be refused.
     RemoveStale(u8),
     /// Next at `now`, then release it (or not: the same must come next time).
-    Next { now_ms: u16, lifo: bool, release: bool },
+    Next {
+        now_ms: u16,
+        lifo: bool,
+        release: bool,
+    },
     ReleaseStale(u8),
     /// Who gives way to an arrival of `class` and `key`; optionally remove it.
-    Victim { class: u8, key: u8, lifo: bool, take: bool },
-    Ahead { class: u8, key: u8, lifo: bool },
-    Reconfigure { classes: u8, per_key: bool, aging: Aging },
+    Victim {
+        class: u8,
+        key: u8,
+        lifo: bool,
+        take: bool,
+    },
+    Ahead {
+        class: u8,
+        key: u8,
+        lifo: bool,
+    },
+    Reconfigure {
+        classes: u8,
+        per_key: bool,
+        aging: Aging,
+    },
     Drain,
 }
 
@@ -100,7 +121,9 @@ impl Model {
     }
 
     fn take(&mut self, slot: Slot) -> Live {
-        let i = self.find(slot).expect("the queue named a slot the model does not hold");
+        let i = self
+            .find(slot)
+            .expect("the queue named a slot the model does not hold");
         let l = self.live.remove(i);
         self.bury(slot);
         l
@@ -144,7 +167,10 @@ impl Model {
     }
 
     fn count(&self, class: usize, key: u64) -> usize {
-        self.live.iter().filter(|l| l.class == class && l.key == key).count()
+        self.live
+            .iter()
+            .filter(|l| l.class == class && l.key == key)
+            .count()
     }
 }
 
@@ -154,18 +180,27 @@ fn check(q: &Queue<u32>, m: &Model) {
     let mut sum = 0;
     for c in 0..m.classes {
         let n = q.class_len(c);
-        assert_eq!(n, m.live.iter().filter(|l| l.class == c).count(), "class_len({c})");
+        assert_eq!(
+            n,
+            m.live.iter().filter(|l| l.class == c).count(),
+            "class_len({c})"
+        );
         sum += n;
     }
     assert_eq!(sum, q.len(), "class lengths do not sum to len");
     for l in &m.live {
         let w = q.get(l.slot).expect("a live slot is gone");
-        assert_eq!((w.payload, w.class, w.key, w.enqueued_at), (l.id, l.class, l.key, l.at));
+        assert_eq!(
+            (w.payload, w.class, w.key, w.enqueued_at),
+            (l.id, l.class, l.key, l.at)
+        );
     }
     for &slot in &m.dead {
         assert!(q.get(slot).is_none(), "a slot that left is back: {slot:?}");
     }
-    let oldest = (0..m.classes).filter_map(|c| m.list(c, None).first().map(|l| l.at)).min();
+    let oldest = (0..m.classes)
+        .filter_map(|c| m.list(c, None).first().map(|l| l.at))
+        .min();
     assert_eq!(q.oldest(), oldest, "oldest");
 }
 
@@ -189,7 +224,10 @@ fuzz_target!(|input: Input| {
                 let id = m.next_id;
                 m.next_id += 1;
                 let slot = q.push(class, key, at, id);
-                assert!(m.find(slot).is_none() && !m.dead.contains(&slot), "slot reused: {slot:?}");
+                assert!(
+                    m.find(slot).is_none() && !m.dead.contains(&slot),
+                    "slot reused: {slot:?}"
+                );
                 m.live.push(Live {
                     slot,
                     id,
@@ -205,7 +243,9 @@ fuzz_target!(|input: Input| {
                     continue;
                 }
                 let l = m.live[usize::from(i) % m.live.len()];
-                let w = q.remove(l.slot).expect("a live waiter could not be removed");
+                let w = q
+                    .remove(l.slot)
+                    .expect("a live waiter could not be removed");
                 assert_eq!(w.payload, l.id);
                 m.take(l.slot);
             }
@@ -223,50 +263,93 @@ fuzz_target!(|input: Input| {
                 let slot = m.dead[usize::from(i) % m.dead.len()];
                 assert!(q.release(slot).is_none(), "a slot released twice");
             }
-            Op::Next { now_ms, lifo, release } => {
+            Op::Next {
+                now_ms,
+                lifo,
+                release,
+            } => {
                 let now = ms(now_ms);
                 let got = q.next(now, lifo);
                 let Some(slot) = got else {
-                    assert!(m.live.is_empty(), "next() is None with {} waiting", m.live.len());
+                    assert!(
+                        m.live.is_empty(),
+                        "next() is None with {} waiting",
+                        m.live.len()
+                    );
                     continue;
                 };
-                assert_eq!(q.next(now, lifo), Some(slot), "asking twice changed the answer");
+                assert_eq!(
+                    q.next(now, lifo),
+                    Some(slot),
+                    "asking twice changed the answer"
+                );
                 let i = m.find(slot).expect("next() named a slot that is not live");
                 let l = m.live[i];
-                assert_eq!(Some(l.class), m.next_class(now), "next() chose the wrong class");
+                assert_eq!(
+                    Some(l.class),
+                    m.next_class(now),
+                    "next() chose the wrong class"
+                );
                 let list = m.list(l.class, m.per_key.then_some(l.key));
                 let want = if lifo { list.last() } else { list.first() }.unwrap();
-                assert_eq!(want.slot, slot, "next() is not the oldest/newest of its class or key");
+                assert_eq!(
+                    want.slot, slot,
+                    "next() is not the oldest/newest of its class or key"
+                );
                 if release {
                     let w = q.release(slot).expect("release of next() failed");
                     assert_eq!(w.payload, l.id);
                     m.take(slot);
                 }
             }
-            Op::Victim { class, key, lifo, take } => {
+            Op::Victim {
+                class,
+                key,
+                lifo,
+                take,
+            } => {
                 // The shaper clamps an arrival's class below the class count.
                 let class = usize::from(class) % m.classes;
                 let key = u64::from(key % 8);
                 let got = q.victim(class, key, lifo);
-                let lowest = (class + 1..m.classes).rev().find(|&c| m.live.iter().any(|l| l.class == c));
+                let lowest = (class + 1..m.classes)
+                    .rev()
+                    .find(|&c| m.live.iter().any(|l| l.class == c));
                 match got {
                     Some(slot) => {
-                        let l = m.live[m.find(slot).expect("victim() named a slot that is not live")];
+                        let l = m.live[m
+                            .find(slot)
+                            .expect("victim() named a slot that is not live")];
                         if let Some(low) = lowest {
                             assert_eq!(l.class, low, "victim not from the lowest class below");
                         } else {
                             assert!(m.per_key, "same-class victim without per-key fairness");
                             assert_eq!(l.class, class);
                             assert_ne!(l.key, key, "an arrival displaced its own key");
-                            assert!(m.count(class, l.key) > m.count(class, key) + 1, "victim's key not over its share");
+                            assert!(
+                                m.count(class, l.key) > m.count(class, key) + 1,
+                                "victim's key not over its share"
+                            );
                         }
                         if m.per_key {
-                            let most = m.live.iter().filter(|o| o.class == l.class).map(|o| m.count(l.class, o.key)).max();
-                            assert_eq!(Some(m.count(l.class, l.key)), most, "victim's key is not the fattest");
+                            let most = m
+                                .live
+                                .iter()
+                                .filter(|o| o.class == l.class)
+                                .map(|o| m.count(l.class, o.key))
+                                .max();
+                            assert_eq!(
+                                Some(m.count(l.class, l.key)),
+                                most,
+                                "victim's key is not the fattest"
+                            );
                         }
                         let list = m.list(l.class, m.per_key.then_some(l.key));
                         let want = if lifo { list.first() } else { list.last() }.unwrap();
-                        assert_eq!(want.slot, slot, "victim is not the newest (oldest under LIFO)");
+                        assert_eq!(
+                            want.slot, slot,
+                            "victim is not the newest (oldest under LIFO)"
+                        );
                         if take {
                             assert_eq!(q.remove(slot).expect("victim removable").payload, l.id);
                             m.take(slot);
@@ -277,7 +360,9 @@ fuzz_target!(|input: Input| {
                         if m.per_key {
                             let own = m.count(class, key);
                             assert!(
-                                !m.live.iter().any(|o| o.class == class && o.key != key && m.count(class, o.key) > own + 1),
+                                !m.live.iter().any(|o| o.class == class
+                                    && o.key != key
+                                    && m.count(class, o.key) > own + 1),
                                 "no victim though a key holds two more places"
                             );
                         }
@@ -289,9 +374,17 @@ fuzz_target!(|input: Input| {
                 let ahead = q.ahead(class, u64::from(key % 8), lifo);
                 let higher = m.live.iter().filter(|l| l.class < class).count();
                 let same = m.live.iter().filter(|l| l.class == class).count();
-                assert!(ahead >= higher && ahead <= higher + same, "ahead {ahead} outside {higher}..={}", higher + same);
+                assert!(
+                    ahead >= higher && ahead <= higher + same,
+                    "ahead {ahead} outside {higher}..={}",
+                    higher + same
+                );
             }
-            Op::Reconfigure { classes, per_key, aging } => {
+            Op::Reconfigure {
+                classes,
+                per_key,
+                aging,
+            } => {
                 let classes = usize::from(classes % 10);
                 q.reconfigure(classes, per_key, aging.duration());
                 m.classes = classes.max(1);
