@@ -3,7 +3,7 @@
 //! A counting global allocator (this test binary only) counts the
 //! allocations the current thread makes while a flag is set; other tests
 //! running on other threads are not counted. The test drives a pass-through
-//! request through the gateway's phases as [`Gateway::handle`] runs them —
+//! request through the gateway's phases as [`Gateway::handle_owned`] runs them —
 //! path normalisation, record open, screen, route, classify, admit, the
 //! rewrite for the backend (request id, hop-by-hop headers left out,
 //! X-Forwarded-*, Forwarded, Host: the head written as the HTTP/1.1 pool
@@ -189,7 +189,7 @@ fn response_headers() -> HeaderMap {
     map
 }
 
-/// Runs one request through the phases of [`Gateway::handle`] up to the
+/// Runs one request through the phases of [`Gateway::handle_owned`] up to the
 /// backend, then the response's strip and the record's finish, counting
 /// each phase's allocations. `head` is the upstream connection's write
 /// buffer; the head written into it is checked.

@@ -1,7 +1,7 @@
 //! The life of one request, phase by phase: screen, route, classify, read
 //! the body, admit, forward, relay.
 //!
-//! [`Gateway::handle`] reads top to bottom in that order. Each phase either
+//! [`Gateway::handle_owned`] reads top to bottom in that order. Each phase either
 //! hands the request on or finishes its [`Record`] with the answer (as the
 //! `Err` of its result), so every request ends with exactly one outcome.
 //! Nothing is forwarded after its deadline or after its client left.
@@ -45,19 +45,10 @@ type Phase<T> = ControlFlow<Response<Body>, T>;
 type Upgrade = Option<(HeaderValue, ClientUpgrade)>;
 
 impl Gateway {
-    /// Serves one request from `client`, its fields in its header map;
-    /// the response has all its fields in its map.
-    pub async fn handle(&self, req: Request<ClientBody>, client: SocketAddr) -> Response<Body> {
-        let conn = ClientConn::plain(client);
-        let (mut response, fields) = handling(self, (req, None), conn).await;
-        Fields::restore(&mut response, fields);
-        response
-    }
-
-    /// [`Gateway::handle`] for a caller that holds the gateway by `Arc`:
-    /// the future keeps it alive. `fields`: an HTTP/1 client's fields as
+    /// Serves one request from the client of `conn`; the future holds the
+    /// gateway (by `Arc`) alive. `fields`: an HTTP/1 client's fields as
     /// they arrived, beside the request (its map then empty); a backend's
-    /// come back beside the response the same way.
+    /// come back beside the response the same way (see [`Reply`]).
     pub fn handle_owned(
         self: Arc<Self>,
         req: Request<ClientBody>,
@@ -357,7 +348,7 @@ fn switch(
     Some(protocol)
 }
 
-/// The phases of [`Gateway::handle`], in order. A block over its captured
+/// The phases of [`Gateway::handle_owned`], in order. A block over its captured
 /// arguments, used in place: an `async fn` would keep its arguments twice
 /// (as captured and as moved into its body; rustc #62958), and this future
 /// is what a request waiting in the queue holds.

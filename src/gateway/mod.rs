@@ -1,7 +1,7 @@
 //! The gateway: one config generation's routing table, shapers and
 //! upstreams, and the life of a request through them.
 //!
-//! - [`handle`]: [`Gateway::handle`], the request's named phases (screen,
+//! - [`handle`]: [`Gateway::handle_owned`], the request's named phases (screen,
 //!   route, classify, read the body, admit, forward, relay).
 //! - `accept`: an async route's accept phase (202 and a ticket) and ticket lookups.
 //! - [`build`]: building a generation, keeping live state across reloads.

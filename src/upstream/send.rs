@@ -69,7 +69,8 @@ impl Upstream {
             let mut attempt = 0;
             loop {
                 let guard = self.claim_target(&tried).await?;
-                let target = guard.target.clone();
+                // Kept for a retry's `tried` only when a retry may come.
+                let target = retryable.then(|| guard.target.clone());
                 // Only the first attempt has a body (a retry comes only for a
                 // bodiless request).
                 let body = body.take().unwrap_or(RequestBody::Empty);
@@ -82,7 +83,7 @@ impl Upstream {
                 };
                 attempt += 1;
                 if matches!(error, UpstreamError::Connect { .. })
-                    && retryable
+                    && let Some(target) = target
                     && attempt <= self.config.retries
                     && tried.len() + 1 < self.target_count()
                     && Instant::now() < deadline

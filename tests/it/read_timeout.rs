@@ -125,20 +125,7 @@ async fn a_small_body_that_stalls_is_cut_off_after_read_timeout() {
     config.log.access_log = true;
     let log = log_capture();
     let sluice = TestSluice::start(&config).await;
-    let client = client();
-    let started = Instant::now();
-    let response = tokio::time::timeout(
-        BOUND,
-        client.request(get_path(sluice.proxy_addr(), "/stall-small")),
-    )
-    .await
-    .expect("the head within the bound")
-    .expect("sluice answers");
-    assert_eq!(response.status(), StatusCode::OK);
-    let (_, clean) = read_body(response.into_body()).await;
-    let took = started.elapsed();
-    assert!(!clean, "the client sees the cut, not a clean end");
-    assert!(took >= READ_TIMEOUT, "cut after {took:?}");
+    cut_off_get(&sluice, "/stall-small").await;
     after_a_stall(&sluice, &backend).await;
     // The access log says what it says for any body that broke off: the
     // backend's status, forwarded. The warning names route and upstream.
@@ -161,22 +148,27 @@ async fn a_streamed_body_that_stalls_is_cut_off_after_read_timeout() {
         stalling_backend(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
             .await;
     let sluice = TestSluice::start(&config_for(backend.addr, READ_TIMEOUT)).await;
-    let client = client();
+    let data = cut_off_get(&sluice, "/stall-chunked").await;
+    assert_eq!(data, b"hello", "what came before the stall is relayed");
+    after_a_stall(&sluice, &backend).await;
+}
+
+/// A GET of `path`, whose head comes at once (200) and whose body the
+/// backend stalls: the client sees the body cut off, not ended cleanly, no
+/// sooner than `READ_TIMEOUT`. Returns what came before the cut.
+async fn cut_off_get(sluice: &TestSluice, path: &str) -> Vec<u8> {
     let started = Instant::now();
-    let response = tokio::time::timeout(
-        BOUND,
-        client.request(get_path(sluice.proxy_addr(), "/stall-chunked")),
-    )
-    .await
-    .expect("the head within the bound")
-    .expect("sluice answers");
+    let response =
+        tokio::time::timeout(BOUND, client().request(get_path(sluice.proxy_addr(), path)))
+            .await
+            .expect("the head within the bound")
+            .expect("sluice answers");
     assert_eq!(response.status(), StatusCode::OK);
     let (data, clean) = read_body(response.into_body()).await;
     let took = started.elapsed();
-    assert_eq!(data, b"hello", "what came before the stall is relayed");
     assert!(!clean, "the client sees the cut, not a clean end");
     assert!(took >= READ_TIMEOUT, "cut after {took:?}");
-    after_a_stall(&sluice, &backend).await;
+    data
 }
 
 /// A backend that answers each request with `pieces`, the first at once

@@ -133,18 +133,7 @@ async fn a_trusting_client_gets_http1_and_http2_by_alpn() {
     assert_eq!(paths, ["/a", "/b", "/c0", "/c1", "/c2"]);
     // Every request over TLS, the first on its connection or not, HTTP/1.1
     // or HTTP/2, tells the backend the client's scheme.
-    for arrival in &arrivals {
-        assert_eq!(
-            arrival
-                .headers
-                .get("x-forwarded-proto")
-                .map(|v| v.as_bytes()),
-            Some(&b"https"[..]),
-            "{}: {:?}",
-            arrival.path,
-            arrival.headers
-        );
-    }
+    assert_every_arrival_carries(&arrivals, "x-forwarded-proto", "https");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

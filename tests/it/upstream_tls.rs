@@ -121,19 +121,9 @@ async fn a_plain_client_reaches_the_backend_through_tls_between_two_sluices() {
     let arrivals = backend.arrivals();
     let paths: Vec<&str> = arrivals.iter().map(|a| a.path.as_str()).collect();
     assert_eq!(paths, ["/one", "/two"]);
-    for arrival in &arrivals {
-        // B says "https" only for a request that reached it over TLS; A, which
-        // the client reached in plain HTTP, said "http".
-        assert_eq!(
-            arrival
-                .headers
-                .get("x-forwarded-proto")
-                .map(|v| v.as_bytes()),
-            Some(&b"https"[..]),
-            "{:?}",
-            arrival.headers
-        );
-    }
+    // B says "https" only for a request that reached it over TLS; A, which
+    // the client reached in plain HTTP, said "http".
+    assert_every_arrival_carries(&arrivals, "x-forwarded-proto", "https");
     // Both sluices counted them as forwarded.
     for sluice in [&a, &b] {
         let seen = outcomes(&client, sluice.admin_addr(), "main").await;

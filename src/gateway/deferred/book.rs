@@ -442,13 +442,19 @@ mod tests {
         len: 1,
     };
 
-    #[tokio::test(start_paused = true)]
-    async fn oldest_first_retries_wait_and_deadlines_expire() {
+    /// A book (deliver within 60 s) holding tickets 1, 2 and 3, added now.
+    fn book_of_three() -> (Book, Instant) {
         let mut book = Book::new(Duration::from_secs(60), 100);
         let now = Instant::now();
         for seq in 1..=3 {
             book.add(seq, &summary(seq as u128), At::Journal(AT), now);
         }
+        (book, now)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn oldest_first_retries_wait_and_deadlines_expire() {
+        let (mut book, now) = book_of_three();
         assert!(matches!(
             book.status(TicketId(3)),
             Some(Status::Queued { ahead: 2, .. })
@@ -499,11 +505,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_expired_entry_is_handed_out_once() {
-        let mut book = Book::new(Duration::from_secs(60), 100);
-        let now = Instant::now();
-        for seq in 1..=3 {
-            book.add(seq, &summary(seq as u128), At::Journal(AT), now);
-        }
+        let (mut book, now) = book_of_three();
         let later = now + Duration::from_secs(61);
         let first: Vec<u64> = book.expire(later).into_iter().map(|(s, _)| s).collect();
         assert_eq!(first, vec![1, 2, 3]);

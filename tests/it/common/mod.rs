@@ -98,6 +98,20 @@ pub struct Arrival {
     pub age: Option<Duration>,
 }
 
+/// Asserts that every request in `arrivals` carried the field `name` with
+/// exactly `value`.
+pub fn assert_every_arrival_carries(arrivals: &[Arrival], name: &str, value: &str) {
+    for arrival in arrivals {
+        assert_eq!(
+            arrival.headers.get(name).map(|v| v.as_bytes()),
+            Some(value.as_bytes()),
+            "{}: {:?}",
+            arrival.path,
+            arrival.headers
+        );
+    }
+}
+
 /// A test backend on 127.0.0.1 that records arrivals and concurrency.
 #[derive(Clone)]
 pub struct Backend {
